@@ -1,0 +1,162 @@
+//! The seams between the engine and the world: time and storage.
+//!
+//! Engine code reads time only through a [`Clock`] and touches storage only
+//! through a [`Disk`]. Production uses [`os::OsClock`] and [`os::OsDisk`];
+//! tests and the simulator use `ManualClock` and `CrashDisk` (feature
+//! `testing`), which fail the way real hardware fails, from a seed.
+//!
+//! Traits live here; their OS implementations live in [`os`], the only
+//! module of the engine that makes system calls.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+pub mod os;
+
+#[cfg(feature = "testing")]
+mod crash;
+#[cfg(feature = "testing")]
+mod manual_clock;
+
+#[cfg(feature = "testing")]
+pub use crash::{CrashDisk, CrashOutcome, Fault};
+#[cfg(feature = "testing")]
+pub use manual_clock::ManualClock;
+
+/// A source of time, as an object so that each simulated node can drift on
+/// its own.
+///
+/// ### To ensure correctness:
+/// - [`Clock::monotonic`] never goes backwards, across every call on the
+///   same clock object.
+/// - [`Clock::wall`] may jump in either direction (NTP steps, operators,
+///   skewed nodes). Use it only for timestamps shown to people and for
+///   retention decisions, never for timeouts or ordering.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Time elapsed since an arbitrary origin fixed when the clock was made.
+    fn monotonic(&self) -> Duration;
+
+    /// Wall-clock time.
+    fn wall(&self) -> SystemTime;
+}
+
+/// Milliseconds since the Unix epoch of `clock`'s wall time; a time before
+/// the epoch reads as 0.
+pub fn wall_unix_ms(clock: &dyn Clock) -> u64 {
+    clock
+        .wall()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One data directory: a flat namespace of files.
+///
+/// The operations are small, synchronous and offset-based on purpose: they
+/// are what a log needs, they are easy to simulate faithfully, and their
+/// crash behaviour can be stated precisely.
+///
+/// ### Crash contract
+/// - File contents: bytes written by [`DiskFile::write_at`] (and length
+///   changes by [`DiskFile::set_len`]) before a successful
+///   [`DiskFile::sync_data`] on that file survive a crash. Later writes may
+///   survive whole, survive torn at a [`crate::constants::SECTOR_SIZE`]
+///   boundary, or not survive at all, each write independently of the
+///   others (the page cache writes back in any order).
+/// - Directory entries: [`Disk::create`], [`Disk::rename`] and
+///   [`Disk::remove`] are durable only after a successful
+///   [`Disk::sync_dir`]. Before that, a crash keeps some prefix of them,
+///   in the order they were made.
+/// - Errors: after any failed write, length change or sync on a file, the
+///   file is *poisoned*: every later call on that handle fails. A failed
+///   `sync_data` is never retried, because the kernel may already have
+///   dropped the dirty pages it could not write (the fsyncgate lesson).
+///
+/// ### To ensure correctness:
+/// - File names are plain names inside the directory: not empty, no `/`,
+///   not `.` or `..`, at most 255 bytes. Anything else is `InvalidInput`.
+/// - A removed or renamed-over file stays readable through handles and maps
+///   opened before, as with POSIX unlink.
+pub trait Disk: Send + Sync + fmt::Debug + 'static {
+    /// The handle to one open file.
+    type File: DiskFile;
+
+    /// Creates a new, empty file; `AlreadyExists` if the name is taken.
+    fn create(&self, name: &str) -> io::Result<Self::File>;
+
+    /// Opens an existing file for reading and writing; `NotFound` if absent.
+    fn open(&self, name: &str) -> io::Result<Self::File>;
+
+    /// The names of every file in the directory, sorted.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Removes a file; `NotFound` if absent.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// Atomically renames `source` to `target`, replacing `target` if it
+    /// exists.
+    fn rename(&self, source: &str, target: &str) -> io::Result<()>;
+
+    /// Makes every earlier create, rename and remove durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// An open file of a [`Disk`]. See [`Disk`] for the crash contract.
+///
+/// ### To ensure correctness:
+/// - Calls on one handle may come from several threads; implementations
+///   are internally synchronised.
+/// - A file that is mapped with [`DiskFile::map`] must not be shrunk while
+///   any returned `Bytes` is alive: on a real system that raises `SIGBUS`
+///   on the next access, not an error. The log never shrinks a mapped file.
+pub trait DiskFile: Send + Sync + fmt::Debug + 'static {
+    /// Fills `buf` from `offset`; `UnexpectedEof` (without poisoning) if the
+    /// file ends first.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Writes all of `buf` at `offset`, extending the file if needed (a gap
+    /// reads as zeros).
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+
+    /// The current length of the file, including unsynced writes.
+    fn size(&self) -> io::Result<u64>;
+
+    /// Changes the length; bytes past a new, longer length read as zeros.
+    fn set_len(&self, size: u64) -> io::Result<()>;
+
+    /// Makes every earlier write and length change on this file durable
+    /// (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// A read-only view of the whole file as it is now. On the OS this is a
+    /// memory map, served without copying; slices of it are zero-copy.
+    /// Writes made after the call may or may not be visible through it.
+    fn map(&self) -> io::Result<Bytes>;
+}
+
+/// Checks that `name` is a plain file name inside the data directory.
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0']);
+    if valid {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid file name {name:?}: expected a plain name inside the data directory"),
+        ))
+    }
+}
+
+/// The error every call on a poisoned file returns.
+pub(crate) fn poisoned(name: &str) -> io::Error {
+    io::Error::other(format!(
+        "file {name} is poisoned by an earlier I/O error; reopen the data directory \
+         after checking the device (a failed write or sync is never retried)"
+    ))
+}

@@ -1,0 +1,10 @@
+//! The production implementations of the seams: the only module of the
+//! engine that calls `std::fs`, reads the system clocks or maps memory.
+
+#![allow(clippy::disallowed_methods)]
+
+mod clock;
+mod disk;
+
+pub use clock::OsClock;
+pub use disk::{OsDisk, OsFile};

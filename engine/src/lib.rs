@@ -1,0 +1,18 @@
+//! Sluice: a durable, Raft-replicated event bus.
+//!
+//! This crate is the engine users embed. It is written against three seams
+//! so that the same code runs on real I/O in production and under a seeded,
+//! deterministic simulator in tests:
+//!
+//! - [`io::Clock`]: monotonic and wall time;
+//! - [`io::Disk`]: small, synchronous, offset-based file operations on one
+//!   data directory, with a stated crash contract;
+//! - the network seam arrives with the replication layer.
+//!
+//! [`log`] is the segmented, checksummed log that the Raft layer will use
+//! as its log and that holds every event body. See `ARCHITECTURE.md` at the
+//! repository root for the map of the whole system.
+
+pub mod constants;
+pub mod io;
+pub mod log;

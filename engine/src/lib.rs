@@ -16,3 +16,8 @@
 pub mod constants;
 pub mod io;
 pub mod log;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -22,7 +22,7 @@ mod crash;
 mod manual_clock;
 
 #[cfg(feature = "testing")]
-pub use crash::{CrashDisk, CrashOutcome, Fault};
+pub use crash::{CrashDisk, CrashFile, CrashOutcome, CrashPolicy, FaultOp};
 #[cfg(feature = "testing")]
 pub use manual_clock::ManualClock;
 

@@ -1,1 +1,768 @@
-//! The segmented log (work in progress).
+//! The segmented log: the Raft log and the event log in one.
+//!
+//! Entries are stored as checksummed frames (`FORMAT.md`) in segment files
+//! of bounded size, named by their first index. The last segment is the
+//! active one; all others are sealed, synced whole, never written again,
+//! and read through a read-only memory map without copying.
+//!
+//! Invariants:
+//! - indexes are contiguous from [`Log::first_index`] to
+//!   [`Log::next_index`] (exclusive);
+//! - every index below `durable_next` is on disk and synced; every frame
+//!   records the `durable_next` of the moment it was written, which is how
+//!   recovery tells a torn tail from damage to acknowledged records;
+//! - a sealed segment was synced before the next one was created, so only
+//!   the active segment can end torn;
+//! - a mapped file is never shrunk or written: truncating into a sealed
+//!   segment rewrites its prefix into a new file renamed over the old one.
+//!
+//! Fault model: the [`Disk`] contract. After any failed write or sync the
+//! log is poisoned and refuses every later call: it cannot know what
+//! reached the disk, and a failed sync is never retried.
+
+mod error;
+pub mod frame;
+mod meta;
+mod recovery;
+mod segment;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::constants::{
+    APPEND_ENTRIES_MAX, FRAME_HEADER_SIZE, PAYLOAD_SIZE_MAX, SEGMENT_SIZE_DEFAULT,
+    SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+};
+use crate::io::os::OsDisk;
+use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
+
+pub use error::{Corruption, CorruptionReason, Error, Result};
+pub use recovery::{RecoveryReport, Repair, TornTail};
+
+use frame::Header;
+use meta::Meta;
+use segment::SealedView;
+
+#[cfg(feature = "testing")]
+pub mod fuzzing;
+
+/// What [`Log::append`] does about durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// Write into the page cache only; a later [`Log::sync`] (or a sync of
+    /// a [`SyncHandle`]) makes it durable. This is how group commit works:
+    /// many appends, one sync.
+    Buffer,
+    /// Write, then `fdatasync` before returning.
+    SyncData,
+}
+
+/// What [`Log::open`] does with damage it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Cut a torn tail; refuse to open over damage to acknowledged records.
+    #[default]
+    TolerateCorruptTail,
+    /// Verify every segment and cut the log at the first damaged frame
+    /// anywhere, dropping everything after it. Only for an operator who has
+    /// decided that losing those records is acceptable.
+    Repair,
+}
+
+/// Options of [`Log::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Segment size at which the active segment is sealed and a new one
+    /// begun. A frame larger than this gets a segment of its own.
+    pub segment_size: u64,
+    /// What to do with damage found on open.
+    pub recovery: RecoveryMode,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: SEGMENT_SIZE_DEFAULT,
+            recovery: RecoveryMode::default(),
+        }
+    }
+}
+
+/// An entry to append; the payload is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Must be [`Log::next_index`] for the first entry, then contiguous.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Nonzero; meaning owned by the caller.
+    pub kind: u8,
+    /// Wall-clock milliseconds, stamped by whoever created the entry.
+    pub timestamp_ms: u64,
+    /// At most [`PAYLOAD_SIZE_MAX`] bytes.
+    pub payload: &'a [u8],
+}
+
+/// An entry read back; the payload is a zero-copy slice where the segment
+/// is sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Entry index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Caller-defined kind.
+    pub kind: u8,
+    /// Wall-clock milliseconds stamped at creation.
+    pub timestamp_ms: u64,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl Record {
+    fn new(header: &Header, payload: Bytes) -> Self {
+        Record {
+            index: header.index,
+            term: header.term,
+            kind: header.kind,
+            timestamp_ms: header.timestamp_ms,
+            payload,
+        }
+    }
+}
+
+/// Retention limits; segments are dropped whole, oldest first, and the
+/// active segment is never dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    /// Keep at most this many bytes of segments.
+    pub size_max: Option<u64>,
+    /// Drop a sealed segment once its newest record is older than this.
+    pub age_max: Option<Duration>,
+}
+
+/// A description of one segment, for inspection tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// File name.
+    pub name: String,
+    /// First index.
+    pub first: u64,
+    /// Index after its last record.
+    pub next: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether it is sealed (immutable).
+    pub sealed: bool,
+}
+
+/// The result of [`Log::verify`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Segments checked.
+    pub segments: u64,
+    /// Frames whose checksum was verified.
+    pub frames: u64,
+    /// Bytes covered.
+    pub bytes: u64,
+}
+
+/// What a group commit needs to sync the active segment without holding
+/// the log: sync it from any thread, then hand it back with
+/// [`Log::complete_sync`].
+#[derive(Debug)]
+pub struct SyncHandle<F> {
+    file: Arc<F>,
+    name: String,
+    next: u64,
+    truncations: u64,
+}
+
+impl<F: DiskFile> SyncHandle<F> {
+    /// `fdatasync` of the active segment as of when the handle was taken.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Every index below this is durable once [`SyncHandle::sync`] returns.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+}
+
+#[derive(Debug)]
+struct Sealed<F> {
+    first: u64,
+    next: u64,
+    name: String,
+    file: Arc<F>,
+    size: u64,
+    view: Mutex<Option<Arc<SealedView>>>,
+}
+
+impl<F: DiskFile> Sealed<F> {
+    fn view(&self) -> Result<Arc<SealedView>> {
+        let mut slot = self.view.lock().expect("view lock");
+        if let Some(view) = slot.as_ref() {
+            return Ok(Arc::clone(view));
+        }
+        let view = Arc::new(SealedView::load(
+            &*self.file,
+            &self.name,
+            self.first,
+            self.next,
+        )?);
+        *slot = Some(Arc::clone(&view));
+        Ok(view)
+    }
+}
+
+#[derive(Debug)]
+struct Active<F> {
+    first: u64,
+    name: String,
+    file: Arc<F>,
+    offsets: Vec<u32>,
+    size: u64,
+    last_timestamp_ms: Option<u64>,
+}
+
+impl<F> Active<F> {
+    fn next(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+}
+
+/// The segmented log over a [`Disk`]. See the module docs.
+#[derive(Debug)]
+pub struct Log<D: Disk = OsDisk> {
+    disk: D,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    sealed: VecDeque<Sealed<D::File>>,
+    active: Active<D::File>,
+    meta: Meta,
+    durable_next: u64,
+    truncations: u64,
+    poison: Option<String>,
+    buffer: Vec<u8>,
+    pending: Vec<u32>,
+    report: RecoveryReport,
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens the log in `disk`'s directory, creating it if empty, and
+    /// recovers from whatever a crash left (see `FORMAT.md`).
+    pub fn open(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Self> {
+        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&options.segment_size) {
+            return Err(Error::InvalidOptions(format!(
+                "segment_size {} is outside [{SEGMENT_SIZE_MIN}, {SEGMENT_SIZE_MAX}]",
+                options.segment_size
+            )));
+        }
+        recovery::open(disk, clock, options)
+    }
+
+    /// What recovery found and did when the log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The first index still readable.
+    pub fn first_index(&self) -> u64 {
+        let physical = self.sealed.front().map_or(self.active.first, |s| s.first);
+        physical.max(self.meta.purged_next).min(self.next_index())
+    }
+
+    /// The index the next appended entry must have.
+    pub fn next_index(&self) -> u64 {
+        self.active.next()
+    }
+
+    /// Every index below this is durable.
+    pub fn durable_next(&self) -> u64 {
+        self.durable_next
+    }
+
+    /// The user's bytes in the metadata file (Raft's vote); empty at first.
+    pub fn app_meta(&self) -> &[u8] {
+        &self.meta.app
+    }
+
+    /// Replaces the user's bytes in the metadata file atomically and
+    /// durably (write new, sync, rename, sync directory).
+    pub fn set_app_meta(&mut self, app: &[u8]) -> Result<()> {
+        self.check_poison()?;
+        if meta::HEADER_SIZE + app.len() > crate::constants::META_SIZE_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "metadata of {} bytes exceeds the maximum",
+                app.len()
+            )));
+        }
+        let mut next = self.meta.clone();
+        next.app = app.to_vec();
+        self.store_meta(next)
+    }
+
+    /// Appends `entries`, whose indexes must continue the log.
+    ///
+    /// Returns the next index. With [`PersistMode::SyncData`] the entries
+    /// are durable on return; with [`PersistMode::Buffer`] they are once a
+    /// later sync covers them. Nothing is written if any payload is too
+    /// large.
+    pub fn append(&mut self, entries: &[Entry<'_>], persist: PersistMode) -> Result<u64> {
+        self.check_poison()?;
+        assert!(entries.len() <= APPEND_ENTRIES_MAX);
+        for (position, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                self.next_index() + position as u64,
+                "append must be contiguous"
+            );
+            assert!(entry.kind != 0, "entry kind 0 is reserved");
+            if entry.payload.len() > PAYLOAD_SIZE_MAX {
+                return Err(Error::PayloadTooLarge {
+                    index: entry.index,
+                    size: entry.payload.len(),
+                    max: PAYLOAD_SIZE_MAX,
+                });
+            }
+        }
+        self.buffer.clear();
+        self.pending.clear();
+        for entry in entries {
+            let size = frame::frame_size(entry.payload.len());
+            let filled = self.active.size + self.buffer.len() as u64;
+            let occupied = !self.active.offsets.is_empty() || !self.pending.is_empty();
+            if occupied && filled + size as u64 > self.options.segment_size {
+                self.flush()?;
+                self.roll()?;
+            }
+            self.encode(entry, size);
+        }
+        self.flush()?;
+        if persist == PersistMode::SyncData {
+            self.sync()?;
+        }
+        Ok(self.next_index())
+    }
+
+    fn encode(&mut self, entry: &Entry<'_>, size: usize) {
+        let offset = self.active.size + self.buffer.len() as u64;
+        self.pending
+            .push(u32::try_from(offset).expect("segment offsets fit u32"));
+        let header = Header {
+            size: size as u32,
+            kind: entry.kind,
+            index: entry.index,
+            term: entry.term,
+            durable_next: self.durable_next,
+            timestamp_ms: entry.timestamp_ms,
+        };
+        frame::encode(&mut self.buffer, &header, entry.payload);
+    }
+
+    /// Writes the buffered frames at the end of the active segment.
+    fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(
+            segment::scan(&self.buffer, self.active.next())
+                .stop
+                .is_none()
+        );
+        let written = self.active.file.write_at(self.active.size, &self.buffer);
+        self.poison_on_error(written, "write", &self.active.name.clone())?;
+        self.active.offsets.extend_from_slice(&self.pending);
+        self.active.size += self.buffer.len() as u64;
+        if let Some(&last) = self.pending.last() {
+            let at = (last as u64 - (self.active.size - self.buffer.len() as u64)) as usize;
+            let header = frame::decode_header(&self.buffer[at..]).expect("just encoded");
+            self.active.last_timestamp_ms = Some(header.timestamp_ms);
+        }
+        self.buffer.clear();
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Seals the active segment (synced first) and starts a new one.
+    fn roll(&mut self) -> Result<()> {
+        self.sync()?;
+        let first = self.next_index();
+        let name = segment::name(first);
+        let created = self.disk.create(&name);
+        let file = self.poison_on_error(created, "create", &name)?;
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", &name)?;
+        let active = Active {
+            first,
+            name,
+            file: Arc::new(file),
+            offsets: Vec::new(),
+            size: 0,
+            last_timestamp_ms: None,
+        };
+        let old = std::mem::replace(&mut self.active, active);
+        self.sealed.push_back(Sealed {
+            first: old.first,
+            next: first,
+            name: old.name,
+            file: old.file,
+            size: old.size,
+            view: Mutex::new(None),
+        });
+        Ok(())
+    }
+
+    /// Makes every appended entry durable with one `fdatasync`.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.check_poison()?;
+        if self.durable_next < self.next_index() {
+            let synced = self.active.file.sync_data();
+            self.poison_on_error(synced, "sync_data", &self.active.name.clone())?;
+            self.durable_next = self.next_index();
+        }
+        Ok(self.durable_next)
+    }
+
+    /// A handle to sync the active segment outside any lock around the log;
+    /// hand the result back with [`Log::complete_sync`].
+    pub fn sync_handle(&self) -> Result<SyncHandle<D::File>> {
+        self.check_poison()?;
+        Ok(SyncHandle {
+            file: Arc::clone(&self.active.file),
+            name: self.active.name.clone(),
+            next: self.next_index(),
+            truncations: self.truncations,
+        })
+    }
+
+    /// Records the outcome of [`SyncHandle::sync`]. A failure poisons the
+    /// log. A handle taken before a truncation proves nothing and is
+    /// ignored. Returns the durable index.
+    pub fn complete_sync(
+        &mut self,
+        handle: SyncHandle<D::File>,
+        result: std::io::Result<()>,
+    ) -> Result<u64> {
+        self.check_poison()?;
+        self.poison_on_error(result, "sync_data", &handle.name)?;
+        if handle.truncations == self.truncations {
+            // Rolling to a new segment syncs the old one, so a handle on an
+            // older segment still proves everything below its `next`.
+            self.durable_next = self.durable_next.max(handle.next.min(self.next_index()));
+        }
+        Ok(self.durable_next)
+    }
+
+    /// Reads `range` (clipped at the end of the log) into `out`.
+    pub fn read(&self, range: Range<u64>, out: &mut Vec<Record>) -> Result<()> {
+        let end = range.end.min(self.next_index());
+        if range.start >= end {
+            return Ok(());
+        }
+        if range.start < self.first_index() {
+            return Err(Error::Purged {
+                index: range.start,
+                first: self.first_index(),
+            });
+        }
+        out.reserve((end - range.start) as usize);
+        let mut index = range.start;
+        for sealed in &self.sealed {
+            if index >= sealed.next || index >= end {
+                continue;
+            }
+            let view = sealed.view()?;
+            while index < sealed.next.min(end) {
+                let (header, payload) = view.frame(&sealed.name, sealed.first, index)?;
+                out.push(Record::new(&header, payload));
+                index += 1;
+            }
+        }
+        if index < end {
+            self.read_active(index..end, out)?;
+        }
+        Ok(())
+    }
+
+    fn read_active(&self, range: Range<u64>, out: &mut Vec<Record>) -> Result<()> {
+        let active = &self.active;
+        let position = |index: u64| -> u64 {
+            match active.offsets.get((index - active.first) as usize) {
+                Some(&offset) => u64::from(offset),
+                None => active.size,
+            }
+        };
+        let start = position(range.start);
+        let mut bytes = BytesMut::zeroed((position(range.end) - start) as usize);
+        active
+            .file
+            .read_at(start, &mut bytes)
+            .map_err(|e| Error::io("read", &active.name, e))?;
+        let bytes = bytes.freeze();
+        for index in range {
+            let offset = (position(index) - start) as usize;
+            let (header, payload) = segment::checked_frame(&bytes, offset, &active.name, index)?;
+            out.push(Record::new(&header, payload));
+        }
+        Ok(())
+    }
+
+    /// Removes every entry after `index` (a conflicting Raft suffix).
+    pub fn truncate_after(&mut self, index: u64) -> Result<()> {
+        self.truncate_from(index + 1)
+    }
+
+    /// Removes every entry at `from` and after. Durable on return.
+    pub fn truncate_from(&mut self, from: u64) -> Result<()> {
+        self.check_poison()?;
+        assert!(from >= self.first_index(), "cannot truncate purged entries");
+        if from >= self.next_index() {
+            return Ok(());
+        }
+        self.truncations += 1;
+        self.durable_next = self.durable_next.min(from);
+        if from >= self.active.first {
+            return self.truncate_active(from);
+        }
+        // Remove whole segments from the back, so a crash leaves a prefix.
+        let name = self.active.name.clone();
+        let removed = self.disk.remove(&name);
+        self.poison_on_error(removed, "remove", &name)?;
+        while self.sealed.back().is_some_and(|s| s.first >= from) {
+            let sealed = self.sealed.pop_back().expect("checked");
+            let removed = self.disk.remove(&sealed.name);
+            self.poison_on_error(removed, "remove", &sealed.name)?;
+        }
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", &name)?;
+        if self.sealed.back().is_some_and(|s| s.next > from) {
+            self.rewrite_last_sealed(from)?;
+        }
+        self.start_active(from)
+    }
+
+    fn truncate_active(&mut self, from: u64) -> Result<()> {
+        let keep = (from - self.active.first) as usize;
+        let size = u64::from(self.active.offsets[keep]);
+        let name = self.active.name.clone();
+        let cut = self.active.file.set_len(size);
+        self.poison_on_error(cut, "set_len", &name)?;
+        let synced = self.active.file.sync_data();
+        self.poison_on_error(synced, "sync_data", &name)?;
+        self.active.offsets.truncate(keep);
+        self.active.size = size;
+        self.active.last_timestamp_ms = None;
+        Ok(())
+    }
+
+    /// Rewrites the last sealed segment's prefix below `from` into a new
+    /// file renamed over it: the old file may be mapped, so it is never
+    /// shrunk.
+    fn rewrite_last_sealed(&mut self, from: u64) -> Result<()> {
+        let sealed = self.sealed.back().expect("caller checked");
+        let view = sealed.view()?;
+        let end = view.offsets[(from - sealed.first) as usize] as usize;
+        let (first, name) = (sealed.first, sealed.name.clone());
+        let tmp = segment::name_tmp(first);
+        let created = self.disk.create(&tmp);
+        let file = self.poison_on_error(created, "create", &tmp)?;
+        let written = file.write_at(0, &view.map[..end]);
+        self.poison_on_error(written, "write", &tmp)?;
+        let synced = file.sync_data();
+        self.poison_on_error(synced, "sync_data", &tmp)?;
+        let renamed = self.disk.rename(&tmp, &name);
+        self.poison_on_error(renamed, "rename", &name)?;
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", &name)?;
+        let sealed = self.sealed.back_mut().expect("caller checked");
+        sealed.next = from;
+        sealed.size = end as u64;
+        sealed.file = Arc::new(file);
+        *sealed.view.get_mut().expect("view lock") = None;
+        Ok(())
+    }
+
+    /// Creates an empty active segment at `first`, replacing the current
+    /// active segment (which the caller has removed or sealed).
+    fn start_active(&mut self, first: u64) -> Result<()> {
+        let name = segment::name(first);
+        let created = self.disk.create(&name);
+        let file = self.poison_on_error(created, "create", &name)?;
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", &name)?;
+        self.active = Active {
+            first,
+            name,
+            file: Arc::new(file),
+            offsets: Vec::new(),
+            size: 0,
+            last_timestamp_ms: None,
+        };
+        Ok(())
+    }
+
+    /// Purges every entry below `index`: whole sealed segments are removed;
+    /// entries of a segment that also holds later entries become
+    /// unreadable. Purging past the end empties the log and continues it
+    /// at `index` (installing a snapshot). Durable on return.
+    pub fn purge_before(&mut self, index: u64) -> Result<()> {
+        self.check_poison()?;
+        if index <= self.first_index() {
+            return Ok(());
+        }
+        let mut next = self.meta.clone();
+        next.purged_next = index;
+        self.store_meta(next)?;
+        if index > self.next_index() {
+            let old = std::mem::take(&mut self.sealed);
+            let old_active = self.active.name.clone();
+            self.start_active(index)?;
+            self.durable_next = index;
+            self.truncations += 1;
+            for name in old
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain([old_active.as_str()])
+            {
+                let removed = self.disk.remove(name);
+                self.poison_on_error(removed, "remove", name)?;
+            }
+        } else {
+            while self.sealed.front().is_some_and(|s| s.next <= index) {
+                let sealed = self.sealed.pop_front().expect("checked");
+                let removed = self.disk.remove(&sealed.name);
+                self.poison_on_error(removed, "remove", &sealed.name)?;
+            }
+        }
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", meta::NAME)
+    }
+
+    /// The index retention allows purging before: whole sealed segments,
+    /// oldest first, while the log is over its size limit or a segment's
+    /// newest record is older than the age limit by the log's clock.
+    pub fn retention_point(&self, retention: &Retention) -> Result<u64> {
+        let mut total: u64 = self.sealed.iter().map(|s| s.size).sum::<u64>() + self.active.size;
+        let now_ms = wall_unix_ms(&*self.clock);
+        let mut point = self.first_index();
+        for sealed in &self.sealed {
+            let over_size = retention.size_max.is_some_and(|max| total > max);
+            let expired = match retention.age_max {
+                Some(age) => {
+                    let newest = sealed.view()?.last_timestamp_ms.unwrap_or(0);
+                    newest.saturating_add(age.as_millis() as u64) < now_ms
+                }
+                None => false,
+            };
+            if !(over_size || expired) {
+                break;
+            }
+            total -= sealed.size;
+            point = point.max(sealed.next);
+        }
+        Ok(point)
+    }
+
+    /// Applies [`Log::retention_point`]; returns the new first index.
+    pub fn apply_retention(&mut self, retention: &Retention) -> Result<u64> {
+        let point = self.retention_point(retention)?;
+        self.purge_before(point)?;
+        Ok(self.first_index())
+    }
+
+    /// Reads every frame of every segment and checks every checksum.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for sealed in &self.sealed {
+            let view = sealed.view()?;
+            for index in sealed.first..sealed.next {
+                view.frame(&sealed.name, sealed.first, index)?;
+            }
+            report.segments += 1;
+            report.frames += sealed.next - sealed.first;
+            report.bytes += sealed.size;
+        }
+        let mut records = Vec::new();
+        self.read_active(self.active.first..self.active.next(), &mut records)?;
+        report.segments += 1;
+        report.frames += records.len() as u64;
+        report.bytes += self.active.size;
+        Ok(report)
+    }
+
+    /// Every segment, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let sealed = self.sealed.iter().map(|s| SegmentInfo {
+            name: s.name.clone(),
+            first: s.first,
+            next: s.next,
+            size: s.size,
+            sealed: true,
+        });
+        let active = SegmentInfo {
+            name: self.active.name.clone(),
+            first: self.active.first,
+            next: self.active.next(),
+            size: self.active.size,
+            sealed: false,
+        };
+        sealed.chain([active]).collect()
+    }
+
+    /// The disk the log works on.
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    /// Frames plus headers, in bytes, of all segments.
+    pub fn size(&self) -> u64 {
+        self.sealed.iter().map(|s| s.size).sum::<u64>() + self.active.size
+    }
+
+    fn store_meta(&mut self, next: Meta) -> Result<()> {
+        let stored = meta::store(&self.disk, &next);
+        if let Err(error) = &stored {
+            self.poison.get_or_insert_with(|| error.to_string());
+        }
+        stored?;
+        self.meta = next;
+        Ok(())
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poison {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns a disk result into the log's, poisoning the log on failure.
+    fn poison_on_error<T>(
+        &mut self,
+        result: std::io::Result<T>,
+        op: &'static str,
+        file: &str,
+    ) -> Result<T> {
+        result.map_err(|source| {
+            let error = Error::io(op, file, source);
+            tracing::error!(%error, "log poisoned");
+            self.poison.get_or_insert_with(|| error.to_string());
+            error
+        })
+    }
+}
+
+/// Bytes of frame overhead per entry, for callers sizing batches.
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The metadata file `log.meta`: the purge point and the user's opaque
+//! bytes (Raft's vote), replaced atomically. Layout in `FORMAT.md`.
+//!
+//! Fault model: the file is only ever replaced by write-new, sync, rename,
+//! sync-dir, so after a crash it is either the old or the new version,
+//! whole. A checksum mismatch is therefore never a torn write: it is
+//! corruption, reported as such.
+
+use crate::constants::META_SIZE_MAX;
+use crate::io::{Disk, DiskFile};
+
+use super::error::{CorruptionReason, Error, Result};
+
+pub(crate) const NAME: &str = "log.meta";
+pub(crate) const NAME_TMP: &str = "log.meta.tmp";
+const MAGIC: &[u8; 4] = b"SLMT";
+const VERSION: u8 = 1;
+pub(crate) const HEADER_SIZE: usize = 32;
+
+/// What the metadata file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Every index below this is purged.
+    pub purged_next: u64,
+    /// Opaque bytes of the log's user.
+    pub app: Vec<u8>,
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<u8> {
+        let size = HEADER_SIZE + self.app.len();
+        assert!(size <= META_SIZE_MAX);
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(size as u32).to_le_bytes());
+        out.extend_from_slice(&[VERSION, 0, 0, 0]);
+        out.extend_from_slice(&self.purged_next.to_le_bytes());
+        out.extend_from_slice(&(self.app.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.app);
+        let checksum = checksum(&out);
+        out[4..8].copy_from_slice(&checksum.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Meta, String> {
+        if bytes.len() < HEADER_SIZE || bytes.len() > META_SIZE_MAX {
+            return Err(format!("size {} out of bounds", bytes.len()));
+        }
+        if &bytes[0..4] != MAGIC {
+            return Err("bad magic".to_owned());
+        }
+        let size = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        if size != bytes.len() {
+            return Err(format!("size field {size}, file has {}", bytes.len()));
+        }
+        let stored = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        let computed = checksum(bytes);
+        if stored != computed {
+            return Err(format!(
+                "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+            ));
+        }
+        if bytes[12] != VERSION {
+            return Err(format!("unknown version {}", bytes[12]));
+        }
+        let app_size = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        if HEADER_SIZE + app_size != size {
+            return Err(format!("app size {app_size} does not fit file size {size}"));
+        }
+        Ok(Meta {
+            purged_next: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            app: bytes[HEADER_SIZE..].to_vec(),
+        })
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..4]);
+    hasher.update(&bytes[8..]);
+    hasher.finalize()
+}
+
+/// Reads `log.meta`; `None` if it does not exist.
+pub(crate) fn load<D: Disk>(disk: &D) -> Result<Option<Meta>> {
+    let file = match disk.open(NAME) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io("open", NAME, error)),
+    };
+    let size = file.size().map_err(|e| Error::io("size", NAME, e))?;
+    if size > META_SIZE_MAX as u64 {
+        let reason = CorruptionReason::Meta(format!("file is {size} bytes, more than the maximum"));
+        return Err(Error::corruption(NAME, 0, None, reason));
+    }
+    let mut bytes = vec![0; size as usize];
+    file.read_at(0, &mut bytes)
+        .map_err(|e| Error::io("read", NAME, e))?;
+    Meta::decode(&bytes)
+        .map(Some)
+        .map_err(|what| Error::corruption(NAME, 0, None, CorruptionReason::Meta(what)))
+}
+
+/// Replaces `log.meta` atomically: write new, sync, rename, sync dir.
+pub(crate) fn store<D: Disk>(disk: &D, meta: &Meta) -> Result<()> {
+    let bytes = meta.encode();
+    match disk.remove(NAME_TMP) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(Error::io("remove", NAME_TMP, error)),
+    }
+    let file = disk
+        .create(NAME_TMP)
+        .map_err(|e| Error::io("create", NAME_TMP, e))?;
+    file.write_at(0, &bytes)
+        .map_err(|e| Error::io("write", NAME_TMP, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("sync_data", NAME_TMP, e))?;
+    disk.rename(NAME_TMP, NAME)
+        .map_err(|e| Error::io("rename", NAME, e))?;
+    disk.sync_dir().map_err(|e| Error::io("sync_dir", NAME, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let meta = Meta {
+            purged_next: 77,
+            app: b"vote".to_vec(),
+        };
+        let bytes = meta.encode();
+        assert_eq!(Meta::decode(&bytes), Ok(meta));
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(Meta::decode(&damaged).is_err(), "bit {bit}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Opening a log: finishing interrupted operations, cutting a torn tail,
+//! refusing damage to acknowledged records (or repairing it on request).
+//!
+//! The order of checks follows the order of the write path in reverse:
+//! leftovers of interrupted rewrites go first, then the purge point from the
+//! metadata file, then the active (last) segment, the only one that can end
+//! torn. See `FORMAT.md` for the rules.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::io::{Clock, Disk, DiskFile};
+
+use super::error::{Corruption, CorruptionReason, Error, Result};
+use super::frame::FrameError;
+use super::meta::{self, Meta};
+use super::segment::{self, Scan};
+use super::{Active, Log, Options, RecoveryMode, Sealed};
+
+/// What [`Log::open`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// Files removed: leftovers of interrupted rewrites and purges.
+    pub removed: Vec<String>,
+    /// The torn tail that was cut off, if any.
+    pub torn_tail: Option<TornTail>,
+    /// What [`RecoveryMode::Repair`] cut, if anything.
+    pub repair: Option<Repair>,
+}
+
+/// A torn tail: frames written but not proven durable, cut on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The active segment.
+    pub file: String,
+    /// Where the first bad frame began; the file now ends here.
+    pub offset: u64,
+    /// The index that frame should have held.
+    pub index: u64,
+    /// What was wrong with it.
+    pub reason: FrameError,
+    /// Bytes cut off.
+    pub bytes_cut: u64,
+    /// Valid frames found after the bad one, and dropped with it.
+    pub frames_dropped: u64,
+}
+
+/// What a repair dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The first damage found, where the log was cut.
+    pub corruption: Corruption,
+    /// Whole segments removed after the damaged one.
+    pub segments_removed: Vec<String>,
+    /// Bytes dropped in all.
+    pub bytes_dropped: u64,
+}
+
+pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Log<D>> {
+    let mut report = RecoveryReport::default();
+    let names = disk
+        .list()
+        .map_err(|e| Error::io("list", "data directory", e))?;
+    remove_leftovers(&disk, &names, &mut report)?;
+    let mut firsts: Vec<u64> = names
+        .iter()
+        .filter_map(|n| segment::parse_name(n))
+        .collect();
+    firsts.sort_unstable();
+    let meta = load_meta(&disk, &firsts)?;
+    remove_purged(&disk, &mut firsts, meta.purged_next, &mut report)?;
+    if options.recovery == RecoveryMode::Repair {
+        repair_sealed(&disk, &mut firsts, &mut report)?;
+    }
+    let (tail, scan) = open_tail(&disk, &mut firsts, &meta, options.recovery, &mut report)?;
+    let mut sealed = VecDeque::with_capacity(firsts.len());
+    for pair in firsts.windows(2) {
+        let name = segment::name(pair[0]);
+        let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
+        let size = file.size().map_err(|e| Error::io("size", &name, e))?;
+        sealed.push_back(Sealed {
+            first: pair[0],
+            next: pair[1],
+            name,
+            file: Arc::new(file),
+            size,
+            view: Mutex::new(None),
+        });
+    }
+    report.segments = sealed.len() + 1;
+    let active = Active {
+        first: *firsts.last().expect("a tail exists"),
+        name: segment::name(*firsts.last().expect("a tail exists")),
+        file: Arc::new(tail),
+        offsets: scan.offsets,
+        size: scan.end,
+        last_timestamp_ms: scan.last_timestamp_ms,
+    };
+    let durable_next = active.next();
+    Ok(Log {
+        disk,
+        clock,
+        options,
+        sealed,
+        active,
+        meta,
+        durable_next,
+        truncations: 0,
+        poison: None,
+        buffer: Vec::new(),
+        pending: Vec::new(),
+        report,
+    })
+}
+
+fn remove_leftovers<D: Disk>(
+    disk: &D,
+    names: &[String],
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for name in names {
+        if segment::is_tmp_name(name) || name == meta::NAME_TMP {
+            disk.remove(name)
+                .map_err(|e| Error::io("remove", name, e))?;
+            report.removed.push(name.clone());
+        }
+    }
+    Ok(())
+}
+
+fn load_meta<D: Disk>(disk: &D, firsts: &[u64]) -> Result<Meta> {
+    match meta::load(disk)? {
+        Some(meta) => Ok(meta),
+        None if firsts.is_empty() => {
+            let meta = Meta::default();
+            meta::store(disk, &meta)?;
+            Ok(meta)
+        }
+        None => {
+            let what = "log.meta is missing but segment files exist".to_owned();
+            Err(Error::corruption(
+                meta::NAME,
+                0,
+                None,
+                CorruptionReason::Layout(what),
+            ))
+        }
+    }
+}
+
+/// Removes sealed segments wholly below the purge point: a purge that
+/// crashed after raising the point in `log.meta`.
+fn remove_purged<D: Disk>(
+    disk: &D,
+    firsts: &mut Vec<u64>,
+    purged_next: u64,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let purged = firsts
+        .windows(2)
+        .take_while(|pair| pair[1] <= purged_next)
+        .count();
+    for first in firsts.drain(..purged) {
+        let name = segment::name(first);
+        disk.remove(&name)
+            .map_err(|e| Error::io("remove", &name, e))?;
+        report.removed.push(name);
+    }
+    if purged > 0 {
+        disk.sync_dir()
+            .map_err(|e| Error::io("sync_dir", "data directory", e))?;
+    }
+    Ok(())
+}
+
+/// Verifies every sealed segment; at the first damage, removes every later
+/// segment so that the damaged one becomes the tail and is cut there.
+fn repair_sealed<D: Disk>(
+    disk: &D,
+    firsts: &mut Vec<u64>,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for position in 0..firsts.len().saturating_sub(1) {
+        let name = segment::name(firsts[position]);
+        let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
+        let loaded = super::SealedView::load(&file, &name, firsts[position], firsts[position + 1]);
+        let corruption = match loaded {
+            Ok(_) => continue,
+            Err(Error::Corruption(corruption)) => *corruption,
+            Err(other) => return Err(other),
+        };
+        let mut repair = Repair {
+            corruption,
+            segments_removed: Vec::new(),
+            bytes_dropped: 0,
+        };
+        for first in firsts.drain(position + 1..).rev() {
+            let name = segment::name(first);
+            let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
+            repair.bytes_dropped += file.size().map_err(|e| Error::io("size", &name, e))?;
+            disk.remove(&name)
+                .map_err(|e| Error::io("remove", &name, e))?;
+            repair.segments_removed.push(name);
+        }
+        disk.sync_dir()
+            .map_err(|e| Error::io("sync_dir", "data directory", e))?;
+        report.repair = Some(repair);
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Opens and recovers the last segment, creating one if there is none or
+/// if a purge past the end left it wholly purged.
+fn open_tail<D: Disk>(
+    disk: &D,
+    firsts: &mut Vec<u64>,
+    meta: &Meta,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+) -> Result<(D::File, Scan)> {
+    if let Some(&first) = firsts.last() {
+        let name = segment::name(first);
+        let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
+        let scan = recover_tail(&file, &name, first, mode, report)?;
+        if firsts.len() > 1 || scan.next_index >= meta.purged_next {
+            return Ok((file, scan));
+        }
+        // The only segment ends below the purge point: a purge past the end
+        // crashed before its new segment existed.
+        drop(file);
+        disk.remove(&name)
+            .map_err(|e| Error::io("remove", &name, e))?;
+        report.removed.push(name);
+        firsts.clear();
+    }
+    let first = meta.purged_next;
+    let name = segment::name(first);
+    let file = disk
+        .create(&name)
+        .map_err(|e| Error::io("create", &name, e))?;
+    disk.sync_dir()
+        .map_err(|e| Error::io("sync_dir", &name, e))?;
+    firsts.push(first);
+    let scan = Scan {
+        next_index: first,
+        ..Scan::default()
+    };
+    Ok((file, scan))
+}
+
+/// Scans the tail segment; cuts a torn tail; refuses (or, in repair mode,
+/// cuts) damage that a later frame proves was acknowledged. Syncs the
+/// result, so everything left is durable.
+fn recover_tail<F: DiskFile>(
+    file: &F,
+    name: &str,
+    first: u64,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+) -> Result<Scan> {
+    let size = file.size().map_err(|e| Error::io("size", name, e))?;
+    let mut bytes = vec![0; usize::try_from(size).expect("segment fits memory")];
+    file.read_at(0, &mut bytes)
+        .map_err(|e| Error::io("read", name, e))?;
+    let scan = segment::scan(&bytes, first);
+    if let Some(reason) = scan.stop {
+        let bad_index = scan.next_index;
+        let later = segment::later_frames(&bytes, scan.end, bad_index);
+        let acknowledged = later.durable_next_max > bad_index;
+        if acknowledged && mode != RecoveryMode::Repair {
+            let reason = CorruptionReason::AcknowledgedFrame(reason);
+            return Err(Error::corruption(name, scan.end, Some(bad_index), reason));
+        }
+        file.set_len(scan.end)
+            .map_err(|e| Error::io("set_len", name, e))?;
+        let cut = size - scan.end;
+        if acknowledged || report.repair.is_some() {
+            record_repair(report, name, &scan, reason, cut);
+        } else {
+            tracing::warn!(file = name, offset = scan.end, bytes = cut, %reason, "cut a torn tail");
+            report.torn_tail = Some(TornTail {
+                file: name.to_owned(),
+                offset: scan.end,
+                index: bad_index,
+                reason,
+                bytes_cut: cut,
+                frames_dropped: later.frames,
+            });
+        }
+    }
+    file.sync_data()
+        .map_err(|e| Error::io("sync_data", name, e))?;
+    Ok(scan)
+}
+
+fn record_repair(
+    report: &mut RecoveryReport,
+    name: &str,
+    scan: &Scan,
+    reason: FrameError,
+    cut: u64,
+) {
+    let corruption = Corruption {
+        file: name.to_owned(),
+        offset: scan.end,
+        index: Some(scan.next_index),
+        reason: CorruptionReason::Frame(reason),
+    };
+    tracing::warn!(%corruption, bytes = cut, "repair cut the log");
+    let repair = report.repair.get_or_insert_with(|| Repair {
+        corruption,
+        segments_removed: Vec::new(),
+        bytes_dropped: 0,
+    });
+    repair.bytes_dropped += cut;
+}

@@ -1,0 +1,413 @@
+//! Unit tests of the log on `CrashDisk`.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::io::{CrashDisk, CrashPolicy, FaultOp, ManualClock};
+
+const SEGMENT: u64 = 4096;
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ))
+}
+
+fn options() -> Options {
+    Options {
+        segment_size: SEGMENT,
+        ..Options::default()
+    }
+}
+
+fn open(disk: &CrashDisk) -> Log<CrashDisk> {
+    Log::open(disk.clone(), clock(), options()).expect("open")
+}
+
+fn payload(index: u64) -> Vec<u8> {
+    let mut bytes = format!("entry {index} ").into_bytes();
+    bytes.resize(40 + (index as usize * 37) % 200, b'x');
+    bytes
+}
+
+fn append(log: &mut Log<CrashDisk>, count: u64, persist: PersistMode) {
+    let first = log.next_index();
+    let payloads: Vec<Vec<u8>> = (first..first + count).map(payload).collect();
+    let entries: Vec<Entry<'_>> = payloads
+        .iter()
+        .zip(first..)
+        .map(|(payload, index)| Entry {
+            index,
+            term: 1,
+            kind: 1,
+            timestamp_ms: 1_700_000_000_000 + index,
+            payload,
+        })
+        .collect();
+    log.append(&entries, persist).expect("append");
+}
+
+fn read_all(log: &Log<CrashDisk>) -> Vec<Record> {
+    let mut out = Vec::new();
+    log.read(log.first_index()..log.next_index(), &mut out)
+        .expect("read");
+    out
+}
+
+fn assert_contents(log: &Log<CrashDisk>, first: u64, next: u64) {
+    assert_eq!((log.first_index(), log.next_index()), (first, next));
+    let records = read_all(log);
+    assert_eq!(records.len() as u64, next - first);
+    for (record, index) in records.iter().zip(first..) {
+        assert_eq!(record.index, index);
+        assert_eq!(record.payload, payload(index));
+    }
+}
+
+#[test]
+fn append_read_and_reopen_across_segments() {
+    let disk = CrashDisk::new(1);
+    let mut log = open(&disk);
+    for _ in 0..20 {
+        append(&mut log, 7, PersistMode::Buffer);
+    }
+    log.sync().unwrap();
+    assert!(log.segments().len() > 5, "small segments roll over");
+    assert_contents(&log, 0, 140);
+    let mut middle = Vec::new();
+    log.read(33..97, &mut middle).unwrap();
+    assert_eq!(middle.first().unwrap().index, 33);
+    assert_eq!(middle.len(), 64);
+    drop(log);
+    let log = open(&disk);
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_contents(&log, 0, 140);
+    assert_eq!(log.verify().unwrap().frames, 140);
+}
+
+#[test]
+fn reads_past_the_end_are_clipped_and_purged_reads_are_errors() {
+    let disk = CrashDisk::new(2);
+    let mut log = open(&disk);
+    append(&mut log, 50, PersistMode::SyncData);
+    let mut out = Vec::new();
+    log.read(45..1000, &mut out).unwrap();
+    assert_eq!(out.len(), 5);
+    log.purge_before(30).unwrap();
+    let error = log.read(10..20, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Purged {
+                index: 10,
+                first: 30
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn unsynced_appends_vanish_in_a_crash_and_synced_ones_survive() {
+    let disk = CrashDisk::new(3);
+    let mut log = open(&disk);
+    append(&mut log, 5, PersistMode::SyncData);
+    append(&mut log, 5, PersistMode::Buffer);
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let log = open(&disk);
+    assert_contents(&log, 0, 5);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported() {
+    let disk = CrashDisk::new(4);
+    let mut log = open(&disk);
+    append(&mut log, 5, PersistMode::SyncData);
+    append(&mut log, 3, PersistMode::Buffer);
+    let active = log.segments().last().unwrap().clone();
+    drop(log);
+    // Damage the unsynced last frame: nothing later proves it durable.
+    let bytes = disk.read_file(&active.name).unwrap();
+    disk.flip_bit(&active.name, (bytes.len() as u64 - 3) * 8)
+        .unwrap();
+    let log = open(&disk);
+    let torn = log
+        .recovery_report()
+        .torn_tail
+        .clone()
+        .expect("torn tail reported");
+    assert_eq!(torn.index, 7);
+    assert_eq!(torn.file, active.name);
+    assert_contents(&log, 0, 7);
+}
+
+#[test]
+fn damage_to_an_acknowledged_frame_refuses_to_open_and_repair_cuts_it() {
+    let disk = CrashDisk::new(5);
+    let mut log = open(&disk);
+    append(&mut log, 3, PersistMode::SyncData);
+    append(&mut log, 3, PersistMode::SyncData);
+    let active = log.segments().last().unwrap().clone();
+    drop(log);
+    // Frame 1 lies at 48 + payload(0) bytes; flip a payload byte of it.
+    let offset_1 = (48 + payload(0).len()) as u64;
+    disk.flip_bit(&active.name, (offset_1 + 50) * 8).unwrap();
+    let error = Log::open(disk.clone(), clock(), options()).unwrap_err();
+    let corruption = error.as_corruption().expect("a corruption error");
+    assert_eq!(corruption.file, active.name);
+    assert_eq!(corruption.offset, offset_1);
+    assert_eq!(corruption.index, Some(1));
+    assert!(
+        error.to_string().contains("RecoveryMode::Repair"),
+        "{error}"
+    );
+    let repair_options = Options {
+        recovery: RecoveryMode::Repair,
+        ..options()
+    };
+    let log = Log::open(disk.clone(), clock(), repair_options).unwrap();
+    let repair = log
+        .recovery_report()
+        .repair
+        .clone()
+        .expect("repair reported");
+    assert_eq!(repair.corruption.index, Some(1));
+    assert_contents(&log, 0, 1);
+}
+
+#[test]
+fn damage_in_a_sealed_segment_is_named_on_read_and_by_verify() {
+    let disk = CrashDisk::new(6);
+    let mut log = open(&disk);
+    append(&mut log, 60, PersistMode::SyncData);
+    let sealed = log.segments()[1].clone();
+    assert!(sealed.sealed);
+    drop(log);
+    disk.flip_bit(&sealed.name, 100 * 8).unwrap();
+    let log = open(&disk);
+    let error = log.verify().unwrap_err();
+    assert_eq!(error.as_corruption().unwrap().file, sealed.name);
+    let mut out = Vec::new();
+    let error = log.read(sealed.first..sealed.next, &mut out).unwrap_err();
+    assert_eq!(error.as_corruption().unwrap().index, Some(sealed.first));
+    // Repair cuts the log at the damaged frame and drops later segments.
+    drop(log);
+    let repair_options = Options {
+        recovery: RecoveryMode::Repair,
+        ..options()
+    };
+    let log = Log::open(disk.clone(), clock(), repair_options).unwrap();
+    assert!(log.recovery_report().repair.is_some());
+    assert_contents(&log, 0, sealed.first);
+}
+
+#[test]
+fn truncate_inside_the_active_and_inside_a_sealed_segment() {
+    let disk = CrashDisk::new(7);
+    let mut log = open(&disk);
+    append(&mut log, 60, PersistMode::SyncData);
+    log.truncate_after(57).unwrap();
+    assert_contents(&log, 0, 58);
+    let sealed = log.segments()[2].clone();
+    let mut held = Vec::new();
+    log.read(sealed.first..sealed.next, &mut held).unwrap();
+    let cut = sealed.first + 2;
+    log.truncate_from(cut).unwrap();
+    assert_contents(&log, 0, cut);
+    // Payloads read before the rewrite stay valid (the old map lives on).
+    assert_eq!(held[0].payload, payload(sealed.first));
+    append(&mut log, 10, PersistMode::SyncData);
+    drop(log);
+    disk.crash_with(CrashPolicy::Random);
+    let log = open(&disk);
+    assert_contents(&log, 0, cut + 10);
+}
+
+#[test]
+fn purge_removes_whole_segments_and_purge_past_the_end_restarts_the_log() {
+    let disk = CrashDisk::new(8);
+    let mut log = open(&disk);
+    append(&mut log, 60, PersistMode::SyncData);
+    let segments = log.segments().len();
+    log.purge_before(25).unwrap();
+    assert!(log.segments().len() < segments);
+    assert_contents(&log, 25, 60);
+    log.purge_before(100).unwrap();
+    assert_eq!((log.first_index(), log.next_index()), (100, 100));
+    append(&mut log, 3, PersistMode::SyncData);
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let log = open(&disk);
+    assert_contents(&log, 100, 103);
+}
+
+#[test]
+fn app_meta_is_replaced_atomically() {
+    let disk = CrashDisk::new(9);
+    let mut log = open(&disk);
+    assert_eq!(log.app_meta(), b"");
+    log.set_app_meta(b"vote: term 3 for node 2").unwrap();
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let log = open(&disk);
+    assert_eq!(log.app_meta(), b"vote: term 3 for node 2");
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log_and_synced_data_survives() {
+    let disk = CrashDisk::new(10);
+    let mut log = open(&disk);
+    append(&mut log, 5, PersistMode::SyncData);
+    append(&mut log, 5, PersistMode::Buffer);
+    disk.fail_next(FaultOp::Sync, "");
+    assert!(matches!(
+        log.sync(),
+        Err(Error::Io {
+            op: "sync_data",
+            ..
+        })
+    ));
+    // Never retried: every later call is refused.
+    assert!(matches!(log.sync(), Err(Error::Poisoned { .. })));
+    let refused = log.append(
+        &[Entry {
+            index: 10,
+            term: 1,
+            kind: 1,
+            timestamp_ms: 0,
+            payload: b"x",
+        }],
+        PersistMode::SyncData,
+    );
+    assert!(matches!(refused, Err(Error::Poisoned { .. })));
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let log = open(&disk);
+    assert_contents(&log, 0, 5);
+}
+
+#[test]
+fn a_full_disk_fails_the_append_and_loses_nothing_acknowledged() {
+    let disk = CrashDisk::new(11);
+    let mut log = open(&disk);
+    append(&mut log, 5, PersistMode::SyncData);
+    disk.set_capacity(Some(disk_usage(&disk) + 100));
+    let big = vec![7u8; 4000];
+    let result = log.append(
+        &[Entry {
+            index: 5,
+            term: 1,
+            kind: 1,
+            timestamp_ms: 0,
+            payload: &big,
+        }],
+        PersistMode::SyncData,
+    );
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("write"), "{error}");
+    drop(log);
+    disk.set_capacity(None);
+    disk.crash();
+    let log = open(&disk);
+    assert_contents(&log, 0, 5);
+}
+
+fn disk_usage(disk: &CrashDisk) -> u64 {
+    disk.list()
+        .unwrap()
+        .iter()
+        .map(|name| disk.read_file(name).unwrap().len() as u64)
+        .sum()
+}
+
+#[test]
+fn too_large_a_payload_is_refused_before_anything_is_written() {
+    let disk = CrashDisk::new(12);
+    let mut log = open(&disk);
+    let big = vec![0u8; crate::constants::PAYLOAD_SIZE_MAX + 1];
+    let entries = [
+        Entry {
+            index: 0,
+            term: 1,
+            kind: 1,
+            timestamp_ms: 0,
+            payload: b"small",
+        },
+        Entry {
+            index: 1,
+            term: 1,
+            kind: 1,
+            timestamp_ms: 0,
+            payload: &big,
+        },
+    ];
+    let error = log.append(&entries, PersistMode::SyncData).unwrap_err();
+    assert!(matches!(error, Error::PayloadTooLarge { index: 1, .. }));
+    assert_eq!(log.next_index(), 0);
+}
+
+#[test]
+fn group_commit_through_a_sync_handle() {
+    let disk = CrashDisk::new(13);
+    let mut log = open(&disk);
+    append(&mut log, 4, PersistMode::Buffer);
+    append(&mut log, 4, PersistMode::Buffer);
+    assert_eq!(log.durable_next(), 0);
+    let handle = log.sync_handle().unwrap();
+    let result = handle.sync();
+    assert_eq!(log.complete_sync(handle, result).unwrap(), 8);
+    // A handle taken before a truncation proves nothing afterwards.
+    append(&mut log, 4, PersistMode::Buffer);
+    let stale = log.sync_handle().unwrap();
+    log.truncate_from(10).unwrap();
+    append(&mut log, 4, PersistMode::Buffer);
+    assert_eq!(log.complete_sync(stale, Ok(())).unwrap(), 8);
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    assert_contents(&open(&disk), 0, 10);
+}
+
+#[test]
+fn retention_by_size_and_by_age_drops_whole_old_segments() {
+    let disk = CrashDisk::new(14);
+    let clock = clock();
+    let mut log = Log::open(disk.clone(), clock.clone(), options()).unwrap();
+    let first_batch_ms = crate::io::wall_unix_ms(&*clock);
+    let entry_payload = vec![1u8; 300];
+    for index in 0..40 {
+        let entry = Entry {
+            index,
+            term: 1,
+            kind: 1,
+            timestamp_ms: first_batch_ms + index * 1000,
+            payload: &entry_payload,
+        };
+        log.append(&[entry], PersistMode::Buffer).unwrap();
+    }
+    log.sync().unwrap();
+    let size = log.size();
+    let by_size = Retention {
+        size_max: Some(size / 2),
+        age_max: None,
+    };
+    let first = log.apply_retention(&by_size).unwrap();
+    assert!(
+        first > 0 && log.size() <= size / 2 + SEGMENT,
+        "first {first}"
+    );
+    // Nothing is old yet by the clock.
+    let by_age = Retention {
+        size_max: None,
+        age_max: Some(Duration::from_secs(3600)),
+    };
+    assert_eq!(log.apply_retention(&by_age).unwrap(), first);
+    clock.advance(Duration::from_secs(3600 + 60));
+    let aged = log.apply_retention(&by_age).unwrap();
+    assert!(
+        aged > first,
+        "segments with newest record older than an hour go"
+    );
+    assert!(aged < 40, "the active segment is never dropped");
+}

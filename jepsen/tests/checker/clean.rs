@@ -105,16 +105,3 @@ fn a_large_history_is_checked() {
     assert!(report.valid, "{report}");
     assert_eq!(report.stats.final_read_events, 50_000);
 }
-
-#[test]
-#[ignore = "timing; run with --release -- --ignored"]
-fn a_million_op_history_is_checked_in_seconds() {
-    let history = workload(500_000);
-    assert!(history.ops.len() >= 1_000_000);
-    let started = std::time::Instant::now();
-    let report = check(&history);
-    let elapsed = started.elapsed();
-    println!("{} ops checked in {elapsed:?}", history.ops.len());
-    assert!(report.valid, "{report}");
-    assert!(elapsed.as_secs() < 10, "{elapsed:?}");
-}

@@ -13,9 +13,13 @@
 //! as its log and that holds every event body. See `ARCHITECTURE.md` at the
 //! repository root for the map of the whole system.
 
+pub mod bus;
 pub mod constants;
+pub mod event;
 pub mod io;
 pub mod log;
+pub mod raft;
+pub mod state;
 
 /// The README's code blocks, compiled and run as doc tests.
 #[doc = include_str!("../../README.md")]

@@ -549,3 +549,34 @@ fn handles_work_from_several_threads() {
         assert!(chunk.iter().all(|&b| usize::from(b) == index));
     }
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // A test drives the disk from two threads.
+fn held_syncs_wait_for_release_and_fail_after_a_crash() {
+    let disk = CrashDisk::new(11);
+    let file = disk.create("held").unwrap();
+    disk.sync_dir().unwrap();
+    file.write_at(0, b"data").unwrap();
+    disk.hold_syncs();
+    let released = {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            disk.release_syncs();
+        })
+    };
+    file.sync_data().unwrap();
+    released.join().unwrap();
+    assert_eq!(disk.durable_file("held").as_deref(), Some(&b"data"[..]));
+
+    file.write_at(4, b"more").unwrap();
+    disk.hold_syncs();
+    let syncing = std::thread::spawn(move || file.sync_data());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    disk.crash_with(CrashPolicy::DropAll);
+    assert!(
+        syncing.join().unwrap().is_err(),
+        "a sync held across a crash fails"
+    );
+    assert_eq!(disk.read_file("held").unwrap(), b"data");
+}

@@ -147,11 +147,41 @@ pub struct CrashOutcome {
 #[derive(Clone, Debug)]
 pub struct CrashDisk {
     state: Arc<Mutex<State>>,
+    gate: Arc<SyncGate>,
+}
+
+/// Holds `sync_data` calls until released or until a crash, so a test can
+/// crash while a sync is in flight (the window where an implementation
+/// that acknowledges before syncing loses data). Kept outside `State` so a
+/// held sync does not block the rest of the disk.
+#[derive(Debug, Default)]
+struct SyncGate {
+    /// (held, crashes so far).
+    held: Mutex<(bool, u64)>,
+    changed: std::sync::Condvar,
+}
+
+impl SyncGate {
+    fn pass(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let crashes = held.1;
+        while held.0 && held.1 == crashes {
+            held = self.changed.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn set(&self, hold: bool, crashed: bool) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 = hold;
+        held.1 += u64::from(crashed);
+        self.changed.notify_all();
+    }
 }
 
 /// An open file of a [`CrashDisk`].
 pub struct CrashFile {
     state: Arc<Mutex<State>>,
+    gate: Arc<SyncGate>,
     name: String,
     inode: InodeId,
     /// The crash count when the handle was opened; a later crash kills it.
@@ -228,6 +258,7 @@ impl CrashDisk {
         };
         CrashDisk {
             state: Arc::new(Mutex::new(state)),
+            gate: Arc::new(SyncGate::default()),
         }
     }
 
@@ -249,7 +280,21 @@ impl CrashDisk {
             inode.handles = 0;
         }
         state.collect_garbage();
+        drop(state);
+        // Held syncs wake up and fail: their handles died with the crash.
+        self.gate.set(false, true);
         outcome
+    }
+
+    /// While held, every `sync_data` blocks until [`CrashDisk::release_syncs`]
+    /// or a crash (after which it fails, like any call on a dead handle).
+    pub fn hold_syncs(&self) {
+        self.gate.set(true, false);
+    }
+
+    /// Lets held syncs proceed.
+    pub fn release_syncs(&self) {
+        self.gate.set(false, false);
     }
 
     /// Makes the next `op` on a file whose name starts with `name_prefix`
@@ -349,6 +394,7 @@ impl CrashDisk {
         state.inode_mut(id).handles += 1;
         CrashFile {
             state: Arc::clone(&self.state),
+            gate: Arc::clone(&self.gate),
             name: name.to_owned(),
             inode: id,
             generation: state.generation,
@@ -526,6 +572,7 @@ impl DiskFile for CrashFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass();
         self.mutate(FaultOp::Sync, |state| {
             state.sync_file(self.inode);
             Ok(())

@@ -5,6 +5,8 @@
 
 mod clock;
 mod disk;
+mod runtime;
 
 pub use clock::OsClock;
 pub use disk::{OsDisk, OsFile};
+pub use runtime::OsRuntime;

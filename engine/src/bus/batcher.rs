@@ -1,0 +1,159 @@
+//! The batcher: coalesces concurrent publishes into one Raft entry.
+//!
+//! openraft's cost per entry is far above the cost of a small event, so the
+//! batcher takes everything queued (up to a bound) into one `Publish`
+//! entry, as Kafka and Redpanda batch records. Entries are submitted in
+//! queue order with `client_write_ff`, which returns once the entry is
+//! queued in Raft, so batches pipeline while earlier ones commit, and each
+//! producer's events reach the log in the order it sent them.
+
+use std::sync::Arc;
+
+use openraft::alias::{MpscReceiverOf, OneshotReceiverOf, OneshotSenderOf};
+use openraft::async_runtime::{MpscReceiver, OneshotSender};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResponse;
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+
+use crate::event::{BatchBuilder, Event, EventError};
+use crate::io::{Clock, Disk, wall_unix_ms};
+use crate::raft::{Raft, TypeConfig};
+use crate::state::{Command, EventOutcome, Op, Response};
+
+use super::BusError;
+use super::producer::{Gauge, Receipt};
+
+/// Publishes queued for the batcher, across all producers.
+pub(crate) const QUEUE_MAX: usize = 65_536;
+
+/// One event waiting to be batched.
+pub(crate) struct Request<RT: AsyncRuntime> {
+    pub(crate) event: Event,
+    pub(crate) reply: OneshotSenderOf<TypeConfig<RT>, Result<Receipt, BusError>>,
+    pub(crate) gauge: Arc<Gauge<RT>>,
+}
+
+type WriteResult<RT> =
+    Result<ClientWriteResponse<TypeConfig<RT>>, openraft::error::ClientWriteError<TypeConfig<RT>>>;
+
+pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
+    raft: Raft<RT, D>,
+    clock: Arc<dyn Clock>,
+    mut requests: MpscReceiverOf<TypeConfig<RT>, Request<RT>>,
+    batch_events_max: usize,
+) {
+    let mut builder = BatchBuilder::new();
+    let mut pending = Vec::new();
+    while let Some(first) = requests.recv().await {
+        let mut waiting = vec![first];
+        while waiting.len() < batch_events_max {
+            match requests.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
+            }
+        }
+        for request in waiting {
+            match builder.push(&request.event) {
+                Ok(()) => pending.push(request),
+                Err(EventError::BatchFull { .. }) => {
+                    if !submit(&raft, &*clock, &mut builder, &mut pending).await {
+                        return;
+                    }
+                    match builder.push(&request.event) {
+                        Ok(()) => pending.push(request),
+                        Err(error) => {
+                            finish(vec![request], |_| Err(BusError::Event(error.clone())))
+                        }
+                    }
+                }
+                Err(error) => finish(vec![request], |_| Err(BusError::Event(error.clone()))),
+            }
+        }
+        if !submit(&raft, &*clock, &mut builder, &mut pending).await {
+            return;
+        }
+    }
+}
+
+/// Proposes the built batch as one entry; its publishers are answered
+/// when it is applied. Returns false once Raft has stopped.
+async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
+    raft: &Raft<RT, D>,
+    clock: &dyn Clock,
+    builder: &mut BatchBuilder,
+    pending: &mut Vec<Request<RT>>,
+) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    let waiting = std::mem::take(pending);
+    let command = Command {
+        timestamp_ms: wall_unix_ms(clock),
+        op: Op::Publish(builder.finish()),
+    };
+    let (responder, _committed, result) = ProgressResponder::new();
+    match raft.client_write_ff(command, Some(responder)).await {
+        Ok(()) => {
+            drop(TypeConfig::<RT>::spawn(answer::<RT>(result, waiting)));
+            true
+        }
+        Err(fatal) => {
+            let error = fatal.to_string();
+            finish(waiting, |_| Err(BusError::raft(&error)));
+            false
+        }
+    }
+}
+
+/// Waits for the entry to be applied and answers each publisher.
+async fn answer<RT: AsyncRuntime>(
+    result: OneshotReceiverOf<TypeConfig<RT>, WriteResult<RT>>,
+    waiting: Vec<Request<RT>>,
+) {
+    let outcomes = match result.await {
+        Ok(Ok(written)) => match written.data {
+            Response::Published(outcomes) if outcomes.len() == waiting.len() => Ok(outcomes),
+            other => Err(format!("unexpected answer to a publish: {other:?}")),
+        },
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("the bus stopped before the publish was applied".to_owned()),
+    };
+    match outcomes {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            finish(waiting, |_| {
+                receipt(outcomes.next().expect("one outcome per event"))
+            });
+        }
+        Err(error) => finish(waiting, |_| Err(BusError::raft(&error))),
+    }
+}
+
+pub(super) fn receipt(outcome: EventOutcome) -> Result<Receipt, BusError> {
+    match outcome {
+        EventOutcome::Appended { partition, offset } => Ok(Receipt {
+            partition,
+            offset,
+            duplicate: false,
+        }),
+        EventOutcome::Duplicate { partition, offset } => Ok(Receipt {
+            partition,
+            offset,
+            duplicate: true,
+        }),
+        EventOutcome::Rejected(error) => Err(BusError::Publish(error)),
+    }
+}
+
+/// Frees each request's in-flight slot, then answers it.
+fn finish<RT: AsyncRuntime>(
+    waiting: Vec<Request<RT>>,
+    mut answer: impl FnMut(&Event) -> Result<Receipt, BusError>,
+) {
+    for request in waiting {
+        let reply = answer(&request.event);
+        request.gauge.release();
+        let _ = request.reply.send(reply);
+    }
+}

@@ -1,0 +1,323 @@
+//! The embedded bus: a one-member Raft cluster in the process, with
+//! idempotent producers, consumer groups and transactions.
+//!
+//! ```text
+//! Producer::send ─► batcher ─► Raft entry ─► LogStore (write, group commit)
+//!                                  │
+//!                                  ▼ commit
+//!                     StateMachineStore::apply ─► receipts, consumers woken
+//! Consumer::poll ◄── partition index (state) + event bodies (log, zero-copy)
+//! ```
+//!
+//! Everything is generic over the async runtime and the disk, with
+//! production defaults, so the simulator runs this same code on madsim.
+
+mod batcher;
+mod consumer;
+mod error;
+mod producer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::alias::MpscSenderOf;
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+
+use crate::io::os::{OsClock, OsDisk, OsRuntime};
+use crate::io::{Clock, Disk, wall_unix_ms};
+use crate::raft::{
+    Durability, LogStore, LogStoreReader, Node, Raft, SingleNodeNetwork, StateMachineStore,
+    StateView, TypeConfig,
+};
+use crate::state::{Command, Op, Response, TopicConfig};
+
+pub use consumer::{Consumer, Delivery, Transaction};
+pub use error::BusError;
+pub use producer::{Message, PendingReceipt, Producer, Receipt};
+
+/// How a bus is opened.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// This node's id in its Raft group.
+    pub node_id: u64,
+    /// When a publish is acknowledged: after fsync (default) or once in
+    /// the page cache.
+    pub durability: Durability,
+    /// Segment size of the log.
+    pub segment_size: u64,
+    /// Publishes a producer may have in flight before `send` waits.
+    pub inflight_per_producer_max: usize,
+    /// Events the batcher puts into one Raft entry at most.
+    pub batch_events_max: usize,
+    /// How long opening may take (election, replay) before it fails.
+    pub open_timeout: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            node_id: 1,
+            durability: Durability::Sync,
+            segment_size: crate::constants::SEGMENT_SIZE_DEFAULT,
+            inflight_per_producer_max: 64,
+            batch_events_max: 4096,
+            open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A topic as the bus describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Its name.
+    pub name: String,
+    /// Its configuration.
+    pub config: TopicConfig,
+    /// First and next offset of each partition.
+    pub partitions: Vec<(u64, u64)>,
+}
+
+pub(crate) struct Inner<RT: AsyncRuntime, D: Disk + Clone> {
+    pub(crate) raft: Raft<RT, D>,
+    pub(crate) reader: LogStoreReader<D>,
+    pub(crate) view: StateView<RT>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) batcher: MpscSenderOf<TypeConfig<RT>, batcher::Request<RT>>,
+    pub(crate) config: BusConfig,
+}
+
+/// The embedded event bus; cheap to clone (all clones share one node).
+pub struct Bus<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
+    inner: Arc<Inner<RT, D>>,
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Clone for Bus<RT, D> {
+    fn clone(&self) -> Self {
+        Bus {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Bus<RT, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("node_id", &self.inner.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Opens (or creates) a durable bus in `dir` on real files and tokio.
+    /// Must be called inside a tokio runtime.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
+        Bus::open_with_config(dir, BusConfig::default()).await
+    }
+
+    /// [`Bus::open`] with a configuration.
+    pub async fn open_with_config(
+        dir: impl AsRef<Path>,
+        config: BusConfig,
+    ) -> Result<Bus, BusError> {
+        let disk = OsDisk::open(dir.as_ref()).map_err(|source| crate::log::Error::Io {
+            op: "open data directory",
+            file: dir.as_ref().display().to_string(),
+            source,
+        })?;
+        Bus::open_on(disk, Arc::new(OsClock::new()), config).await
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Opens a bus on any disk, clock and runtime: a one-member Raft
+    /// cluster, initialised on first use, replayed on later opens.
+    pub async fn open_on(
+        disk: D,
+        clock: Arc<dyn Clock>,
+        config: BusConfig,
+    ) -> Result<Self, BusError> {
+        if config.inflight_per_producer_max == 0 || config.batch_events_max == 0 {
+            return Err(BusError::Invalid(
+                "in-flight and batch bounds must be positive".into(),
+            ));
+        }
+        let log_options = crate::log::Options {
+            segment_size: config.segment_size,
+            ..crate::log::Options::default()
+        };
+        let store =
+            LogStore::<RT, D>::open(disk.clone(), clock.clone(), log_options, config.durability)?;
+        let reader = store.reader();
+        let machine = StateMachineStore::<RT, D>::new(disk);
+        let view = machine.view();
+        let raft_config = Arc::new(raft_config().validate().map_err(BusError::raft)?);
+        let raft = openraft::Raft::new(
+            config.node_id,
+            raft_config,
+            SingleNodeNetwork::default(),
+            store,
+            machine,
+        )
+        .await
+        .map_err(BusError::raft)?;
+        start(&raft, &reader, &config).await?;
+        let (batcher, requests) = TypeConfig::<RT>::mpsc(batcher::QUEUE_MAX);
+        // Detached: the batcher ends when the last sender (the bus) drops.
+        drop(TypeConfig::<RT>::spawn(batcher::run::<RT, D>(
+            raft.clone(),
+            clock.clone(),
+            requests,
+            config.batch_events_max,
+        )));
+        let inner = Inner {
+            raft,
+            reader,
+            view,
+            clock,
+            batcher,
+            config,
+        };
+        Ok(Bus {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Creates a topic with `partitions` partitions; creating it again with
+    /// the same configuration is a no-op.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<(), BusError> {
+        let op = Op::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            config,
+        };
+        match self.write(op).await? {
+            Response::Error(error) => Err(error.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A topic's configuration and partition bounds.
+    pub fn describe_topic(&self, name: &str) -> Option<TopicDescription> {
+        let state = self.inner.view.read();
+        let topic = state.topic(name)?;
+        let partitions = (0..topic.partitions)
+            .map(|p| state.partition_range(name, p).unwrap_or((0, 0)))
+            .collect();
+        Some(TopicDescription {
+            name: name.to_owned(),
+            config: topic.config,
+            partitions,
+        })
+    }
+
+    /// Every topic's name.
+    pub fn topics(&self) -> Vec<String> {
+        self.inner
+            .view
+            .read()
+            .topics()
+            .map(|topic| topic.name.clone())
+            .collect()
+    }
+
+    /// A new idempotent producer with a fresh id.
+    pub async fn producer(&self) -> Result<Producer<RT, D>, BusError> {
+        Producer::init(self.clone(), None).await
+    }
+
+    /// A producer with a stable name: opening it again fences the previous
+    /// instance (its later publishes fail with `ProducerFenced`).
+    pub async fn producer_named(&self, name: &str) -> Result<Producer<RT, D>, BusError> {
+        Producer::init(self.clone(), Some(name.to_owned())).await
+    }
+
+    /// Joins `group` as `member`, consuming `topics`.
+    pub async fn consumer(
+        &self,
+        group: &str,
+        member: &str,
+        topics: &[&str],
+    ) -> Result<Consumer<RT, D>, BusError> {
+        Consumer::join(self.clone(), group, member, topics).await
+    }
+
+    /// Stops the node; data on disk stays.
+    pub async fn close(self) -> Result<(), BusError> {
+        self.inner.raft.shutdown().await.map_err(BusError::raft)
+    }
+
+    /// The Raft handle, for metrics and management.
+    pub fn raft(&self) -> &Raft<RT, D> {
+        &self.inner.raft
+    }
+
+    pub(crate) fn inner(&self) -> &Inner<RT, D> {
+        &self.inner
+    }
+
+    /// Proposes one command and waits for its response.
+    pub(crate) async fn write(&self, op: Op) -> Result<Response, BusError> {
+        let command = Command {
+            timestamp_ms: wall_unix_ms(&*self.inner.clock),
+            op,
+        };
+        let written = self
+            .inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(BusError::raft)?;
+        Ok(written.data)
+    }
+}
+
+/// Initialises the one-member cluster on first open; otherwise waits to be
+/// leader and to have applied everything in the log.
+async fn start<RT: AsyncRuntime, D: Disk + Clone>(
+    raft: &Raft<RT, D>,
+    reader: &LogStoreReader<D>,
+    config: &BusConfig,
+) -> Result<(), BusError> {
+    let id = config.node_id;
+    if !raft.is_initialized().await.map_err(BusError::raft)? {
+        let members = BTreeMap::from([(id, Node::new("embedded"))]);
+        raft.initialize(members).await.map_err(BusError::raft)?;
+    }
+    let wait = || raft.wait(Some(config.open_timeout));
+    wait()
+        .current_leader(id, "bus open: become the leader")
+        .await
+        .map_err(BusError::raft)?;
+    let (_, next) = reader.bounds();
+    if let Some(last) = next.checked_sub(1) {
+        wait()
+            .applied_index_at_least(Some(last), "bus open: apply the log")
+            .await
+            .map_err(BusError::raft)?;
+    }
+    Ok(())
+}
+
+/// Raft settings for a bus. Snapshots hold only the state machine; the log
+/// is never purged by openraft itself (retention decides, through the log).
+fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "sluice".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
+        max_in_snapshot_log_to_keep: u64::MAX / 2,
+        max_payload_entries: 1024,
+        ..openraft::Config::default()
+    }
+}

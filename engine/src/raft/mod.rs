@@ -1,0 +1,138 @@
+//! openraft adapters: the type configuration, the log storage over the
+//! segmented log, the state machine over [`crate::state`], and the network
+//! for a single-member cluster.
+//!
+//! Everything here is generic over openraft's `AsyncRuntime`: engine code
+//! spawns, sleeps and runs blocking work only through it, so the same code
+//! runs on tokio ([`crate::io::os::OsRuntime`]) in production and on madsim
+//! in the simulator. Blocking disk work (fsync, metadata replacement,
+//! snapshots) goes through `AsyncRuntime::spawn_blocking`, which
+//! `OsRuntime` maps to tokio's blocking pool, so an fsync never stalls the
+//! runtime's worker threads.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::marker::PhantomData;
+
+use openraft::{OptionalSend, RaftTypeConfig};
+use openraft_rt::AsyncRuntime;
+
+use crate::io::os::OsRuntime;
+use crate::state::{Command, Response};
+
+mod codec;
+mod log_store;
+mod network;
+mod state_machine;
+
+pub use codec::decode_command as codec_decode_command;
+pub use log_store::{Durability, LogStore, LogStoreReader};
+pub use network::SingleNodeNetwork;
+pub use state_machine::{Applied, SnapshotBuilder, StateGuard, StateMachineStore, StateView};
+
+/// Node ids are plain integers.
+pub type NodeId = u64;
+
+/// What openraft knows about a node: its address.
+pub type Node = openraft::impls::BasicNode;
+
+/// Sluice's openraft type configuration, generic over the async runtime.
+///
+/// Standard Raft leader ids (one leader per term), so a log id is
+/// (term, index) and the term is all a log frame needs to store.
+pub struct TypeConfig<RT = OsRuntime>(PhantomData<fn() -> RT>);
+
+/// The Raft handle of a Sluice node.
+pub type Raft<RT = OsRuntime, D = crate::io::os::OsDisk> =
+    openraft::Raft<TypeConfig<RT>, StateMachineStore<RT, D>>;
+
+impl<RT: AsyncRuntime> RaftTypeConfig for TypeConfig<RT> {
+    type D = Command;
+    type R = Response;
+    type NodeId = NodeId;
+    type Node = Node;
+    type Term = u64;
+    type LeaderId = LeaderId;
+    type Vote = Vote;
+    type Payload = Payload;
+    type Entry = Entry;
+    type AsyncRuntime = RT;
+    type Responder<T>
+        = openraft::impls::ProgressResponder<Self, T>
+    where
+        T: OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: OptionalSend + 'static;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+// The marker carries no data, so every comparison is equality; written by
+// hand because derives would demand the same traits of the runtime.
+impl<RT> fmt::Debug for TypeConfig<RT> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypeConfig")
+    }
+}
+impl<RT> Clone for TypeConfig<RT> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<RT> Copy for TypeConfig<RT> {}
+impl<RT> Default for TypeConfig<RT> {
+    fn default() -> Self {
+        TypeConfig(PhantomData)
+    }
+}
+impl<RT> PartialEq for TypeConfig<RT> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<RT> Eq for TypeConfig<RT> {}
+impl<RT> PartialOrd for TypeConfig<RT> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<RT> Ord for TypeConfig<RT> {
+    fn cmp(&self, _: &Self) -> Ordering {
+        Ordering::Equal
+    }
+}
+
+/// Standard Raft leader ids: one leader per term.
+pub type LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
+
+/// The part of a leader id a log id keeps: the term.
+pub type CommittedLeaderId = openraft::vote::leader_id_std::CommittedLeaderId<u64>;
+
+/// A log id: (term, index).
+pub type LogId = openraft::impls::LogId<CommittedLeaderId>;
+
+/// A vote.
+pub type Vote = openraft::impls::Vote<LeaderId>;
+
+/// What a Raft entry carries.
+pub type Payload = openraft::EntryPayload<Command, NodeId, Node>;
+
+/// A Raft entry; the same type whatever the runtime.
+pub type Entry = openraft::Entry<CommittedLeaderId, Payload>;
+
+/// The log id of `(term, index)`.
+pub fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term), index)
+}
+
+/// Converts an engine error into the `io::Error` openraft's storage traits
+/// speak, keeping the kind of an underlying I/O error.
+pub(crate) fn to_io(error: crate::log::Error) -> std::io::Error {
+    let kind = match &error {
+        crate::log::Error::Io { source, .. } => source.kind(),
+        crate::log::Error::Corruption(_) => std::io::ErrorKind::InvalidData,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, error)
+}

@@ -1,0 +1,356 @@
+//! The embedded bus end to end: publish, consume, reopen, retries, fencing,
+//! transactions, and crashes on the simulated disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use sluice::bus::{Bus, BusConfig, BusError, Consumer, Message};
+use sluice::io::os::OsRuntime;
+use sluice::io::{CrashDisk, CrashPolicy, ManualClock};
+use sluice::state::{CommitError, PublishError, StateError, TopicConfig, TxnError};
+
+type CrashBus = Bus<OsRuntime, CrashDisk>;
+
+const WAIT: Duration = Duration::from_millis(200);
+
+async fn open_crash(disk: &CrashDisk) -> CrashBus {
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let config = BusConfig {
+        segment_size: 64 * 1024,
+        ..BusConfig::default()
+    };
+    Bus::open_on(disk.clone(), clock, config)
+        .await
+        .expect("open bus")
+}
+
+/// Reads everything the group has not committed, from `topic`.
+async fn drain(consumer: &mut Consumer<OsRuntime, CrashDisk>) -> Vec<(u32, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let deliveries = consumer.poll(1000, WAIT).await.expect("poll");
+        if deliveries.is_empty() {
+            return out;
+        }
+        out.extend(
+            deliveries
+                .into_iter()
+                .map(|d| (d.partition, d.offset, d.payload.to_vec())),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_consume_and_reopen_without_gap_or_duplicate() {
+    let disk = CrashDisk::new(1);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("orders", 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..30u32 {
+        let message =
+            Message::new("orders", format!("order {i}")).key(format!("account-{}", i % 5));
+        receipts.push(producer.publish(message).await.unwrap());
+    }
+    // Offsets are contiguous per partition, in publish order (FIFO).
+    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for receipt in &receipts {
+        by_partition
+            .entry(receipt.partition)
+            .or_default()
+            .push(receipt.offset);
+    }
+    for offsets in by_partition.values() {
+        assert_eq!(*offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+    let mut consumer = bus.consumer("billing", "m1", &["orders"]).await.unwrap();
+    let first = consumer.poll(10, WAIT).await.unwrap();
+    assert_eq!(first.len(), 10);
+    consumer.commit().await.unwrap();
+    bus.close().await.unwrap();
+
+    let bus = open_crash(&disk).await;
+    let mut consumer = bus.consumer("billing", "m1", &["orders"]).await.unwrap();
+    let rest = drain(&mut consumer).await;
+    let mut all: Vec<Vec<u8>> = first.iter().map(|d| d.payload.to_vec()).collect();
+    all.extend(rest.iter().map(|(_, _, p)| p.clone()));
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 30, "no gap and no duplicate across the reopen");
+    assert_eq!(unique.len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_appended_once_with_its_original_offset() {
+    let disk = CrashDisk::new(2);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("payments", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    let pending = producer
+        .send(Message::new("payments", "pay 100"))
+        .await
+        .unwrap();
+    let event = pending.event().clone();
+    let original = pending.wait().await.unwrap();
+    // The client timed out and cannot know: it sends the same event again.
+    let retried = producer.resend(event).await.unwrap().wait().await.unwrap();
+    assert!(retried.duplicate);
+    assert_eq!(retried.offset, original.offset);
+    let next = producer
+        .publish(Message::new("payments", "pay 200"))
+        .await
+        .unwrap();
+    assert_eq!(next.offset, original.offset + 1);
+    let mut consumer = bus.consumer("audit", "m1", &["payments"]).await.unwrap();
+    let payloads: Vec<_> = drain(&mut consumer)
+        .await
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect();
+    assert_eq!(payloads, vec![b"pay 100".to_vec(), b"pay 200".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_from_a_stale_generation_is_rejected() {
+    let disk = CrashDisk::new(3);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("events", 4, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    for i in 0..8 {
+        producer
+            .publish(Message::new("events", format!("e{i}")))
+            .await
+            .unwrap();
+    }
+    let mut zombie = bus.consumer("g", "a", &["events"]).await.unwrap();
+    assert_eq!(zombie.poll(100, WAIT).await.unwrap().len(), 8);
+    let generation = zombie.generation();
+    // A second member joins: the group moves to a new generation, and the
+    // first member's commit still carries the old one.
+    let mut fresh = bus.consumer("g", "b", &["events"]).await.unwrap();
+    assert!(fresh.generation() > generation);
+    let error = zombie.commit().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BusError::State(StateError::Commit(CommitError::StaleGeneration { .. }))
+        ),
+        "{error}"
+    );
+    // The new member owns half the partitions and starts from the last
+    // commit: nothing was committed, so it sees its partitions' events.
+    assert_eq!(drain(&mut fresh).await.len(), 4);
+    fresh.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_a_named_producer_fences_the_old_instance() {
+    let disk = CrashDisk::new(4);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("t", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut old = bus.producer_named("pricer").await.unwrap();
+    old.publish(Message::new("t", "a")).await.unwrap();
+    let mut new = bus.producer_named("pricer").await.unwrap();
+    assert_eq!(new.identity().0, old.identity().0);
+    assert!(new.identity().1 > old.identity().1);
+    let error = old.publish(Message::new("t", "b")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BusError::Publish(PublishError::ProducerFenced { .. })
+        ),
+        "{error}"
+    );
+    new.publish(Message::new("t", "c")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_commits_outputs_and_input_offsets_together() {
+    let disk = CrashDisk::new(5);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("in", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    bus.create_topic("out", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut source = bus.producer().await.unwrap();
+    for i in 0..6 {
+        source
+            .publish(Message::new("in", format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let mut worker = bus.producer_named("doubler").await.unwrap();
+    let mut consumer = bus.consumer("doublers", "w1", &["in"]).await.unwrap();
+    let inputs = consumer.poll(3, WAIT).await.unwrap();
+    let mut transaction = consumer.transaction(&mut worker);
+    for input in &inputs {
+        let value: u32 = std::str::from_utf8(&input.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        transaction
+            .publish(Message::new("out", format!("{}", value * 2)))
+            .unwrap();
+    }
+    let receipts = transaction.commit().await.unwrap();
+    assert_eq!(receipts.len(), 3);
+    // A transaction from a stale generation is refused whole: poll, then
+    // another member joins before the transaction commits.
+    let more = consumer.poll(3, WAIT).await.unwrap();
+    assert!(!more.is_empty());
+    let mut other = bus.consumer("doublers", "w2", &["in"]).await.unwrap();
+    let before = bus.describe_topic("out").unwrap();
+    let mut transaction = consumer.transaction(&mut worker);
+    transaction
+        .publish(Message::new("out", "must not appear"))
+        .unwrap();
+    let error = transaction.commit().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BusError::Transaction(TxnError::Commit(CommitError::StaleGeneration { .. }))
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        bus.describe_topic("out").unwrap().partitions,
+        before.partitions,
+        "no output of a refused transaction"
+    );
+    // The producer's sequences were rolled back: it publishes on.
+    worker
+        .publish(Message::new("out", "after the refusal"))
+        .await
+        .unwrap();
+    // The other member resumes from the committed offsets.
+    let rest = drain(&mut other).await;
+    let committed_inputs: BTreeSet<_> = inputs.iter().map(|d| (d.partition, d.offset)).collect();
+    assert!(
+        rest.iter()
+            .all(|(p, o, _)| !committed_inputs.contains(&(*p, *o)))
+    );
+}
+
+/// Crashes the disk at random points while producers publish, reopens, and
+/// checks that every acknowledged event is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_at_random_points_lose_and_duplicate_nothing_acknowledged() {
+    let disk = CrashDisk::new(6);
+    let mut acknowledged: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut sent = 0u32;
+    for round in 0..6u32 {
+        let bus = open_crash(&disk).await;
+        bus.create_topic("ledger", 2, TopicConfig::default())
+            .await
+            .unwrap();
+        let mut producer = bus.producer().await.unwrap();
+        let mut pending = Vec::new();
+        let burst = 20 + round * 17;
+        for _ in 0..burst {
+            let payload = format!("entry {sent}").into_bytes();
+            sent += 1;
+            pending.push((
+                payload.clone(),
+                producer
+                    .send(Message::new("ledger", payload))
+                    .await
+                    .unwrap(),
+            ));
+        }
+        // Wait for about half, then pull the plug with the rest in flight.
+        let keep = pending.len() / 2;
+        let mut rest = pending.split_off(keep);
+        for (payload, receipt) in pending {
+            receipt.wait().await.expect("acknowledged");
+            acknowledged.insert(payload);
+        }
+        let outcome = disk.crash();
+        assert!(outcome.writes_kept + outcome.writes_torn + outcome.writes_dropped < 100_000);
+        for (payload, receipt) in rest.drain(..) {
+            // An acknowledgement that raced the crash is still a promise.
+            let answer = tokio::time::timeout(Duration::from_secs(10), receipt.wait()).await;
+            if matches!(answer, Ok(Ok(_))) {
+                acknowledged.insert(payload);
+            }
+        }
+        drop(producer);
+        drop(bus);
+    }
+    let bus = open_crash(&disk).await;
+    let mut consumer = bus.consumer("check", "m", &["ledger"]).await.unwrap();
+    let seen: Vec<Vec<u8>> = drain(&mut consumer)
+        .await
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect();
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no event appears twice");
+    let lost: Vec<_> = acknowledged.difference(&unique).collect();
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+}
+
+/// While a sync is in flight nothing it covers is acknowledged: crash with
+/// syncs held, and everything acknowledged before must still be there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_is_acknowledged_only_after_its_sync() {
+    let disk = CrashDisk::new(7);
+    let bus = open_crash(&disk).await;
+    bus.create_topic("t", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..5 {
+        let payload = format!("before {i}");
+        producer
+            .publish(Message::new("t", payload.clone()))
+            .await
+            .unwrap();
+        acknowledged.insert(payload.into_bytes());
+    }
+    disk.hold_syncs();
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        let payload = format!("during {i}");
+        pending.push((
+            payload.clone(),
+            producer.send(Message::new("t", payload)).await.unwrap(),
+        ));
+    }
+    // Give a wrong implementation every chance to acknowledge early.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    disk.crash_with(CrashPolicy::DropAll);
+    for (payload, receipt) in pending {
+        let answer = tokio::time::timeout(Duration::from_secs(5), receipt.wait()).await;
+        if matches!(answer, Ok(Ok(_))) {
+            acknowledged.insert(payload.into_bytes());
+        }
+    }
+    drop(producer);
+    drop(bus);
+    let bus = open_crash(&disk).await;
+    let mut consumer = bus.consumer("check", "m", &["t"]).await.unwrap();
+    let seen: BTreeSet<Vec<u8>> = drain(&mut consumer)
+        .await
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .difference(&seen)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(seen.len() >= 5);
+}

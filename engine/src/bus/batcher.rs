@@ -47,11 +47,19 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
     let mut pending = Vec::new();
     while let Some(first) = requests.recv().await {
         let mut waiting = vec![first];
-        while waiting.len() < batch_events_max {
-            match requests.try_recv() {
-                Ok(next) => waiting.push(next),
-                Err(_) => break,
+        // Gather publishes already on their way into this entry.
+        for _ in 0..crate::raft::GATHER_ROUNDS_MAX {
+            let before = waiting.len();
+            while waiting.len() < batch_events_max {
+                match requests.try_recv() {
+                    Ok(next) => waiting.push(next),
+                    Err(_) => break,
+                }
             }
+            if waiting.len() == before || waiting.len() >= batch_events_max {
+                break;
+            }
+            crate::raft::yield_now().await;
         }
         for request in waiting {
             match builder.push(&request.event) {

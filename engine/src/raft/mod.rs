@@ -126,6 +126,33 @@ pub fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term), index)
 }
 
+/// Lets every other task that is ready run once, then resumes: the gather
+/// phase of group commit. Unlike a zero sleep (which timer-based runtimes
+/// round up to a whole tick), this costs one trip through the run queue,
+/// on any runtime, simulated or not.
+pub(crate) async fn yield_now() {
+    struct Yield(bool);
+    impl std::future::Future for Yield {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+    Yield(false).await
+}
+
+/// Rounds of [`yield_now`] a gather phase takes at most, so a steady
+/// stream of arrivals cannot postpone a sync forever.
+pub(crate) const GATHER_ROUNDS_MAX: usize = 8;
+
 /// Converts an engine error into the `io::Error` openraft's storage traits
 /// speak, keeping the kind of an underlying I/O error.
 pub(crate) fn to_io(error: crate::log::Error) -> std::io::Error {

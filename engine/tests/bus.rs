@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sluice::bus::{Bus, BusConfig, BusError, Consumer, Message};
 use sluice::io::os::OsRuntime;
-use sluice::io::{CrashDisk, CrashPolicy, ManualClock};
+use sluice::io::{CrashDisk, CrashPolicy, Disk, ManualClock};
 use sluice::state::{CommitError, PublishError, StateError, TopicConfig, TxnError};
 
 type CrashBus = Bus<OsRuntime, CrashDisk>;
@@ -353,4 +353,72 @@ async fn a_publish_is_acknowledged_only_after_its_sync() {
         .collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     assert!(seen.len() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_segments_but_not_what_a_group_still_needs() {
+    let disk = CrashDisk::new(8);
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let config = BusConfig {
+        segment_size: 8192,
+        retention_interval: None,
+        ..BusConfig::default()
+    };
+    let bus: CrashBus = Bus::open_on(disk.clone(), clock, config).await.unwrap();
+    let limited = TopicConfig {
+        retention_bytes: Some(20_000),
+        retention_ms: None,
+    };
+    bus.create_topic("metrics", 1, limited).await.unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    for i in 0..300 {
+        producer
+            .publish(Message::new("metrics", format!("{i:0>200}")))
+            .await
+            .unwrap();
+    }
+    let mut slow = bus.consumer("slow", "m", &["metrics"]).await.unwrap();
+    assert_eq!(slow.poll(10, WAIT).await.unwrap().len(), 10);
+    slow.commit().await.unwrap();
+    bus.enforce_retention().await.unwrap();
+    let (first, next) = bus.describe_topic("metrics").unwrap().partitions[0];
+    assert!(
+        first <= 10,
+        "retention passed the group's committed offset: first {first}"
+    );
+    assert_eq!(next, 300);
+    // Once the group has consumed everything, old segments go.
+    let rest = drain(&mut slow).await;
+    assert_eq!(rest.len(), 290);
+    slow.commit().await.unwrap();
+    bus.enforce_retention().await.unwrap();
+    let (first, next) = bus.describe_topic("metrics").unwrap().partitions[0];
+    assert!(first > 100, "old events were purged: first offset {first}");
+    assert_eq!(next, 300);
+    let files: Vec<_> = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    let bytes: usize = files.iter().map(|n| disk.read_file(n).unwrap().len()).sum();
+    assert!(
+        bytes <= 20_000 + 2 * 8192,
+        "log holds {bytes} bytes in {} segments",
+        files.len()
+    );
+    // A new group starts at the first retained offset and reads the rest.
+    let mut late = bus.consumer("late", "m", &["metrics"]).await.unwrap();
+    let seen = drain(&mut late).await;
+    assert_eq!(seen.first().map(|(_, o, _)| *o), Some(first));
+    assert_eq!(seen.len() as u64, next - first);
+    // The purge survives a restart.
+    bus.close().await.unwrap();
+    let bus = open_crash(&disk).await;
+    assert_eq!(
+        bus.describe_topic("metrics").unwrap().partitions[0],
+        (first, next)
+    );
 }

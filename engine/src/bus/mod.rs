@@ -16,6 +16,7 @@ mod batcher;
 mod consumer;
 mod error;
 mod producer;
+mod retention;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +56,12 @@ pub struct BusConfig {
     pub batch_events_max: usize,
     /// How long opening may take (election, replay) before it fails.
     pub open_timeout: Duration,
+    /// How often the topics' retention is applied; `None`: only when
+    /// `Bus::enforce_retention` is called.
+    pub retention_interval: Option<Duration>,
+    /// Let retention drop events a consumer group has not committed yet
+    /// (by default retention waits for every group).
+    pub retention_drops_unconsumed: bool,
 }
 
 impl Default for BusConfig {
@@ -66,6 +73,8 @@ impl Default for BusConfig {
             inflight_per_producer_max: 64,
             batch_events_max: 4096,
             open_timeout: Duration::from_secs(30),
+            retention_interval: Some(Duration::from_secs(60)),
+            retention_drops_unconsumed: false,
         }
     }
 }
@@ -181,9 +190,15 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             batcher,
             config,
         };
-        Ok(Bus {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        if let Some(interval) = inner.config.retention_interval {
+            // Detached: ends once every clone of the bus is dropped.
+            drop(TypeConfig::<RT>::spawn(retention::run(
+                Arc::downgrade(&inner),
+                interval,
+            )));
+        }
+        Ok(Bus { inner })
     }
 
     /// Creates a topic with `partitions` partitions; creating it again with

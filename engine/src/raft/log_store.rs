@@ -311,6 +311,15 @@ impl<D: Disk> LogStoreReader<D> {
         inner.log.read(start..end, out)
     }
 
+    /// The index retention allows purging before (whole sealed segments).
+    pub fn retention_point(&self, retention: &log::Retention) -> log::Result<u64> {
+        self.shared
+            .read()
+            .expect("log lock")
+            .log
+            .retention_point(retention)
+    }
+
     /// The first and next index of the log.
     pub fn bounds(&self) -> (u64, u64) {
         let inner = self.shared.read().expect("log lock");

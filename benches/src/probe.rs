@@ -1,0 +1,120 @@
+//! The machine's own limits, measured with plain `std::fs` calls in the
+//! same directory (so on the same file system) as the log workloads.
+//!
+//! Each probe writes its own file and removes it. Files written without a
+//! sync are removed before writeback, so their dirty pages never reach the
+//! disk and do not disturb the next measurement.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::{Bandwidth, Latency, latency_histogram, pattern};
+
+fn create(dir: &Path, name: &str) -> io::Result<(File, std::path::PathBuf)> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((file, path))
+}
+
+/// Sequential write of `size` bytes in `chunk_size`-byte writes to a new
+/// file, then one `fdatasync`; the clock covers the writes and the sync.
+/// This is the most a durable append stream can get out of the disk.
+pub fn seq_write_synced(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
+    let chunk = pattern(chunk_size, 1);
+    let (file, path) = create(dir, "probe-seq-write")?;
+    let start = Instant::now();
+    let mut offset = 0;
+    while offset < size {
+        file.write_all_at(&chunk, offset)?;
+        offset += chunk_size as u64;
+    }
+    file.sync_data()?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Bandwidth {
+        bytes: offset,
+        seconds,
+    })
+}
+
+/// Sequential write of `size` bytes in `chunk_size`-byte writes to a new
+/// file, with no sync: the page cache's own write bandwidth, the most a
+/// buffered append can reach.
+pub fn buffered_write(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
+    let chunk = pattern(chunk_size, 2);
+    let (file, path) = create(dir, "probe-buffered-write")?;
+    let start = Instant::now();
+    let mut offset = 0;
+    while offset < size {
+        file.write_all_at(&chunk, offset)?;
+        offset += chunk_size as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    // Removing the file drops its dirty pages without writing them back.
+    std::fs::remove_file(path)?;
+    Ok(Bandwidth {
+        bytes: offset,
+        seconds,
+    })
+}
+
+/// Latency of appending `append_size` bytes at the end of a file and
+/// `fdatasync`ing it, `samples` times: the least a durable acknowledgement
+/// of one small write can cost. The clock covers the write and the sync.
+pub fn append_sync_latency(dir: &Path, samples: u64, append_size: usize) -> io::Result<Latency> {
+    let block = pattern(append_size, 3);
+    let (file, path) = create(dir, "probe-sync-latency")?;
+    let mut histogram = latency_histogram();
+    let mut offset = 0;
+    for _ in 0..samples {
+        let start = Instant::now();
+        file.write_all_at(&block, offset)?;
+        file.sync_data()?;
+        let nanos = start.elapsed().as_nanos() as u64;
+        histogram.saturating_record(nanos.max(1));
+        offset += append_size as u64;
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Latency::of(&histogram))
+}
+
+/// Sequential read of a `size`-byte file that is in the page cache, in
+/// `chunk_size`-byte reads: the most a copying reader can reach. The file
+/// is written and read once before the timed pass.
+pub fn cached_read(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
+    let chunk = pattern(chunk_size, 4);
+    let (file, path) = create(dir, "probe-cached-read")?;
+    let mut offset = 0;
+    while offset < size {
+        file.write_all_at(&chunk, offset)?;
+        offset += chunk_size as u64;
+    }
+    let mut buffer = vec![0; chunk_size];
+    let mut warm = File::open(&path)?;
+    while warm.read(&mut buffer)? > 0 {}
+    let mut reader = File::open(&path)?;
+    let start = Instant::now();
+    let mut bytes = 0;
+    loop {
+        let read = reader.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        bytes += read as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&buffer);
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Bandwidth { bytes, seconds })
+}

@@ -1,0 +1,117 @@
+//! Retention: which prefix of the log may go, decided by the leader and
+//! carried through the log, so every node drops the same prefix and no
+//! node's skewed clock deletes data early elsewhere.
+//!
+//! Topics share one log, so a prefix can go only when every topic's policy
+//! lets it go: the most permissive policy decides (a topic without a limit
+//! keeps everything), and some topics keep more than they asked for. The
+//! point never passes what a consumer group still needs (its committed
+//! offsets) unless `BusConfig::retention_drops_unconsumed` says so.
+//!
+//! Steps: (1) the leader computes the point from whole sealed segments by
+//! size and by age on its clock; (2) proposes `Op::Retention`, which every
+//! state machine applies (partition first offsets move up); (3) builds a
+//! snapshot covering it; (4) asks openraft to purge the log up to it.
+
+use std::time::Duration;
+
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+
+use crate::io::Disk;
+use crate::log::Retention;
+use crate::raft::TypeConfig;
+use crate::state::{Op, Response, State};
+
+use super::{Bus, BusError};
+
+/// The log-wide policy the topics' policies allow: the most permissive.
+pub(crate) fn policy(state: &State) -> Option<Retention> {
+    let mut size_max: Option<u64> = Some(0);
+    let mut age_ms_max: Option<u64> = Some(0);
+    let mut any = false;
+    for topic in state.topics() {
+        any = true;
+        size_max = size_max
+            .zip(topic.config.retention_bytes)
+            .map(|(a, b)| a.max(b));
+        age_ms_max = age_ms_max
+            .zip(topic.config.retention_ms)
+            .map(|(a, b)| a.max(b));
+    }
+    if !any || (size_max.is_none() && age_ms_max.is_none()) {
+        return None;
+    }
+    Some(Retention {
+        size_max,
+        age_max: age_ms_max.map(Duration::from_millis),
+    })
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Applies the topics' retention now (it also runs every
+    /// `BusConfig::retention_interval`); returns the first log index kept.
+    pub async fn enforce_retention(&self) -> Result<u64, BusError> {
+        let inner = self.inner();
+        let (policy, needed, purged) = {
+            let state = inner.view.read();
+            (
+                policy(&state),
+                state.min_needed_log_index(),
+                state.purged_before(),
+            )
+        };
+        let Some(policy) = policy else {
+            return Ok(purged);
+        };
+        let mut point = inner.reader.retention_point(&policy)?;
+        if !inner.config.retention_drops_unconsumed {
+            point = point.min(needed.unwrap_or(u64::MAX));
+        }
+        if point <= purged {
+            return Ok(purged);
+        }
+        let op = Op::Retention {
+            log_index_before: point,
+        };
+        if let Response::Error(error) = self.write(op).await? {
+            return Err(error.into());
+        }
+        let raft = &inner.raft;
+        raft.trigger().snapshot().await.map_err(BusError::raft)?;
+        raft.wait(Some(inner.config.open_timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index + 1 >= point),
+                "retention: a snapshot covers the purge point",
+            )
+            .await
+            .map_err(BusError::raft)?;
+        raft.trigger()
+            .purge_log(point - 1)
+            .await
+            .map_err(BusError::raft)?;
+        raft.wait(Some(inner.config.open_timeout))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index + 1 >= point),
+                "retention: the log is purged up to the point",
+            )
+            .await
+            .map_err(BusError::raft)?;
+        Ok(point)
+    }
+}
+
+/// Runs retention every `interval` while the bus is open.
+pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
+    bus: std::sync::Weak<super::Inner<RT, D>>,
+    interval: Duration,
+) {
+    loop {
+        TypeConfig::<RT>::sleep(interval).await;
+        let Some(inner) = bus.upgrade() else { return };
+        let bus = Bus { inner };
+        if let Err(error) = bus.enforce_retention().await {
+            tracing::warn!(%error, "retention failed; will retry");
+        }
+    }
+}

@@ -45,22 +45,20 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
 ) {
     let mut builder = BatchBuilder::new();
     let mut pending = Vec::new();
+    let mut last_batch = 1;
     while let Some(first) = requests.recv().await {
         let mut waiting = vec![first];
-        // Gather publishes already on their way into this entry.
-        for _ in 0..crate::raft::GATHER_ROUNDS_MAX {
-            let before = waiting.len();
+        last_batch = crate::raft::gather::<RT>(last_batch, || {
             while waiting.len() < batch_events_max {
                 match requests.try_recv() {
                     Ok(next) => waiting.push(next),
                     Err(_) => break,
                 }
             }
-            if waiting.len() == before || waiting.len() >= batch_events_max {
-                break;
-            }
-            crate::raft::yield_now().await;
-        }
+            waiting.len()
+        })
+        .await
+        .min(batch_events_max);
         for request in waiting {
             match builder.push(&request.event) {
                 Ok(()) => pending.push(request),

@@ -83,23 +83,24 @@ pub fn frame_size(payload_size: usize) -> usize {
     FRAME_HEADER_SIZE + payload_size
 }
 
-/// Appends one encoded frame to `out`.
+/// Appends one encoded frame to `out`: the header is built on the stack
+/// and written with one copy, then the checksum runs over the frame in
+/// place, one contiguous run (crc32fast's SIMD path wants long runs).
 pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) {
     assert!(header_fields.kind != 0, "frame kind 0 is reserved");
     let size = frame_size(payload.len());
     assert_eq!(header_fields.size as usize, size);
+    let mut header = [0u8; FRAME_HEADER_SIZE];
+    header[0..4].copy_from_slice(&header_fields.size.to_le_bytes());
+    header[8] = VERSION;
+    header[9] = header_fields.kind;
+    header[16..24].copy_from_slice(&header_fields.index.to_le_bytes());
+    header[24..32].copy_from_slice(&header_fields.term.to_le_bytes());
+    header[32..40].copy_from_slice(&header_fields.durable_next.to_le_bytes());
+    header[40..48].copy_from_slice(&header_fields.timestamp_ms.to_le_bytes());
     let start = out.len();
     out.reserve(size);
-    out.extend_from_slice(&header_fields.size.to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // Checksum, filled below.
-    out.push(VERSION);
-    out.push(header_fields.kind);
-    out.extend_from_slice(&[0; 6]); // Flags and reserved.
-    out.extend_from_slice(&header_fields.index.to_le_bytes());
-    out.extend_from_slice(&header_fields.term.to_le_bytes());
-    out.extend_from_slice(&header_fields.durable_next.to_le_bytes());
-    out.extend_from_slice(&header_fields.timestamp_ms.to_le_bytes());
-    debug_assert_eq!(out.len() - start, FRAME_HEADER_SIZE);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     let checksum = checksum(&out[start..]);
     out[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());

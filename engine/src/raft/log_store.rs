@@ -240,24 +240,20 @@ async fn flush_loop<RT: AsyncRuntime, D: Disk>(
     shared: Arc<RwLock<Inner<D>>>,
     mut requests: openraft::alias::MpscReceiverOf<TypeConfig<RT>, FlushRequest<RT, D>>,
 ) {
+    let mut last_group = 1;
     while let Some(first) = requests.recv().await {
         let mut handle = first.handle;
         let mut callbacks = vec![first.callback];
-        // Gather: let appends that are already on their way join this sync
-        // rather than wait a whole sync for the next one.
-        for _ in 0..super::GATHER_ROUNDS_MAX {
-            let before = callbacks.len();
+        last_group = super::gather::<RT>(last_group, || {
             while let Ok(next) = requests.try_recv() {
                 // The newest handle covers every earlier append: same file,
                 // a higher end, or a newer segment (rolling synced the old).
                 handle = next.handle;
                 callbacks.push(next.callback);
             }
-            if callbacks.len() == before && before > 1 {
-                break;
-            }
-            super::yield_now().await;
-        }
+            callbacks.len()
+        })
+        .await;
         let synced = TypeConfig::<RT>::spawn_blocking(move || {
             let result = handle.sync();
             (handle, result)

@@ -151,7 +151,35 @@ pub(crate) async fn yield_now() {
 
 /// Rounds of [`yield_now`] a gather phase takes at most, so a steady
 /// stream of arrivals cannot postpone a sync forever.
-pub(crate) const GATHER_ROUNDS_MAX: usize = 8;
+pub(crate) const GATHER_ROUNDS_MAX: usize = 64;
+
+/// How long a gather phase waits at most for the rest of a group.
+pub(crate) const GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_micros(60);
+
+/// The gather phase of group commit. `drain` takes everything queued and
+/// returns how many requests the group now holds. Closed-loop clients send
+/// their next request only after their answer, so they arrive spread over
+/// the fan-out of the previous group; waiting (briefly, and only while the
+/// group is smaller than the last one) keeps them in one sync instead of
+/// splitting them into groups that each wait out the other's sync.
+pub(crate) async fn gather<RT: openraft_rt::AsyncRuntime>(
+    last_group: usize,
+    mut drain: impl FnMut() -> usize,
+) -> usize {
+    use openraft::Instant as _;
+    use openraft::type_config::TypeConfigExt;
+    let started = TypeConfig::<RT>::now();
+    let mut size = drain();
+    for _ in 0..GATHER_ROUNDS_MAX {
+        let waited = started.elapsed();
+        if size >= last_group || waited >= GATHER_WAIT_MAX {
+            break;
+        }
+        yield_now().await;
+        size = drain();
+    }
+    size
+}
 
 /// Converts an engine error into the `io::Error` openraft's storage traits
 /// speak, keeping the kind of an underlying I/O error.

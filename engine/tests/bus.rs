@@ -422,3 +422,100 @@ async fn retention_drops_old_segments_but_not_what_a_group_still_needs() {
         (first, next)
     );
 }
+
+/// Consume-transform-produce with crashes at random moments: for every
+/// input, its output is in the log exactly once if the input's offset was
+/// committed, and absent otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_all_or_nothing_across_crashes() {
+    let disk = CrashDisk::new(9);
+    {
+        let bus = open_crash(&disk).await;
+        bus.create_topic("in", 2, TopicConfig::default())
+            .await
+            .unwrap();
+        bus.create_topic("out", 2, TopicConfig::default())
+            .await
+            .unwrap();
+        let mut source = bus.producer().await.unwrap();
+        for i in 0..120 {
+            source
+                .publish(Message::new("in", format!("in-{i}")))
+                .await
+                .unwrap();
+        }
+        bus.close().await.unwrap();
+    }
+    let mut committed_transactions = 0;
+    for (round, delay_us) in [300u64, 900, 1500, 2500, 4000, 700].into_iter().enumerate() {
+        let bus = open_crash(&disk).await;
+        let mut worker = bus.producer_named("transformer").await.unwrap();
+        let mut consumer = bus.consumer("transformers", "w", &["in"]).await.unwrap();
+        let crasher = {
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(delay_us)).await;
+                disk.crash();
+            })
+        };
+        for _ in 0..40 {
+            let step = tokio::time::timeout(Duration::from_secs(5), async {
+                let inputs = consumer.poll(3, Duration::from_millis(20)).await?;
+                let mut transaction = consumer.transaction(&mut worker);
+                for input in &inputs {
+                    let value = format!("out:{}", std::str::from_utf8(&input.payload).unwrap());
+                    transaction.publish(Message::new("out", value))?;
+                }
+                transaction.commit().await
+            })
+            .await;
+            match step {
+                Ok(Ok(_)) => committed_transactions += 1,
+                _ => break,
+            }
+        }
+        crasher.await.unwrap();
+        drop(consumer);
+        drop(worker);
+        drop(bus);
+        assert!(round < 6);
+    }
+    assert!(
+        committed_transactions > 0,
+        "some transactions committed between crashes"
+    );
+    let bus = open_crash(&disk).await;
+    let mut reader = bus.consumer("verify", "v", &["in", "out"]).await.unwrap();
+    let mut inputs: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let batch = reader.poll(1000, WAIT).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for delivery in batch {
+            let value = String::from_utf8(delivery.payload.to_vec()).unwrap();
+            if delivery.topic == "in" {
+                inputs.insert((delivery.partition, delivery.offset), value);
+            } else {
+                *outputs.entry(value).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(inputs.len(), 120);
+    for ((partition, offset), value) in &inputs {
+        let committed = bus.committed("transformers", "in", *partition).unwrap_or(0);
+        let copies = outputs.get(&format!("out:{value}")).copied().unwrap_or(0);
+        if *offset < committed {
+            assert_eq!(
+                copies, 1,
+                "input {value} at {partition}/{offset} is committed: one output"
+            );
+        } else {
+            assert_eq!(
+                copies, 0,
+                "input {value} at {partition}/{offset} is not committed: no output"
+            );
+        }
+    }
+}

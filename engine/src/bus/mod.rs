@@ -234,6 +234,12 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         })
     }
 
+    /// The offset `group` has committed for a partition (the next offset it
+    /// will consume), if any.
+    pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.inner.view.read().committed(group, topic, partition)
+    }
+
     /// Every topic's name.
     pub fn topics(&self) -> Vec<String> {
         self.inner

@@ -51,6 +51,11 @@ const READ_ENTRIES_MAX: u64 = 4096;
 /// Queued flush requests before `append` waits (back-pressure).
 const FLUSH_QUEUE_MAX: usize = 4096;
 
+/// In [`Durability::Buffer`], bytes appended between background syncs. They
+/// keep the page cache's dirty data small, so sealing a segment (which
+/// syncs it) never has to write a whole segment at once inside an append.
+const BUFFER_WRITEBACK_BYTES: u64 = 1024 * 1024;
+
 /// What the metadata file's user bytes hold.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StoreMeta {
@@ -65,6 +70,8 @@ struct Inner<D: Disk> {
     last_log: Option<LogId>,
     payloads: Vec<u8>,
     frames: Vec<(usize, u8, u64, u64, u64)>,
+    /// Bytes appended since the last background sync (buffer mode).
+    unsynced_bytes: u64,
 }
 
 impl<D: Disk> Inner<D> {
@@ -122,6 +129,8 @@ impl<D: Disk> Inner<D> {
             start = end;
         }
         self.log.append(&batch, PersistMode::Buffer)?;
+        self.unsynced_bytes +=
+            (self.payloads.len() + self.frames.len() * log::FRAME_OVERHEAD) as u64;
         Ok(())
     }
 }
@@ -135,7 +144,8 @@ struct FlushRequest<RT: AsyncRuntime, D: Disk> {
 /// Sluice's Raft log storage; see the module docs.
 pub struct LogStore<RT: AsyncRuntime, D: Disk> {
     shared: Arc<RwLock<Inner<D>>>,
-    flusher: Option<MpscSenderOf<TypeConfig<RT>, FlushRequest<RT, D>>>,
+    flusher: MpscSenderOf<TypeConfig<RT>, FlushRequest<RT, D>>,
+    durability: Durability,
 }
 
 impl<RT: AsyncRuntime, D: Disk> fmt::Debug for LogStore<RT, D> {
@@ -200,18 +210,20 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
             last_log,
             payloads: Vec::new(),
             frames: Vec::new(),
+            unsynced_bytes: 0,
         };
         let shared = Arc::new(RwLock::new(inner));
-        let flusher = (durability == Durability::Sync).then(|| {
-            let (tx, rx) = TypeConfig::<RT>::mpsc(FLUSH_QUEUE_MAX);
-            // Detached: the loop ends when the store (the sender) drops.
-            drop(TypeConfig::<RT>::spawn(flush_loop::<RT, D>(
-                Arc::clone(&shared),
-                rx,
-            )));
-            tx
-        });
-        Ok(LogStore { shared, flusher })
+        let (flusher, requests) = TypeConfig::<RT>::mpsc(FLUSH_QUEUE_MAX);
+        // Detached: the loop ends when the store (the sender) drops.
+        drop(TypeConfig::<RT>::spawn(flush_loop::<RT, D>(
+            Arc::clone(&shared),
+            requests,
+        )));
+        Ok(LogStore {
+            shared,
+            flusher,
+            durability,
+        })
     }
 
     /// A reader sharing this store's log.
@@ -375,17 +387,33 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
         let handle = {
             let mut inner = self.shared.write().expect("log lock");
             inner.append(entries).map_err(to_io)?;
-            match &self.flusher {
-                Some(_) => Some(inner.log.sync_handle().map_err(to_io)?),
-                None => None,
+            let due = match self.durability {
+                Durability::Sync => true,
+                Durability::Buffer => inner.unsynced_bytes >= BUFFER_WRITEBACK_BYTES,
+            };
+            if due {
+                inner.unsynced_bytes = 0;
+                Some(inner.log.sync_handle().map_err(to_io)?)
+            } else {
+                None
             }
         };
-        match (&self.flusher, handle) {
-            (Some(flusher), Some(handle)) => flusher
+        let callback = match self.durability {
+            Durability::Sync => callback,
+            Durability::Buffer => {
+                // Acknowledged once in the page cache; the sync, if one is
+                // due, runs in the background.
+                callback.io_completed(Ok(()));
+                IOFlushed::noop()
+            }
+        };
+        match handle {
+            Some(handle) => self
+                .flusher
                 .send(FlushRequest { handle, callback })
                 .await
                 .map_err(|_| io::Error::other("the log flusher has stopped")),
-            _ => {
+            None => {
                 callback.io_completed(Ok(()));
                 Ok(())
             }

@@ -269,7 +269,8 @@ fn recover_tail<F: DiskFile>(
     if let Some(reason) = scan.stop {
         let bad_index = scan.next_index;
         let later = segment::later_frames(&bytes, scan.end, bad_index);
-        let acknowledged = later.durable_next_max > bad_index;
+        let acknowledged = later.durable_next_max > bad_index
+            || !segment::torn_explainable(&bytes, scan.end, later.successor);
         if acknowledged && mode != RecoveryMode::Repair {
             let reason = CorruptionReason::AcknowledgedFrame(reason);
             return Err(Error::corruption(name, scan.end, Some(bad_index), reason));

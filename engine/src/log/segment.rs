@@ -97,6 +97,9 @@ pub(crate) struct Later {
     pub frames: u64,
     /// The highest `durable_next` any of them records.
     pub durable_next_max: u64,
+    /// Where the frame right after the bad one (its index plus one) starts,
+    /// if it was found: the bad frame's extent ends there.
+    pub successor: Option<u64>,
 }
 
 /// Searches `bytes[from..]` byte by byte for valid frames whose index is at
@@ -112,12 +115,60 @@ pub(crate) fn later_frames(bytes: &[u8], from: u64, bad_index: u64) -> Later {
             Some(Ok(header)) => {
                 later.frames += 1;
                 later.durable_next_max = later.durable_next_max.max(header.durable_next);
+                if header.index == bad_index + 1 && later.successor.is_none() {
+                    later.successor = Some(offset as u64);
+                }
                 offset += header.size as usize;
             }
             _ => offset += 1,
         }
     }
     later
+}
+
+/// Whether a crash could have left the bad frame at `start` as it is.
+///
+/// The log only ever writes past the end of a freshly created or freshly
+/// truncated file, and a sector is written whole or not at all, so a byte
+/// a crash lost reads as zero (or lies past the end of the file). A torn
+/// frame therefore has some sector whose part of the frame is all zeros,
+/// or it runs past the end of the file. A bad frame with none of that was
+/// written whole and damaged afterwards: that is corruption, even where no
+/// later frame records the sync that made it durable.
+///
+/// The frame's extent ends where its successor starts, else where its own
+/// size field says, else (a size that makes no sense and no successor to
+/// bound it) nothing can be proven and the answer is yes.
+pub(crate) fn torn_explainable(bytes: &[u8], start: u64, successor: Option<u64>) -> bool {
+    let start = start as usize;
+    let end = match successor {
+        Some(next) => next as usize,
+        None => match frame::decode_header(&bytes[start..]) {
+            Ok(header) => start + header.size as usize,
+            Err(FrameError::Size { .. } | FrameError::Truncated { .. }) => return true,
+            Err(_) if bytes[start..].len() < FRAME_HEADER_SIZE => return true,
+            // A header with a sane size but bad version, kind or reserved
+            // bits: bound it by its size field.
+            Err(_) => {
+                let size = u32::from_le_bytes(bytes[start..start + 4].try_into().expect("4 bytes"));
+                start + size as usize
+            }
+        },
+    };
+    if end > bytes.len() || end <= start {
+        return true;
+    }
+    let sector = crate::constants::SECTOR_SIZE as usize;
+    let mut chunk_start = start;
+    while chunk_start < end {
+        let chunk_end = ((chunk_start / sector) + 1) * sector;
+        let chunk = &bytes[chunk_start..chunk_end.min(end)];
+        if chunk.iter().all(|&b| b == 0) {
+            return true;
+        }
+        chunk_start = chunk_end;
+    }
+    false
 }
 
 /// A sealed segment's bytes (mapped) and where each frame starts.
@@ -247,9 +298,20 @@ mod tests {
             later,
             Later {
                 frames: 5,
-                durable_next_max: 14
+                durable_next_max: 14,
+                successor: Some(3 * frame_size as u64),
             }
         );
+        // Every sector of the damaged frame holds data: not a torn write.
+        assert!(!torn_explainable(&bytes, scan.end, later.successor));
+        // A lost sector reads as zeros: zeroing the frame's part of its
+        // sector makes it look torn.
+        let mut torn = bytes.clone();
+        let frame = 2 * frame_size;
+        torn[frame..frame + frame_size].fill(0);
+        assert!(torn_explainable(&torn, frame as u64, later.successor));
+        // A frame cut by the end of the file is torn.
+        assert!(torn_explainable(&bytes[..frame + 10], frame as u64, None));
     }
 
     #[test]

@@ -27,39 +27,37 @@ fn create(dir: &Path, name: &str) -> io::Result<(File, std::path::PathBuf)> {
 /// file, then one `fdatasync`; the clock covers the writes and the sync.
 /// This is the most a durable append stream can get out of the disk.
 pub fn seq_write_synced(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
-    let chunk = pattern(chunk_size, 1);
-    let (file, path) = create(dir, "probe-seq-write")?;
-    let start = Instant::now();
-    let mut offset = 0;
-    while offset < size {
-        file.write_all_at(&chunk, offset)?;
-        offset += chunk_size as u64;
-    }
-    file.sync_data()?;
-    let seconds = start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(path)?;
-    Ok(Bandwidth {
-        bytes: offset,
-        seconds,
-    })
+    sequential_write(dir, "probe-seq-write", size, chunk_size, true)
 }
 
 /// Sequential write of `size` bytes in `chunk_size`-byte writes to a new
 /// file, with no sync: the page cache's own write bandwidth, the most a
 /// buffered append can reach.
 pub fn buffered_write(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
-    let chunk = pattern(chunk_size, 2);
-    let (file, path) = create(dir, "probe-buffered-write")?;
+    sequential_write(dir, "probe-buffered-write", size, chunk_size, false)
+}
+
+fn sequential_write(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    chunk_size: usize,
+    sync: bool,
+) -> io::Result<Bandwidth> {
+    let chunk = pattern(chunk_size, if sync { 1 } else { 2 });
+    let (file, path) = create(dir, name)?;
     let start = Instant::now();
     let mut offset = 0;
     while offset < size {
         file.write_all_at(&chunk, offset)?;
         offset += chunk_size as u64;
     }
+    if sync {
+        file.sync_data()?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     drop(file);
-    // Removing the file drops its dirty pages without writing them back.
+    // Removing an unsynced file drops its dirty pages without writeback.
     std::fs::remove_file(path)?;
     Ok(Bandwidth {
         bytes: offset,

@@ -43,6 +43,22 @@ async fn drain(consumer: &mut Consumer<OsRuntime, CrashDisk>) -> Vec<(u32, u64, 
     }
 }
 
+/// Creates topics `in` and `out` (2 partitions each) and publishes `count`
+/// inputs `{prefix}{i}` to `in`.
+async fn inputs_and_outputs(bus: &CrashBus, count: usize, prefix: &str) {
+    bus.create_topic("in", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    bus.create_topic("out", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut source = bus.producer().await.unwrap();
+    for i in 0..count {
+        let message = Message::new("in", format!("{prefix}{i}"));
+        source.publish(message).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_consume_and_reopen_without_gap_or_duplicate() {
     let disk = CrashDisk::new(1);
@@ -178,19 +194,7 @@ async fn reopening_a_named_producer_fences_the_old_instance() {
 async fn a_transaction_commits_outputs_and_input_offsets_together() {
     let disk = CrashDisk::new(5);
     let bus = open_crash(&disk).await;
-    bus.create_topic("in", 2, TopicConfig::default())
-        .await
-        .unwrap();
-    bus.create_topic("out", 2, TopicConfig::default())
-        .await
-        .unwrap();
-    let mut source = bus.producer().await.unwrap();
-    for i in 0..6 {
-        source
-            .publish(Message::new("in", format!("{i}")))
-            .await
-            .unwrap();
-    }
+    inputs_and_outputs(&bus, 6, "").await;
     let mut worker = bus.producer_named("doubler").await.unwrap();
     let mut consumer = bus.consumer("doublers", "w1", &["in"]).await.unwrap();
     let inputs = consumer.poll(3, WAIT).await.unwrap();
@@ -431,19 +435,7 @@ async fn transactions_are_all_or_nothing_across_crashes() {
     let disk = CrashDisk::new(9);
     {
         let bus = open_crash(&disk).await;
-        bus.create_topic("in", 2, TopicConfig::default())
-            .await
-            .unwrap();
-        bus.create_topic("out", 2, TopicConfig::default())
-            .await
-            .unwrap();
-        let mut source = bus.producer().await.unwrap();
-        for i in 0..120 {
-            source
-                .publish(Message::new("in", format!("in-{i}")))
-                .await
-                .unwrap();
-        }
+        inputs_and_outputs(&bus, 120, "in-").await;
         bus.close().await.unwrap();
     }
     let mut committed_transactions = 0;

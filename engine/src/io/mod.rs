@@ -136,6 +136,22 @@ pub trait DiskFile: Send + Sync + fmt::Debug + 'static {
     fn map(&self) -> io::Result<Bytes>;
 }
 
+/// Replaces the file `name` with `bytes` atomically and durably: write
+/// `tmp`, `sync_data`, rename over `name`, `sync_dir`. After a crash the
+/// file is the old version or the new one, whole; a leftover `tmp` is the
+/// caller's to remove on open.
+pub fn replace_file<D: Disk>(disk: &D, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
+    match disk.remove(tmp) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let file = disk.create(tmp)?;
+    file.write_at(0, bytes)?;
+    file.sync_data()?;
+    disk.rename(tmp, name)?;
+    disk.sync_dir()
+}
+
 /// Checks that `name` is a plain file name inside the data directory.
 pub(crate) fn check_name(name: &str) -> io::Result<()> {
     let valid = !name.is_empty()

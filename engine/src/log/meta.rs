@@ -105,22 +105,8 @@ pub(crate) fn load<D: Disk>(disk: &D) -> Result<Option<Meta>> {
 
 /// Replaces `log.meta` atomically: write new, sync, rename, sync dir.
 pub(crate) fn store<D: Disk>(disk: &D, meta: &Meta) -> Result<()> {
-    let bytes = meta.encode();
-    match disk.remove(NAME_TMP) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Error::io("remove", NAME_TMP, error)),
-    }
-    let file = disk
-        .create(NAME_TMP)
-        .map_err(|e| Error::io("create", NAME_TMP, e))?;
-    file.write_at(0, &bytes)
-        .map_err(|e| Error::io("write", NAME_TMP, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("sync_data", NAME_TMP, e))?;
-    disk.rename(NAME_TMP, NAME)
-        .map_err(|e| Error::io("rename", NAME, e))?;
-    disk.sync_dir().map_err(|e| Error::io("sync_dir", NAME, e))
+    crate::io::replace_file(disk, NAME, NAME_TMP, &meta.encode())
+        .map_err(|e| Error::io("replace", NAME, e))
 }
 
 #[cfg(test)]

@@ -187,15 +187,7 @@ fn meta_of(file: &SnapshotFile) -> Meta {
 
 /// Replaces the snapshot file atomically.
 fn store_snapshot<D: Disk>(disk: &D, bytes: &[u8]) -> io::Result<()> {
-    match disk.remove(SNAPSHOT_FILE_TMP) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let file = disk.create(SNAPSHOT_FILE_TMP)?;
-    file.write_at(0, bytes)?;
-    file.sync_data()?;
-    disk.rename(SNAPSHOT_FILE_TMP, SNAPSHOT_FILE)?;
-    disk.sync_dir()
+    crate::io::replace_file(disk, SNAPSHOT_FILE, SNAPSHOT_FILE_TMP, bytes)
 }
 
 fn load_snapshot<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {

@@ -394,20 +394,7 @@ impl<D: Disk> Log<D> {
     fn roll(&mut self) -> Result<()> {
         self.sync()?;
         let first = self.next_index();
-        let name = segment::name(first);
-        let created = self.disk.create(&name);
-        let file = self.poison_on_error(created, "create", &name)?;
-        let synced = self.disk.sync_dir();
-        self.poison_on_error(synced, "sync_dir", &name)?;
-        let active = Active {
-            first,
-            name,
-            file: Arc::new(file),
-            offsets: Vec::new(),
-            size: 0,
-            last_timestamp_ms: None,
-        };
-        let old = std::mem::replace(&mut self.active, active);
+        let old = self.start_active(first)?;
         self.sealed.push_back(Sealed {
             first: old.first,
             next: first,
@@ -545,7 +532,8 @@ impl<D: Disk> Log<D> {
         if self.sealed.back().is_some_and(|s| s.next > from) {
             self.rewrite_last_sealed(from)?;
         }
-        self.start_active(from)
+        // The old active segment's file was removed above.
+        self.start_active(from).map(drop)
     }
 
     fn truncate_active(&mut self, from: u64) -> Result<()> {
@@ -589,15 +577,15 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
-    /// Creates an empty active segment at `first`, replacing the current
-    /// active segment (which the caller has removed or sealed).
-    fn start_active(&mut self, first: u64) -> Result<()> {
+    /// Creates an empty active segment at `first` and makes it the active
+    /// one; returns the segment it replaced, for the caller to seal or drop.
+    fn start_active(&mut self, first: u64) -> Result<Active<D::File>> {
         let name = segment::name(first);
         let created = self.disk.create(&name);
         let file = self.poison_on_error(created, "create", &name)?;
         let synced = self.disk.sync_dir();
         self.poison_on_error(synced, "sync_dir", &name)?;
-        self.active = Active {
+        let active = Active {
             first,
             name,
             file: Arc::new(file),
@@ -605,7 +593,7 @@ impl<D: Disk> Log<D> {
             size: 0,
             last_timestamp_ms: None,
         };
-        Ok(())
+        Ok(std::mem::replace(&mut self.active, active))
     }
 
     /// Purges every entry below `index`: whole sealed segments are removed;

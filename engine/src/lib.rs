@@ -7,11 +7,14 @@
 //! - [`io::Clock`]: monotonic and wall time;
 //! - [`io::Disk`]: small, synchronous, offset-based file operations on one
 //!   data directory, with a stated crash contract;
-//! - the network seam arrives with the replication layer.
+//! - [`io::transport::Transport`]: request/response messages between node
+//!   ids, and serving them.
 //!
-//! [`log`] is the segmented, checksummed log that the Raft layer will use
-//! as its log and that holds every event body. See `ARCHITECTURE.md` at the
-//! repository root for the map of the whole system.
+//! [`log`] is the segmented, checksummed log that is both the Raft log and
+//! the event log; [`raft`] runs openraft over it; [`state`] is the
+//! replicated state machine; [`bus`] is the embedded bus users open. See
+//! `ARCHITECTURE.md` at the repository root for the map of the whole
+//! system.
 
 pub mod bus;
 pub mod constants;

@@ -1,7 +1,10 @@
-//! The seams between the engine and the world: time and storage.
+//! The seams between the engine and the world: time, storage and the
+//! network.
 //!
-//! Engine code reads time only through a [`Clock`] and touches storage only
-//! through a [`Disk`]. Production uses [`os::OsClock`] and [`os::OsDisk`];
+//! Engine code reads time only through a [`Clock`], touches storage only
+//! through a [`Disk`], and talks to other nodes only through a
+//! [`transport::Transport`]. Production uses [`os::OsClock`] and
+//! [`os::OsDisk`] (and `sluice_net::tcp::TcpTransport`);
 //! tests and the simulator use `ManualClock` and `CrashDisk` (feature
 //! `testing`), which fail the way real hardware fails, from a seed.
 //!
@@ -15,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub mod os;
+pub mod transport;
 
 #[cfg(feature = "testing")]
 mod crash;

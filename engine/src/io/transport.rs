@@ -1,0 +1,157 @@
+//! The network seam: request/response messages between node ids, and a way
+//! to serve them.
+//!
+//! A [`Transport`] sends one [`Request`] to a node and returns the body of
+//! its response; a [`Handler`] answers the requests a node receives. The
+//! seam is a message pipe and nothing more: it knows node ids, a message
+//! kind, a group id and opaque bodies, not Raft. It names no async runtime,
+//! so the TCP transport (`sluice-net`, on tokio) and the simulated one
+//! (`SimTransport`, on madsim) implement the same traits.
+//!
+//! ### Fault model
+//! - A message may be lost, delayed, duplicated, or delivered after later
+//!   ones: there is no ordering across calls, even to the same node.
+//! - A response may never come. An implementation bounds every call (the
+//!   TCP transport with a per-call timeout) and then reports
+//!   [`TransportError::TimedOut`]; it never hangs forever.
+//! - Per call, the transport delivers the request at most once to the
+//!   handler and completes the call at most once. An error other than
+//!   [`TransportError::Unreachable`] and [`TransportError::FrameTooLarge`]
+//!   leaves it unknown whether the handler ran: retry only idempotent
+//!   requests. A simulator may still duplicate a message in flight, so
+//!   handlers must tolerate seeing a request twice (Raft's are).
+//! - Retries, backoff between calls and deciding which node to ask live
+//!   above this seam.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// The id of a node in the cluster (the same as Raft's node id).
+pub type NodeId = u64;
+
+/// One request: a message kind and a group, both opaque to the transport,
+/// and a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// What the message is (append entries, vote, ...); chosen by the layer
+    /// above.
+    pub kind: u8,
+    /// The Raft group the message belongs to (one group today).
+    pub group: u32,
+    /// The encoded message.
+    pub body: Bytes,
+}
+
+/// Sends requests to other nodes. See the module docs for the fault model.
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Sends `request` to node `target` and waits for the response body.
+    ///
+    /// Returns within the implementation's per-call bound, with a response
+    /// or an error; never hangs. Dropping the future abandons the call (a
+    /// late response is discarded).
+    fn call(
+        &self,
+        target: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, TransportError>> + Send;
+}
+
+/// Answers the requests a node receives.
+///
+/// Calls may run concurrently, in any order, and the same request may
+/// arrive twice (see the module docs).
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `request` from node `source` with a response body, or fails
+    /// it; the failure's message travels back to the caller as
+    /// [`TransportError::Remote`].
+    fn handle(
+        &self,
+        source: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
+}
+
+/// A handler's refusal of one request, sent back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    /// What went wrong and what the caller can do about it.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A refusal with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a call failed. Cloneable, so that one broken connection can fail
+/// every call waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No connection to the node could be made (no address known, refused,
+    /// or still backing off after a failed attempt). The request was not
+    /// sent.
+    #[error(
+        "node {target} is unreachable: {source}; the request was not sent, \
+         retry later or ask another node"
+    )]
+    Unreachable {
+        /// The node called.
+        target: NodeId,
+        /// Why it could not be reached.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The connection broke after the request may have been sent.
+    #[error(
+        "the connection to node {target} closed before the response came: {source}; \
+         the request may or may not have been applied, retry only if it is idempotent"
+    )]
+    Closed {
+        /// The node called.
+        target: NodeId,
+        /// Why the connection closed.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// No response within the per-call bound.
+    #[error(
+        "no response from node {target} within {after:?}; the request may still be \
+         applied, retry only if it is idempotent"
+    )]
+    TimedOut {
+        /// The node called.
+        target: NodeId,
+        /// The bound that passed.
+        after: Duration,
+    },
+    /// The request does not fit in one frame. Nothing was sent.
+    #[error(
+        "a request body of {size_bytes} bytes exceeds the transport's bound of \
+         {size_bytes_max} bytes; split it into smaller messages"
+    )]
+    FrameTooLarge {
+        /// The body's size.
+        size_bytes: u64,
+        /// The largest body one frame carries.
+        size_bytes_max: u64,
+    },
+    /// The node received the request and its handler failed it.
+    #[error("node {target} failed the request: {message}")]
+    Remote {
+        /// The node called.
+        target: NodeId,
+        /// The handler's message.
+        message: String,
+    },
+}

@@ -1,0 +1,680 @@
+//! The engine's [`Transport`] over TCP, on tokio: [`TcpTransport`] calls,
+//! [`TcpServer`] serves.
+//!
+//! Each peer gets one connection, reused by every call and shared by calls
+//! in flight: a request carries a request id, unique on its connection, and
+//! its response carries the same id back, so responses may come in any
+//! order. Per connection, at most [`TcpConfig::inflight_per_connection_max`]
+//! calls are in flight; further calls wait for room (within their
+//! timeout). A connection that breaks fails every call waiting on it; the
+//! next call connects again. A failed connection attempt starts a backoff
+//! (doubling from [`TcpConfig::backoff_initial`] up to
+//! [`TcpConfig::backoff_max`]) during which calls to that peer fail at once
+//! with [`TransportError::Unreachable`] instead of piling up on a dead
+//! address.
+//!
+//! ### Fault model
+//! - The network may lose, delay or cut anything; every call is bounded by
+//!   [`TcpConfig::call_timeout`], connection attempts by
+//!   [`TcpConfig::connect_timeout`], and nothing waits beyond them.
+//! - TCP does not duplicate or reorder bytes within a connection, but a
+//!   call that fails with `Closed` or `TimedOut` may have been applied, and
+//!   a retry above this layer sends it again: the layer above handles
+//!   duplicates (see `sluice::io::transport`).
+//! - A peer may send anything. The server reads through the wire codec,
+//!   which bounds what it buffers by [`wire::FRAME_SIZE_MAX`]; a malformed,
+//!   truncated, oversized or damaged frame closes that connection with a
+//!   warning naming the peer and the reason, and nothing else is affected.
+//!   A client closes its connection the same way on a bad response.
+//! - A handler that panics leaves its call unanswered: the caller times
+//!   out, and the panic is logged.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
+
+use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
+
+/// Calls in flight on one connection, by default; also the server's bound
+/// on requests it handles at once per connection.
+pub const INFLIGHT_PER_CONNECTION_MAX: usize = 256;
+
+/// How much a connection asks the socket for at a time. The read buffer
+/// never holds more than one frame plus this.
+const READ_CHUNK_SIZE: usize = 64 * 1024;
+
+/// The pause after a failed `accept` (out of file descriptors, say)
+/// before accepting again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Bounds of a [`TcpTransport`].
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// The longest one call may take, from connecting to the response.
+    pub call_timeout: Duration,
+    /// The longest one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The pause after the first failed connection attempt to a peer.
+    pub backoff_initial: Duration,
+    /// The longest pause between connection attempts to a peer.
+    pub backoff_max: Duration,
+    /// Calls in flight on one connection at most.
+    pub inflight_per_connection_max: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX,
+        }
+    }
+}
+
+/// The pause before the next connection attempt after `failures`
+/// consecutive failed ones: doubling, capped at `backoff_max`.
+fn backoff_delay(config: &TcpConfig, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    config
+        .backoff_initial
+        .saturating_mul(1 << exponent)
+        .min(config.backoff_max)
+}
+
+/// Calls other nodes over TCP. Cheap to clone; clones share connections.
+/// Calls must run inside a tokio runtime (with the `time` driver), which
+/// also runs each connection's reader and writer task.
+#[derive(Debug, Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: NodeId,
+    config: TcpConfig,
+    peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Peer>>>>,
+}
+
+/// What the transport knows about one peer. Its async mutex is held while
+/// connecting, so concurrent calls make one attempt, not many.
+#[derive(Debug)]
+struct Peer {
+    address: SocketAddr,
+    connection: Option<Arc<Connection>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl TcpTransport {
+    /// A transport for node `source` (the id its requests carry), knowing
+    /// no peers yet.
+    ///
+    /// # Panics
+    /// If `config.inflight_per_connection_max` is 0.
+    pub fn new(source: NodeId, config: TcpConfig) -> Self {
+        assert!(config.inflight_per_connection_max > 0);
+        TcpTransport {
+            inner: Arc::new(Inner {
+                source,
+                config,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sets the address of node `node`. A changed address drops the old
+    /// connection (calls already on it finish there) and its backoff.
+    pub fn set_address(&self, node: NodeId, address: SocketAddr) {
+        let mut peers = self.inner.peers.lock().expect("peer map lock poisoned");
+        if let Some(peer) = peers.get(&node) {
+            if peer.try_lock().is_ok_and(|peer| peer.address == address) {
+                return;
+            }
+        }
+        let peer = Peer {
+            address,
+            connection: None,
+            failures: 0,
+            retry_at: None,
+        };
+        peers.insert(node, Arc::new(tokio::sync::Mutex::new(peer)));
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, TransportError>> + Send {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            if request.body.len() > BODY_SIZE_MAX {
+                return Err(TransportError::FrameTooLarge {
+                    size_bytes: request.body.len() as u64,
+                    size_bytes_max: BODY_SIZE_MAX as u64,
+                });
+            }
+            let after = inner.config.call_timeout;
+            match tokio::time::timeout(after, inner.call(target, request)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(TransportError::TimedOut { target, after }),
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn call(&self, target: NodeId, request: Request) -> Result<Bytes, TransportError> {
+        let connection = self.connection(target).await?;
+        connection.call(self.source, target, request).await
+    }
+
+    /// The live connection to `target`, connecting if there is none.
+    async fn connection(&self, target: NodeId) -> Result<Arc<Connection>, TransportError> {
+        let unreachable = |source: io::Error| TransportError::Unreachable {
+            target,
+            source: Arc::new(source),
+        };
+        let peer = self
+            .peers
+            .lock()
+            .expect("peer map lock poisoned")
+            .get(&target)
+            .cloned();
+        let Some(peer) = peer else {
+            return Err(unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no address is known for node {target}; set one with set_address"),
+            )));
+        };
+        let mut peer = peer.lock().await;
+        if let Some(connection) = &peer.connection {
+            if !connection.shared.is_closed() {
+                return Ok(Arc::clone(connection));
+            }
+        }
+        peer.connection = None;
+        let now = Instant::now();
+        if let Some(retry_at) = peer.retry_at.filter(|&at| now < at) {
+            return Err(unreachable(io::Error::other(format!(
+                "{} connection attempts to {} failed; the next one is in {:?}",
+                peer.failures,
+                peer.address,
+                retry_at - now
+            ))));
+        }
+        match self.connect(peer.address).await {
+            Ok(stream) => {
+                peer.failures = 0;
+                peer.retry_at = None;
+                let connection = Connection::start(stream, &self.config);
+                peer.connection = Some(Arc::clone(&connection));
+                Ok(connection)
+            }
+            Err(error) => {
+                peer.failures = peer.failures.saturating_add(1);
+                peer.retry_at = Some(Instant::now() + backoff_delay(&self.config, peer.failures));
+                Err(unreachable(error))
+            }
+        }
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
+        let limit = self.config.connect_timeout;
+        let stream = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("cannot connect to {address}: {error}"),
+                ));
+            }
+            Err(_elapsed) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {address} took longer than {limit:?}"),
+                ));
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// One client connection: a writer task fed through `outgoing`, a reader
+/// that hands responses to the calls waiting in `shared`.
+#[derive(Debug)]
+struct Connection {
+    outgoing: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+    inflight: Semaphore,
+    request_id_next: AtomicU64,
+}
+
+/// The calls waiting for responses and, once the connection has closed,
+/// why. One lock, so that no call registers after the close.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+}
+
+#[derive(Debug, Default)]
+struct SharedState {
+    pending: HashMap<u64, oneshot::Sender<Frame>>,
+    closed: Option<Arc<io::Error>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.state.lock().expect("connection state lock poisoned")
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    fn register(
+        &self,
+        request_id: u64,
+        waiter: oneshot::Sender<Frame>,
+    ) -> Result<(), Arc<io::Error>> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(Arc::clone(reason));
+        }
+        let previous = state.pending.insert(request_id, waiter);
+        assert!(previous.is_none(), "request id {request_id} reused");
+        Ok(())
+    }
+
+    fn forget(&self, request_id: u64) {
+        self.lock().pending.remove(&request_id);
+    }
+
+    /// Hands `frame` to the call waiting for it; a call that gave up has
+    /// left no waiter, and its late response is dropped.
+    fn complete(&self, frame: Frame) {
+        let waiter = self.lock().pending.remove(&frame.header.request_id);
+        match waiter {
+            Some(waiter) => drop(waiter.send(frame)),
+            None => debug!(
+                request_id = frame.header.request_id,
+                "late response dropped"
+            ),
+        }
+    }
+
+    /// Records why the connection closed and fails every waiting call.
+    fn close(&self, reason: io::Error) {
+        let mut state = self.lock();
+        state.closed.get_or_insert(Arc::new(reason));
+        state.pending.clear();
+    }
+
+    fn reason(&self) -> Arc<io::Error> {
+        let closed = self.lock().closed.clone();
+        closed.unwrap_or_else(|| Arc::new(io::Error::other("the connection is closing")))
+    }
+}
+
+/// Removes a call's waiter when the call ends in any way, including by
+/// being dropped at its timeout.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    request_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.request_id);
+    }
+}
+
+impl Connection {
+    fn start(stream: TcpStream, config: &TcpConfig) -> Arc<Connection> {
+        let peer = stream.peer_addr().ok();
+        let (read, write) = stream.into_split();
+        let (outgoing, frames) = mpsc::channel(config.inflight_per_connection_max);
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(run_client(read, write, frames, Arc::clone(&shared), peer));
+        Arc::new(Connection {
+            outgoing,
+            shared,
+            inflight: Semaphore::new(config.inflight_per_connection_max),
+            request_id_next: AtomicU64::new(0),
+        })
+    }
+
+    async fn call(
+        &self,
+        source: NodeId,
+        target: NodeId,
+        request: Request,
+    ) -> Result<Bytes, TransportError> {
+        let closed = |source: Arc<io::Error>| TransportError::Closed { target, source };
+        let _permit = self.inflight.acquire().await.expect("never closed");
+        let request_id = self.request_id_next.fetch_add(1, Ordering::Relaxed);
+        let (waiter, response) = oneshot::channel();
+        self.shared.register(request_id, waiter).map_err(closed)?;
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            request_id,
+        };
+        let header = Header {
+            role: Role::Request,
+            kind: request.kind,
+            group: request.group,
+            request_id,
+            source,
+        };
+        let mut frame = BytesMut::new();
+        wire::encode_into(&mut frame, &header, &request.body);
+        if self.outgoing.send(frame.freeze()).await.is_err() {
+            return Err(closed(self.shared.reason()));
+        }
+        let Ok(frame) = response.await else {
+            return Err(closed(self.shared.reason()));
+        };
+        match frame.header.role {
+            Role::Response => Ok(frame.body),
+            Role::Failure => Err(TransportError::Remote {
+                target,
+                message: String::from_utf8_lossy(&frame.body).into_owned(),
+            }),
+            Role::Request => unreachable!("the client read loop refuses requests"),
+        }
+    }
+}
+
+/// Runs one client connection until either direction fails or the
+/// transport drops it, then fails the calls still waiting.
+async fn run_client(
+    read: impl AsyncRead + Unpin,
+    write: impl AsyncWrite + Unpin,
+    frames: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+    peer: Option<SocketAddr>,
+) {
+    let result = tokio::select! {
+        result = write_loop(write, frames) => result.map(|()| "this node dropped the connection"),
+        result = client_read_loop(read, &shared) => result.map(|()| "the peer closed the connection"),
+    };
+    let reason = match result {
+        Ok(why) => io::Error::new(io::ErrorKind::ConnectionAborted, why),
+        Err(error) => {
+            warn!(peer = ?peer, reason = %error, "closing the connection");
+            error
+        }
+    };
+    shared.close(reason);
+}
+
+async fn client_read_loop(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = read_frame(&mut read, &mut buf).await? {
+        if frame.header.role == Role::Request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server sent a request on a client connection; it is not a Sluice node",
+            ));
+        }
+        shared.complete(frame);
+    }
+    Ok(())
+}
+
+/// Writes each frame from `frames`, whole, until the senders are gone.
+/// Frames are never cut: a call that gives up has handed over its frame
+/// already or not at all.
+async fn write_loop(
+    mut write: impl AsyncWrite + Unpin,
+    mut frames: mpsc::Receiver<Bytes>,
+) -> io::Result<()> {
+    while let Some(frame) = frames.recv().await {
+        write.write_all(&frame).await?;
+    }
+    Ok(())
+}
+
+/// Reads the next frame; `None` at a clean end of the stream (between
+/// frames). A stream cut inside a frame, or a frame the codec refuses, is
+/// an error that names the reason.
+async fn read_frame(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> io::Result<Option<Frame>> {
+    loop {
+        let decoded =
+            wire::decode(buf).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        if let Some(frame) = decoded {
+            return Ok(Some(frame));
+        }
+        buf.reserve(READ_CHUNK_SIZE);
+        if read.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "truncated frame: the peer closed the connection after {} bytes of a frame",
+                    buf.len()
+                ),
+            ));
+        }
+    }
+}
+
+/// Serves a [`Handler`] on a listener until shut down or dropped; dropping
+/// it closes the listener and every connection.
+#[derive(Debug)]
+pub struct TcpServer {
+    local_address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpServer {
+    /// Starts serving `handler` on `listener` as node `node` (the id its
+    /// responses carry). Must be called inside a tokio runtime.
+    pub fn serve<H: Handler>(listener: TcpListener, node: NodeId, handler: H) -> io::Result<Self> {
+        let local_address = listener.local_addr()?;
+        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler)));
+        Ok(TcpServer {
+            local_address,
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Stops accepting, closes every connection and returns once they are
+    /// closed. Calls in flight on them fail with `Closed` at the caller.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        if let Err(error) = (&mut self.task).await {
+            log_task_end(&error);
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn log_task_end(error: &JoinError) {
+    if error.is_panic() {
+        warn!(%error, "a server task panicked");
+    }
+}
+
+async fn accept_loop<H: Handler>(listener: TcpListener, node: NodeId, handler: Arc<H>) {
+    // Dropping the set (when this task is aborted) aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, node, Arc::clone(&handler)));
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed; retrying after {ACCEPT_RETRY_DELAY:?}");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                }
+            },
+            Some(Err(error)) = connections.join_next(), if !connections.is_empty() => {
+                log_task_end(&error);
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: NodeId,
+    handler: Arc<H>,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let (read, write) = stream.into_split();
+    let (responses, frames) = mpsc::channel(INFLIGHT_PER_CONNECTION_MAX);
+    let result = tokio::select! {
+        result = write_loop(write, frames) => result,
+        result = server_read_loop(read, node, handler, responses) => result,
+    };
+    match result {
+        Ok(()) => debug!(%peer, "the peer closed the connection"),
+        Err(error) => warn!(%peer, reason = %error, "closing the connection"),
+    }
+}
+
+/// Reads requests and hands each to the handler in its own task; at most
+/// [`INFLIGHT_PER_CONNECTION_MAX`] at once, after which reading waits.
+async fn server_read_loop<H: Handler>(
+    mut read: impl AsyncRead + Unpin,
+    node: NodeId,
+    handler: Arc<H>,
+    responses: mpsc::Sender<Bytes>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    // Dropping the set (when the connection ends) aborts unfinished calls.
+    let mut calls = JoinSet::new();
+    let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
+    while let Some(frame) = read_frame(&mut read, &mut buf).await? {
+        if frame.header.role != Role::Request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a {:?} frame arrived on a server connection",
+                    frame.header.role
+                ),
+            ));
+        }
+        let permit = Arc::clone(&inflight)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        while let Some(result) = calls.try_join_next() {
+            if let Err(error) = result {
+                log_task_end(&error);
+            }
+        }
+        let handler = Arc::clone(&handler);
+        calls.spawn(answer(node, handler, frame, responses.clone(), permit));
+    }
+    Ok(())
+}
+
+/// Runs the handler on one request and queues its response.
+async fn answer<H: Handler>(
+    node: NodeId,
+    handler: Arc<H>,
+    frame: Frame,
+    responses: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Header {
+        kind,
+        group,
+        request_id,
+        source,
+        ..
+    } = frame.header;
+    let request = Request {
+        kind,
+        group,
+        body: frame.body,
+    };
+    let (role, body) = match handler.handle(source, request).await {
+        Ok(body) if body.len() <= BODY_SIZE_MAX => (Role::Response, body),
+        Ok(body) => (
+            Role::Failure,
+            Bytes::from(format!(
+                "the response of {} bytes exceeds the frame bound of {BODY_SIZE_MAX} bytes; \
+                 ask for less at once",
+                body.len()
+            )),
+        ),
+        Err(error) => (Role::Failure, Bytes::from(error.message)),
+    };
+    let body = body.slice(..body.len().min(BODY_SIZE_MAX));
+    let header = Header {
+        role,
+        kind,
+        group,
+        request_id,
+        source: node,
+    };
+    let mut buf = BytesMut::new();
+    wire::encode_into(&mut buf, &header, &body);
+    if responses.send(buf.freeze()).await.is_err() {
+        debug!(
+            request_id,
+            "the connection closed before the response was sent"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = TcpConfig {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            ..TcpConfig::default()
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|failures| backoff_delay(&config, failures).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 100, 100]);
+        assert_eq!(backoff_delay(&config, u32::MAX), config.backoff_max);
+    }
+}

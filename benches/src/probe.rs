@@ -27,14 +27,29 @@ fn create(dir: &Path, name: &str) -> io::Result<(File, std::path::PathBuf)> {
 /// file, then one `fdatasync`; the clock covers the writes and the sync.
 /// This is the most a durable append stream can get out of the disk.
 pub fn seq_write_synced(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
-    sequential_write(dir, "probe-seq-write", size, chunk_size, true)
+    sequential_write(dir, "probe-seq-write", size, chunk_size, Finish::Sync)
 }
 
 /// Sequential write of `size` bytes in `chunk_size`-byte writes to a new
 /// file, with no sync: the page cache's own write bandwidth, the most a
 /// buffered append can reach.
 pub fn buffered_write(dir: &Path, size: u64, chunk_size: usize) -> io::Result<Bandwidth> {
-    sequential_write(dir, "probe-buffered-write", size, chunk_size, false)
+    sequential_write(
+        dir,
+        "probe-buffered-write",
+        size,
+        chunk_size,
+        Finish::NoSync,
+    )
+}
+
+/// How a sequential write ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// With one `fdatasync`, timed.
+    Sync,
+    /// Without; the file is removed before writeback.
+    NoSync,
 }
 
 fn sequential_write(
@@ -42,9 +57,9 @@ fn sequential_write(
     name: &str,
     size: u64,
     chunk_size: usize,
-    sync: bool,
+    finish: Finish,
 ) -> io::Result<Bandwidth> {
-    let chunk = pattern(chunk_size, if sync { 1 } else { 2 });
+    let chunk = pattern(chunk_size, if finish == Finish::Sync { 1 } else { 2 });
     let (file, path) = create(dir, name)?;
     let start = Instant::now();
     let mut offset = 0;
@@ -52,7 +67,7 @@ fn sequential_write(
         file.write_all_at(&chunk, offset)?;
         offset += chunk_size as u64;
     }
-    if sync {
+    if finish == Finish::Sync {
         file.sync_data()?;
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -59,9 +59,19 @@ pub struct BusConfig {
     /// How often the topics' retention is applied; `None`: only when
     /// `Bus::enforce_retention` is called.
     pub retention_interval: Option<Duration>,
-    /// Let retention drop events a consumer group has not committed yet
-    /// (by default retention waits for every group).
-    pub retention_drops_unconsumed: bool,
+    /// Whether retention may drop events a consumer group has not
+    /// committed yet.
+    pub unconsumed: Unconsumed,
+}
+
+/// What retention does with events a consumer group still needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unconsumed {
+    /// Keep them: retention waits for every group's committed offsets.
+    #[default]
+    Keep,
+    /// Drop them once the topics' policies allow (Kafka's behaviour).
+    Drop,
 }
 
 impl Default for BusConfig {
@@ -74,7 +84,7 @@ impl Default for BusConfig {
             batch_events_max: 4096,
             open_timeout: Duration::from_secs(30),
             retention_interval: Some(Duration::from_secs(60)),
-            retention_drops_unconsumed: false,
+            unconsumed: Unconsumed::Keep,
         }
     }
 }

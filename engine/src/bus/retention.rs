@@ -6,7 +6,7 @@
 //! lets it go: the most permissive policy decides (a topic without a limit
 //! keeps everything), and some topics keep more than they asked for. The
 //! point never passes what a consumer group still needs (its committed
-//! offsets) unless `BusConfig::retention_drops_unconsumed` says so.
+//! offsets) unless `BusConfig::unconsumed` is `Unconsumed::Drop`.
 //!
 //! Steps: (1) the leader computes the point from whole sealed segments by
 //! size and by age on its clock; (2) proposes `Op::Retention`, which every
@@ -65,7 +65,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             return Ok(purged);
         };
         let mut point = inner.reader.retention_point(&policy)?;
-        if !inner.config.retention_drops_unconsumed {
+        if inner.config.unconsumed == super::Unconsumed::Keep {
             point = point.min(needed.unwrap_or(u64::MAX));
         }
         if point <= purged {

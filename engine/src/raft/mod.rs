@@ -24,11 +24,16 @@ mod codec;
 mod log_store;
 mod network;
 mod state_machine;
+mod transport_network;
 
 pub use codec::decode_command as codec_decode_command;
 pub use log_store::{Durability, LogStore, LogStoreReader};
 pub use network::SingleNodeNetwork;
 pub use state_machine::{Applied, SnapshotBuilder, StateGuard, StateMachineStore, StateView};
+pub use transport_network::{
+    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_VOTE, RAFT_GROUP, RaftService,
+    TransportClient, TransportNetwork,
+};
 
 /// Node ids are plain integers.
 pub type NodeId = u64;

@@ -1,0 +1,511 @@
+//! The Raft network over the engine's [`Transport`] seam: the client side
+//! ([`TransportNetwork`], openraft's network factory) and the server side
+//! ([`RaftService`], a [`Handler`] that hands requests to the node's
+//! [`Raft`] handle).
+//!
+//! Every Raft RPC is one transport call. The request is a [`Request`] with
+//! one of the kinds below, group [`RAFT_GROUP`], and a postcard body; the
+//! response body is the postcard encoding of openraft's response. A request
+//! the node refuses (it does not decode, a wrong group or kind, or the Raft
+//! node has stopped) comes back as the handler's error with a message.
+//!
+//! | kind | request body | response body |
+//! |---|---|---|
+//! | [`KIND_APPEND_ENTRIES`] | `AppendEntriesRequest` | `AppendEntriesResponse` |
+//! | [`KIND_VOTE`] | `VoteRequest` | `VoteResponse` |
+//! | [`KIND_FULL_SNAPSHOT`] | the leader's `Vote`, the `SnapshotMeta`, the snapshot bytes (a postcard byte sequence), in that order | `SnapshotResponse` |
+//! | [`KIND_PRE_VOTE`] | `VoteRequest` | `VoteResponse` (only sent when openraft's pre-vote is enabled) |
+//!
+//! Node addresses are the transport's business: the factory ignores the
+//! `Node` openraft passes and addresses peers by node id only.
+//!
+//! ### Fault model
+//! - The transport may lose, delay, duplicate or reorder requests and may
+//!   never answer (see [`crate::io::transport`]). Raft's RPCs tolerate all
+//!   of that: each carries the sender's vote and log position, and a stale
+//!   or repeated one is answered, not applied twice.
+//! - Every call is bounded by the transport's own per-call bound. Small,
+//!   latency-bound messages (votes, pre-votes, and appends without
+//!   entries, i.e. heartbeats) are also bounded by openraft's soft
+//!   time-to-live for the RPC, on the Raft runtime's clock. Bulk messages
+//!   (appends carrying entries, snapshots) are not: openraft derives their
+//!   time-to-live from the heartbeat interval and the snapshot timeout,
+//!   while their duration grows with their size and the follower's fsync,
+//!   so cutting them there could stall replication for good.
+//! - Transport errors become openraft's: `Unreachable` and `Closed` (the
+//!   peer is down or its connection broke) are `Unreachable`, so openraft
+//!   backs off before trying that peer again; a time-out is `Timeout`; a
+//!   body too large for one frame is `Network`. A refusal by the remote
+//!   handler and a response that does not decode also become
+//!   `Unreachable`: the peer is up but cannot serve us (it stopped, or
+//!   speaks another version), so retrying at once would only spin.
+//! - A snapshot travels as one message, so it must fit the transport's
+//!   frame bound; a larger one fails with `Network` every time. Its
+//!   transfer stops when openraft cancels it (`ReplicationClosed`).
+//! - The server decodes every body before touching Raft; a body that does
+//!   not decode is refused with a message and changes nothing.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{Either, select};
+use openraft::OptionalSend;
+use openraft::error::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::{Snapshot, SnapshotMeta};
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
+use crate::io::Disk;
+use crate::io::transport::{Handler, HandlerError, Request, Transport, TransportError};
+
+/// Request kind: openraft's AppendEntries (replication and heartbeats).
+pub const KIND_APPEND_ENTRIES: u8 = 1;
+/// Request kind: a RequestVote.
+pub const KIND_VOTE: u8 = 2;
+/// Request kind: a whole snapshot with the leader's vote.
+pub const KIND_FULL_SNAPSHOT: u8 = 3;
+/// Request kind: a pre-vote (asks whether a vote would be granted).
+pub const KIND_PRE_VOTE: u8 = 4;
+
+/// The group id of the one Raft group a cluster runs today.
+pub const RAFT_GROUP: u32 = 0;
+
+/// The snapshot's metadata as openraft names it for this configuration.
+type Meta = SnapshotMeta<CommittedLeaderId, NodeId, Node>;
+
+/// A snapshot as the state machine hands it out: bytes in memory.
+type FullSnapshot = Snapshot<CommittedLeaderId, NodeId, Node, Vec<u8>>;
+
+/// The body of a [`KIND_FULL_SNAPSHOT`] request, as the leader writes it.
+#[derive(Serialize)]
+struct FullSnapshotOut<'a> {
+    vote: &'a Vote,
+    meta: &'a Meta,
+    data: &'a [u8],
+}
+
+/// The body of a [`KIND_FULL_SNAPSHOT`] request, as the follower reads it
+/// (the same layout: `&[u8]` and `Vec<u8>` encode alike).
+#[derive(serde::Deserialize)]
+struct FullSnapshotIn {
+    vote: Vote,
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+/// openraft's network factory over a [`Transport`]: one client per peer,
+/// all sharing the transport.
+pub struct TransportNetwork<RT, T: Transport> {
+    source: NodeId,
+    transport: Arc<T>,
+    _runtime: PhantomData<fn() -> RT>,
+}
+
+impl<RT, T: Transport> TransportNetwork<RT, T> {
+    /// The network of node `source`, sending through `transport` (which
+    /// must know the peers' addresses).
+    pub fn new(source: NodeId, transport: Arc<T>) -> Self {
+        TransportNetwork {
+            source,
+            transport,
+            _runtime: PhantomData,
+        }
+    }
+}
+
+impl<RT, T: Transport> fmt::Debug for TransportNetwork<RT, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportNetwork")
+            .field("source", &self.source)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl<RT: AsyncRuntime, T: Transport> RaftNetworkFactory<TypeConfig<RT>>
+    for TransportNetwork<RT, T>
+{
+    type Network = TransportClient<RT, T>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Node) -> Self::Network {
+        TransportClient {
+            source: self.source,
+            target,
+            transport: Arc::clone(&self.transport),
+            _runtime: PhantomData,
+        }
+    }
+}
+
+/// The client of one peer: sends that peer openraft's RPCs.
+pub struct TransportClient<RT, T: Transport> {
+    source: NodeId,
+    target: NodeId,
+    transport: Arc<T>,
+    _runtime: PhantomData<fn() -> RT>,
+}
+
+impl<RT, T: Transport> fmt::Debug for TransportClient<RT, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportClient")
+            .field("source", &self.source)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
+    /// One RPC: encodes `message`, calls the peer (within `ttl`, if given,
+    /// besides the transport's bound), decodes the response.
+    async fn call<Q: Serialize, P: DeserializeOwned>(
+        &self,
+        kind: u8,
+        action: RPCTypes,
+        message: &Q,
+        ttl: Option<Duration>,
+    ) -> Result<P, RPCError<TypeConfig<RT>>> {
+        let body = postcard::to_allocvec(message).expect("a Raft message encodes into memory");
+        let request = Request {
+            kind,
+            group: RAFT_GROUP,
+            body: Bytes::from(body),
+        };
+        let call = self.transport.call(self.target, request);
+        let response = match ttl {
+            Some(ttl) => match TypeConfig::<RT>::timeout(ttl, call).await {
+                Ok(response) => response,
+                Err(_elapsed) => return Err(self.timeout(action, ttl)),
+            },
+            None => call.await,
+        };
+        let response = response.map_err(|error| self.rpc_error(error, action))?;
+        postcard::from_bytes(&response).map_err(|error| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {} answered a {action} request with a body that does not decode: \
+                 {error}; is it running another version?",
+                self.target
+            )))
+        })
+    }
+
+    fn timeout(&self, action: RPCTypes, after: Duration) -> RPCError<TypeConfig<RT>> {
+        RPCError::Timeout(Timeout {
+            action,
+            id: self.source,
+            target: self.target,
+            timeout: after,
+        })
+    }
+
+    /// Maps a transport failure to openraft's error; see the module docs.
+    fn rpc_error(&self, error: TransportError, action: RPCTypes) -> RPCError<TypeConfig<RT>> {
+        match error {
+            TransportError::Unreachable { .. }
+            | TransportError::Closed { .. }
+            | TransportError::Remote { .. } => {
+                RPCError::Unreachable(Unreachable::from_string(error.to_string()))
+            }
+            TransportError::TimedOut { after, .. } => self.timeout(action, after),
+            TransportError::FrameTooLarge { .. } => {
+                RPCError::Network(NetworkError::from_string(error.to_string()))
+            }
+        }
+    }
+}
+
+impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for TransportClient<RT, T> {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+        // A heartbeat is bounded by openraft's time-to-live; replication of
+        // entries only by the transport (see the module docs).
+        let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
+        self.call(KIND_APPEND_ENTRIES, RPCTypes::AppendEntries, &rpc, ttl)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+        let ttl = Some(option.soft_ttl());
+        self.call(KIND_VOTE, RPCTypes::Vote, &rpc, ttl).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+        let ttl = Some(option.soft_ttl());
+        self.call(KIND_PRE_VOTE, RPCTypes::Vote, &rpc, ttl).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: FullSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {
+        let message = FullSnapshotOut {
+            vote: &vote,
+            meta: &snapshot.meta,
+            data: &snapshot.snapshot,
+        };
+        // Bounded by the transport and cancellable by openraft, not by the
+        // time-to-live: a snapshot takes as long as its size demands.
+        let action = RPCTypes::InstallSnapshot;
+        let call = pin!(self.call(KIND_FULL_SNAPSHOT, action, &message, None));
+        match select(call, pin!(cancel)).await {
+            Either::Left((result, _)) => result.map_err(StreamingError::from),
+            Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
+        }
+    }
+}
+
+/// Serves openraft's RPCs to this node's [`Raft`]: the [`Handler`] a
+/// node's server runs.
+pub struct RaftService<RT: AsyncRuntime, D: Disk + Clone> {
+    raft: Raft<RT, D>,
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
+    /// A service answering for `raft`.
+    pub fn new(raft: Raft<RT, D>) -> Self {
+        RaftService { raft }
+    }
+
+    async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
+        if request.group != RAFT_GROUP {
+            return Err(HandlerError::new(format!(
+                "node {source} sent a Raft request for group {}, but this node runs only \
+                 group {RAFT_GROUP}",
+                request.group
+            )));
+        }
+        let body = &request.body;
+        match request.kind {
+            KIND_APPEND_ENTRIES => {
+                let rpc = decode(body, "append entries", source)?;
+                answer(self.raft.append_entries(rpc).await, "append entries")
+            }
+            KIND_VOTE => {
+                let rpc = decode(body, "vote", source)?;
+                answer(self.raft.vote(rpc).await, "vote")
+            }
+            KIND_PRE_VOTE => {
+                let rpc = decode(body, "pre-vote", source)?;
+                answer(self.raft.pre_vote(rpc).await, "pre-vote")
+            }
+            KIND_FULL_SNAPSHOT => {
+                let message: FullSnapshotIn = decode(body, "full snapshot", source)?;
+                let snapshot = FullSnapshot {
+                    meta: message.meta,
+                    snapshot: message.data,
+                };
+                let response = self.raft.install_full_snapshot(message.vote, snapshot);
+                answer(response.await, "full snapshot")
+            }
+            kind => Err(HandlerError::new(format!(
+                "node {source} sent Raft request kind {kind}, which this node does not know \
+                 (known: {KIND_APPEND_ENTRIES} to {KIND_PRE_VOTE}); is it running another version?"
+            ))),
+        }
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for RaftService<RT, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Handler for RaftService<RT, D> {
+    fn handle(
+        &self,
+        source: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        self.serve(source, request)
+    }
+}
+
+/// Decodes a request body of kind `what` from node `source`.
+fn decode<M: DeserializeOwned>(body: &[u8], what: &str, source: NodeId) -> Result<M, HandlerError> {
+    postcard::from_bytes(body).map_err(|error| {
+        HandlerError::new(format!(
+            "the {what} request from node {source} does not decode: {error}; \
+             is it running another version?"
+        ))
+    })
+}
+
+/// Encodes Raft's answer to a `what` request, or refuses with its error.
+fn answer<P: Serialize, E: fmt::Display>(
+    result: Result<P, E>,
+    what: &str,
+) -> Result<Bytes, HandlerError> {
+    match result {
+        Ok(response) => {
+            let body =
+                postcard::to_allocvec(&response).expect("a Raft response encodes into memory");
+            Ok(Bytes::from(body))
+        }
+        Err(error) => Err(HandlerError::new(format!(
+            "this node cannot answer the {what} request: {error}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use openraft::StoredMembership;
+
+    use super::*;
+    use crate::io::os::OsRuntime;
+    use crate::raft::log_id;
+
+    type C = TypeConfig<OsRuntime>;
+
+    /// Answers every call the same way.
+    #[derive(Debug)]
+    enum Scripted {
+        Fail(TransportError),
+        Answer(Bytes),
+        Hang,
+    }
+
+    impl Transport for Scripted {
+        async fn call(&self, _target: NodeId, _request: Request) -> Result<Bytes, TransportError> {
+            match self {
+                Scripted::Fail(error) => Err(error.clone()),
+                Scripted::Answer(body) => Ok(body.clone()),
+                Scripted::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    fn client(transport: Scripted) -> TransportClient<OsRuntime, Scripted> {
+        TransportClient {
+            source: 1,
+            target: 2,
+            transport: Arc::new(transport),
+            _runtime: PhantomData,
+        }
+    }
+
+    fn ttl() -> RPCOption {
+        RPCOption::new(Duration::from_millis(40))
+    }
+
+    async fn vote(transport: Scripted) -> Result<VoteResponse<C>, RPCError<C>> {
+        let rpc = VoteRequest {
+            vote: Vote::new(1, 1),
+            last_log_id: None,
+            leadership_transfer: false,
+        };
+        client(transport).vote(rpc, ttl()).await
+    }
+
+    fn io_error() -> Arc<io::Error> {
+        Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }
+
+    #[tokio::test]
+    async fn transport_errors_become_raft_errors() {
+        let source = io_error();
+        let unreachable = TransportError::Unreachable { target: 2, source };
+        let closed = TransportError::Closed {
+            target: 2,
+            source: io_error(),
+        };
+        let remote = TransportError::Remote {
+            target: 2,
+            message: "stopped".into(),
+        };
+        for error in [unreachable, closed, remote] {
+            let result = vote(Scripted::Fail(error)).await;
+            assert!(
+                matches!(result, Err(RPCError::Unreachable(_))),
+                "{result:?}"
+            );
+        }
+        let after = Duration::from_secs(1);
+        let timed_out = TransportError::TimedOut { target: 2, after };
+        let result = vote(Scripted::Fail(timed_out)).await;
+        assert!(matches!(result, Err(RPCError::Timeout(t)) if t.timeout == after));
+        let too_large = TransportError::FrameTooLarge {
+            size_bytes: 2,
+            size_bytes_max: 1,
+        };
+        let result = vote(Scripted::Fail(too_large)).await;
+        assert!(matches!(result, Err(RPCError::Network(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_and_garbage_is_refused() {
+        let result = vote(Scripted::Hang).await;
+        assert!(matches!(result, Err(RPCError::Timeout(t)) if t.target == 2));
+        let heartbeat = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let result = client(Scripted::Hang)
+            .append_entries(heartbeat, ttl())
+            .await;
+        assert!(matches!(result, Err(RPCError::Timeout(_))), "{result:?}");
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        let result = vote(Scripted::Answer(garbage)).await;
+        assert!(
+            matches!(result, Err(RPCError::Unreachable(_))),
+            "{result:?}"
+        );
+        let granted = VoteResponse::<C>::new(Vote::new(1, 1), None, true);
+        let body = postcard::to_allocvec(&granted).expect("encodes");
+        let result = vote(Scripted::Answer(Bytes::from(body))).await;
+        assert_eq!(result.expect("answered"), granted);
+    }
+
+    #[test]
+    fn snapshot_body_reads_back_as_written() {
+        let vote = Vote::new_committed(3, 1);
+        let meta = Meta {
+            last_log_id: Some(log_id(2, 7)),
+            last_membership: StoredMembership::default(),
+        };
+        let data = vec![1, 2, 3, 0xff];
+        let out = FullSnapshotOut {
+            vote: &vote,
+            meta: &meta,
+            data: &data,
+        };
+        let body = postcard::to_allocvec(&out).expect("encodes");
+        let back: FullSnapshotIn = postcard::from_bytes(&body).expect("decodes");
+        assert_eq!((back.vote, back.meta, back.data), (vote, meta, data));
+    }
+}

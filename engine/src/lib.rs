@@ -12,12 +12,14 @@
 //!
 //! [`log`] is the segmented, checksummed log that is both the Raft log and
 //! the event log; [`raft`] runs openraft over it; [`state`] is the
-//! replicated state machine; [`bus`] is the embedded bus users open. See
+//! replicated state machine; [`bus`] is the embedded bus users open;
+//! [`dispatch`] is the typed in-process dispatcher. See
 //! `ARCHITECTURE.md` at the repository root for the map of the whole
 //! system.
 
 pub mod bus;
 pub mod constants;
+pub mod dispatch;
 pub mod event;
 pub mod io;
 pub mod log;

@@ -17,6 +17,7 @@
 //! `ARCHITECTURE.md` at the repository root for the map of the whole
 //! system.
 
+pub mod audit;
 pub mod bus;
 pub mod constants;
 pub mod dispatch;

@@ -1,0 +1,336 @@
+//! [`SimCluster`]: Sluice Raft nodes, each on its own madsim node with its
+//! own [`SimDisk`], [`SimClock`] and [`SimTransport`], serving
+//! `RaftService` on a [`SimServer`]; plus what a scenario needs to drive
+//! and judge them (leader discovery, writes, partitions, convergence, the
+//! final read of a topic).
+//!
+//! The supervisor (the scenario's own task, madsim's main node) holds each
+//! node's `Raft` handle and calls it directly: client requests do not cross
+//! the simulated network, Raft's own messages do, so partitions cut
+//! replication and elections but not the client's view of a node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::task::NodeId as MadsimNodeId;
+use sluice::io::transport::NodeId;
+use sluice::raft::{
+    Durability, LogStore, LogStoreReader, Node, RaftService, StateMachineStore, StateView,
+    TransportNetwork, codec_decode_command,
+};
+use sluice::state::State;
+use sluice_jepsen::Event;
+
+use crate::{SimClock, SimDisk, SimDisks, SimRuntime, SimServer, SimTransport, SimTransportConfig};
+
+/// A Sluice Raft handle in the simulation.
+pub type SimRaft = sluice::raft::Raft<SimRuntime, SimDisk>;
+
+/// How often waiting helpers look again (virtual time).
+const POLL: Duration = Duration::from_millis(20);
+
+/// Raft timeouts for the simulation: a heartbeat several times the
+/// network's worst latency (10 ms), elections a few heartbeats.
+pub fn raft_config() -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "sluice-sim".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..openraft::Config::default()
+    };
+    Arc::new(config.validate().expect("valid Raft config"))
+}
+
+/// What a running node hands the supervisor.
+#[derive(Clone)]
+struct Member {
+    raft: SimRaft,
+    view: StateView<SimRuntime>,
+    reader: LogStoreReader<SimDisk>,
+}
+
+/// One node: its madsim node and, while it runs, its handles.
+struct Slot {
+    madsim_id: MadsimNodeId,
+    clock: Arc<SimClock>,
+    member: Arc<Mutex<Option<Member>>>,
+}
+
+/// A cluster of Sluice nodes in one simulation. See the module docs.
+pub struct SimCluster {
+    ids: Vec<NodeId>,
+    disks: SimDisks,
+    slots: BTreeMap<NodeId, Slot>,
+}
+
+impl std::fmt::Debug for SimCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCluster")
+            .field("ids", &self.ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimCluster {
+    /// Creates one madsim node per id and starts Sluice on each (log,
+    /// state machine, Raft, server); returns once every node runs. Does
+    /// not initialise the cluster.
+    pub async fn start(ids: &[NodeId]) -> SimCluster {
+        let handle = Handle::current();
+        let disks = SimDisks::new();
+        let mut slots = BTreeMap::new();
+        for &id in ids {
+            let disk = disks.disk(id);
+            let member: Arc<Mutex<Option<Member>>> = Arc::new(Mutex::new(None));
+            let clock = Arc::new(SimClock::new());
+            let init_member = Arc::clone(&member);
+            let init_clock = Arc::clone(&clock);
+            let node = handle
+                .create_node()
+                .name(format!("sluice-{id}"))
+                .ip(crate::node_address(id).ip())
+                .init(move || run_node(id, disk.clone(), init_clock.clone(), init_member.clone()))
+                .build();
+            disks.set_owner(id, node.id());
+            let slot = Slot {
+                madsim_id: node.id(),
+                clock,
+                member,
+            };
+            slots.insert(id, slot);
+        }
+        let cluster = SimCluster {
+            ids: ids.to_vec(),
+            disks,
+            slots,
+        };
+        for &id in ids {
+            cluster.wait_running(id).await;
+        }
+        cluster
+    }
+
+    /// Initialises the cluster with every node as a voter, through the
+    /// first node.
+    pub async fn initialize(&self) {
+        let nodes: BTreeMap<NodeId, Node> = self
+            .ids
+            .iter()
+            .map(|&id| (id, Node::new(crate::node_address(id).to_string())))
+            .collect();
+        self.raft(self.ids[0])
+            .expect("the first node runs")
+            .initialize(nodes)
+            .await
+            .expect("initialize the cluster");
+    }
+
+    /// The ids of every node.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The disks, for fault injection, kills and restarts.
+    pub fn disks(&self) -> &SimDisks {
+        &self.disks
+    }
+
+    /// Node `id`'s clock.
+    pub fn clock(&self, id: NodeId) -> &SimClock {
+        &self.slots[&id].clock
+    }
+
+    /// Node `id`'s madsim node, for `NetSim` partitions.
+    pub fn madsim_id(&self, id: NodeId) -> MadsimNodeId {
+        self.slots[&id].madsim_id
+    }
+
+    fn member(&self, id: NodeId) -> Option<Member> {
+        let slot = &self.slots[&id];
+        slot.member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Node `id`'s Raft handle, if it runs.
+    pub fn raft(&self, id: NodeId) -> Option<SimRaft> {
+        self.member(id).map(|member| member.raft)
+    }
+
+    async fn wait_running(&self, id: NodeId) {
+        while self.member(id).is_none() {
+            madsim::time::sleep(POLL).await;
+        }
+    }
+
+    /// Cuts node `id`'s power: its tasks die and its disk crashes (see
+    /// [`SimDisks::kill`]).
+    pub fn kill(&self, id: NodeId) {
+        *self.slots[&id]
+            .member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.disks.kill(id);
+    }
+
+    /// Starts node `id` again on its crashed disk; returns once it runs.
+    pub async fn restart(&self, id: NodeId) {
+        self.disks.restart(id);
+        self.wait_running(id).await;
+    }
+
+    /// Cuts node `id` off the network in both directions.
+    pub fn isolate(&self, id: NodeId) {
+        NetSim::current().clog_node(self.madsim_id(id));
+    }
+
+    /// Reconnects node `id`.
+    pub fn heal(&self, id: NodeId) {
+        NetSim::current().unclog_node(self.madsim_id(id));
+    }
+
+    /// The node that a majority of running nodes, itself included, name
+    /// as leader, if any.
+    pub async fn leader(&self) -> Option<NodeId> {
+        let mut votes: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for &id in &self.ids {
+            if let Some(raft) = self.raft(id)
+                && let Some(leader) = raft.current_leader().await
+            {
+                *votes.entry(leader).or_default() += 1;
+            }
+        }
+        let majority = self.ids.len() / 2 + 1;
+        let (&leader, _) = votes.iter().find(|&(_, &count)| count >= majority)?;
+        let named_by_itself = match self.raft(leader) {
+            Some(raft) => raft.current_leader().await == Some(leader),
+            None => false,
+        };
+        named_by_itself.then_some(leader)
+    }
+
+    /// Waits until a majority agrees on a leader, at most `limit`.
+    pub async fn wait_leader(&self, limit: Duration) -> Option<NodeId> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(leader) = self.leader().await {
+                return Some(leader);
+            }
+            madsim::time::sleep(POLL).await;
+        }
+        None
+    }
+
+    /// Waits until every running node has applied at least `index` and all
+    /// hold the same state, at most `limit`; returns that state.
+    pub async fn converged(&self, index: u64, limit: Duration) -> Result<State, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let states: Vec<State> = self
+                .ids
+                .iter()
+                .filter_map(|&id| self.member(id))
+                .map(|member| member.view.read().clone())
+                .collect();
+            let caught_up = states.iter().all(|s| s.last_applied_index() >= Some(index));
+            if caught_up && states.windows(2).all(|pair| pair[0] == pair[1]) {
+                return states.into_iter().next().ok_or("no node runs".into());
+            }
+            if std::time::Instant::now() >= deadline {
+                let applied: Vec<_> = states.iter().map(State::last_applied_index).collect();
+                return Err(format!(
+                    "nodes did not converge on index {index} within {limit:?}: applied {applied:?}"
+                ));
+            }
+            madsim::time::sleep(POLL).await;
+        }
+    }
+
+    /// The highest index applied on any running node.
+    pub fn applied_max(&self) -> u64 {
+        self.ids
+            .iter()
+            .filter_map(|&id| self.member(id))
+            .filter_map(|member| member.view.read().last_applied_index())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every retained event of `topic` as node `id` holds it: offsets from
+    /// its state's partition index, values (payloads as UTF-8) from its
+    /// log. An event the index names but the log cannot produce is an
+    /// error.
+    pub fn final_read(&self, id: NodeId, topic: &str) -> Result<Vec<Event>, String> {
+        let member = self.member(id).ok_or(format!("node {id} is not running"))?;
+        let state = member.view.read().clone();
+        let partitions = state.topic(topic).map_or(0, |info| info.partitions);
+        let mut events = Vec::new();
+        for partition in 0..partitions {
+            let Some((first, next)) = state.partition_range(topic, partition) else {
+                continue;
+            };
+            for offset in first..next {
+                let location = state.locate(topic, partition, offset).ok_or(format!(
+                    "node {id}: {topic}/{partition}@{offset} not indexed"
+                ))?;
+                let mut records = Vec::new();
+                member
+                    .reader
+                    .read_records(location.log_index, location.log_index + 1, &mut records)
+                    .map_err(|e| format!("node {id}: read log {}: {e}", location.log_index))?;
+                let record = records.first().ok_or(format!(
+                    "node {id}: log entry {} missing",
+                    location.log_index
+                ))?;
+                let command = codec_decode_command(&record.payload)
+                    .map_err(|e| format!("node {id}: decode {}: {e}", location.log_index))?;
+                let batch = command.batch().ok_or(format!(
+                    "node {id}: entry {} has no events",
+                    location.log_index
+                ))?;
+                let view = location.select(topic, partition, batch).ok_or(format!(
+                    "node {id}: {topic}/{partition}@{offset} not in its batch"
+                ))?;
+                let value = String::from_utf8_lossy(&view.payload()).into_owned();
+                events.push(Event::new(partition, offset, value));
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// A node's init task: opens its log and state on its disk, starts Raft
+/// and its server, and publishes its handles; runs until killed.
+async fn run_node(
+    id: NodeId,
+    disk: SimDisk,
+    clock: Arc<SimClock>,
+    member: Arc<Mutex<Option<Member>>>,
+) {
+    let options = sluice::log::Options::default();
+    let store = LogStore::<SimRuntime, SimDisk>::open(
+        disk.clone(),
+        clock as Arc<dyn sluice::io::Clock>,
+        options,
+        Durability::Sync,
+    )
+    .expect("open the log store");
+    let reader = store.reader();
+    let machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
+    let view = machine.view();
+    let transport = SimTransport::new(id, SimTransportConfig::default());
+    let network = TransportNetwork::new(id, Arc::new(transport));
+    let raft = SimRaft::new(id, raft_config(), network, store, machine)
+        .await
+        .expect("start Raft");
+    let _server = SimServer::serve(id, RaftService::new(raft.clone()))
+        .await
+        .expect("bind the node's address");
+    *member.lock().unwrap_or_else(|e| e.into_inner()) = Some(Member { raft, view, reader });
+    std::future::pending::<()>().await;
+}

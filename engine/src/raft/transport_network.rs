@@ -179,6 +179,20 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         message: &Q,
         ttl: Option<Duration>,
     ) -> Result<P, RPCError<TypeConfig<RT>>> {
+        let response = self
+            .exchange(kind, message, ttl)
+            .await
+            .map_err(|failure| self.failure_error(failure, action))?;
+        self.decode(&response, action)
+    }
+
+    /// Sends one message and waits for the answer's bytes.
+    async fn exchange<Q: Serialize>(
+        &self,
+        kind: u8,
+        message: &Q,
+        ttl: Option<Duration>,
+    ) -> Result<Bytes, Failure> {
         let body = postcard::to_allocvec(message).expect("a Raft message encodes into memory");
         let request = Request {
             kind,
@@ -186,15 +200,28 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
             body: Bytes::from(body),
         };
         let call = self.transport.call(self.target, request);
-        let response = match ttl {
+        match ttl {
             Some(ttl) => match TypeConfig::<RT>::timeout(ttl, call).await {
-                Ok(response) => response,
-                Err(_elapsed) => return Err(self.timeout(action, ttl)),
+                Ok(response) => response.map_err(Failure::Transport),
+                Err(_elapsed) => Err(Failure::Elapsed(ttl)),
             },
-            None => call.await,
-        };
-        let response = response.map_err(|error| self.rpc_error(error, action))?;
-        postcard::from_bytes(&response).map_err(|error| {
+            None => call.await.map_err(Failure::Transport),
+        }
+    }
+
+    fn failure_error(&self, failure: Failure, action: RPCTypes) -> RPCError<TypeConfig<RT>> {
+        match failure {
+            Failure::Transport(error) => self.rpc_error(error, action),
+            Failure::Elapsed(after) => self.timeout(action, after),
+        }
+    }
+
+    fn decode<P: DeserializeOwned>(
+        &self,
+        response: &[u8],
+        action: RPCTypes,
+    ) -> Result<P, RPCError<TypeConfig<RT>>> {
+        postcard::from_bytes(response).map_err(|error| {
             RPCError::Unreachable(Unreachable::from_string(format!(
                 "node {} answered a {action} request with a body that does not decode: \
                  {error}; is it running another version?",
@@ -228,19 +255,53 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
     }
 }
 
+/// Why an exchange produced no answer.
+#[derive(Debug)]
+enum Failure {
+    Transport(TransportError),
+    Elapsed(Duration),
+}
+
 impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for TransportClient<RT, T> {
     type SnapshotData = Vec<u8>;
 
+    /// Sends the entries; if they do not fit in one message, sends the
+    /// largest prefix that does (halving) and answers `PartialSuccess` with
+    /// its last log id, so openraft sends the rest next. A request that
+    /// never fits (one entry larger than a message) fails as before.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        mut rpc: AppendEntriesRequest<TypeConfig<RT>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
         // A heartbeat is bounded by openraft's time-to-live; replication of
         // entries only by the transport (see the module docs).
         let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
-        self.call(KIND_APPEND_ENTRIES, RPCTypes::AppendEntries, &rpc, ttl)
-            .await
+        let action = RPCTypes::AppendEntries;
+        let mut shortened = false;
+        loop {
+            match self.exchange(KIND_APPEND_ENTRIES, &rpc, ttl).await {
+                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
+                    if rpc.entries.len() > 1 =>
+                {
+                    let keep = rpc.entries.len() / 2;
+                    rpc.entries.truncate(keep);
+                    shortened = true;
+                }
+                Err(failure) => return Err(self.failure_error(failure, action)),
+                Ok(response) => {
+                    let response: AppendEntriesResponse<TypeConfig<RT>> =
+                        self.decode(&response, action)?;
+                    return Ok(match response {
+                        AppendEntriesResponse::Success if shortened => {
+                            let last = rpc.entries.last().map(|entry| entry.log_id);
+                            AppendEntriesResponse::PartialSuccess(last)
+                        }
+                        other => other,
+                    });
+                }
+            }
+        }
     }
 
     async fn vote(
@@ -507,5 +568,81 @@ mod tests {
         let body = postcard::to_allocvec(&out).expect("encodes");
         let back: FullSnapshotIn = postcard::from_bytes(&body).expect("decodes");
         assert_eq!((back.vote, back.meta, back.data), (vote, meta, data));
+    }
+
+    /// Refuses bodies above `max` bytes, as a transport bounds its frames,
+    /// and otherwise accepts the append; records how many entries came.
+    #[derive(Debug)]
+    struct Bounded {
+        max: usize,
+        sent: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Transport for Bounded {
+        async fn call(&self, _target: NodeId, request: Request) -> Result<Bytes, TransportError> {
+            let rpc: AppendEntriesRequest<C> = postcard::from_bytes(&request.body).unwrap();
+            self.sent.lock().unwrap().push(rpc.entries.len());
+            if request.body.len() > self.max {
+                return Err(TransportError::FrameTooLarge {
+                    size_bytes: request.body.len() as u64,
+                    size_bytes_max: self.max as u64,
+                });
+            }
+            let success = AppendEntriesResponse::<C>::Success;
+            Ok(Bytes::from(postcard::to_allocvec(&success).unwrap()))
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_too_large_for_one_message_go_as_a_prefix() {
+        let entries: Vec<_> = (1..=8)
+            .map(|index| crate::raft::Entry {
+                log_id: log_id(1, index),
+                payload: openraft::EntryPayload::Blank,
+            })
+            .collect();
+        let rpc = |entries: Vec<crate::raft::Entry>| AppendEntriesRequest::<C> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(1, 0)),
+            entries,
+            leader_commit: None,
+        };
+        // Room for two entries, not three.
+        let two = postcard::to_allocvec(&rpc(entries[..2].to_vec()))
+            .unwrap()
+            .len();
+        let three = postcard::to_allocvec(&rpc(entries[..3].to_vec()))
+            .unwrap()
+            .len();
+        assert!(two < three);
+        let bounded = Bounded {
+            max: two,
+            sent: std::sync::Mutex::new(Vec::new()),
+        };
+        let mut client = TransportClient::<OsRuntime, Bounded> {
+            source: 1,
+            target: 2,
+            transport: Arc::new(bounded),
+            _runtime: PhantomData,
+        };
+        let response = client
+            .append_entries(rpc(entries.clone()), ttl())
+            .await
+            .unwrap();
+        assert_eq!(
+            response,
+            AppendEntriesResponse::PartialSuccess(Some(log_id(1, 2)))
+        );
+        assert_eq!(*client.transport.sent.lock().unwrap(), vec![8, 4, 2]);
+        // One entry that never fits still fails, as before.
+        let one = Bounded {
+            max: 1,
+            sent: std::sync::Mutex::new(Vec::new()),
+        };
+        client.transport = Arc::new(one);
+        let result = client
+            .append_entries(rpc(entries[..1].to_vec()), ttl())
+            .await;
+        assert!(matches!(result, Err(RPCError::Network(_))), "{result:?}");
     }
 }

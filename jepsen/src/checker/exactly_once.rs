@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Findings;
-use super::index::{Index, TopicId};
+use super::index::{Covered, GroupPartition, Index, TopicId};
 use super::pairing::Outcome;
 use crate::history::{Payload, TxnOp};
 use crate::report::{AnomalyClass, Example};
@@ -49,8 +49,6 @@ struct Input<'h> {
     /// The invocations of those attempts.
     ops: Vec<usize>,
 }
-
-type GroupPartition<'h> = (&'h str, TopicId, u32);
 
 #[derive(Debug, Default)]
 struct Ledger<'h> {
@@ -297,32 +295,31 @@ fn present_outputs<'h>(index: &Index<'h>, input: &Input<'h>) -> Vec<(TopicId, &'
 
 /// Covered inputs that no transaction ever took were skipped.
 fn check_unattempted(index: &Index<'_>, ledger: &Ledger<'_>, findings: &mut Findings) {
-    for (&(group, topic, partition), &(next, commit_op)) in &ledger.committed {
-        let Some(&lowest) = ledger.lowest.get(&(group, topic, partition)) else {
+    for covered in index.covered(&ledger.committed, &ledger.lowest) {
+        let Covered {
+            group,
+            topic,
+            partition,
+            next,
+            commit_op,
+            offset,
+            id,
+        } = covered;
+        let value = index.values[id].value;
+        if ledger.ids.contains_key(&(group, topic, value)) {
             continue;
-        };
-        let entries = index.final_partition(topic, partition);
-        let start = entries.partition_point(|(offset, _)| *offset < lowest);
-        for &(offset, id) in entries[start..]
-            .iter()
-            .take_while(|(offset, _)| *offset < next)
-        {
-            let value = index.values[id].value;
-            if ledger.ids.contains_key(&(group, topic, value)) {
-                continue;
-            }
-            findings.record(AnomalyClass::ExactlyOnceViolation, || {
-                let name = index.topic_name(topic);
-                let message = format!(
-                    "group {group:?} committed {name} partition {partition} up to {next} (op \
-                     {commit_op}) but no transaction ever processed offset {offset} ({value:?})"
-                );
-                Example::new(message)
-                    .ops([commit_op])
-                    .partition(name, partition)
-                    .offsets([offset])
-                    .values([value])
-            });
         }
+        findings.record(AnomalyClass::ExactlyOnceViolation, || {
+            let name = index.topic_name(topic);
+            let message = format!(
+                "group {group:?} committed {name} partition {partition} up to {next} (op \
+                 {commit_op}) but no transaction ever processed offset {offset} ({value:?})"
+            );
+            Example::new(message)
+                .ops([commit_op])
+                .partition(name, partition)
+                .offsets([offset])
+                .values([value])
+        });
     }
 }

@@ -23,6 +23,22 @@ use crate::report::{AnomalyClass, Example, Outcomes, Stats};
 pub(crate) type TopicId = u32;
 pub(crate) type ValueId = usize;
 
+/// A consumer group's partition: (group, topic, partition).
+pub(crate) type GroupPartition<'h> = (&'h str, TopicId, u32);
+
+/// One final-read entry that a group's highest commit covers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Covered<'h> {
+    pub(crate) group: &'h str,
+    pub(crate) topic: TopicId,
+    pub(crate) partition: u32,
+    /// The committed offset (next to consume) and the op that committed it.
+    pub(crate) next: u64,
+    pub(crate) commit_op: usize,
+    pub(crate) offset: u64,
+    pub(crate) id: ValueId,
+}
+
 /// A place in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Pos {
@@ -227,6 +243,40 @@ impl<'h> Index<'h> {
     }
 
     /// The final read of one partition, sorted by offset; empty if none.
+    /// Every final-read entry each group's highest commit covers: from the
+    /// lowest offset the group was delivered (without a delivery its
+    /// starting point is unknown, so nothing is judged) up to the
+    /// committed offset.
+    pub(crate) fn covered<'a>(
+        &'a self,
+        committed: &'a BTreeMap<GroupPartition<'h>, (u64, usize)>,
+        lowest: &'a HashMap<GroupPartition<'h>, u64>,
+    ) -> impl Iterator<Item = Covered<'h>> + 'a {
+        committed
+            .iter()
+            .flat_map(move |(&(group, topic, partition), &(next, commit_op))| {
+                let entries = match lowest.get(&(group, topic, partition)) {
+                    Some(&lowest) => {
+                        let entries = self.final_partition(topic, partition);
+                        &entries[entries.partition_point(|(offset, _)| *offset < lowest)..]
+                    }
+                    None => &[],
+                };
+                entries
+                    .iter()
+                    .take_while(move |(offset, _)| *offset < next)
+                    .map(move |&(offset, id)| Covered {
+                        group,
+                        topic,
+                        partition,
+                        next,
+                        commit_op,
+                        offset,
+                        id,
+                    })
+            })
+    }
+
     pub(crate) fn final_partition(&self, topic: TopicId, partition: u32) -> &[(u64, ValueId)] {
         self.final_log
             .get(&(topic, partition))

@@ -30,7 +30,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use super::Findings;
-use super::index::{Index, Pos, TopicId};
+use super::index::{Covered, GroupPartition, Index, Pos, TopicId};
 use super::pairing::Outcome;
 use crate::history::{CommitOp, Event, Payload, PollOp};
 use crate::report::{AnomalyClass, Example};
@@ -160,10 +160,10 @@ struct GroupLedger<'h> {
     /// (group, position) → first op delivering it.
     delivered: HashMap<(&'h str, Pos), usize>,
     /// (group, topic, partition) → lowest offset delivered.
-    lowest: HashMap<(&'h str, TopicId, u32), u64>,
+    lowest: HashMap<GroupPartition<'h>, u64>,
     /// (group, topic, partition) → highest next offset committed, and by
     /// which op.
-    committed: BTreeMap<(&'h str, TopicId, u32), (u64, usize)>,
+    committed: BTreeMap<GroupPartition<'h>, (u64, usize)>,
 }
 
 impl<'h> GroupLedger<'h> {
@@ -226,41 +226,38 @@ impl<'h> GroupLedger<'h> {
     }
 
     fn check_undelivered(&self, index: &Index<'_>, findings: &mut Findings) {
-        for (&(group, topic, partition), &(next, commit_op)) in &self.committed {
-            // Without a delivery the group's starting point is unknown (it
-            // may have started at the log's end), so nothing is judged.
-            let Some(&lowest) = self.lowest.get(&(group, topic, partition)) else {
-                continue;
+        for covered in index.covered(&self.committed, &self.lowest) {
+            let Covered {
+                group,
+                topic,
+                partition,
+                next,
+                commit_op,
+                offset,
+                id,
+            } = covered;
+            let pos = Pos {
+                topic,
+                partition,
+                offset,
             };
-            let entries = index.final_partition(topic, partition);
-            let start = entries.partition_point(|(offset, _)| *offset < lowest);
-            for &(offset, id) in entries[start..]
-                .iter()
-                .take_while(|(offset, _)| *offset < next)
-            {
-                let pos = Pos {
-                    topic,
-                    partition,
-                    offset,
-                };
-                if self.delivered.contains_key(&(group, pos)) {
-                    continue;
-                }
-                findings.record(AnomalyClass::Undelivered, || {
-                    let name = index.topic_name(topic);
-                    let value = index.values[id].value;
-                    let message = format!(
-                        "group {group:?} committed {name} partition {partition} up to offset \
-                         {next} (op {commit_op}) but no member was delivered offset {offset} \
-                         ({value:?})"
-                    );
-                    Example::new(message)
-                        .ops([commit_op])
-                        .partition(name, partition)
-                        .offsets([offset])
-                        .values([value])
-                });
+            if self.delivered.contains_key(&(group, pos)) {
+                continue;
             }
+            findings.record(AnomalyClass::Undelivered, || {
+                let name = index.topic_name(topic);
+                let value = index.values[id].value;
+                let message = format!(
+                    "group {group:?} committed {name} partition {partition} up to offset \
+                     {next} (op {commit_op}) but no member was delivered offset {offset} \
+                     ({value:?})"
+                );
+                Example::new(message)
+                    .ops([commit_op])
+                    .partition(name, partition)
+                    .offsets([offset])
+                    .values([value])
+            });
         }
     }
 }

@@ -1,13 +1,14 @@
 //! `sluice`: the command-line tool.
 //!
-//! Today it runs the embedded demo; the cluster commands (`node`,
-//! `cluster`, `topics`, `publish`, `tail`, `inspect`) arrive with the
-//! network transport.
+//! `demo` runs the embedded bus; `node` runs a cluster node; `cluster`,
+//! `topics`, `publish` and `tail` are clients of a running cluster;
+//! `inspect` reads a data directory.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod commands;
 mod demo;
 
 #[derive(Debug, Parser)]
@@ -26,6 +27,20 @@ enum Command {
     /// Publish and consume events on an embedded bus, reopening it midway,
     /// and report what was lost or duplicated (both must be 0) and how fast.
     Demo(demo::Args),
+    /// Run a cluster node in the foreground.
+    Node(commands::node::Args),
+    /// Initialise a cluster, show its status, add or remove members.
+    #[command(subcommand)]
+    Cluster(commands::cluster::Command),
+    /// Create or list topics.
+    #[command(subcommand)]
+    Topics(commands::topics::Command),
+    /// Publish one event per line of standard input (key before a tab).
+    Publish(commands::publish::Args),
+    /// Print a topic's events as they arrive.
+    Tail(commands::tail::Args),
+    /// Show what a data directory holds.
+    Inspect(commands::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +54,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Node(args) => commands::node::run(args),
+        Command::Cluster(command) => commands::cluster::run(command),
+        Command::Topics(command) => commands::topics::run(command),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Tail(args) => commands::tail::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
         Ok(code) => code,

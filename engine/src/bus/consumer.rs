@@ -270,6 +270,49 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
 
 /// Where a consumer starts in a partition: its group's committed offset,
 /// else the first retained offset.
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Reads up to `max` events of one partition from `offset` on, outside
+    /// any group (a tail, or a node serving a remote consumer). Offsets
+    /// before the first retained one are skipped. Returns the events and
+    /// the offset to read next; no events when `offset` is at the end.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, u64), BusError> {
+        let tp = (topic.to_owned(), partition);
+        {
+            let state = self.inner().view.read();
+            let known = state.topic(topic).ok_or_else(|| BusError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+            if partition >= known.partitions {
+                return Err(BusError::Invalid(format!(
+                    "partition {partition} of topic {topic:?}, which has {}",
+                    known.partitions
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        let next = read_partition(self, &tp, offset, max, &mut out)?;
+        Ok((out, next))
+    }
+
+    /// Waits until this node applies another entry, or `timeout` passes;
+    /// returns whether something was applied. A reader that found nothing
+    /// new waits here instead of polling.
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<bool, BusError> {
+        let mut applied = self.inner().view.applied();
+        match TypeConfig::<RT>::timeout(timeout, applied.changed()).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 fn start_position(state: &State, group: &str, (topic, partition): &TopicPartition) -> u64 {
     let first = state
         .partition_range(topic, *partition)

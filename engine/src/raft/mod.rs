@@ -31,8 +31,8 @@ pub use log_store::{Durability, LogStore, LogStoreReader};
 pub use network::SingleNodeNetwork;
 pub use state_machine::{Applied, SnapshotBuilder, StateGuard, StateMachineStore, StateView};
 pub use transport_network::{
-    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_VOTE, RAFT_GROUP, RaftService,
-    TransportClient, TransportNetwork,
+    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_SNAPSHOT_CHUNK, KIND_VOTE,
+    RAFT_GROUP, RaftService, SNAPSHOT_CHUNK_SIZE, TransportClient, TransportNetwork,
 };
 
 /// Node ids are plain integers.

@@ -52,7 +52,9 @@ pub enum ClientRequest {
         id: NodeId,
     },
     /// Propose one state-machine operation: create a topic, init a
-    /// producer, join or leave a group, commit offsets, or a transaction.
+    /// producer, join or leave a group, a group heartbeat (members that
+    /// send none for `SESSION_TIMEOUT_MS` are removed), commit offsets, or
+    /// a transaction.
     /// Publishes use [`ClientRequest::Publish`]; internal operations are
     /// refused.
     Write(Op),

@@ -363,6 +363,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             | Op::JoinGroup { .. }
             | Op::LeaveGroup { .. }
             | Op::CommitOffsets(_)
+            | Op::Heartbeat { .. }
             | Op::Transaction { .. } => self.write(op).await,
             Op::Publish(_) => Err(BusError::Invalid(
                 "publish through a producer or Bus::send_stamped, which batch events".into(),

@@ -88,6 +88,15 @@ pub enum Op {
     },
     /// Does nothing (a leader's first entry, a barrier).
     Noop,
+    /// A group member is alive; answered with the group's generation and
+    /// the member's assignment. Members silent for longer than
+    /// `SESSION_TIMEOUT_MS` are removed by it.
+    Heartbeat {
+        /// Group.
+        group: String,
+        /// Member.
+        member: String,
+    },
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -142,6 +151,7 @@ impl fmt::Display for Command {
                 write!(f, "retention before index {log_index_before}")
             }
             Op::Noop => write!(f, "noop"),
+            Op::Heartbeat { group, member } => write!(f, "heartbeat of {member} in group {group}"),
         }
     }
 }

@@ -121,7 +121,7 @@ impl State {
                 .all(|o| matches!(o, EventOutcome::Appended { .. })),
             "the dry run accepted every event"
         );
-        self.groups.apply_commit(commit);
+        self.groups.apply_commit(commit, now_ms);
         Ok(outcomes)
     }
 

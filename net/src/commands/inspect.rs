@@ -151,5 +151,6 @@ fn op_name(op: &sluice::state::Op) -> &'static str {
         Op::Transaction { .. } => "transaction",
         Op::Retention { .. } => "retention",
         Op::Noop => "noop",
+        Op::Heartbeat { .. } => "heartbeat",
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use sluice::state::{OffsetCommit, Op, Response};
+use sluice::state::{OffsetCommit, Op, Response, SESSION_TIMEOUT_MS};
 use sluice_net::client::{Client, ClientError};
 use sluice_net::protocol::{ClientRequest, ClientResponse, FetchedEvent};
 
@@ -87,6 +87,7 @@ struct Membership {
     group: String,
     member: String,
     generation: u64,
+    heartbeat_at: Instant,
 }
 
 impl Reader {
@@ -110,6 +111,7 @@ impl Reader {
                     group: group.clone(),
                     member,
                     generation: 0,
+                    heartbeat_at: Instant::now(),
                 });
                 reader.refresh_assignment(client).await?;
             }
@@ -183,8 +185,36 @@ impl Reader {
         Ok(())
     }
 
+    /// Tells the group this member is alive, every third of the session
+    /// timeout; joins again if the group removed it meanwhile.
+    async fn heartbeat(&mut self, client: &Client) -> Result<(), ClientError> {
+        let Some(membership) = &mut self.group else {
+            return Ok(());
+        };
+        if membership.heartbeat_at.elapsed() < Duration::from_millis(SESSION_TIMEOUT_MS / 3) {
+            return Ok(());
+        }
+        let heartbeat = Op::Heartbeat {
+            group: membership.group.clone(),
+            member: membership.member.clone(),
+        };
+        if let Err(ClientError::Refused(message)) = client.write(heartbeat).await {
+            tracing::warn!(%message, "the group removed this member; joining again");
+            let join = Op::JoinGroup {
+                group: membership.group.clone(),
+                member: membership.member.clone(),
+                topics: vec![self.topic.clone()],
+            };
+            client.write(join).await?;
+            membership.generation = 0;
+        }
+        membership.heartbeat_at = Instant::now();
+        Ok(())
+    }
+
     /// Fetches once from every partition.
     async fn round(&mut self, client: &Client) -> Result<Vec<(u32, FetchedEvent)>, ClientError> {
+        self.heartbeat(client).await?;
         self.refresh_assignment(client).await?;
         let mut out = Vec::new();
         for (&partition, position) in self.positions.iter_mut() {

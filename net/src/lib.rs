@@ -7,6 +7,7 @@
 //! - [`tcp`]: [`tcp::TcpTransport`] and [`tcp::TcpServer`] on tokio.
 //! - [`auth`]: cluster-secret challenge and answer on every connection.
 //! - [`protocol`]: the client protocol (requests and answers).
+//! - [`metrics_http`]: the node's optional `GET /metrics` endpoint.
 //! - [`node`]: [`node::ClusterNode`], one member of a replicated cluster.
 //! - [`client`]: [`client::Client`] (follows the leader, fails over) and
 //!   [`client::RemoteProducer`] (idempotent producer over the network).
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod metrics_http;
 pub mod node;
 pub mod protocol;
 pub mod tcp;

@@ -41,6 +41,9 @@ enum Command {
     Tail(commands::tail::Args),
     /// Show what a data directory holds.
     Inspect(commands::inspect::Args),
+    /// List or replay a consumer group's dead letters.
+    #[command(subcommand)]
+    Dlq(commands::dlq::Command),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args),
         Command::Tail(args) => commands::tail::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Dlq(command) => commands::dlq::run(command),
     };
     match result {
         Ok(code) => code,

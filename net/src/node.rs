@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// Bounds of the connections to peers.
     pub tcp: TcpConfig,
+    /// Where to serve `GET /metrics` (Prometheus text), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -67,6 +69,7 @@ impl NodeConfig {
             secret: None,
             durability: Durability::Sync,
             tcp: TcpConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct ClusterNode {
     bus: Bus,
     server: TcpServer,
     addresses: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl fmt::Debug for ClusterNode {
@@ -145,6 +149,18 @@ impl ClusterNode {
             network,
         )
         .await?;
+        let metrics = match config.metrics_listen {
+            Some(address) => {
+                let listener = crate::metrics_http::bind(address)
+                    .await
+                    .map_err(io(format!("cannot serve metrics on {address}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(io("metrics address".to_owned()))?;
+                Some((bound, crate::metrics_http::serve(listener, bus.clone())))
+            }
+            None => None,
+        };
         let addresses = tokio::spawn(follow_addresses(bus.clone(), transport.clone()));
         let service = NodeService {
             raft: RaftService::new(bus.raft().clone()),
@@ -163,12 +179,18 @@ impl ClusterNode {
             bus,
             server,
             addresses,
+            metrics,
         })
     }
 
     /// Where the node listens.
     pub fn local_address(&self) -> SocketAddr {
         self.server.local_address()
+    }
+
+    /// Where the node serves `GET /metrics`, if it does.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(address, _)| *address)
     }
 
     /// The node's bus (its Raft handle, state and log).
@@ -180,6 +202,9 @@ impl ClusterNode {
     pub async fn shutdown(self) -> Result<(), BusError> {
         self.server.shutdown().await;
         self.addresses.abort();
+        if let Some((_, task)) = self.metrics {
+            task.abort();
+        }
         self.bus.close().await
     }
 }
@@ -255,6 +280,13 @@ impl NodeService {
                 wait_ms,
             } => self.fetch(&topic, partition, offset, max, wait_ms).await,
             ClientRequest::Group { group, member } => Ok(self.group(&group, &member)),
+            ClientRequest::Committed {
+                group,
+                topic,
+                partition,
+            } => Ok(ClientResponse::Committed(
+                self.bus.committed(&group, &topic, partition),
+            )),
         };
         result.unwrap_or_else(|error| self.refusal(error))
     }

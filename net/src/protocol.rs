@@ -84,6 +84,15 @@ pub enum ClientRequest {
         /// Member.
         member: String,
     },
+    /// The offset a group committed for a partition, if any.
+    Committed {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
 }
 
 /// A node's answer.
@@ -114,6 +123,8 @@ pub enum ClientResponse {
         /// each (`None`: nothing committed yet).
         assignment: Vec<(String, u32, Option<u64>)>,
     },
+    /// A group's committed offset (`None`: nothing committed).
+    Committed(Option<u64>),
     /// This node is not the leader; nothing was done. Ask the leader, when
     /// named, or retry shortly (an election is under way).
     NotLeader {

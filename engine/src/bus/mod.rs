@@ -15,6 +15,7 @@
 mod batcher;
 mod consumer;
 mod error;
+mod metrics;
 mod producer;
 mod retention;
 

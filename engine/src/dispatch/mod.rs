@@ -36,6 +36,7 @@
 //! local topics.
 
 pub mod context;
+pub mod durable;
 pub mod error;
 mod queue;
 pub mod retry;
@@ -60,6 +61,10 @@ use crate::io::Clock;
 use crate::io::os::{OsClock, OsRuntime};
 
 pub use context::{CancelRegistry, Context, Observer, State, Transition};
+pub use durable::{
+    CANCEL_TOPIC, DurableConfig, DurableSubscription, LIFECYCLE_TOPIC, REPLAY_GROUP,
+    dead_letter_topic,
+};
 pub use error::{DispatchError, RegistryError};
 pub use retry::{AttemptError, Cause, DeadLetter, RETRIES_MAX, RetryPolicy};
 pub use sla::{AlertFn, SlaAlert, SlaClass, SlaConfig};

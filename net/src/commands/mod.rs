@@ -2,6 +2,7 @@
 //! arguments and a `run` that returns the process exit code.
 
 pub(crate) mod cluster;
+pub(crate) mod dlq;
 pub(crate) mod inspect;
 pub(crate) mod node;
 pub(crate) mod publish;

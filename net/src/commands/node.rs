@@ -32,6 +32,9 @@ pub(crate) struct Args {
     /// Listen on a non-loopback address without a cluster secret.
     #[arg(long)]
     insecure: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) fn run(args: Args) -> Outcome {
@@ -52,6 +55,7 @@ pub(crate) fn run(args: Args) -> Outcome {
         } else {
             Durability::Sync
         },
+        metrics_listen: args.metrics_listen,
         ..NodeConfig::new(args.id, args.listen, args.data_dir)
     };
     runtime()?.block_on(async move {

@@ -199,17 +199,28 @@ impl Cluster {
         }
     }
 
-    /// Proposes `op` through `leader`; returns its response.
+    /// Proposes `op` through `leader`; returns its response. If `leader`
+    /// lost its leadership meanwhile (a loaded machine misses heartbeats),
+    /// proposes again through the current leader: a proposal refused with
+    /// `ForwardToLeader` was never appended, and the test's publishes carry
+    /// producer stamps, so a discarded one is deduplicated.
     async fn write(&self, leader: NodeId, op: Op) -> Response {
-        let command = Command {
-            timestamp_ms: TIMESTAMP_MS,
-            op,
-        };
-        let raft = &self.members[&leader].raft;
-        raft.client_write(command)
-            .await
-            .expect("write through the leader")
-            .data
+        let mut leader = leader;
+        loop {
+            let command = Command {
+                timestamp_ms: TIMESTAMP_MS,
+                op: op.clone(),
+            };
+            let raft = &self.members[&leader].raft;
+            match raft.client_write(command).await {
+                Ok(written) => return written.data,
+                Err(error) if error.forward_to_leader().is_some() => {
+                    tokio::time::sleep(POLL).await;
+                    leader = self.leader().await;
+                }
+                Err(error) => panic!("write through the leader: {error}"),
+            }
+        }
     }
 
     /// Waits until every running node has applied the same state, up to at

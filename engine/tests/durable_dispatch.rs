@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use sluice::bus::{Bus, Delivery, Message};
 use sluice::dispatch::durable::dead_letter_headers;
 use sluice::dispatch::{
-    Context, DurableConfig, Encoding, LIFECYCLE_TOPIC, RetryPolicy, TypedEvent, dead_letter_topic,
+    Context, Dispatcher, DispatcherConfig, DurableConfig, Encoding, LIFECYCLE_TOPIC, RetryPolicy,
+    SlaAlert, SlaClass, SlaConfig, TypedEvent, dead_letter_topic,
 };
 use sluice::event::Headers;
 
@@ -295,6 +296,73 @@ async fn deadlines_cancellations_and_unknown_versions_end_deliveries() {
             "payment.settled.dlq.ledger"
         );
         subscription.unsubscribe().await.unwrap();
+    })
+    .await;
+}
+
+/// Publishes five events to a durable subscription of class P0 whose
+/// handler takes `handling`; returns the alerts raised.
+async fn durable_sla_run(handling: Duration) -> (Vec<SlaAlert>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).await.unwrap();
+    let alerts: Arc<Mutex<Vec<SlaAlert>>> = Arc::default();
+    let sink = Arc::clone(&alerts);
+    let dispatcher: Dispatcher = Dispatcher::new(DispatcherConfig {
+        sla: SlaConfig {
+            window_events: 5,
+            alert: Some(Arc::new(move |alert: &SlaAlert| {
+                sink.lock().unwrap().push(*alert)
+            })),
+            ..SlaConfig::default()
+        },
+        ..DispatcherConfig::default()
+    });
+    let config = DurableConfig {
+        class: SlaClass::P0,
+        dispatcher: Some(dispatcher.handle()),
+        ..fast_retries()
+    };
+    let handler = move |_: Arc<Payment>, _: Context| async move {
+        tokio::time::sleep(handling).await;
+        Ok(())
+    };
+    let subscription = bus
+        .subscribe_with::<Payment, _>(GROUP, handler, config)
+        .await
+        .unwrap();
+    let mut producer = bus.producer().await.unwrap();
+    for i in 0..5 {
+        let payment = Payment {
+            id: format!("p{i}"),
+            cents: i,
+        };
+        bus.publish_typed(&mut producer, &payment, Encoding::Json)
+            .await
+            .unwrap();
+    }
+    recorded(&bus, 5).await;
+    subscription.unsubscribe().await.unwrap();
+    let alerts = alerts.lock().unwrap().clone();
+    (alerts, dispatcher.metrics_text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_deliveries_count_in_the_sla_classes() {
+    bounded(async {
+        // P0's budget is 200 ms: handlers of 300 ms break it (the batch is
+        // handled one by one, so later events wait even longer).
+        let (alerts, metrics) = durable_sla_run(Duration::from_millis(300)).await;
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].class, SlaClass::P0);
+        assert!(alerts[0].p99 > Duration::from_millis(200));
+        assert!(
+            metrics
+                .contains("sluice_dispatch_deliveries_total{class=\"P0\",outcome=\"processed\"} 5"),
+            "{metrics}"
+        );
+        // Fast handlers stay within it: no alert.
+        let (alerts, _) = durable_sla_run(Duration::ZERO).await;
+        assert!(alerts.is_empty(), "{alerts:?}");
     })
     .await;
 }

@@ -40,7 +40,7 @@ use openraft::alias::JoinHandleOf;
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
-use super::context::{CancelRegistry, Context, SubscriptionShared};
+use super::context::{CancelRegistry, Context, State, SubscriptionShared};
 use super::retry::RetryPolicy;
 use super::sla::SlaClass;
 use super::typed::{Encoding, TypedEvent, to_event};
@@ -97,6 +97,10 @@ pub struct DurableConfig {
     pub partitions: u32,
     /// The member name in the group; default `{group}-{process-unique n}`.
     pub member: Option<String>,
+    /// A local dispatcher whose SLA classes (histograms, budgets, alerts,
+    /// metrics) count these deliveries, publish → reported, and whose
+    /// cancel registry they share; `None`: no SLA accounting.
+    pub dispatcher: Option<super::DispatcherHandle>,
 }
 
 impl Default for DurableConfig {
@@ -108,6 +112,7 @@ impl Default for DurableConfig {
             batch_max: 256,
             partitions: 4,
             member: None,
+            dispatcher: None,
         }
     }
 }
@@ -216,6 +221,10 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let consumer = self.consumer(group, &member, &[topic]).await?;
         let producer = self.producer().await?;
         let stop = Arc::new(AtomicBool::new(false));
+        let cancel = match &config.dispatcher {
+            Some(handle) => Arc::clone(&handle.0.cancel),
+            None => Arc::new(CancelRegistry::new(super::CANCELLED_IDS_MAX_DEFAULT)),
+        };
         let runner = Runner::<T, H, RT, D> {
             bus: self.clone(),
             handler,
@@ -223,7 +232,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             dead,
             shared: Arc::new(SubscriptionShared {
                 group: Arc::from(group),
-                cancel: Arc::new(CancelRegistry::new(super::CANCELLED_IDS_MAX_DEFAULT)),
+                cancel,
                 clock: Arc::clone(&self.inner().clock),
             }),
             cancel_position: 0,
@@ -345,6 +354,20 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
                 let first_ms = wall_unix_ms(&*self.shared.clock);
                 let (outcome, attempts, errors) = self.deliver(delivery).await;
                 let last_ms = wall_unix_ms(&*self.shared.clock);
+                if let Some(handle) = &self.config.dispatcher {
+                    let sla = &handle.0.sla;
+                    for _ in 1..attempts {
+                        sla.record_retry(self.config.class);
+                    }
+                    let latency = last_ms.saturating_sub(delivery.timestamp_ms);
+                    let state = match outcome {
+                        Outcome::Processed => State::Processed,
+                        Outcome::TimedOut => State::TimedOut,
+                        Outcome::Cancelled => State::Cancelled,
+                        Outcome::Failed(_) | Outcome::Undecodable(_) => State::Failed,
+                    };
+                    sla.record(self.config.class, state, Duration::from_millis(latency));
+                }
                 records.push((outcome, attempts, errors, first_ms, last_ms));
             }
             let mut transaction = consumer.transaction(&mut producer);

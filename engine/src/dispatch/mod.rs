@@ -227,7 +227,25 @@ impl<RT> fmt::Debug for Dispatcher<RT> {
     }
 }
 
+/// A dispatcher's SLA monitor and cancel registry, handed to durable
+/// subscriptions ([`DurableConfig::dispatcher`]) so that their deliveries
+/// count in the same per-class histograms, alerts and metrics, and
+/// [`Dispatcher::cancel`] reaches them too.
+#[derive(Clone)]
+pub struct DispatcherHandle(pub(crate) Arc<Core>);
+
+impl fmt::Debug for DispatcherHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DispatcherHandle")
+    }
+}
+
 impl<RT: AsyncRuntime> Dispatcher<RT> {
+    /// A handle for durable subscriptions; see [`DispatcherHandle`].
+    pub fn handle(&self) -> DispatcherHandle {
+        DispatcherHandle(Arc::clone(&self.core))
+    }
+
     /// A dispatcher with no topics.
     pub fn new(config: DispatcherConfig) -> Dispatcher<RT> {
         let core = Core {

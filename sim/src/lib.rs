@@ -25,9 +25,11 @@ mod cluster;
 mod disk;
 mod runtime;
 mod transport;
+mod watch;
 
 pub use clock::SimClock;
 pub use cluster::{SimCluster, SimRaft, raft_config};
 pub use disk::{SimDisk, SimDisks, read_file};
 pub use runtime::{SimElapsed, SimRng, SimRuntime, SimTimeout};
 pub use transport::{SimServer, SimTransport, SimTransportConfig, node_address};
+pub use watch::{SimWatch, SimWatchReceiver, SimWatchSender};

@@ -382,3 +382,26 @@ async fn futures_join<A: std::future::Future, B: std::future::Future>(
 async fn leader_partition_loses_and_duplicates_nothing() {
     leader_partition("leader_partition_loses_and_duplicates_nothing").await;
 }
+
+/// One seed, run three times on fresh runtimes in one process: the second
+/// and third under madsim's determinism check (every random draw, and the
+/// virtual time it happens at, must repeat: the whole schedule), and the
+/// traces (the full history and the simulated time taken) of the first and
+/// the last must be equal. Runs in one process on purpose: state that
+/// leaks between runs (process-wide counters, as tokio's watch had) only
+/// shows there.
+#[test]
+fn leader_partition_is_deterministic() {
+    const TEST: &str = "leader_partition_is_deterministic";
+    let seed = 7;
+    let first = std::thread::spawn(move || {
+        madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
+            .block_on(leader_partition(TEST))
+    })
+    .join()
+    .expect("the first run passes");
+    let last = madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), || {
+        leader_partition(TEST)
+    });
+    assert_eq!(first, last, "seed {seed} ran differently in one process");
+}

@@ -20,12 +20,14 @@ use openraft_rt::AsyncRuntime;
 use crate::io::os::OsRuntime;
 use crate::state::{Command, Response};
 
+mod client;
 mod codec;
 mod log_store;
 mod network;
 mod state_machine;
 mod transport_network;
 
+pub use client::{ProposeError, propose};
 pub use codec::decode_command as codec_decode_command;
 pub use log_store::{Durability, LogStore, LogStoreReader};
 pub use network::SingleNodeNetwork;

@@ -42,6 +42,8 @@ use super::{
     GROUPS_MAX, MEMBERS_PER_GROUP_MAX, OFFSETS_PER_COMMIT_MAX, SESSION_TIMEOUT_MS,
     SUBSCRIPTION_TOPICS_MAX, check_name, ensure,
 };
+#[cfg(feature = "planted-bugs")]
+use crate::testing::planted::{self, Bug};
 
 /// A consumer group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +219,12 @@ impl Groups {
                 member: commit.member.clone(),
             });
         }
-        if commit.generation != info.generation {
+        #[cfg(feature = "planted-bugs")]
+        let stale_accepted =
+            planted::is_planted(Bug::AcceptStaleGeneration) && commit.generation < info.generation;
+        #[cfg(not(feature = "planted-bugs"))]
+        let stale_accepted = false;
+        if commit.generation != info.generation && !stale_accepted {
             return Err(CommitError::StaleGeneration {
                 current: info.generation,
                 got: commit.generation,

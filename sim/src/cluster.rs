@@ -37,13 +37,39 @@ pub type SimRaft = sluice::raft::Raft<SimRuntime, SimDisk>;
 const POLL: Duration = Duration::from_millis(20);
 
 /// Raft timeouts for the simulation: a heartbeat several times the
-/// network's worst latency (10 ms), elections a few heartbeats.
+/// network's worst latency (10 ms), elections a few heartbeats. See
+/// [`raft_config_with`].
 pub fn raft_config() -> Arc<openraft::Config> {
+    raft_config_with(50)
+}
+
+/// Raft timeouts around a heartbeat of `heartbeat_ms`: elections between
+/// three and six heartbeats.
+///
+/// The heartbeat must exceed the round trip between nodes by a third:
+/// openraft bounds a heartbeat by three quarters of the interval, so with
+/// slower links no heartbeat is ever acknowledged, and once writes pause
+/// the leader's lease lapses and every write is refused with
+/// `LeaseExpired`, for good (no append goes out to renew it). Regression:
+/// scenario `dc-failover`, seed 14, with a 50 ms heartbeat over 10-40 ms
+/// WAN links.
+///
+/// Leader restore is off. openraft 0.10 turns it on by default: a leader
+/// that restarts takes up leadership again in its old term, without an
+/// election. Sluice's state machine lives in memory and the committed
+/// index is not persisted, the case openraft's docs warn about: the
+/// restored leader's state machine is stale (and its log may even lack
+/// entries the followers committed while its own copy was not yet synced),
+/// yet it serves read-index reads at once. Regression: scenario `crash`,
+/// seed 45 (a worker read a stale committed offset through such a leader
+/// and processed inputs twice).
+pub fn raft_config_with(heartbeat_ms: u64) -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "sluice-sim".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: 3 * heartbeat_ms,
+        election_timeout_max: 6 * heartbeat_ms,
+        enable_leader_restore: Some(false),
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("valid Raft config"))
@@ -93,9 +119,14 @@ impl std::fmt::Debug for SimCluster {
 
 impl SimCluster {
     /// Creates one madsim node per id and starts Sluice on each (log,
-    /// state machine, Raft, server); returns once every node runs. Does
-    /// not initialise the cluster.
+    /// state machine, Raft, server) with [`raft_config`]; returns once
+    /// every node runs. Does not initialise the cluster.
     pub async fn start(ids: &[NodeId]) -> SimCluster {
+        SimCluster::start_with(ids, raft_config()).await
+    }
+
+    /// [`SimCluster::start`] with Raft configuration `config`.
+    pub async fn start_with(ids: &[NodeId], config: Arc<openraft::Config>) -> SimCluster {
         let handle = Handle::current();
         let disks = SimDisks::new();
         let faults = Arc::new(LinkFaults::default());
@@ -110,6 +141,7 @@ impl SimCluster {
                 faults: Arc::clone(&faults),
                 ..SimTransportConfig::default()
             };
+            let config = Arc::clone(&config);
             let node = handle
                 .create_node()
                 .name(format!("sluice-{id}"))
@@ -121,6 +153,7 @@ impl SimCluster {
                         init_clock.clone(),
                         init_member.clone(),
                         transport.clone(),
+                        config.clone(),
                     )
                 })
                 .build();
@@ -200,6 +233,18 @@ impl SimCluster {
     /// The links' extra delay and duplication.
     pub fn faults(&self) -> &LinkFaults {
         &self.faults
+    }
+
+    /// Waits, at most `limit`, until node `id` has confirmed with a quorum
+    /// that it leads and has applied everything committed before this call
+    /// (a read index), so that what it then reads from its applied state
+    /// is not stale. False if it could not.
+    pub async fn read_barrier(&self, id: NodeId, limit: Duration) -> bool {
+        let Some(raft) = self.raft(id) else {
+            return false;
+        };
+        let barrier = raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        matches!(madsim::time::timeout(limit, barrier).await, Ok(Ok(_)))
     }
 
     /// Proposes `command` through node `id` (`sluice::raft::propose`), as
@@ -451,6 +496,7 @@ async fn run_node(
     clock: Arc<SimClock>,
     member: Arc<Mutex<Option<Member>>>,
     transport: SimTransportConfig,
+    config: Arc<openraft::Config>,
 ) {
     let options = sluice::log::Options::default();
     let store = LogStore::<SimRuntime, SimDisk>::open(
@@ -465,7 +511,7 @@ async fn run_node(
     let view = machine.view();
     let transport = SimTransport::new(id, transport);
     let network = TransportNetwork::new(id, Arc::new(transport));
-    let raft = SimRaft::new(id, raft_config(), network, store, machine)
+    let raft = SimRaft::new(id, config, network, store, machine)
         .await
         .expect("start Raft");
     let _server = SimServer::serve(id, RaftService::new(raft.clone()))

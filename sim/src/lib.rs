@@ -31,7 +31,7 @@ mod watch;
 pub mod workload;
 
 pub use clock::SimClock;
-pub use cluster::{Proposal, SimCluster, SimRaft, raft_config};
+pub use cluster::{Proposal, SimCluster, SimRaft, raft_config, raft_config_with};
 pub use disk::{SimDisk, SimDisks, read_file};
 pub use runtime::{SimElapsed, SimRng, SimRuntime, SimTimeout};
 pub use transport::{LinkFaults, SimServer, SimTransport, SimTransportConfig, node_address};

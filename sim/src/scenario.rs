@@ -117,6 +117,8 @@ pub struct Outcome {
     pub report: Report,
     /// A hash of the whole history (JSON lines), for determinism checks.
     pub digest: u64,
+    /// The whole history, as JSON lines.
+    pub history: Vec<u8>,
     /// Simulated time the run took.
     pub simulated: Duration,
     /// Acknowledgements given by a node while the nemesis had it isolated
@@ -138,7 +140,13 @@ const DATA_CENTRES: [&[NodeId]; 3] = [&[1, 2], &[3, 4], &[5]];
 pub async fn run(scenario: Scenario) -> Outcome {
     let start = Instant::now();
     let ids = scenario.ids();
-    let cluster = SimCluster::start(&ids).await;
+    // WAN round trips reach 2 x 40 ms plus madsim's latency: heartbeats
+    // (and elections) are scaled to stay above them.
+    let heartbeat_ms = match scenario {
+        Scenario::DcFailover => 150,
+        _ => 50,
+    };
+    let cluster = SimCluster::start_with(&ids, crate::raft_config_with(heartbeat_ms)).await;
     if scenario == Scenario::DcFailover {
         set_wan_latency(&cluster);
     }
@@ -205,6 +213,7 @@ pub async fn run(scenario: Scenario) -> Outcome {
     Outcome {
         report,
         digest: hasher.finish(),
+        history: jsonl,
         simulated: start.elapsed(),
         acks_while_isolated,
         rejected,
@@ -483,7 +492,12 @@ async fn dc_failover(workload: &Workload<'_>) {
             note(workload, format!("data centre {dc:?} cut off"));
         }
         // Fail over: the other data centres elect a leader and go on.
-        let failover = cluster.wait_leader(Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut failover = None;
+        while failover.is_none() && Instant::now() < deadline {
+            failover = cluster.leader().await.filter(|leader| !dc.contains(leader));
+            madsim::time::sleep(Duration::from_millis(20)).await;
+        }
         note(workload, format!("failed over to {failover:?}"));
         sleep_between(500, 2_000).await;
         if power_loss {

@@ -515,6 +515,18 @@ async fn transact(
     let pick = round as usize % incarnation.partitions.len();
     let partition = incarnation.partitions[pick];
     let target = workload.target(client).await;
+    // Read the committed offsets at a read index: a node's applied state
+    // may lag (a new leader, a follower), and an incarnation that starts
+    // from a stale commit processes inputs again. The transaction's commit
+    // does not say which offset it continues from, so the cluster cannot
+    // refuse that.
+    if !workload
+        .cluster
+        .read_barrier(target, workload.config.write_timeout)
+        .await
+    {
+        return false;
+    }
     let Some(inputs) = read_inputs(workload.cluster, target, incarnation, partition) else {
         return false;
     };

@@ -4,6 +4,11 @@
 //! `MADSIM_TEST_SEED` moves the range, `MADSIM_TEST_NUM` sets the number
 //! of seeds per scenario; a failing seed prints the command that replays
 //! it alone.
+//!
+//! The default counts (530 seeds in all) are sized so the whole pass takes
+//! about a minute on this 2-core machine when it is quiet and stays under
+//! five minutes when other builds load it (every scenario gets at least
+//! 50; `MADSIM_TEST_NUM=300` ran all eight clean in 5.5 minutes).
 #![cfg(madsim)]
 
 use sluice_sim::runner::{Seeds, check_seeds};
@@ -15,7 +20,7 @@ fn check(scenario: Scenario, count_default: u64) {
 
 #[test]
 fn partition() {
-    check(Scenario::Partition, 80);
+    check(Scenario::Partition, 70);
 }
 
 #[test]
@@ -35,17 +40,17 @@ fn lossy() {
 
 #[test]
 fn split_brain() {
-    check(Scenario::SplitBrain, 80);
+    check(Scenario::SplitBrain, 70);
 }
 
 #[test]
 fn crash() {
-    check(Scenario::Crash, 80);
+    check(Scenario::Crash, 100);
 }
 
 #[test]
 fn dc_failover() {
-    check(Scenario::DcFailover, 50);
+    check(Scenario::DcFailover, 60);
 }
 
 #[test]

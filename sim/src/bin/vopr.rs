@@ -6,6 +6,7 @@
 //! cargo vopr -- --scenario crash --from 1 --count 500
 //! cargo vopr -- --scenario crash --seed 42     # replay one seed and print its report
 //! cargo vopr -- --bug ack-before-sync --scenario crash   # hunt a planted bug
+//! cargo vopr -- --scenario crash --seed 42 --history h.jsonl   # and keep its history
 //! ```
 //!
 //! Only the madsim build has a simulator (`cargo vopr` is an alias that
@@ -37,13 +38,15 @@ mod vopr {
         count: Option<u64>,
         bug: Option<Bug>,
         replay: bool,
+        history: Option<String>,
     }
 
     fn usage() -> ! {
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
         let bugs: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
         eprintln!(
-            "usage: vopr [--scenario NAME] [--seed N | --from N [--count N]] [--bug NAME]\n\
+            "usage: vopr [--scenario NAME] [--seed N | --from N [--count N]] [--bug NAME] \
+             [--history FILE]\n\
              scenarios: {}\nbugs: {}",
             names.join(", "),
             bugs.join(", ")
@@ -60,6 +63,7 @@ mod vopr {
             count: None,
             bug: None,
             replay: false,
+            history: None,
         };
         let mut words = std::env::args().skip(1);
         while let Some(word) = words.next() {
@@ -77,6 +81,7 @@ mod vopr {
                 }
                 "--from" => args.from = number(value()),
                 "--count" => args.count = Some(number(value())),
+                "--history" => args.history = Some(value()),
                 "--bug" => args.bug = Some(Bug::from_name(&value()).unwrap_or_else(|| usage())),
                 _ => usage(),
             }
@@ -96,6 +101,11 @@ mod vopr {
             for &scenario in &args.scenarios {
                 let verdict = run_seed(scenario, seed, args.bug);
                 runs += 1;
+                if let (Some(path), Verdict::Valid(outcome) | Verdict::Anomalies(outcome)) =
+                    (&args.history, &verdict)
+                {
+                    std::fs::write(path, &outcome.history).expect("write the history");
+                }
                 match verdict {
                     Verdict::Valid(outcome) if args.replay => {
                         println!("{scenario} seed {seed}: valid\n{}", outcome.report);

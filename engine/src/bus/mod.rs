@@ -62,6 +62,8 @@ pub struct BusConfig {
     /// Whether retention may drop events a consumer group has not
     /// committed yet.
     pub unconsumed: Unconsumed,
+    /// Whether log frames carry the SHA-256 hash chain (default: yes).
+    pub chain: crate::log::ChainMode,
 }
 
 /// What retention does with events a consumer group still needs.
@@ -85,6 +87,7 @@ impl Default for BusConfig {
             open_timeout: Duration::from_secs(30),
             retention_interval: Some(Duration::from_secs(60)),
             unconsumed: Unconsumed::Keep,
+            chain: crate::log::ChainMode::Sha256,
         }
     }
 }
@@ -166,6 +169,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         }
         let log_options = crate::log::Options {
             segment_size: config.segment_size,
+            chain: config.chain,
             ..crate::log::Options::default()
         };
         let store =

@@ -12,6 +12,7 @@
 //! Everything is generic over the async runtime and the disk, with
 //! production defaults, so the simulator runs this same code on madsim.
 
+mod audit;
 mod batcher;
 mod consumer;
 mod error;

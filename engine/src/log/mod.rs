@@ -674,8 +674,13 @@ impl<D: Disk> Log<D> {
         next.purged_next = index;
         // The first retained frame's link is anchored by the chain hash of
         // the last purged one; past the end of the log it is unknown.
+        // An empty log that never held a frame (a fresh Raft log starting
+        // past 0) is anchored at GENESIS, which is what it links to.
+        let never_held = self.meta.purged_next == 0 && self.next_index() == 0;
         next.anchor = if index <= self.next_index() {
             Some(self.link_for(index)?)
+        } else if never_held {
+            Some(GENESIS)
         } else {
             None
         };

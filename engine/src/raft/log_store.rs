@@ -328,6 +328,16 @@ impl<D: Disk> LogStoreReader<D> {
             .retention_point(retention)
     }
 
+    /// The stored chain hash of the entry at `index` (the head of the hash
+    /// chain when `index` is the last entry).
+    pub fn chain_hash_at(&self, index: u64) -> log::Result<crate::log::frame::Hash> {
+        self.shared
+            .read()
+            .expect("log lock")
+            .log
+            .chain_hash_at(index)
+    }
+
     /// The first and next index of the log.
     pub fn bounds(&self) -> (u64, u64) {
         let inner = self.shared.read().expect("log lock");

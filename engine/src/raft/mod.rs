@@ -20,10 +20,10 @@ use openraft_rt::AsyncRuntime;
 use crate::io::os::OsRuntime;
 use crate::state::{Command, Response};
 
-mod codec;
+pub(crate) mod codec;
 mod log_store;
 mod network;
-mod state_machine;
+pub(crate) mod state_machine;
 mod transport_network;
 
 pub use codec::decode_command as codec_decode_command;

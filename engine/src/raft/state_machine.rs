@@ -178,6 +178,17 @@ fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotFile, State)> {
     Ok((file, state))
 }
 
+/// The snapshot file's name in the data directory.
+pub(crate) const SNAPSHOT_FILE_NAME: &str = SNAPSHOT_FILE;
+
+/// Checks a snapshot file's bytes as opening would (magic, checksum, the
+/// state decodes) and returns the (term, index) it covers, if any. For the
+/// offline verifier.
+pub(crate) fn check_snapshot(bytes: &[u8]) -> io::Result<Option<(u64, u64)>> {
+    let (file, _) = decode_snapshot(bytes)?;
+    Ok(file.last_applied.map(|id| (id.leader_id.term, id.index)))
+}
+
 fn meta_of(file: &SnapshotFile) -> Meta {
     Meta {
         last_log_id: file.last_applied,

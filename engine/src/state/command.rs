@@ -88,6 +88,9 @@ pub enum Op {
     },
     /// Does nothing (a leader's first entry, a barrier).
     Noop,
+    /// A signed checkpoint of the log's hash chain head; applying it
+    /// changes nothing, its place in the log is what counts.
+    Checkpoint(crate::audit::Checkpoint),
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -131,6 +134,13 @@ impl fmt::Display for Command {
                 commit.offsets.len(),
                 commit.group
             ),
+            Op::Checkpoint(checkpoint) => {
+                write!(
+                    f,
+                    "checkpoint of the chain head at index {}",
+                    checkpoint.index
+                )
+            }
             Op::Transaction { events, commit } => write!(
                 f,
                 "transaction of {} events and {} offsets of group {}",

@@ -186,7 +186,7 @@ impl State {
                 Response::Transaction(self.transaction(log_index, now_ms, events, commit))
             }
             Op::Retention { log_index_before } => self.retain(log_index, *log_index_before),
-            Op::Noop => Response::Ok,
+            Op::Noop | Op::Checkpoint(_) => Response::Ok,
         }
     }
 

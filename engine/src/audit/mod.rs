@@ -16,11 +16,14 @@
 //! keeps its bytes, its checksum and its place in the hash chain.
 
 pub mod checkpoint;
+pub mod erasure;
 pub mod keys;
 pub mod masking;
+pub mod signing;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointPolicy};
+pub use erasure::Erasure;
 pub use keys::{KeyError, KeyPair};
 pub use masking::{Clearance, Mask, MaskError, MaskingPolicy, PolicyError, Rule};
 pub use verify::{Finding, FindingReason, Report, VerifyError, VerifyOptions, verify, verify_disk};

@@ -6,7 +6,8 @@
 //!   across files, each frame's chain hash recomputed from its bytes, each
 //!   link against the previous frame's hash, the first retained frame's
 //!   link against the purge anchor in `log.meta`, and every entry's payload
-//!   decoding as a Raft entry (event batches with their own checksums);
+//!   decoding as a Raft entry (event batches with their own checksums),
+//!   every producer signature on an event (`audit::signing`);
 //!   every checkpoint entry's signature, its signer (against the trusted
 //!   keys), and its head against the chain hash recomputed at its index;
 //! - `log.meta`: checksum, version, bounds, the anchor;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 
 use super::checkpoint::Checkpoint;
 use super::keys::{self, KeyPair};
+use super::signing;
 use crate::constants::FRAME_HEADER_SIZE;
 use crate::io::os::OsDisk;
 use crate::io::{Disk, DiskFile};
@@ -78,8 +80,12 @@ pub struct Report {
     pub events: u64,
     /// Checkpoint entries.
     pub checkpoints: u64,
-    /// Signatures verified.
+    /// Erasure tombstones (their signatures count in `signatures`).
+    pub erasures: u64,
+    /// Signatures verified: checkpoints' and producers'.
     pub signatures: u64,
+    /// Of those, producer signatures on events.
+    pub producer_signatures: u64,
     /// Checkpoints whose index is purged, so their head cannot be
     /// recomputed (their signature is still checked).
     pub checkpoints_unrecomputable: u64,
@@ -145,7 +151,7 @@ pub enum FindingReason {
     },
     /// The frame is intact but its payload is not a valid entry.
     Entry(String),
-    /// A checkpoint entry does not verify.
+    /// A checkpoint or erasure entry does not verify.
     Checkpoint(String),
     /// Segment files do not form one log.
     Layout(String),
@@ -266,6 +272,7 @@ pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report,
         hashes: Vec::new(),
         terms: Vec::new(),
         checkpoints: Vec::new(),
+        erasure_signers: Vec::new(),
     };
     let mut firsts = Vec::new();
     let mut snapshot = None;
@@ -291,6 +298,7 @@ pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report,
     let meta = walk.load_meta(disk, !firsts.is_empty());
     walk.check_segments(disk, &firsts, meta.as_ref());
     walk.check_checkpoints();
+    walk.check_erasure_signers();
     if let Some(name) = snapshot {
         walk.check_snapshot(disk, &name);
     }
@@ -313,6 +321,8 @@ struct Walk {
     terms: Vec<u64>,
     /// Checkpoints found, with where they were found.
     checkpoints: Vec<(String, u64, u64, Checkpoint)>,
+    /// Signers of erasures, with where they were found.
+    erasure_signers: Vec<(String, u64, u64, Vec<u8>)>,
 }
 
 impl Walk {
@@ -523,14 +533,59 @@ impl Walk {
             Op::Publish(batch) | Op::Transaction { events: batch, .. } => {
                 self.report.batches += 1;
                 self.report.events += batch.len() as u64;
+                for (position, view) in batch.iter().enumerate() {
+                    let signed = view.user_headers().any(|(name, _)| {
+                        name == signing::HEADER_SIGNATURE || name == signing::HEADER_SIGNER
+                    });
+                    if !signed {
+                        continue;
+                    }
+                    signing::check_view(&view)
+                        .map_err(|e| format!("event {position} of the batch: {e}"))?;
+                    self.report.signatures += 1;
+                    self.report.producer_signatures += 1;
+                }
             }
             Op::Checkpoint(checkpoint) => {
                 self.checkpoints
                     .push((name.to_owned(), offset, record.index, checkpoint));
             }
+            Op::Erase(erasure) => {
+                self.report.erasures += 1;
+                erasure
+                    .verify_signature()
+                    .map_err(|e| format!("erasure of subject {:?}: {e}", erasure.subject))?;
+                self.report.signatures += 1;
+                self.erasure_signers.push((
+                    name.to_owned(),
+                    offset,
+                    record.index,
+                    erasure.public_key,
+                ));
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Erasures must be signed by a trusted key, like checkpoints.
+    fn check_erasure_signers(&mut self) {
+        for (name, offset, index, public_key) in std::mem::take(&mut self.erasure_signers) {
+            if self.trusted.is_empty() {
+                self.report.signers_unpinned += 1;
+            } else if !self.trusted.contains(&public_key) {
+                let what = format!(
+                    "erasure is signed by key {}, which no trusted key names",
+                    keys::fingerprint(&public_key)
+                );
+                self.finding(
+                    &name,
+                    Some(offset),
+                    Some(index),
+                    FindingReason::Checkpoint(what),
+                );
+            }
+        }
     }
 
     fn check_checkpoints(&mut self) {

@@ -13,7 +13,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
-use crate::audit::{Checkpoint, CheckpointPolicy, KeyPair};
+use crate::audit::{Checkpoint, CheckpointPolicy, Erasure, KeyPair};
 use crate::io::{Disk, wall_unix_ms};
 use crate::raft::TypeConfig;
 use crate::state::{Command, Op};
@@ -42,6 +42,35 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             .await
             .map_err(BusError::raft)?;
         Ok((checkpoint, written.log_id.index))
+    }
+
+    /// Erases `subject`: appends an `Op::Erase` tombstone signed with
+    /// `key`, after which every read through the bus masks the subject's
+    /// payloads. Returns the tombstone and the index of its entry.
+    pub async fn erase(
+        &self,
+        key: &KeyPair,
+        subject: &str,
+        reason: &str,
+    ) -> Result<(Erasure, u64), BusError> {
+        if subject.is_empty() {
+            return Err(BusError::Invalid(
+                "an erasure needs a non-empty subject".into(),
+            ));
+        }
+        let inner = self.inner();
+        let now_ms = wall_unix_ms(&*inner.clock);
+        let erasure = Erasure::sign(key, subject, reason, now_ms);
+        let command = Command {
+            timestamp_ms: now_ms,
+            op: Op::Erase(erasure.clone()),
+        };
+        let written = inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(BusError::raft)?;
+        Ok((erasure, written.log_id.index))
     }
 
     /// Signs a checkpoint whenever `policy` says one is due, until every

@@ -91,6 +91,9 @@ pub enum Op {
     /// A signed checkpoint of the log's hash chain head; applying it
     /// changes nothing, its place in the log is what counts.
     Checkpoint(crate::audit::Checkpoint),
+    /// A signed erasure request: the subject's payloads are masked on
+    /// every later read.
+    Erase(crate::audit::Erasure),
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -134,6 +137,7 @@ impl fmt::Display for Command {
                 commit.offsets.len(),
                 commit.group
             ),
+            Op::Erase(erasure) => write!(f, "erase subject {:?}", erasure.subject),
             Op::Checkpoint(checkpoint) => {
                 write!(
                     f,

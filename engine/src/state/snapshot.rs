@@ -13,8 +13,9 @@
 use super::State;
 use super::response::SnapshotError;
 
-/// The only snapshot version this code writes and reads.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// The only snapshot version this code writes and reads (2 added the
+/// erased subjects).
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Version byte plus checksum.
 const SNAPSHOT_HEADER_SIZE: usize = 5;

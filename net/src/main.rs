@@ -34,6 +34,9 @@ enum Command {
     /// SM2 keys for checkpoints and producer signatures.
     #[command(subcommand)]
     Keys(audit_cmd::KeysCommand),
+    /// Audit trail: export a subject's events, erase a subject.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Verify(args) => audit_cmd::verify(args),
         Command::Keys(command) => audit_cmd::keys(command),
+        Command::Audit(command) => audit_cmd::audit(command),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,9 @@
 //!   bus through Raft (`Bus::checkpoint`, `Bus::start_checkpoints`);
 //! - [`verify`]: the offline verifier of a data directory, behind
 //!   `sluice verify`;
+//! - [`signing`]: optional producer signatures on events;
+//! - [`erasure`]: signed erasure tombstones for a subject;
+//! - [`export`]: the audit export by subject and time range;
 //! - [`masking`]: field-level masking of payloads at read time by the
 //!   reader's clearance.
 //!
@@ -17,6 +20,7 @@
 
 pub mod checkpoint;
 pub mod erasure;
+pub mod export;
 pub mod keys;
 pub mod masking;
 pub mod signing;
@@ -24,6 +28,7 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointPolicy};
 pub use erasure::Erasure;
+pub use export::{ExportError, ExportQuery, ExportSummary, export, export_disk};
 pub use keys::{KeyError, KeyPair};
 pub use masking::{Clearance, Mask, MaskError, MaskingPolicy, PolicyError, Rule};
 pub use verify::{Finding, FindingReason, Report, VerifyError, VerifyOptions, verify, verify_disk};

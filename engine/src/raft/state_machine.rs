@@ -189,6 +189,14 @@ pub(crate) fn check_snapshot(bytes: &[u8]) -> io::Result<Option<(u64, u64)>> {
     Ok(file.last_applied.map(|id| (id.leader_id.term, id.index)))
 }
 
+/// Decodes a snapshot file's bytes into the state it holds and the
+/// (term, index) it covers. For the offline audit export.
+pub(crate) fn load_snapshot_state(bytes: &[u8]) -> io::Result<(Option<(u64, u64)>, State)> {
+    let (file, state) = decode_snapshot(bytes)?;
+    let covered = file.last_applied.map(|id| (id.leader_id.term, id.index));
+    Ok((covered, state))
+}
+
 fn meta_of(file: &SnapshotFile) -> Meta {
     Meta {
         last_log_id: file.last_applied,

@@ -175,3 +175,46 @@ async fn erasure_masks_later_reads_and_leaves_a_signed_record() {
         "{error}"
     );
 }
+
+/// `Bus::start_checkpoints` signs the chain head by its policy while the
+/// log grows, and the checkpoints verify against the recomputed chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoints_are_written_and_verify() {
+    use sluice::audit::CheckpointPolicy;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = BusConfig {
+        retention_interval: None,
+        ..BusConfig::default()
+    };
+    let bus = Bus::open_with_config(dir.path(), config).await.unwrap();
+    bus.create_topic("t", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let key = KeyPair::generate("node-1").unwrap();
+    bus.start_checkpoints(
+        key.clone(),
+        CheckpointPolicy {
+            entries: 4,
+            interval: Duration::from_millis(50),
+        },
+    );
+    let mut producer = bus.producer().await.unwrap();
+    for i in 0..20 {
+        producer
+            .publish(Message::new("t", format!("event {i}")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bus.close().await.unwrap();
+    let pinned = VerifyOptions {
+        trusted_keys: vec![key.public_key()],
+    };
+    let report = verify(dir.path(), &pinned).unwrap();
+    assert!(report.checkpoints >= 2, "{report:?}");
+    assert_eq!(report.signatures, report.checkpoints);
+    assert_eq!(report.events, 20);
+}

@@ -657,7 +657,7 @@ impl Walk {
                 return;
             }
         };
-        let Some((term, index)) = covered else {
+        let (Some((term, index)), chain_head) = covered else {
             return;
         };
         let report = &self.report;
@@ -667,11 +667,19 @@ impl Walk {
                 report.next_index
             )
         } else if index >= report.first_index {
-            let stored = self.terms[(index - report.first_index) as usize];
-            if stored == term {
-                return;
+            let position = (index - report.first_index) as usize;
+            let (stored, hash) = (self.terms[position], self.hashes[position]);
+            match chain_head {
+                _ if stored != term => format!(
+                    "covers index {index} at term {term}, but the log holds term {stored} there"
+                ),
+                Some(head) if head != hash => format!(
+                    "records chain hash {} at index {index}, but the log hashes to {} there",
+                    hex(&head),
+                    hex(&hash)
+                ),
+                _ => return,
             }
-            format!("covers index {index} at term {term}, but the log holds term {stored} there")
         } else {
             return;
         };

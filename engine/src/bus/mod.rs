@@ -176,7 +176,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let store =
             LogStore::<RT, D>::open(disk.clone(), clock.clone(), log_options, config.durability)?;
         let reader = store.reader();
-        let machine = StateMachineStore::<RT, D>::new(disk);
+        let mut machine = StateMachineStore::<RT, D>::new(disk);
+        machine.link_chain(reader.clone());
         let view = machine.view();
         let raft_config = Arc::new(raft_config().validate().map_err(BusError::raft)?);
         let raft = openraft::Raft::new(

@@ -666,6 +666,15 @@ impl<D: Disk> Log<D> {
     /// unreadable. Purging past the end empties the log and continues it
     /// at `index` (installing a snapshot). Durable on return.
     pub fn purge_before(&mut self, index: u64) -> Result<()> {
+        self.purge_before_anchored(index, None)
+    }
+
+    /// [`Log::purge_before`], with the chain hash of `index − 1` known from
+    /// elsewhere (a snapshot carries it): a purge past the end of the log
+    /// then anchors the chain there instead of leaving it unanchored. A
+    /// purge inside the log reads the hash from the log and ignores
+    /// `anchor`.
+    pub fn purge_before_anchored(&mut self, index: u64, anchor: Option<Hash>) -> Result<()> {
         self.check_poison()?;
         if index <= self.first_index() {
             return Ok(());
@@ -673,20 +682,16 @@ impl<D: Disk> Log<D> {
         let mut next = self.meta.clone();
         next.purged_next = index;
         // The first retained frame's link is anchored by the chain hash of
-        // the last purged one; past the end of the log it is unknown.
-        // An empty log that never held a frame (a fresh Raft log starting
-        // past 0) is anchored at GENESIS, which is what it links to.
-        let never_held = self.meta.purged_next == 0 && self.next_index() == 0;
+        // the last purged one; past the end of the log only the caller can
+        // know it (an installed snapshot carries it).
         next.anchor = if index <= self.next_index() {
             Some(self.link_for(index)?)
-        } else if never_held {
-            Some(GENESIS)
         } else {
-            None
+            anchor
         };
         self.store_meta(next)?;
         if index > self.next_index() {
-            self.head = GENESIS;
+            self.head = self.meta.anchor.unwrap_or(GENESIS);
             let old = std::mem::take(&mut self.sealed);
             let old_active = self.active.name.clone();
             self.start_active(index)?;

@@ -176,7 +176,7 @@ async fn erasure_masks_later_reads_and_leaves_a_signed_record() {
     );
 }
 
-/// `Bus::start_checkpoints` signs the chain head by its policy while the
+/// `BusConfig::checkpoints` signs the chain head by its policy while the
 /// log grows, and the checkpoints verify against the recomputed chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_checkpoints_are_written_and_verify() {
@@ -184,22 +184,20 @@ async fn periodic_checkpoints_are_written_and_verify() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate("node-1").unwrap();
+    let policy = CheckpointPolicy {
+        entries: 4,
+        interval: Duration::from_millis(50),
+    };
     let config = BusConfig {
         retention_interval: None,
+        checkpoints: Some((key.clone(), policy)),
         ..BusConfig::default()
     };
     let bus = Bus::open_with_config(dir.path(), config).await.unwrap();
     bus.create_topic("t", 1, TopicConfig::default())
         .await
         .unwrap();
-    let key = KeyPair::generate("node-1").unwrap();
-    bus.start_checkpoints(
-        key.clone(),
-        CheckpointPolicy {
-            entries: 4,
-            interval: Duration::from_millis(50),
-        },
-    );
     let mut producer = bus.producer().await.unwrap();
     for i in 0..20 {
         producer

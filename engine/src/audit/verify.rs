@@ -21,7 +21,10 @@
 //!
 //! The walk stops at the first bad record, since nothing after it can be
 //! trusted to be where it claims, and names it: file, byte offset, index.
-//! The other files are still checked, and every finding is returned.
+//! The other files are still checked, and every finding is returned, bad
+//! records first. There are no derived files to rebuild today (the
+//! partition index lives in the snapshot, which is checked against the
+//! log); a derived file added later must be checked here too.
 //!
 //! Reading goes through [`Disk`]; [`verify`] opens a directory with
 //! [`OsDisk`]. The verifier never writes.
@@ -305,6 +308,9 @@ pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report,
     if walk.findings.is_empty() {
         Ok(walk.report)
     } else {
+        // Bad records first, in log order, then whole-file findings: the
+        // message names the first bad record whenever there is one.
+        walk.findings.sort_by_key(|f| f.index.is_none());
         Err(VerifyError::Tampered {
             findings: walk.findings,
             report: Box::new(walk.report),

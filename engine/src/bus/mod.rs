@@ -65,6 +65,10 @@ pub struct BusConfig {
     pub unconsumed: Unconsumed,
     /// Whether log frames carry the SHA-256 hash chain (default: yes).
     pub chain: crate::log::ChainMode,
+    /// Signed checkpoints of the chain head, written by policy while the
+    /// bus is open (`Bus::start_checkpoints`); `None`: only when
+    /// `Bus::checkpoint` is called.
+    pub checkpoints: Option<(crate::audit::KeyPair, crate::audit::CheckpointPolicy)>,
 }
 
 /// What retention does with events a consumer group still needs.
@@ -89,6 +93,7 @@ impl Default for BusConfig {
             retention_interval: Some(Duration::from_secs(60)),
             unconsumed: Unconsumed::Keep,
             chain: crate::log::ChainMode::Sha256,
+            checkpoints: None,
         }
     }
 }
@@ -214,7 +219,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
                 interval,
             )));
         }
-        Ok(Bus { inner })
+        let bus = Bus { inner };
+        if let Some((key, policy)) = bus.inner.config.checkpoints.clone() {
+            bus.start_checkpoints(key, policy);
+        }
+        Ok(bus)
     }
 
     /// Creates a topic with `partitions` partitions; creating it again with

@@ -389,6 +389,7 @@ pub fn encode_only(payload_size: usize, records: u64) -> f64 {
     let payload = pattern(payload_size, 8);
     let size = (payload_size + FRAME_OVERHEAD) as u32;
     let mut buffer = Vec::with_capacity(size as usize * BATCH_LEN as usize);
+    let mut link = frame::GENESIS;
     let start = Instant::now();
     let mut index = 0;
     while index < records {
@@ -401,8 +402,11 @@ pub fn encode_only(payload_size: usize, records: u64) -> f64 {
                 term: 1,
                 durable_next: 0,
                 timestamp_ms: 0,
+                flags: frame::FLAG_CHAINED,
+                link,
+                hash: frame::GENESIS,
             };
-            frame::encode(&mut buffer, &header, &payload);
+            link = frame::encode(&mut buffer, &header, &payload);
             index += 1;
         }
         std::hint::black_box(&buffer);

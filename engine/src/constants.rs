@@ -8,7 +8,7 @@
 pub const SECTOR_SIZE: u64 = 512;
 
 /// Size of a frame header on disk; see `log/FORMAT.md`.
-pub const FRAME_HEADER_SIZE: usize = 48;
+pub const FRAME_HEADER_SIZE: usize = 112;
 
 /// Largest frame (header plus payload) the log writes or accepts on read.
 /// Recovery treats a length field above this as damage, which bounds the

@@ -112,6 +112,7 @@ fn seeds_are_up_to_date() {
 /// `payload_size` bytes; frame `i` records `durable_next(i)`.
 fn frames(first: u64, count: u64, payload_size: usize, durable_next: fn(u64) -> u64) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut link = frame::GENESIS;
     for index in first..first + count {
         let payload: Vec<u8> = (0..payload_size)
             .map(|i| (index as u8).wrapping_mul(31).wrapping_add(i as u8))
@@ -123,8 +124,11 @@ fn frames(first: u64, count: u64, payload_size: usize, durable_next: fn(u64) -> 
             term: 1 + index / 4,
             durable_next: durable_next(index),
             timestamp_ms: 1_700_000_000_000 + index,
+            flags: frame::FLAG_CHAINED,
+            link,
+            hash: frame::GENESIS,
         };
-        frame::encode(&mut out, &header, &payload);
+        link = frame::encode(&mut out, &header, &payload);
     }
     out
 }
@@ -174,7 +178,8 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "size-max-short-input",
             with_u32(one.clone(), 0, 16 * 1024 * 1024),
         ),
-        ("version-2", flip(one.clone(), 8, 1)),
+        ("version-3", flip(one.clone(), 8, 1)),
+        ("version-1-unchained", flip(one.clone(), 8, 3)),
         ("kind-zero", flip(one.clone(), 9, 0)),
         ("reserved-bits", flip(one.clone(), 12, 7)),
         (
@@ -197,9 +202,10 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let one = |segment: &[u8]| concat(&[&[0], segment]);
     let acked = frames(0, 4, 16, all_before_durable);
     let torn = frames(0, 4, 16, nothing_durable);
-    let frame_size = 48 + 16;
-    let sealed = frames(0, 2, 8, all_before_durable);
-    let tail = frames(2, 2, 8, all_before_durable);
+    let frame_size = sluice::constants::FRAME_HEADER_SIZE + 16;
+    // One frame per segment keeps two-segment seeds under 256 bytes.
+    let sealed = frames(0, 1, 8, all_before_durable);
+    let tail = frames(1, 1, 8, all_before_durable);
     vec![
         ("empty", Vec::new()),
         ("one-byte", vec![0]),
@@ -238,7 +244,7 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("two-segments-valid", two_segments(2, &sealed, &tail)),
         (
             "two-segments-sealed-short",
-            two_segments(3, &sealed, &frames(3, 2, 8, all_before_durable)),
+            two_segments(2, &sealed, &frames(2, 1, 8, all_before_durable)),
         ),
         (
             "two-segments-sealed-corrupt",
@@ -258,7 +264,7 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "two-segments-overlap",
-            two_segments(1, &sealed, &frames(1, 2, 8, all_before_durable)),
+            two_segments(0, &sealed, &frames(0, 1, 8, all_before_durable)),
         ),
     ]
 }

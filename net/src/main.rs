@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit_cmd;
 mod commands;
 mod demo;
 
@@ -44,6 +45,16 @@ enum Command {
     /// List or replay a consumer group's dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::Command),
+    /// Check a data directory offline: every frame checksum, the hash
+    /// chain, every signature, every file. Exit 0 with a summary when
+    /// intact; 1 naming the first bad record (file, byte offset, index).
+    Verify(audit_cmd::VerifyArgs),
+    /// SM2 keys for checkpoints and producer signatures.
+    #[command(subcommand)]
+    Keys(audit_cmd::KeysCommand),
+    /// Audit trail: export a subject's events, erase a subject.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,9 @@ fn main() -> ExitCode {
         Command::Tail(args) => commands::tail::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Dlq(command) => commands::dlq::run(command),
+        Command::Verify(args) => audit_cmd::verify(args),
+        Command::Keys(command) => audit_cmd::keys(command),
+        Command::Audit(command) => audit_cmd::audit(command),
     };
     match result {
         Ok(code) => code,

@@ -365,8 +365,12 @@ fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
     out: &mut Vec<Delivery>,
 ) -> Result<u64, BusError> {
     let inner = bus.inner();
+    let mut erased = None;
     let runs: Vec<Run> = {
         let state = inner.view.read();
+        if state.has_erasures() {
+            erased = Some(state.erased_subjects().clone());
+        }
         let Some((first, next)) = state.partition_range(topic, *partition) else {
             return Ok(position);
         };
@@ -406,7 +410,7 @@ fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
             if taken >= max {
                 return Ok(position);
             }
-            out.push(Delivery {
+            let mut delivery = Delivery {
                 topic: topic.clone(),
                 partition: *partition,
                 offset,
@@ -415,7 +419,16 @@ fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
                 headers: view.headers(),
                 producer: view.producer(),
                 timestamp_ms: view.timestamp_ms(),
-            });
+            };
+            if let Some(subjects) = &erased {
+                crate::audit::erasure::mask_erased(
+                    subjects,
+                    &view,
+                    &mut delivery.payload,
+                    &mut delivery.headers,
+                );
+            }
+            out.push(delivery);
             position = offset + 1;
             taken += 1;
         }

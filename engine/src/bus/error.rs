@@ -53,6 +53,9 @@ pub enum BusError {
     /// An argument is out of bounds.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A producer signature does not verify; nothing was appended.
+    #[error(transparent)]
+    Signature(#[from] crate::audit::signing::SignatureError),
 }
 
 impl BusError {

@@ -12,6 +12,7 @@
 //! Everything is generic over the async runtime and the disk, with
 //! production defaults, so the simulator runs this same code on madsim.
 
+mod audit;
 mod batcher;
 mod consumer;
 mod error;
@@ -64,6 +65,12 @@ pub struct BusConfig {
     /// Whether retention may drop events a consumer group has not
     /// committed yet.
     pub unconsumed: Unconsumed,
+    /// Whether log frames carry the SHA-256 hash chain (default: yes).
+    pub chain: crate::log::ChainMode,
+    /// Signed checkpoints of the chain head, written by policy while the
+    /// bus is open (`Bus::start_checkpoints`); `None`: only when
+    /// `Bus::checkpoint` is called.
+    pub checkpoints: Option<(crate::audit::KeyPair, crate::audit::CheckpointPolicy)>,
 }
 
 /// What retention does with events a consumer group still needs.
@@ -87,6 +94,8 @@ impl Default for BusConfig {
             open_timeout: Duration::from_secs(30),
             retention_interval: Some(Duration::from_secs(60)),
             unconsumed: Unconsumed::Keep,
+            chain: crate::log::ChainMode::Sha256,
+            checkpoints: None,
         }
     }
 }
@@ -205,12 +214,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         }
         let log_options = crate::log::Options {
             segment_size: config.segment_size,
+            chain: config.chain,
             ..crate::log::Options::default()
         };
         let store =
             LogStore::<RT, D>::open(disk.clone(), clock.clone(), log_options, config.durability)?;
         let reader = store.reader();
-        let machine = StateMachineStore::<RT, D>::new(disk);
+        let mut machine = StateMachineStore::<RT, D>::new(disk);
+        machine.link_chain(reader.clone());
         let view = machine.view();
         let raft_config = Arc::new(raft_config().validate().map_err(BusError::raft)?);
         let raft = openraft::Raft::new(config.node_id, raft_config, network, store, machine)
@@ -242,7 +253,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
                 interval,
             )));
         }
-        Ok(Bus { inner })
+        let bus = Bus { inner };
+        if let Some((key, policy)) = bus.inner.config.checkpoints.clone() {
+            bus.start_checkpoints(key, policy);
+        }
+        Ok(bus)
     }
 
     /// Initialises a new cluster with `members` (id → address) as its
@@ -365,11 +380,12 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             | Op::LeaveGroup { .. }
             | Op::CommitOffsets(_)
             | Op::Heartbeat { .. }
+            | Op::Erase(_)
             | Op::Transaction { .. } => self.write(op).await,
             Op::Publish(_) => Err(BusError::Invalid(
                 "publish through a producer or Bus::send_stamped, which batch events".into(),
             )),
-            Op::Retention { .. } | Op::Noop => Err(BusError::Invalid(format!(
+            Op::Retention { .. } | Op::Noop | Op::Checkpoint(_) => Err(BusError::Invalid(format!(
                 "{} is internal to the bus and cannot be proposed by a client",
                 Command {
                     timestamp_ms: 0,

@@ -195,6 +195,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
     /// Queues an event (waiting for room if too many are in flight) and
     /// returns at once with a pending receipt: publishes pipeline.
     pub async fn send(&mut self, message: Message) -> Result<PendingReceipt<RT>, BusError> {
+        // A producer signature, if the message carries one, must verify
+        // before anything is queued (`audit::signing`).
+        crate::audit::signing::check(&crate::audit::signing::Parts {
+            topic: &message.topic,
+            key: &message.key,
+            payload: &message.payload,
+            headers: &message.headers,
+        })?;
         let event = self.stamp(message)?;
         if let Err(error) = event.validate() {
             self.unstamp(&event);

@@ -55,6 +55,16 @@ pub enum Error {
         /// The first index still in the log.
         first: u64,
     },
+    /// The data directory was written in format version 1, before the hash
+    /// chain; this code reads only version 2.
+    #[error(
+        "{file} is in log format version 1, which predates the hash chain (this sluice \
+         reads format 2); re-replicate this node from a peer or export and re-import the data"
+    )]
+    FormatUnchained {
+        /// The file found in the old format.
+        file: String,
+    },
     /// The options passed to `Log::open` are out of bounds.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),

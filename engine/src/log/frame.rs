@@ -6,10 +6,31 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 use crate::constants::{FRAME_HEADER_SIZE, FRAME_SIZE_MAX, PAYLOAD_SIZE_MAX};
 
 /// The only frame format version this code writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+
+/// The format before the hash chain; recognised only to name it.
+pub const VERSION_UNCHAINED: u8 = 1;
+
+/// A SHA-256 chain hash.
+pub type Hash = [u8; 32];
+
+/// The link of a chain's first frame when nothing precedes it (a new log).
+pub const GENESIS: Hash = [0; 32];
+
+/// Flag bit: the frame carries a hash chain (`link` and `hash` are set).
+/// Clear only in logs written with [`crate::log::ChainMode::Off`].
+pub const FLAG_CHAINED: u16 = 1;
+
+/// Where the chain fields sit in the header.
+pub const LINK_AT: usize = 48;
+/// Where this frame's own chain hash sits in the header.
+pub const HASH_AT: usize = 80;
+const _: () = assert!(HASH_AT + 32 == FRAME_HEADER_SIZE && LINK_AT + 32 == HASH_AT);
 
 /// A decoded, checked frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +47,14 @@ pub struct Header {
     pub durable_next: u64,
     /// Wall-clock milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Flags; only [`FLAG_CHAINED`] is defined.
+    pub flags: u16,
+    /// The chain hash of the previous frame (index − 1): [`GENESIS`] for
+    /// the first frame of a new log.
+    pub link: Hash,
+    /// This frame's chain hash, [`chain_hash`] of `link` and its
+    /// replicated fields. Computed by [`encode`]; ignored on its input.
+    pub hash: Hash,
 }
 
 /// Why bytes are not a valid frame.
@@ -38,6 +67,8 @@ pub enum FrameError {
     Size { size: u32 },
     /// An unknown format version.
     Version { found: u8 },
+    /// A frame of format version 1, written before the hash chain existed.
+    VersionUnchained,
     /// A zero kind (zeros are never a frame).
     Kind,
     /// Reserved bits are set.
@@ -64,6 +95,12 @@ impl fmt::Display for FrameError {
             FrameError::Version { found } => {
                 write!(f, "unknown frame version {found} (expected {VERSION})")
             }
+            FrameError::VersionUnchained => write!(
+                f,
+                "frame format version {VERSION_UNCHAINED} predates the hash chain; this \
+                 data directory was written by an older sluice and must be re-replicated \
+                 from a peer running format {VERSION}"
+            ),
             FrameError::Kind => write!(f, "frame kind is zero"),
             FrameError::Reserved => write!(f, "reserved frame bits are set"),
             FrameError::Checksum { stored, computed } => write!(
@@ -83,27 +120,84 @@ pub fn frame_size(payload_size: usize) -> usize {
     FRAME_HEADER_SIZE + payload_size
 }
 
+/// The chain hash of a frame: SHA-256 of its link, then its replicated
+/// fields (kind, index, term, timestamp, little-endian), then its payload.
+/// `durable_next` and the checksum are left out: they are local to one
+/// node's copy, and every replica must compute the same chain.
+pub fn chain_hash(
+    link: &Hash,
+    kind: u8,
+    index: u64,
+    term: u64,
+    timestamp_ms: u64,
+    payload: &[u8],
+) -> Hash {
+    let mut fields = [0u8; 32 + 1 + 24];
+    fields[..32].copy_from_slice(link);
+    fields[32] = kind;
+    fields[33..41].copy_from_slice(&index.to_le_bytes());
+    fields[41..49].copy_from_slice(&term.to_le_bytes());
+    fields[49..57].copy_from_slice(&timestamp_ms.to_le_bytes());
+    let mut hasher = Sha256::new();
+    hasher.update(fields);
+    hasher.update(payload);
+    hasher.finalize().into()
+}
+
 /// Appends one encoded frame to `out`: the header is built on the stack
 /// and written with one copy, then the checksum runs over the frame in
 /// place, one contiguous run (crc32fast's SIMD path wants long runs).
-pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) {
+///
+/// With [`FLAG_CHAINED`] set, the frame's chain hash is computed from
+/// `header_fields.link` and returned; without it, both chain fields are
+/// written as zeros and zeros are returned.
+pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) -> Hash {
     assert!(header_fields.kind != 0, "frame kind 0 is reserved");
+    assert!(
+        header_fields.flags & !FLAG_CHAINED == 0,
+        "undefined frame flags"
+    );
     let size = frame_size(payload.len());
     assert_eq!(header_fields.size as usize, size);
+    let chained = header_fields.flags & FLAG_CHAINED != 0;
+    let (link, hash) = if chained {
+        let h = &header_fields;
+        let hash = chain_hash(&h.link, h.kind, h.index, h.term, h.timestamp_ms, payload);
+        (h.link, hash)
+    } else {
+        ([0; 32], [0; 32])
+    };
     let mut header = [0u8; FRAME_HEADER_SIZE];
     header[0..4].copy_from_slice(&header_fields.size.to_le_bytes());
     header[8] = VERSION;
     header[9] = header_fields.kind;
+    header[10..12].copy_from_slice(&header_fields.flags.to_le_bytes());
     header[16..24].copy_from_slice(&header_fields.index.to_le_bytes());
     header[24..32].copy_from_slice(&header_fields.term.to_le_bytes());
     header[32..40].copy_from_slice(&header_fields.durable_next.to_le_bytes());
     header[40..48].copy_from_slice(&header_fields.timestamp_ms.to_le_bytes());
+    header[LINK_AT..LINK_AT + 32].copy_from_slice(&link);
+    header[HASH_AT..HASH_AT + 32].copy_from_slice(&hash);
     let start = out.len();
     out.reserve(size);
     out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     let checksum = checksum(&out[start..]);
     out[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+    hash
+}
+
+/// Recomputes the chain hash of a decoded frame from its own bytes (the
+/// link it stores, its fields and payload). `frame` is the whole frame.
+pub fn recompute_hash(header: &Header, frame: &[u8]) -> Hash {
+    chain_hash(
+        &header.link,
+        header.kind,
+        header.index,
+        header.term,
+        header.timestamp_ms,
+        &frame[FRAME_HEADER_SIZE..header.size as usize],
+    )
 }
 
 /// CRC-32 of a whole frame, skipping the checksum field itself.
@@ -142,13 +236,17 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
     if (size as usize) < FRAME_HEADER_SIZE || size as usize > FRAME_SIZE_MAX {
         return Err(FrameError::Size { size });
     }
+    if bytes[8] == VERSION_UNCHAINED {
+        return Err(FrameError::VersionUnchained);
+    }
     if bytes[8] != VERSION {
         return Err(FrameError::Version { found: bytes[8] });
     }
     if bytes[9] == 0 {
         return Err(FrameError::Kind);
     }
-    if bytes[10..16] != [0; 6] {
+    let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
+    if flags & !FLAG_CHAINED != 0 || bytes[12..16] != [0; 4] {
         return Err(FrameError::Reserved);
     }
     if available < u64::from(size) {
@@ -164,7 +262,14 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
         term: u64_at(bytes, 24),
         durable_next: u64_at(bytes, 32),
         timestamp_ms: u64_at(bytes, 40),
+        flags,
+        link: hash_at(bytes, LINK_AT),
+        hash: hash_at(bytes, HASH_AT),
     })
+}
+
+fn hash_at(bytes: &[u8], at: usize) -> Hash {
+    bytes[at..at + 32].try_into().expect("32 bytes")
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -187,10 +292,13 @@ mod tests {
             term: 7,
             durable_next: 40,
             timestamp_ms: 1_700_000_000_000,
+            flags: FLAG_CHAINED,
+            link: [9; 32],
+            hash: [0; 32],
         };
         let mut out = Vec::new();
-        encode(&mut out, &header, payload);
-        (header, out)
+        let hash = encode(&mut out, &header, payload);
+        (Header { hash, ..header }, out)
     }
 
     #[test]
@@ -215,8 +323,53 @@ mod tests {
     }
 
     #[test]
+    fn chain_hash_covers_link_fields_and_payload_but_not_durable_next() {
+        let (header, bytes) = sample(b"hello");
+        assert_eq!(recompute_hash(&header, &bytes), header.hash);
+        let base = chain_hash(&header.link, 3, 42, 7, 1_700_000_000_000, b"hello");
+        assert_eq!(base, header.hash);
+        assert_ne!(
+            chain_hash(&[8; 32], 3, 42, 7, 1_700_000_000_000, b"hello"),
+            base
+        );
+        assert_ne!(
+            chain_hash(&header.link, 2, 42, 7, 1_700_000_000_000, b"hello"),
+            base
+        );
+        assert_ne!(
+            chain_hash(&header.link, 3, 43, 7, 1_700_000_000_000, b"hello"),
+            base
+        );
+        assert_ne!(
+            chain_hash(&header.link, 3, 42, 8, 1_700_000_000_000, b"hello"),
+            base
+        );
+        assert_ne!(
+            chain_hash(&header.link, 3, 42, 7, 1_700_000_000_001, b"hello"),
+            base
+        );
+        assert_ne!(
+            chain_hash(&header.link, 3, 42, 7, 1_700_000_000_000, b"hellp"),
+            base
+        );
+        let other = Header {
+            durable_next: 0,
+            ..header
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode(&mut out, &other, b"hello"), base);
+    }
+
+    #[test]
+    fn version_one_is_named() {
+        let (_, mut bytes) = sample(b"old");
+        bytes[8] = VERSION_UNCHAINED;
+        assert_eq!(decode(&bytes), Err(FrameError::VersionUnchained));
+    }
+
+    #[test]
     fn zeros_are_never_a_frame() {
-        assert_eq!(decode(&[0; 64]), Err(FrameError::Size { size: 0 }));
+        assert_eq!(decode(&[0; 128]), Err(FrameError::Size { size: 0 }));
     }
 
     #[test]

@@ -10,18 +10,25 @@ use crate::constants::META_SIZE_MAX;
 use crate::io::{Disk, DiskFile};
 
 use super::error::{CorruptionReason, Error, Result};
+use super::frame::Hash;
 
 pub(crate) const NAME: &str = "log.meta";
 pub(crate) const NAME_TMP: &str = "log.meta.tmp";
 const MAGIC: &[u8; 4] = b"SLMT";
-const VERSION: u8 = 1;
-pub(crate) const HEADER_SIZE: usize = 32;
+const VERSION: u8 = 2;
+const VERSION_UNCHAINED: u8 = 1;
+pub(crate) const HEADER_SIZE: usize = 64;
 
 /// What the metadata file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Meta {
     /// Every index below this is purged.
     pub purged_next: u64,
+    /// The chain hash of the frame at `purged_next − 1`, which the first
+    /// retained frame must link to; `None` where it is unknown (a purge
+    /// past the end of the log, as when a snapshot was installed): the
+    /// first retained frame's link is then trusted as it stands.
+    pub anchor: Option<Hash>,
     /// Opaque bytes of the log's user.
     pub app: Vec<u8>,
 }
@@ -34,17 +41,18 @@ impl Meta {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&(size as u32).to_le_bytes());
-        out.extend_from_slice(&[VERSION, 0, 0, 0]);
+        out.extend_from_slice(&[VERSION, u8::from(self.anchor.is_some()), 0, 0]);
         out.extend_from_slice(&self.purged_next.to_le_bytes());
         out.extend_from_slice(&(self.app.len() as u32).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.anchor.unwrap_or([0; 32]));
         out.extend_from_slice(&self.app);
         let checksum = checksum(&out);
         out[4..8].copy_from_slice(&checksum.to_le_bytes());
         out
     }
 
-    fn decode(bytes: &[u8]) -> std::result::Result<Meta, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Meta, String> {
         if bytes.len() < HEADER_SIZE || bytes.len() > META_SIZE_MAX {
             return Err(format!("size {} out of bounds", bytes.len()));
         }
@@ -62,8 +70,21 @@ impl Meta {
                 "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
             ));
         }
+        if bytes[12] == VERSION_UNCHAINED {
+            return Err(format!(
+                "format version {VERSION_UNCHAINED} predates the hash chain (this code reads {VERSION}); \
+                 the data directory was written by an older sluice"
+            ));
+        }
         if bytes[12] != VERSION {
             return Err(format!("unknown version {}", bytes[12]));
+        }
+        if bytes[13] > 1 || bytes[14..16] != [0, 0] || bytes[28..32] != [0; 4] {
+            return Err("reserved bytes are set".to_owned());
+        }
+        let anchor: Hash = bytes[32..64].try_into().expect("32 bytes");
+        if bytes[13] == 0 && anchor != [0; 32] {
+            return Err("an anchor is stored but not flagged as present".to_owned());
         }
         let app_size = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
         if HEADER_SIZE + app_size != size {
@@ -71,6 +92,7 @@ impl Meta {
         }
         Ok(Meta {
             purged_next: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            anchor: (bytes[13] == 1).then_some(anchor),
             app: bytes[HEADER_SIZE..].to_vec(),
         })
     }
@@ -115,16 +137,19 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let meta = Meta {
-            purged_next: 77,
-            app: b"vote".to_vec(),
-        };
-        let bytes = meta.encode();
-        assert_eq!(Meta::decode(&bytes), Ok(meta));
-        for bit in 0..bytes.len() * 8 {
-            let mut damaged = bytes.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(Meta::decode(&damaged).is_err(), "bit {bit}");
+        for anchor in [None, Some([5; 32])] {
+            let meta = Meta {
+                purged_next: 77,
+                anchor,
+                app: b"vote".to_vec(),
+            };
+            let bytes = meta.encode();
+            assert_eq!(Meta::decode(&bytes), Ok(meta));
+            for bit in 0..bytes.len() * 8 {
+                let mut damaged = bytes.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                assert!(Meta::decode(&damaged).is_err(), "bit {bit}");
+            }
         }
     }
 }

@@ -22,9 +22,9 @@
 
 mod error;
 pub mod frame;
-mod meta;
+pub(crate) mod meta;
 mod recovery;
-mod segment;
+pub(crate) mod segment;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -43,7 +43,7 @@ use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
 pub use error::{Corruption, CorruptionReason, Error, Result};
 pub use recovery::{RecoveryReport, Repair, TornTail};
 
-use frame::Header;
+use frame::{GENESIS, Hash, Header};
 use meta::Meta;
 use segment::SealedView;
 
@@ -73,6 +73,18 @@ pub enum RecoveryMode {
     Repair,
 }
 
+/// Whether appended frames carry the SHA-256 hash chain (`FORMAT.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChainMode {
+    /// Every frame links to the previous frame's chain hash and carries its
+    /// own. What an audited log needs.
+    #[default]
+    Sha256,
+    /// Chain fields are written as zeros. Only for measuring what the chain
+    /// costs: `sluice verify` reports every such frame as unchained.
+    Off,
+}
+
 /// Options of [`Log::open`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -81,6 +93,8 @@ pub struct Options {
     pub segment_size: u64,
     /// What to do with damage found on open.
     pub recovery: RecoveryMode,
+    /// Whether frames carry the hash chain.
+    pub chain: ChainMode,
 }
 
 impl Default for Options {
@@ -88,6 +102,7 @@ impl Default for Options {
         Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
             recovery: RecoveryMode::default(),
+            chain: ChainMode::default(),
         }
     }
 }
@@ -119,6 +134,8 @@ pub struct Record {
     pub kind: u8,
     /// Wall-clock milliseconds stamped at creation.
     pub timestamp_ms: u64,
+    /// The frame's chain hash as stored (zeros if written unchained).
+    pub hash: Hash,
     /// The payload.
     pub payload: Bytes,
 }
@@ -130,6 +147,7 @@ impl Record {
             term: header.term,
             kind: header.kind,
             timestamp_ms: header.timestamp_ms,
+            hash: header.hash,
             payload,
         }
     }
@@ -246,6 +264,9 @@ pub struct Log<D: Disk = OsDisk> {
     sealed: VecDeque<Sealed<D::File>>,
     active: Active<D::File>,
     meta: Meta,
+    /// The chain hash of the last frame; with an empty log, the anchor of
+    /// the purge point or [`GENESIS`].
+    head: Hash,
     durable_next: u64,
     truncations: u64,
     poison: Option<String>,
@@ -286,6 +307,40 @@ impl<D: Disk> Log<D> {
     /// Every index below this is durable.
     pub fn durable_next(&self) -> u64 {
         self.durable_next
+    }
+
+    /// The chain hash of the last frame (the head of the hash chain); with
+    /// an empty log, what the next frame will link to.
+    pub fn chain_head(&self) -> Hash {
+        self.head
+    }
+
+    /// The chain hash of the frame at `index`, as stored.
+    pub fn chain_hash_at(&self, index: u64) -> Result<Hash> {
+        if index + 1 == self.next_index() {
+            return Ok(self.head);
+        }
+        let mut records = Vec::with_capacity(1);
+        self.read(index..index + 1, &mut records)?;
+        match records.pop() {
+            Some(record) => Ok(record.hash),
+            None => Err(Error::Purged {
+                index,
+                first: self.next_index(),
+            }),
+        }
+    }
+
+    /// What a frame at `index` links to: the chain hash of `index − 1`, the
+    /// purge point's anchor, or [`GENESIS`].
+    fn link_for(&self, index: u64) -> Result<Hash> {
+        if index == self.next_index() {
+            return Ok(self.head);
+        }
+        if index <= self.first_index() {
+            return Ok(self.meta.anchor.unwrap_or(GENESIS));
+        }
+        self.chain_hash_at(index - 1)
     }
 
     /// The user's bytes in the metadata file (Raft's vote); empty at first.
@@ -355,6 +410,7 @@ impl<D: Disk> Log<D> {
         let offset = self.active.size + self.buffer.len() as u64;
         self.pending
             .push(u32::try_from(offset).expect("segment offsets fit u32"));
+        let chained = self.options.chain == ChainMode::Sha256;
         let header = Header {
             size: size as u32,
             kind: entry.kind,
@@ -362,8 +418,14 @@ impl<D: Disk> Log<D> {
             term: entry.term,
             durable_next: self.durable_next,
             timestamp_ms: entry.timestamp_ms,
+            flags: if chained { frame::FLAG_CHAINED } else { 0 },
+            link: self.head,
+            hash: GENESIS,
         };
-        frame::encode(&mut self.buffer, &header, entry.payload);
+        let hash = frame::encode(&mut self.buffer, &header, entry.payload);
+        if chained {
+            self.head = hash;
+        }
     }
 
     /// Writes the buffered frames at the end of the active segment.
@@ -513,8 +575,11 @@ impl<D: Disk> Log<D> {
         if from >= self.next_index() {
             return Ok(());
         }
+        // Conflict truncation re-links the chain to the surviving entry.
+        let head = self.link_for(from)?;
         self.truncations += 1;
         self.durable_next = self.durable_next.min(from);
+        self.head = head;
         if from >= self.active.first {
             return self.truncate_active(from);
         }
@@ -601,14 +666,32 @@ impl<D: Disk> Log<D> {
     /// unreadable. Purging past the end empties the log and continues it
     /// at `index` (installing a snapshot). Durable on return.
     pub fn purge_before(&mut self, index: u64) -> Result<()> {
+        self.purge_before_anchored(index, None)
+    }
+
+    /// [`Log::purge_before`], with the chain hash of `index − 1` known from
+    /// elsewhere (a snapshot carries it): a purge past the end of the log
+    /// then anchors the chain there instead of leaving it unanchored. A
+    /// purge inside the log reads the hash from the log and ignores
+    /// `anchor`.
+    pub fn purge_before_anchored(&mut self, index: u64, anchor: Option<Hash>) -> Result<()> {
         self.check_poison()?;
         if index <= self.first_index() {
             return Ok(());
         }
         let mut next = self.meta.clone();
         next.purged_next = index;
+        // The first retained frame's link is anchored by the chain hash of
+        // the last purged one; past the end of the log only the caller can
+        // know it (an installed snapshot carries it).
+        next.anchor = if index <= self.next_index() {
+            Some(self.link_for(index)?)
+        } else {
+            anchor
+        };
         self.store_meta(next)?;
         if index > self.next_index() {
+            self.head = self.meta.anchor.unwrap_or(GENESIS);
             let old = std::mem::take(&mut self.sealed);
             let old_active = self.active.name.clone();
             self.start_active(index)?;

@@ -69,6 +69,7 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         .filter_map(|n| segment::parse_name(n))
         .collect();
     firsts.sort_unstable();
+    check_format(&disk, &firsts)?;
     let meta = load_meta(&disk, &firsts)?;
     remove_purged(&disk, &mut firsts, meta.purged_next, &mut report)?;
     if options.recovery == RecoveryMode::Repair {
@@ -98,8 +99,14 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         size: scan.end,
         last_timestamp_ms: scan.last_timestamp_ms,
     };
+    let head = match (scan.last_hash, sealed.back()) {
+        (Some(hash), _) => hash,
+        (None, Some(last)) => last_sealed_hash(last)?,
+        (None, None) => meta.anchor.unwrap_or(super::frame::GENESIS),
+    };
     let durable_next = active.next();
     Ok(Log {
+        head,
         disk,
         clock,
         options,
@@ -113,6 +120,41 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         pending: Vec::new(),
         report,
     })
+}
+
+/// The chain hash of a sealed segment's last frame: where the chain stands
+/// when the active segment is empty (a crash right after a roll, or a
+/// truncation back to a segment boundary). Scans that one segment.
+fn last_sealed_hash<F: DiskFile>(sealed: &Sealed<F>) -> Result<super::frame::Hash> {
+    let view = sealed.view()?;
+    Ok(view
+        .last_hash
+        .expect("a sealed segment holds at least one frame"))
+}
+
+/// Refuses, with a named error, a data directory written in the format
+/// before the hash chain (frame and metadata version 1).
+fn check_format<D: Disk>(disk: &D, firsts: &[u64]) -> Result<()> {
+    let mut probes = vec![(meta::NAME.to_owned(), 12usize)];
+    probes.extend(firsts.first().map(|&first| (segment::name(first), 8usize)));
+    for (name, at) in probes {
+        let file = match disk.open(&name) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(Error::io("open", &name, error)),
+        };
+        let size = file.size().map_err(|e| Error::io("size", &name, e))?;
+        if size <= at as u64 {
+            continue;
+        }
+        let mut version = [0u8; 1];
+        file.read_at(at as u64, &mut version)
+            .map_err(|e| Error::io("read", &name, e))?;
+        if version[0] == super::frame::VERSION_UNCHAINED {
+            return Err(Error::FormatUnchained { file: name });
+        }
+    }
+    Ok(())
 }
 
 fn remove_leftovers<D: Disk>(

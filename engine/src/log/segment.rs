@@ -11,7 +11,7 @@ use crate::constants::FRAME_HEADER_SIZE;
 use crate::io::DiskFile;
 
 use super::error::{CorruptionReason, Error, Result};
-use super::frame::{self, FrameError, Header};
+use super::frame::{self, FrameError, Hash, Header};
 
 const SUFFIX: &str = ".seg";
 const SUFFIX_TMP: &str = ".seg.tmp";
@@ -53,6 +53,8 @@ pub(crate) struct Scan {
     pub next_index: u64,
     /// Timestamp of the last valid frame.
     pub last_timestamp_ms: Option<u64>,
+    /// Chain hash of the last valid frame, as stored.
+    pub last_hash: Option<Hash>,
     /// Why the scan stopped before the end of the bytes, if it did.
     pub stop: Option<FrameError>,
 }
@@ -71,6 +73,7 @@ pub(crate) fn scan(bytes: &[u8], first_index: u64) -> Scan {
                     .push(u32::try_from(offset).expect("segment offsets fit u32"));
                 scan.next_index += 1;
                 scan.last_timestamp_ms = Some(header.timestamp_ms);
+                scan.last_hash = Some(header.hash);
                 offset += header.size as usize;
             }
             Ok(header) => {
@@ -177,6 +180,7 @@ pub(crate) struct SealedView {
     pub map: Bytes,
     pub offsets: Vec<u32>,
     pub last_timestamp_ms: Option<u64>,
+    pub last_hash: Option<Hash>,
 }
 
 impl SealedView {
@@ -211,6 +215,7 @@ impl SealedView {
             map,
             offsets: scan.offsets,
             last_timestamp_ms: scan.last_timestamp_ms,
+            last_hash: scan.last_hash,
         })
     }
 
@@ -268,6 +273,9 @@ mod tests {
                 term: 1,
                 durable_next,
                 timestamp_ms: index,
+                flags: frame::FLAG_CHAINED,
+                link: [0; 32],
+                hash: [0; 32],
             };
             frame::encode(&mut out, &header, &payload);
         }

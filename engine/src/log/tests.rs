@@ -168,9 +168,10 @@ fn damage_to_an_acknowledged_frame_refuses_to_open_and_repair_cuts_it() {
     append(&mut log, 3, PersistMode::SyncData);
     let active = log.segments().last().unwrap().clone();
     drop(log);
-    // Frame 1 lies at 48 + payload(0) bytes; flip a payload byte of it.
-    let offset_1 = (48 + payload(0).len()) as u64;
-    disk.flip_bit(&active.name, (offset_1 + 50) * 8).unwrap();
+    // Frame 1 lies after frame 0's header and payload; flip a payload
+    // byte of it.
+    let offset_1 = (crate::constants::FRAME_HEADER_SIZE + payload(0).len()) as u64;
+    disk.flip_bit(&active.name, (offset_1 + 120) * 8).unwrap();
     let error = Log::open(disk.clone(), clock(), options()).unwrap_err();
     let corruption = error.as_corruption().expect("a corruption error");
     assert_eq!(corruption.file, active.name);
@@ -470,4 +471,92 @@ fn every_flipped_bit_in_a_stored_record_is_detected() {
         }
         assert_contents(&open(&disk), 0, 40);
     }
+}
+
+/// Checks that every readable record links to the one before it, starting
+/// from `link`, and returns the chain hash of the last one.
+fn assert_chain(log: &Log<CrashDisk>, mut link: frame::Hash) -> frame::Hash {
+    for record in read_all(log) {
+        let expected = frame::chain_hash(
+            &link,
+            record.kind,
+            record.index,
+            record.term,
+            record.timestamp_ms,
+            &record.payload,
+        );
+        assert_eq!(
+            record.hash, expected,
+            "chain hash of index {}",
+            record.index
+        );
+        link = record.hash;
+    }
+    assert_eq!(log.chain_head(), link);
+    link
+}
+
+#[test]
+fn the_chain_survives_reopen_truncation_and_purge() {
+    let disk = CrashDisk::new(41);
+    let mut log = open(&disk);
+    for _ in 0..20 {
+        append(&mut log, 7, PersistMode::Buffer);
+    }
+    log.sync().unwrap();
+    let head = assert_chain(&log, frame::GENESIS);
+    drop(log);
+    let mut log = open(&disk);
+    assert_eq!(log.chain_head(), head);
+    // Conflict truncation into a sealed segment re-links to entry 50.
+    let hash_50 = log.chain_hash_at(50).unwrap();
+    log.truncate_after(50).unwrap();
+    assert_eq!(log.chain_head(), hash_50);
+    append(&mut log, 30, PersistMode::SyncData);
+    assert_chain(&log, frame::GENESIS);
+    // Truncating to a segment boundary leaves an empty active segment;
+    // reopening finds the head in the last sealed segment.
+    let boundary = log.segments()[3].first;
+    let hash_before = log.chain_hash_at(boundary - 1).unwrap();
+    log.truncate_from(boundary).unwrap();
+    drop(log);
+    let mut log = open(&disk);
+    assert_eq!(log.next_index(), boundary);
+    assert_eq!(log.chain_head(), hash_before);
+    append(&mut log, 20, PersistMode::SyncData);
+    // A purge anchors the first retained frame in log.meta.
+    let point = log.segments()[2].first;
+    let anchor = log.chain_hash_at(point - 1).unwrap();
+    log.purge_before(point).unwrap();
+    assert_eq!(log.meta.anchor, Some(anchor));
+    assert_chain(&log, anchor);
+    drop(log);
+    let mut log = open(&disk);
+    assert_chain(&log, anchor);
+    // Truncating everything retained falls back to the anchor.
+    log.truncate_from(log.first_index()).unwrap();
+    assert_eq!(log.chain_head(), anchor);
+    // A purge past the end (a snapshot installed) has no anchor.
+    let next = log.next_index();
+    log.purge_before(next + 10).unwrap();
+    assert_eq!(log.meta.anchor, None);
+    assert_eq!(log.chain_head(), frame::GENESIS);
+    append(&mut log, 3, PersistMode::SyncData);
+    assert_chain(&log, frame::GENESIS);
+}
+
+#[test]
+fn chain_off_writes_zeros() {
+    let disk = CrashDisk::new(42);
+    let mut log = Log::open(
+        disk.clone(),
+        clock(),
+        Options {
+            chain: ChainMode::Off,
+            ..options()
+        },
+    )
+    .unwrap();
+    append(&mut log, 5, PersistMode::SyncData);
+    assert!(read_all(&log).iter().all(|r| r.hash == frame::GENESIS));
 }

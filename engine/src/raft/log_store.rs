@@ -74,6 +74,9 @@ struct Inner<D: Disk> {
     frames: Vec<(usize, u8, u64, u64, u64)>,
     /// Bytes appended since the last background sync (buffer mode).
     unsynced_bytes: u64,
+    /// The chain hash at an index, from an installed snapshot: a purge up
+    /// to that index past the end of the log anchors the chain with it.
+    snapshot_anchor: Option<(u64, crate::log::frame::Hash)>,
 }
 
 impl<D: Disk> Inner<D> {
@@ -213,6 +216,7 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
             payloads: Vec::new(),
             frames: Vec::new(),
             unsynced_bytes: 0,
+            snapshot_anchor: None,
         };
         let shared = Arc::new(RwLock::new(inner));
         let (flusher, requests) = TypeConfig::<RT>::mpsc(FLUSH_QUEUE_MAX);
@@ -328,6 +332,23 @@ impl<D: Disk> LogStoreReader<D> {
             .expect("log lock")
             .log
             .retention_point(retention)
+    }
+
+    /// The stored chain hash of the entry at `index` (the head of the hash
+    /// chain when `index` is the last entry).
+    pub fn chain_hash_at(&self, index: u64) -> log::Result<crate::log::frame::Hash> {
+        self.shared
+            .read()
+            .expect("log lock")
+            .log
+            .chain_hash_at(index)
+    }
+
+    /// Records the chain hash at `index` that an installed snapshot
+    /// carries, for the purge that follows the install (see
+    /// `Log::purge_before_anchored`).
+    pub fn set_snapshot_anchor(&self, index: u64, hash: crate::log::frame::Hash) {
+        self.shared.write().expect("log lock").snapshot_anchor = Some((index, hash));
     }
 
     /// The first and next index of the log.
@@ -455,7 +476,11 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
             );
             inner.last_purged = Some(upto);
             inner.store_meta()?;
-            inner.log.purge_before(upto.index + 1)?;
+            let anchor = inner
+                .snapshot_anchor
+                .filter(|&(index, _)| index == upto.index)
+                .map(|(_, hash)| hash);
+            inner.log.purge_before_anchored(upto.index + 1, anchor)?;
             if inner.last_log.is_none_or(|last| last < upto) {
                 inner.last_log = Some(upto);
             }

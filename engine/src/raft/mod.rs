@@ -21,10 +21,10 @@ use crate::io::os::OsRuntime;
 use crate::state::{Command, Response};
 
 mod client;
-mod codec;
+pub(crate) mod codec;
 mod log_store;
 mod network;
-mod state_machine;
+pub(crate) mod state_machine;
 mod transport_network;
 
 pub use client::{ProposeError, propose};

@@ -103,6 +103,7 @@ pub struct StateMachineStore<RT: AsyncRuntime, D: Disk> {
     applied: std::sync::Mutex<WatchSenderOf<TypeConfig<RT>, Applied>>,
     view: StateView<RT>,
     disk: D,
+    chain: Option<crate::raft::LogStoreReader<D>>,
 }
 
 impl<RT: AsyncRuntime, D: Disk> fmt::Debug for StateMachineStore<RT, D> {
@@ -118,7 +119,15 @@ struct SnapshotFile {
     last_applied: Option<LogId>,
     membership: Membership,
     state: Vec<u8>,
+    /// The log's chain hash at `last_applied`, when the store is linked to
+    /// its log (`StateMachineStore::link_chain`): a node installing this
+    /// snapshot anchors its chain with it, so its next frames link exactly
+    /// as the sender's do.
+    chain_head: Option<crate::log::frame::Hash>,
 }
+
+/// Version 2 added `chain_head`.
+const SNAPSHOT_FILE_VERSION: u8 = 2;
 
 impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
     /// An empty state machine keeping its snapshot in `disk`. openraft
@@ -135,6 +144,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
             applied: std::sync::Mutex::new(applied),
             view,
             disk,
+            chain: None,
         }
     }
 
@@ -143,12 +153,19 @@ impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
         self.view.clone()
     }
 
-    fn encode_snapshot(inner: &Inner) -> Vec<u8> {
+    /// Links the store to its log, so snapshots carry the chain hash at
+    /// their index and an installed snapshot anchors the log's chain.
+    pub fn link_chain(&mut self, reader: crate::raft::LogStoreReader<D>) {
+        self.chain = Some(reader);
+    }
+
+    fn encode_snapshot(inner: &Inner, chain_head: Option<crate::log::frame::Hash>) -> Vec<u8> {
         let file = SnapshotFile {
-            version: 1,
+            version: SNAPSHOT_FILE_VERSION,
             last_applied: inner.last_applied,
             membership: inner.membership.clone(),
             state: inner.state.snapshot(),
+            chain_head,
         };
         let body = postcard::to_allocvec(&file).expect("snapshot encodes into memory");
         let mut out = Vec::with_capacity(body.len() + 8);
@@ -173,9 +190,38 @@ fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotFile, State)> {
     }
     let file: SnapshotFile =
         postcard::from_bytes(&bytes[8..]).map_err(|e| invalid(format!("{SNAPSHOT_FILE}: {e}")))?;
+    if file.version != SNAPSHOT_FILE_VERSION {
+        return Err(invalid(format!(
+            "{SNAPSHOT_FILE}: version {} (this code reads {SNAPSHOT_FILE_VERSION})",
+            file.version
+        )));
+    }
     let state =
         State::restore(&file.state).map_err(|e| invalid(format!("{SNAPSHOT_FILE}: {e}")))?;
     Ok((file, state))
+}
+
+/// The snapshot file's name in the data directory.
+pub(crate) const SNAPSHOT_FILE_NAME: &str = SNAPSHOT_FILE;
+
+/// Checks a snapshot file's bytes as opening would (magic, checksum, the
+/// state decodes) and returns the (term, index) it covers, if any, and the
+/// chain hash it records there. For the offline verifier.
+#[allow(clippy::type_complexity)]
+pub(crate) fn check_snapshot(
+    bytes: &[u8],
+) -> io::Result<(Option<(u64, u64)>, Option<crate::log::frame::Hash>)> {
+    let (file, _) = decode_snapshot(bytes)?;
+    let covered = file.last_applied.map(|id| (id.leader_id.term, id.index));
+    Ok((covered, file.chain_head))
+}
+
+/// Decodes a snapshot file's bytes into the state it holds and the
+/// (term, index) it covers. For the offline audit export.
+pub(crate) fn load_snapshot_state(bytes: &[u8]) -> io::Result<(Option<(u64, u64)>, State)> {
+    let (file, state) = decode_snapshot(bytes)?;
+    let covered = file.last_applied.map(|id| (id.leader_id.term, id.index));
+    Ok((covered, state))
 }
 
 fn meta_of(file: &SnapshotFile) -> Meta {
@@ -283,8 +329,12 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let inner = self.inner.read().expect("state lock");
+        let chain_head = match (&self.chain, inner.last_applied) {
+            (Some(reader), Some(id)) => reader.chain_hash_at(id.index).ok(),
+            _ => None,
+        };
         SnapshotBuilder {
-            bytes: Self::encode_snapshot(&inner),
+            bytes: Self::encode_snapshot(&inner, chain_head),
             meta: Meta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
@@ -310,6 +360,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
         inner.membership = file.membership;
         let index = inner.last_applied.map_or(0, |id| id.index);
         drop(inner);
+        if let (Some(reader), Some(hash), Some(id)) =
+            (&self.chain, file.chain_head, file.last_applied)
+        {
+            reader.set_snapshot_anchor(id.index, hash);
+        }
         self.applied
             .lock()
             .expect("applied lock")

@@ -97,6 +97,12 @@ pub enum Op {
         /// Member.
         member: String,
     },
+    /// A signed checkpoint of the log's hash chain head; applying it
+    /// changes nothing, its place in the log is what counts.
+    Checkpoint(crate::audit::Checkpoint),
+    /// A signed erasure request: the subject's payloads are masked on
+    /// every later read.
+    Erase(crate::audit::Erasure),
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -140,6 +146,14 @@ impl fmt::Display for Command {
                 commit.offsets.len(),
                 commit.group
             ),
+            Op::Erase(erasure) => write!(f, "erase subject {:?}", erasure.subject),
+            Op::Checkpoint(checkpoint) => {
+                write!(
+                    f,
+                    "checkpoint of the chain head at index {}",
+                    checkpoint.index
+                )
+            }
             Op::Transaction { events, commit } => write!(
                 f,
                 "transaction of {} events and {} offsets of group {}",

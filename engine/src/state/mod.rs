@@ -137,12 +137,29 @@ pub struct State {
     topics: Topics,
     producers: Producers,
     groups: Groups,
+    /// Subjects erased by `Op::Erase`; reads mask their payloads.
+    erased: std::collections::BTreeSet<String>,
 }
 
 impl State {
     /// An empty state.
     pub fn new() -> State {
         State::default()
+    }
+
+    /// Whether `subject` was erased (`Op::Erase`).
+    pub fn is_erased(&self, subject: &str) -> bool {
+        self.erased.contains(subject)
+    }
+
+    /// Every erased subject.
+    pub fn erased_subjects(&self) -> &std::collections::BTreeSet<String> {
+        &self.erased
+    }
+
+    /// Whether any subject was erased.
+    pub fn has_erasures(&self) -> bool {
+        !self.erased.is_empty()
     }
 
     /// Applies the committed entry at `log_index`. Log indexes must
@@ -203,7 +220,11 @@ impl State {
                 Response::Transaction(self.transaction(log_index, now_ms, events, commit))
             }
             Op::Retention { log_index_before } => self.retain(log_index, *log_index_before),
-            Op::Noop => Response::Ok,
+            Op::Noop | Op::Checkpoint(_) => Response::Ok,
+            Op::Erase(erasure) => {
+                self.erased.insert(erasure.subject.clone());
+                Response::Ok
+            }
         }
     }
 

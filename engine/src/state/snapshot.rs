@@ -13,7 +13,8 @@
 use super::State;
 use super::response::SnapshotError;
 
-/// The only snapshot version this code writes and reads.
+/// The only snapshot version this code writes and reads (2 added member
+/// heartbeats and the erased subjects).
 pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Version byte plus checksum.

@@ -152,5 +152,7 @@ fn op_name(op: &sluice::state::Op) -> &'static str {
         Op::Retention { .. } => "retention",
         Op::Noop => "noop",
         Op::Heartbeat { .. } => "heartbeat",
+        Op::Checkpoint(_) => "checkpoint",
+        Op::Erase(_) => "erase",
     }
 }

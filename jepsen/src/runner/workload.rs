@@ -145,7 +145,8 @@ pub(crate) async fn producer(context: Context) {
                 PublishOutcome::Appended {
                     partition, offset, ..
                 } => recorder.ok(process, send.acked(*partition, *offset)),
-                PublishOutcome::Refused { .. } => {
+                PublishOutcome::Refused { message } => {
+                    eprintln!("send of {} refused: {message}", send.value);
                     recorder.fail(process, send);
                     // The refused sequence leaves a gap: start over.
                     producer = None;

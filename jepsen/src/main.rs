@@ -66,6 +66,10 @@ struct Cli {
     /// Transactional (consume-transform-produce) members at once.
     #[arg(long, default_value_t = 2)]
     transactors: u32,
+    /// Seconds a client request may take, failovers included, before its
+    /// outcome is unknown (`info`) and the client takes a new identity.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    request_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 producers: cli.producers,
                 consumers: cli.consumers,
                 transactors: cli.transactors,
+                request_timeout_secs: cli.request_timeout,
             }),
             Err(error) => Err(error),
         },

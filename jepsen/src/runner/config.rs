@@ -55,6 +55,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) consumers: u32,
     /// Transactional consume-transform-produce members at once.
     pub(crate) transactors: u32,
+    /// How long a client request may take before it is indeterminate.
+    pub(crate) request_timeout_secs: u64,
 }
 
 impl WorkerConfig {

@@ -233,6 +233,7 @@ mod tests {
             producers: 1,
             consumers: 1,
             transactors: 1,
+            request_timeout_secs: 10,
         }
     }
 

@@ -48,6 +48,7 @@ pub(crate) struct RunArgs {
     pub(crate) producers: u32,
     pub(crate) consumers: u32,
     pub(crate) transactors: u32,
+    pub(crate) request_timeout_secs: u64,
 }
 
 /// Everything a run created that must go at its end.
@@ -177,6 +178,7 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
         producers: args.producers,
         consumers: args.consumers,
         transactors: args.transactors,
+        request_timeout_secs: args.request_timeout_secs,
     };
     if tmpfs_data {
         for id in 1..=args.nodes {

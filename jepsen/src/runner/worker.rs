@@ -47,6 +47,7 @@ struct RunFacts {
     mode: Mode,
     nemesis: Vec<String>,
     planted_bug: Option<String>,
+    request_timeout_secs: u64,
     workload_secs: f64,
     converged: bool,
     convergence: String,
@@ -116,6 +117,7 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
         secret: secret.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         seed: config.seed,
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
     };
     let mut nemesis = Nemesis::new(
         config.mode,
@@ -147,6 +149,7 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
         mode: config.mode,
         nemesis: config.nemesis.clone(),
         planted_bug: config.planted_bug.clone(),
+        request_timeout_secs: config.request_timeout_secs,
         workload_secs,
         converged,
         convergence,

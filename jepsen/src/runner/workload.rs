@@ -40,9 +40,6 @@ pub(crate) const PLAIN_GROUP: &str = "plain";
 /// The transactional consumer group.
 pub(crate) const TXN_GROUP: &str = "txn";
 
-/// How long a client request may take, failovers included, before it is
-/// indeterminate.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one attempt at one node may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause between a producer's sends.
@@ -68,6 +65,9 @@ pub(crate) struct Context {
     pub(crate) stop: Arc<AtomicBool>,
     /// The run's seed.
     pub(crate) seed: u64,
+    /// How long a client request may take, failovers included, before it
+    /// is indeterminate.
+    pub(crate) request_timeout: Duration,
 }
 
 impl Context {
@@ -75,7 +75,7 @@ impl Context {
     pub(crate) fn client(&self) -> Client {
         let mut config = ClientConfig::new(self.seeds.clone());
         config.secret = Some(self.secret.clone());
-        config.request_timeout = REQUEST_TIMEOUT;
+        config.request_timeout = self.request_timeout;
         config.attempt_timeout = ATTEMPT_TIMEOUT;
         Client::new(config).expect("seeds are given")
     }

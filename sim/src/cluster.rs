@@ -225,6 +225,16 @@ impl SimCluster {
         self.member(id).map(|member| member.raft)
     }
 
+    /// The index of node `id`'s last snapshot (built or installed), if it
+    /// runs and has one.
+    pub fn snapshot_index(&self, id: NodeId) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver as _;
+        let raft = self.raft(id)?;
+        let metrics = raft.metrics();
+        let snapshot = metrics.borrow_watched().snapshot;
+        snapshot.map(|log_id| log_id.index)
+    }
+
     /// Whether node `id` runs (it may still be cut off).
     pub fn is_running(&self, id: NodeId) -> bool {
         self.member(id).is_some()

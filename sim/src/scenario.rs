@@ -26,6 +26,7 @@
 //! | `crash` | nodes killed and restarted, sometimes all at once (power loss); unsynced writes kept, torn or dropped |
 //! | `dc-failover` | 5 nodes in 3 data centres (2 + 2 + 1) with WAN latency; a whole data centre killed or cut off, failover, then it comes back |
 //! | `clock` | per-node drift and wall-clock jumps (the engine's clock: commands are stamped with the leader's wall time), and a leader isolation |
+//! | `snapshot` | a follower cut off while the leader drops a log prefix by retention, snapshots and purges; healed, it must install the snapshot, then it is made leader; no transactional workers (retention would delete inputs they have not consumed); the checker allows the deleted prefix |
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
@@ -62,11 +63,13 @@ pub enum Scenario {
     DcFailover,
     /// Clock drift and jumps.
     Clock,
+    /// A follower catches up by snapshot, then leads.
+    Snapshot,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Partition,
         Scenario::OneWay,
         Scenario::Flapping,
@@ -75,6 +78,7 @@ impl Scenario {
         Scenario::Crash,
         Scenario::DcFailover,
         Scenario::Clock,
+        Scenario::Snapshot,
     ];
 
     /// A short stable name (command lines, test output).
@@ -88,6 +92,7 @@ impl Scenario {
             Scenario::Crash => "crash",
             Scenario::DcFailover => "dc-failover",
             Scenario::Clock => "clock",
+            Scenario::Snapshot => "snapshot",
         }
     }
 
@@ -146,7 +151,14 @@ pub async fn run(scenario: Scenario) -> Outcome {
         Scenario::DcFailover => 150,
         _ => 50,
     };
-    let cluster = SimCluster::start_with(&ids, crate::raft_config_with(heartbeat_ms)).await;
+    let mut config = (*crate::raft_config_with(heartbeat_ms)).clone();
+    if scenario == Scenario::Snapshot {
+        // Snapshots only when the nemesis asks, and the log purged right
+        // up to each, so a lagging follower can only catch up by one.
+        config.snapshot_policy = openraft::SnapshotPolicy::Never;
+        config.max_in_snapshot_log_to_keep = 0;
+    }
+    let cluster = SimCluster::start_with(&ids, std::sync::Arc::new(config)).await;
     if scenario == Scenario::DcFailover {
         set_wan_latency(&cluster);
     }
@@ -173,14 +185,16 @@ pub async fn run(scenario: Scenario) -> Outcome {
         workload.stop.set(true);
         0
     };
-    let counts = join_all(vec![
+    let mut clients: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>>> = vec![
         Box::pin(run_producer(&workload, 0)),
         Box::pin(run_producer(&workload, 1)),
-        Box::pin(run_txn_worker(&workload, 2, "w1")),
-        Box::pin(run_txn_worker(&workload, 3, "w2")),
         Box::pin(nemesis),
-    ])
-    .await;
+    ];
+    if scenario != Scenario::Snapshot {
+        clients.push(Box::pin(run_txn_worker(&workload, 2, "w1")));
+        clients.push(Box::pin(run_txn_worker(&workload, 3, "w2")));
+    }
+    let counts = join_all(clients).await;
 
     // Liveness: converge and read everything back.
     cluster
@@ -205,7 +219,15 @@ pub async fn run(scenario: Scenario) -> Outcome {
         }
     }
     let history = history.build();
-    let report = sluice_jepsen::check(&history);
+    let retention = match scenario {
+        Scenario::Snapshot => sluice_jepsen::Retention::PrefixMayBeDeleted,
+        _ => sluice_jepsen::Retention::KeepAll,
+    };
+    let options = sluice_jepsen::CheckOptions {
+        retention,
+        ..sluice_jepsen::CheckOptions::default()
+    };
+    let report = sluice_jepsen::check_with(&history, &options);
     let mut jsonl = Vec::new();
     history.to_jsonl(&mut jsonl).expect("encode history");
     let mut hasher = DefaultHasher::new();
@@ -218,7 +240,7 @@ pub async fn run(scenario: Scenario) -> Outcome {
         acks_while_isolated,
         rejected,
         batches: counts[0] + counts[1],
-        transactions: counts[2] + counts[3],
+        transactions: counts.iter().skip(3).sum(),
     }
 }
 
@@ -232,6 +254,7 @@ async fn nemesis(scenario: Scenario, workload: &Workload<'_>) {
         Scenario::Crash => crashes(workload).await,
         Scenario::DcFailover => dc_failover(workload).await,
         Scenario::Clock => clock_faults(workload).await,
+        Scenario::Snapshot => snapshot_catch_up(workload).await,
     }
 }
 
@@ -544,4 +567,97 @@ async fn clock_faults(workload: &Workload<'_>) {
             cluster.heal(leader);
         }
     }
+}
+
+/// Cuts a follower off, lets the leader run ahead, drops the log prefix by
+/// retention, snapshots and purges on the leader; heals the follower, which
+/// must install the snapshot (asserted), and hands it the leadership.
+async fn snapshot_catch_up(workload: &Workload<'_>) {
+    let cluster = workload.cluster;
+    sleep_between(300, 800).await;
+    let leader = leader_or_any(workload).await;
+    let others: Vec<NodeId> = cluster
+        .ids()
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let follower = others[madsim::rand::thread_rng().gen_range(0..others.len())];
+    cluster.isolate(follower);
+    note(workload, format!("isolate follower {follower}"));
+    sleep_between(500, 1_500).await;
+
+    // A quiet log: the retention point, the snapshot and the purge then
+    // cover the same prefix, and nothing retained is left out of the log.
+    workload.paused.set(true);
+    sleep_between(300, 500).await;
+    workload.write_until_done(Op::Noop).await;
+    let leader = leader_or_any(workload).await;
+    let point = cluster.applied_max() + 1;
+    let retained = workload
+        .write_until_done(Op::Retention {
+            log_index_before: point,
+        })
+        .await;
+    assert_eq!(retained, Response::Ok, "retention before {point}");
+    let raft = cluster.raft(leader).expect("the leader runs");
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .snapshot_index(leader)
+        .is_none_or(|index| index < point)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} built no snapshot"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = cluster.snapshot_index(leader).expect("built");
+    note(
+        workload,
+        format!("retention before {point}, snapshot at {snapshot} on leader {leader}"),
+    );
+    workload.paused.set(false);
+
+    cluster.heal(follower);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster
+        .snapshot_index(follower)
+        .is_none_or(|index| index < snapshot)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "follower {follower} did not install the snapshot at {snapshot}"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    note(
+        workload,
+        format!("follower {follower} installed the snapshot"),
+    );
+
+    // Hand it the leadership: cut off whoever else leads until it wins an
+    // election (its log is as long as anyone's, so it can).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.leader().await != Some(follower) {
+        assert!(Instant::now() < deadline, "{follower} did not take over");
+        if let Some(current) = cluster.leader().await {
+            cluster.isolate(current);
+            note(workload, format!("isolate leader {current}"));
+            let wait = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < wait
+                && cluster
+                    .leader()
+                    .await
+                    .is_none_or(|leader| leader == current)
+            {
+                madsim::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.heal(current);
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    note(workload, format!("{follower} leads"));
+    sleep_between(500, 1_500).await;
 }

@@ -57,3 +57,8 @@ fn dc_failover() {
 fn clock() {
     check(Scenario::Clock, 50);
 }
+
+#[test]
+fn snapshot() {
+    check(Scenario::Snapshot, 40);
+}

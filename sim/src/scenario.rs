@@ -26,6 +26,7 @@
 //! | `crash` | nodes killed and restarted, sometimes all at once (power loss); unsynced writes kept, torn or dropped |
 //! | `dc-failover` | 5 nodes in 3 data centres (2 + 2 + 1) with WAN latency; a whole data centre killed or cut off, failover, then it comes back |
 //! | `clock` | per-node drift and wall-clock jumps (the engine's clock: commands are stamped with the leader's wall time), and a leader isolation |
+//! | `disk` | on one node at a time: EIO on writes or syncs, ENOSPC, then an operator restart; and on one node per run bit rot in a file while it is down: it must either start cleanly or refuse to open (then it stays down and the other two carry on) |
 //! | `snapshot` | a follower cut off while the leader drops a log prefix by retention, snapshots and purges; healed, it must install the snapshot, then it is made leader; no transactional workers (retention would delete inputs they have not consumed); the checker allows the deleted prefix |
 
 use std::fmt;
@@ -36,6 +37,7 @@ use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::rand::seq::SliceRandom as _;
 use sluice::io::transport::NodeId;
+use sluice::io::{Disk as _, FaultOp};
 use sluice::state::{Op, Response, TopicConfig};
 use sluice_jepsen::{FinalReadOp, OpKind, Report};
 
@@ -65,11 +67,13 @@ pub enum Scenario {
     Clock,
     /// A follower catches up by snapshot, then leads.
     Snapshot,
+    /// EIO, ENOSPC and bit rot on one node's disk.
+    Disk,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Partition,
         Scenario::OneWay,
         Scenario::Flapping,
@@ -79,6 +83,7 @@ impl Scenario {
         Scenario::DcFailover,
         Scenario::Clock,
         Scenario::Snapshot,
+        Scenario::Disk,
     ];
 
     /// A short stable name (command lines, test output).
@@ -93,6 +98,7 @@ impl Scenario {
             Scenario::DcFailover => "dc-failover",
             Scenario::Clock => "clock",
             Scenario::Snapshot => "snapshot",
+            Scenario::Disk => "disk",
         }
     }
 
@@ -213,6 +219,10 @@ pub async fn run(scenario: Scenario) -> Outcome {
     let rejected = workload.recorder.borrow().rejected;
     let mut history = workload.recorder.into_inner().into_history();
     for &id in cluster.ids() {
+        if !cluster.is_running(id) {
+            // Only a written-off node may be down here (see `restart`).
+            continue;
+        }
         for topic in [TOPIC, TOPIC_OUT] {
             let events = cluster.final_read(id, topic).expect("final read");
             history.call(0, OpKind::Ok, FinalReadOp::new(topic, events));
@@ -255,6 +265,7 @@ async fn nemesis(scenario: Scenario, workload: &Workload<'_>) {
         Scenario::DcFailover => dc_failover(workload).await,
         Scenario::Clock => clock_faults(workload).await,
         Scenario::Snapshot => snapshot_catch_up(workload).await,
+        Scenario::Disk => disk_faults(workload).await,
     }
 }
 
@@ -278,11 +289,23 @@ async fn heal_everything(workload: &Workload<'_>) {
     NetSim::current().update_config(|config| config.packet_loss_rate = 0.0);
     cluster.faults().set_duplicate_rate(0.0);
     for &id in cluster.ids() {
-        cluster.restart(id).await;
+        restart(workload, id).await;
     }
     workload.pinned.borrow_mut().clear();
     workload.isolated.set(None);
     note(workload, "heal everything".into());
+}
+
+/// Restarts node `id`; its disk may refuse to open only if the nemesis
+/// damaged it on purpose (the node then stays down).
+async fn restart(workload: &Workload<'_>, id: NodeId) {
+    if let Err(refusal) = workload.cluster.restart(id).await {
+        assert!(
+            workload.written_off.borrow().contains(&id),
+            "node {id} refused to start after a crash: {refusal}"
+        );
+        note(workload, format!("node {id} stays down: {refusal}"));
+    }
 }
 
 /// The agreed leader, or the first node if there is none.
@@ -466,7 +489,7 @@ async fn crashes(workload: &Workload<'_>) {
         note(workload, format!("kill {victims:?}"));
         sleep_between(50, 800).await;
         for &id in &victims {
-            cluster.restart(id).await;
+            restart(workload, id).await;
         }
         note(workload, format!("restart {victims:?}"));
     }
@@ -525,7 +548,7 @@ async fn dc_failover(workload: &Workload<'_>) {
         sleep_between(500, 2_000).await;
         if power_loss {
             for &id in &dc {
-                cluster.restart(id).await;
+                restart(workload, id).await;
             }
         } else {
             cluster.heal_all();
@@ -660,4 +683,82 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
     }
     note(workload, format!("{follower} leads"));
     sleep_between(500, 1_500).await;
+}
+
+/// Disk faults on one node at a time (a minority): EIO on a share of its
+/// writes or syncs, or a full disk, for a while, then an operator kills
+/// and restarts it (with room again). On one node per run, bit rot: while
+/// it is down a bit of one of its files flips, durable copy included; it
+/// must then start cleanly (the damage was in a torn tail, or in bytes it
+/// never reads) or refuse to open, never serve damaged data.
+async fn disk_faults(workload: &Workload<'_>) {
+    let cluster = workload.cluster;
+    let ids = cluster.ids().to_vec();
+    let rotting = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
+    let rounds = madsim::rand::thread_rng().gen_range(3..6);
+    for _ in 0..rounds {
+        sleep_between(200, 700).await;
+        let (node, fault) = {
+            let mut rng = madsim::rand::thread_rng();
+            (ids[rng.gen_range(0..ids.len())], rng.gen_range(0..3))
+        };
+        if workload.written_off.borrow().contains(&node) {
+            continue;
+        }
+        let disk = cluster.disks().disk(node);
+        let crash_disk = disk.crash_disk();
+        match fault {
+            0 => {
+                let op = if madsim::rand::thread_rng().gen_bool(0.5) {
+                    FaultOp::Sync
+                } else {
+                    FaultOp::Write
+                };
+                crash_disk.set_fail_rate(op, 200_000);
+                note(workload, format!("node {node}: EIO on 20 % of {op:?}"));
+                sleep_between(300, 800).await;
+                crash_disk.set_fail_rate(op, 0);
+            }
+            1 => {
+                let used: u64 = crash_disk
+                    .list()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|name| crash_disk.read_file(name).ok())
+                    .map(|bytes| bytes.len() as u64)
+                    .sum();
+                let room = madsim::rand::thread_rng().gen_range(0..8_192);
+                crash_disk.set_capacity(Some(used + room));
+                note(
+                    workload,
+                    format!("node {node}: disk full at {} bytes", used + room),
+                );
+                sleep_between(300, 800).await;
+                crash_disk.set_capacity(None);
+            }
+            _ if node == rotting => {
+                cluster.kill(node);
+                let files = crash_disk.list().unwrap_or_default();
+                if !files.is_empty() {
+                    let (name, bit) = {
+                        let mut rng = madsim::rand::thread_rng();
+                        let name = files[rng.gen_range(0..files.len())].clone();
+                        let size = crash_disk.read_file(&name).map_or(0, |b| b.len() as u64);
+                        (name, rng.gen_range(0..size.max(1) * 8))
+                    };
+                    if crash_disk.flip_bit(&name, bit).is_ok() {
+                        workload.written_off.borrow_mut().insert(node);
+                        note(
+                            workload,
+                            format!("node {node}: bit {bit} of {name} flipped"),
+                        );
+                    }
+                }
+            }
+            _ => continue,
+        }
+        cluster.kill(node);
+        note(workload, format!("restart node {node}"));
+        restart(workload, node).await;
+    }
 }

@@ -151,6 +151,9 @@ pub struct Workload<'c> {
     /// While set, clients hold their next attempt (the nemesis needs a
     /// quiet log for a moment).
     pub paused: Cell<bool>,
+    /// Nodes whose disk the nemesis damaged on purpose (bit rot): they may
+    /// refuse to start again, and then stay down.
+    pub written_off: RefCell<std::collections::BTreeSet<NodeId>>,
 }
 
 impl std::fmt::Debug for Workload<'_> {
@@ -170,6 +173,7 @@ impl<'c> Workload<'c> {
             pinned: RefCell::new(BTreeMap::new()),
             isolated: Cell::new(None),
             paused: Cell::new(false),
+            written_off: RefCell::default(),
         }
     }
 

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub tcp: TcpConfig,
     /// Where to serve `GET /metrics` (Prometheus text), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The leader's heartbeat interval (see `BusConfig::heartbeat_interval`):
+    /// above the round trip between nodes by a third.
+    pub heartbeat_interval: Duration,
 }
 
 impl NodeConfig {
@@ -70,6 +73,7 @@ impl NodeConfig {
             durability: Durability::Sync,
             tcp: TcpConfig::default(),
             metrics_listen: None,
+            heartbeat_interval: BusConfig::default().heartbeat_interval,
         }
     }
 }
@@ -140,6 +144,7 @@ impl ClusterNode {
         let bus_config = BusConfig {
             node_id: config.id,
             durability: config.durability,
+            heartbeat_interval: config.heartbeat_interval,
             ..BusConfig::default()
         };
         let bus = Bus::<OsRuntime, OsDisk>::open_member(

@@ -71,6 +71,13 @@ pub struct BusConfig {
     /// bus is open (`Bus::start_checkpoints`); `None`: only when
     /// `Bus::checkpoint` is called.
     pub checkpoints: Option<(crate::audit::KeyPair, crate::audit::CheckpointPolicy)>,
+    /// How often the leader sends heartbeats. openraft gives a heartbeat
+    /// three quarters of this to come back, so across slow links it must
+    /// exceed the round trip by a third, or the leader's lease lapses and
+    /// writes are refused (`LeaseExpired`) for as long as that lasts (found
+    /// by the simulator's `dc-failover` scenario). Elections time out
+    /// after 3 to 6 intervals.
+    pub heartbeat_interval: Duration,
 }
 
 /// What retention does with events a consumer group still needs.
@@ -96,6 +103,7 @@ impl Default for BusConfig {
             unconsumed: Unconsumed::Keep,
             chain: crate::log::ChainMode::Sha256,
             checkpoints: None,
+            heartbeat_interval: Duration::from_millis(50),
         }
     }
 }
@@ -223,7 +231,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let mut machine = StateMachineStore::<RT, D>::new(disk);
         machine.link_chain(reader.clone());
         let view = machine.view();
-        let raft_config = Arc::new(raft_config().validate().map_err(BusError::raft)?);
+        let raft_config = raft_config(config.heartbeat_interval);
+        let raft_config = Arc::new(raft_config.validate().map_err(BusError::raft)?);
         let raft = openraft::Raft::new(config.node_id, raft_config, network, store, machine)
             .await
             .map_err(BusError::raft)?;
@@ -441,12 +450,15 @@ async fn start<RT: AsyncRuntime, D: Disk + Clone>(
 
 /// Raft settings for a bus. Snapshots hold only the state machine; the log
 /// is never purged by openraft itself (retention decides, through the log).
-fn raft_config() -> openraft::Config {
+fn raft_config(heartbeat: Duration) -> openraft::Config {
+    let heartbeat_ms = u64::try_from(heartbeat.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     openraft::Config {
         cluster_name: "sluice".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: heartbeat_ms.saturating_mul(3),
+        election_timeout_max: heartbeat_ms.saturating_mul(6),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
         max_in_snapshot_log_to_keep: u64::MAX / 2,
         max_payload_entries: 1024,

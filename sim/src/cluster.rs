@@ -70,6 +70,15 @@ pub fn raft_config_with(heartbeat_ms: u64) -> Arc<openraft::Config> {
         election_timeout_min: 3 * heartbeat_ms,
         election_timeout_max: 6 * heartbeat_ms,
         enable_leader_restore: Some(false),
+        // With the planted bug `AckBeforeSync` a follower acknowledges
+        // entries it has not synced, and a crash takes them back: openraft
+        // then panics on the follower's log reversion before any client
+        // sees the loss. Allowing the reversion lets the run go on, so the
+        // checker judges what the bug does to acknowledged writes. Without
+        // the bug synced entries never revert, so this changes nothing.
+        allow_log_reversion: Some(sluice::testing::planted::is_planted(
+            sluice::testing::planted::Bug::AckBeforeSync,
+        )),
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("valid Raft config"))

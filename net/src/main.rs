@@ -1,14 +1,15 @@
 //! `sluice`: the command-line tool.
 //!
-//! Today it runs the embedded demo; the cluster commands (`node`,
-//! `cluster`, `topics`, `publish`, `tail`, `inspect`) arrive with the
-//! network transport.
+//! `demo` runs the embedded bus; `node` runs a cluster node; `cluster`,
+//! `topics`, `publish` and `tail` are clients of a running cluster;
+//! `inspect` reads a data directory.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod audit_cmd;
+mod commands;
 mod demo;
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,23 @@ enum Command {
     /// Audit trail: export a subject's events, erase a subject.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Run a cluster node in the foreground.
+    Node(commands::node::Args),
+    /// Initialise a cluster, show its status, add or remove members.
+    #[command(subcommand)]
+    Cluster(commands::cluster::Command),
+    /// Create or list topics.
+    #[command(subcommand)]
+    Topics(commands::topics::Command),
+    /// Publish one event per line of standard input (key before a tab).
+    Publish(commands::publish::Args),
+    /// Print a topic's events as they arrive.
+    Tail(commands::tail::Args),
+    /// Show what a data directory holds.
+    Inspect(commands::inspect::Args),
+    /// List or replay a consumer group's dead letters.
+    #[command(subcommand)]
+    Dlq(commands::dlq::Command),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +71,13 @@ fn main() -> ExitCode {
         Command::Verify(args) => audit_cmd::verify(args),
         Command::Keys(command) => audit_cmd::keys(command),
         Command::Audit(command) => audit_cmd::audit(command),
+        Command::Node(args) => commands::node::run(args),
+        Command::Cluster(command) => commands::cluster::run(command),
+        Command::Topics(command) => commands::topics::run(command),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Tail(args) => commands::tail::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Dlq(command) => commands::dlq::run(command),
     };
     match result {
         Ok(code) => code,

@@ -46,6 +46,7 @@ use tracing::{debug, warn};
 
 use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
 
+use crate::auth::{self, AUTH_TIMEOUT, KIND_AUTH, Secret};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
 
 /// Calls in flight on one connection, by default; also the server's bound
@@ -73,6 +74,9 @@ pub struct TcpConfig {
     pub backoff_max: Duration,
     /// Calls in flight on one connection at most.
     pub inflight_per_connection_max: usize,
+    /// The cluster secret to answer nodes' challenges with; `None` for a
+    /// cluster that runs without one (see [`crate::auth`]).
+    pub secret: Option<Secret>,
 }
 
 impl Default for TcpConfig {
@@ -83,6 +87,7 @@ impl Default for TcpConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX,
+            secret: None,
         }
     }
 }
@@ -221,7 +226,29 @@ impl Inner {
                 retry_at - now
             ))));
         }
-        match self.connect(peer.address).await {
+        let connected = match self.connect(peer.address).await {
+            Ok(mut stream) => match &self.config.secret {
+                Some(secret) => {
+                    let limit = self.config.connect_timeout.max(Duration::from_secs(1));
+                    let answered = answer_challenge(&mut stream, self.source, secret);
+                    match tokio::time::timeout(limit, answered).await {
+                        Ok(Ok(())) => Ok(stream),
+                        Ok(Err(error)) => Err(error),
+                        Err(_elapsed) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "{} sent no authentication challenge within {limit:?}; \
+                                 is it a node running without a cluster secret?",
+                                peer.address
+                            ),
+                        )),
+                    }
+                }
+                None => Ok(stream),
+            },
+            Err(error) => Err(error),
+        };
+        match connected {
             Ok(stream) => {
                 peer.failures = 0;
                 peer.retry_at = None;
@@ -430,6 +457,13 @@ async fn run_client(
 async fn client_read_loop(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
     let mut buf = BytesMut::new();
     while let Some(frame) = read_frame(&mut read, &mut buf).await? {
+        if frame.header.role == Role::Request && frame.header.kind == KIND_AUTH {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the node requires authentication: configure the cluster secret \
+                 (--secret-file) on this side too",
+            ));
+        }
         if frame.header.role == Role::Request {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -495,8 +529,20 @@ impl TcpServer {
     /// Starts serving `handler` on `listener` as node `node` (the id its
     /// responses carry). Must be called inside a tokio runtime.
     pub fn serve<H: Handler>(listener: TcpListener, node: NodeId, handler: H) -> io::Result<Self> {
+        TcpServer::serve_secured(listener, node, handler, None)
+    }
+
+    /// [`TcpServer::serve`], admitting only connections that answer a
+    /// challenge with `secret` when one is given (see [`crate::auth`]).
+    pub fn serve_secured<H: Handler>(
+        listener: TcpListener,
+        node: NodeId,
+        handler: H,
+        secret: Option<Secret>,
+    ) -> io::Result<Self> {
         let local_address = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler)));
+        let secret = secret.map(Arc::new);
+        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler), secret));
         Ok(TcpServer {
             local_address,
             task,
@@ -530,14 +576,20 @@ fn log_task_end(error: &JoinError) {
     }
 }
 
-async fn accept_loop<H: Handler>(listener: TcpListener, node: NodeId, handler: Arc<H>) {
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    node: NodeId,
+    handler: Arc<H>,
+    secret: Option<Arc<Secret>>,
+) {
     // Dropping the set (when this task is aborted) aborts every connection.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, node, Arc::clone(&handler)));
+                    let handler = Arc::clone(&handler);
+                    connections.spawn(serve_connection(stream, peer, node, handler, secret.clone()));
                 }
                 Err(error) => {
                     warn!(%error, "accept failed; retrying after {ACCEPT_RETRY_DELAY:?}");
@@ -557,15 +609,35 @@ async fn serve_connection<H: Handler>(
     peer: SocketAddr,
     node: NodeId,
     handler: Arc<H>,
+    secret: Option<Arc<Secret>>,
 ) {
+    let mut stream = stream;
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let mut buf = BytesMut::new();
+    if let Some(secret) = secret {
+        let challenged = challenge_peer(&mut stream, &mut buf, node, &secret);
+        let refused = match tokio::time::timeout(AUTH_TIMEOUT, challenged).await {
+            Ok(Ok(source)) => {
+                debug!(%peer, source, "the peer authenticated");
+                None
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_elapsed) => Some(format!(
+                "no answer to the challenge within {AUTH_TIMEOUT:?}"
+            )),
+        };
+        if let Some(reason) = refused {
+            warn!(%peer, %reason, "refused a connection that did not authenticate");
+            return;
+        }
     }
     let (read, write) = stream.into_split();
     let (responses, frames) = mpsc::channel(INFLIGHT_PER_CONNECTION_MAX);
     let result = tokio::select! {
         result = write_loop(write, frames) => result,
-        result = server_read_loop(read, node, handler, responses) => result,
+        result = server_read_loop(read, buf, node, handler, responses) => result,
     };
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
@@ -577,11 +649,11 @@ async fn serve_connection<H: Handler>(
 /// [`INFLIGHT_PER_CONNECTION_MAX`] at once, after which reading waits.
 async fn server_read_loop<H: Handler>(
     mut read: impl AsyncRead + Unpin,
+    mut buf: BytesMut,
     node: NodeId,
     handler: Arc<H>,
     responses: mpsc::Sender<Bytes>,
 ) -> io::Result<()> {
-    let mut buf = BytesMut::new();
     // Dropping the set (when the connection ends) aborts unfinished calls.
     let mut calls = JoinSet::new();
     let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
@@ -608,6 +680,88 @@ async fn server_read_loop<H: Handler>(
         calls.spawn(answer(node, handler, frame, responses.clone(), permit));
     }
     Ok(())
+}
+
+/// Sends a challenge and checks the answer; returns the node id the peer
+/// proved. Bytes the peer sent after its answer stay in `buf`.
+async fn challenge_peer(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    node: NodeId,
+    secret: &Secret,
+) -> io::Result<NodeId> {
+    let challenge = auth::challenge()?;
+    let header = Header {
+        role: Role::Request,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: 0,
+        source: node,
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &challenge);
+    stream.write_all(&frame).await?;
+    let Some(answer) = read_frame(stream, buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection instead of answering the challenge",
+        ));
+    };
+    if answer.header.kind != KIND_AUTH || answer.header.role != Role::Response {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer sent a {:?} of kind {} instead of answering the challenge; \
+                 it has no cluster secret configured",
+                answer.header.role, answer.header.kind
+            ),
+        ));
+    }
+    let source = answer.header.source;
+    if !secret.verify(&challenge, source, &answer.body) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer (claiming node {source}) answered with a wrong proof: its cluster secret differs"
+            ),
+        ));
+    }
+    Ok(source)
+}
+
+/// Reads a node's challenge and answers it as node `source`.
+async fn answer_challenge(
+    stream: &mut TcpStream,
+    source: NodeId,
+    secret: &Secret,
+) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    let Some(challenge) = read_frame(stream, &mut buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the node closed the connection before sending its challenge",
+        ));
+    };
+    if challenge.header.kind != KIND_AUTH
+        || challenge.header.role != Role::Request
+        || challenge.body.len() != auth::NONCE_SIZE
+        || !buf.is_empty()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the node's first frame is not an authentication challenge",
+        ));
+    }
+    let header = Header {
+        role: Role::Response,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: challenge.header.request_id,
+        source,
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &secret.proof(&challenge.body, source));
+    stream.write_all(&frame).await
 }
 
 /// Runs the handler on one request and queues its response.

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use sluice::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
 use sluice::io::os::{OsClock, OsDisk, OsRuntime};
 use sluice::raft::{
-    Durability, LogStore, Node, NodeId, RaftService, StateMachineStore, StateView, TransportNetwork,
+    Durability, LogStore, Node, NodeId, RaftService, SNAPSHOT_CHUNK_SIZE, StateMachineStore,
+    StateView, TransportNetwork,
 };
 use sluice::state::{Command, EventOutcome, Op, Response, State, TopicConfig};
 use sluice_net::tcp::{TcpConfig, TcpServer, TcpTransport};
@@ -75,7 +76,7 @@ struct Member {
 impl Member {
     /// Opens (or reopens) the node's log and state in `dir` and serves it
     /// on a fresh loopback port.
-    async fn start(id: NodeId, dir: &Path, transport: &TcpTransport) -> Member {
+    async fn start(id: NodeId, dir: &Path, transport: &TcpTransport, chunk: usize) -> Member {
         let disk = OsDisk::open(dir).expect("open data directory");
         let clock = Arc::new(OsClock::new());
         let options = sluice::log::Options::default();
@@ -85,7 +86,8 @@ impl Member {
         let (_, log_next_on_open) = store.reader().bounds();
         let machine = StateMachineStore::<OsRuntime, OsDisk>::new(disk);
         let view = machine.view();
-        let network = TransportNetwork::new(id, Arc::new(transport.clone()));
+        let network =
+            TransportNetwork::new(id, Arc::new(transport.clone())).with_snapshot_chunk_size(chunk);
         let raft = Raft::new(id, raft_config(), network, store, machine)
             .await
             .expect("start Raft");
@@ -112,24 +114,33 @@ struct Cluster {
     dirs: BTreeMap<NodeId, PathBuf>,
     transports: BTreeMap<NodeId, TcpTransport>,
     members: BTreeMap<NodeId, Member>,
+    /// Snapshots larger than this go in pieces.
+    chunk: usize,
 }
 
 impl Cluster {
     /// Starts every node, tells each transport every address, and
     /// initialises the cluster with all three members.
     async fn start() -> Cluster {
+        Cluster::start_with(SNAPSHOT_CHUNK_SIZE).await
+    }
+
+    /// [`Cluster::start`], sending snapshots larger than `chunk` bytes in
+    /// pieces.
+    async fn start_with(chunk: usize) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let mut cluster = Cluster {
             dirs: BTreeMap::new(),
             transports: BTreeMap::new(),
             members: BTreeMap::new(),
             root,
+            chunk,
         };
         for id in IDS {
             let dir = cluster.root.path().join(format!("node-{id}"));
             std::fs::create_dir(&dir).expect("create node directory");
             let transport = TcpTransport::new(id, tcp_config());
-            let member = Member::start(id, &dir, &transport).await;
+            let member = Member::start(id, &dir, &transport, chunk).await;
             cluster.dirs.insert(id, dir);
             cluster.transports.insert(id, transport);
             cluster.members.insert(id, member);
@@ -166,7 +177,7 @@ impl Cluster {
     /// Restarts node `id` from its data directory, on a new port.
     async fn restart(&mut self, id: NodeId) {
         assert!(!self.members.contains_key(&id));
-        let member = Member::start(id, &self.dirs[&id], &self.transports[&id]).await;
+        let member = Member::start(id, &self.dirs[&id], &self.transports[&id], self.chunk).await;
         self.members.insert(id, member);
         self.announce(id);
     }
@@ -188,17 +199,28 @@ impl Cluster {
         }
     }
 
-    /// Proposes `op` through `leader`; returns its response.
+    /// Proposes `op` through `leader`; returns its response. If `leader`
+    /// lost its leadership meanwhile (a loaded machine misses heartbeats),
+    /// proposes again through the current leader: a proposal refused with
+    /// `ForwardToLeader` was never appended, and the test's publishes carry
+    /// producer stamps, so a discarded one is deduplicated.
     async fn write(&self, leader: NodeId, op: Op) -> Response {
-        let command = Command {
-            timestamp_ms: TIMESTAMP_MS,
-            op,
-        };
-        let raft = &self.members[&leader].raft;
-        raft.client_write(command)
-            .await
-            .expect("write through the leader")
-            .data
+        let mut leader = leader;
+        loop {
+            let command = Command {
+                timestamp_ms: TIMESTAMP_MS,
+                op: op.clone(),
+            };
+            let raft = &self.members[&leader].raft;
+            match raft.client_write(command).await {
+                Ok(written) => return written.data,
+                Err(error) if error.forward_to_leader().is_some() => {
+                    tokio::time::sleep(POLL).await;
+                    leader = self.leader().await;
+                }
+                Err(error) => panic!("write through the leader: {error}"),
+            }
+        }
     }
 
     /// Waits until every running node has applied the same state, up to at
@@ -408,8 +430,18 @@ async fn restarted_follower_catches_up() {
 /// snapshot (the full-snapshot message) and then the entries after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_installs_snapshot() {
+    lagging_follower_installs_snapshot_sent_in(SNAPSHOT_CHUNK_SIZE).await;
+}
+
+/// The same with the snapshot cut into pieces of 256 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_installs_snapshot_sent_in_pieces() {
+    lagging_follower_installs_snapshot_sent_in(256).await;
+}
+
+async fn lagging_follower_installs_snapshot_sent_in(chunk: usize) {
     bounded(async {
-        let mut cluster = Cluster::start().await;
+        let mut cluster = Cluster::start_with(chunk).await;
         let leader = cluster.leader().await;
         let mut producer = Producer::init(&cluster, leader).await;
         cluster.converged(cluster.applied_index(leader)).await;
@@ -418,6 +450,18 @@ async fn lagging_follower_installs_snapshot() {
         cluster.stop(follower).await;
         for _ in 0..3 {
             producer.publish(&cluster, leader).await;
+        }
+        if chunk < SNAPSHOT_CHUNK_SIZE {
+            // Grow the state (the snapshot holds state, not events) well
+            // past a few pieces.
+            for t in 0..64 {
+                let op = Op::CreateTopic {
+                    name: format!("padding-topic-number-{t:04}"),
+                    partitions: 4,
+                    config: TopicConfig::default(),
+                };
+                cluster.write(leader, op).await;
+            }
         }
         let snapshot_index = cluster.compact(leader).await;
         producer.publish(&cluster, leader).await;
@@ -432,6 +476,15 @@ async fn lagging_follower_installs_snapshot() {
             .clone();
         let installed = metrics.snapshot.expect("the follower installed a snapshot");
         assert!(installed.index >= snapshot_index);
+        let snapshot_size = std::fs::metadata(cluster.dirs[&leader].join("state.snapshot"))
+            .expect("the leader's snapshot file")
+            .len();
+        if chunk < SNAPSHOT_CHUNK_SIZE {
+            assert!(
+                snapshot_size > 4 * chunk as u64,
+                "a {snapshot_size}-byte snapshot does not exercise pieces of {chunk}"
+            );
+        }
     })
     .await;
 }

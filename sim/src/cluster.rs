@@ -16,15 +16,19 @@ use std::time::Duration;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId as MadsimNodeId;
+use openraft::error::{ClientWriteError, RaftError};
 use sluice::io::transport::NodeId;
 use sluice::raft::{
     Durability, LogStore, LogStoreReader, Node, RaftService, StateMachineStore, StateView,
     TransportNetwork, codec_decode_command,
 };
-use sluice::state::State;
+use sluice::state::{Command, Response, State};
 use sluice_jepsen::Event;
 
-use crate::{SimClock, SimDisk, SimDisks, SimRuntime, SimServer, SimTransport, SimTransportConfig};
+use crate::{
+    LinkFaults, SimClock, SimDisk, SimDisks, SimRuntime, SimServer, SimTransport,
+    SimTransportConfig,
+};
 
 /// A Sluice Raft handle in the simulation.
 pub type SimRaft = sluice::raft::Raft<SimRuntime, SimDisk>;
@@ -33,13 +37,39 @@ pub type SimRaft = sluice::raft::Raft<SimRuntime, SimDisk>;
 const POLL: Duration = Duration::from_millis(20);
 
 /// Raft timeouts for the simulation: a heartbeat several times the
-/// network's worst latency (10 ms), elections a few heartbeats.
+/// network's worst latency (10 ms), elections a few heartbeats. See
+/// [`raft_config_with`].
 pub fn raft_config() -> Arc<openraft::Config> {
+    raft_config_with(50)
+}
+
+/// Raft timeouts around a heartbeat of `heartbeat_ms`: elections between
+/// three and six heartbeats.
+///
+/// The heartbeat must exceed the round trip between nodes by a third:
+/// openraft bounds a heartbeat by three quarters of the interval, so with
+/// slower links no heartbeat is ever acknowledged, and once writes pause
+/// the leader's lease lapses and every write is refused with
+/// `LeaseExpired`, for good (no append goes out to renew it). Regression:
+/// scenario `dc-failover`, seed 14, with a 50 ms heartbeat over 10-40 ms
+/// WAN links.
+///
+/// Leader restore is off. openraft 0.10 turns it on by default: a leader
+/// that restarts takes up leadership again in its old term, without an
+/// election. Sluice's state machine lives in memory and the committed
+/// index is not persisted, the case openraft's docs warn about: the
+/// restored leader's state machine is stale (and its log may even lack
+/// entries the followers committed while its own copy was not yet synced),
+/// yet it serves read-index reads at once. Regression: scenario `crash`,
+/// seed 45 (a worker read a stale committed offset through such a leader
+/// and processed inputs twice).
+pub fn raft_config_with(heartbeat_ms: u64) -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "sluice-sim".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: 3 * heartbeat_ms,
+        election_timeout_max: 6 * heartbeat_ms,
+        enable_leader_restore: Some(false),
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("valid Raft config"))
@@ -60,11 +90,23 @@ struct Slot {
     member: Arc<Mutex<Option<Member>>>,
 }
 
+/// How a proposal through one node ended, as its client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// Committed and applied; the state machine's answer.
+    Done(Response),
+    /// Definitely not applied: the node is not the leader.
+    Refused,
+    /// Unknown: timed out, the node is down, or it failed mid-way.
+    Unknown,
+}
+
 /// A cluster of Sluice nodes in one simulation. See the module docs.
 pub struct SimCluster {
     ids: Vec<NodeId>,
     disks: SimDisks,
     slots: BTreeMap<NodeId, Slot>,
+    faults: Arc<LinkFaults>,
 }
 
 impl std::fmt::Debug for SimCluster {
@@ -77,11 +119,17 @@ impl std::fmt::Debug for SimCluster {
 
 impl SimCluster {
     /// Creates one madsim node per id and starts Sluice on each (log,
-    /// state machine, Raft, server); returns once every node runs. Does
-    /// not initialise the cluster.
+    /// state machine, Raft, server) with [`raft_config`]; returns once
+    /// every node runs. Does not initialise the cluster.
     pub async fn start(ids: &[NodeId]) -> SimCluster {
+        SimCluster::start_with(ids, raft_config()).await
+    }
+
+    /// [`SimCluster::start`] with Raft configuration `config`.
+    pub async fn start_with(ids: &[NodeId], config: Arc<openraft::Config>) -> SimCluster {
         let handle = Handle::current();
         let disks = SimDisks::new();
+        let faults = Arc::new(LinkFaults::default());
         let mut slots = BTreeMap::new();
         for &id in ids {
             let disk = disks.disk(id);
@@ -89,11 +137,25 @@ impl SimCluster {
             let clock = Arc::new(SimClock::new());
             let init_member = Arc::clone(&member);
             let init_clock = Arc::clone(&clock);
+            let transport = SimTransportConfig {
+                faults: Arc::clone(&faults),
+                ..SimTransportConfig::default()
+            };
+            let config = Arc::clone(&config);
             let node = handle
                 .create_node()
                 .name(format!("sluice-{id}"))
                 .ip(crate::node_address(id).ip())
-                .init(move || run_node(id, disk.clone(), init_clock.clone(), init_member.clone()))
+                .init(move || {
+                    run_node(
+                        id,
+                        disk.clone(),
+                        init_clock.clone(),
+                        init_member.clone(),
+                        transport.clone(),
+                        config.clone(),
+                    )
+                })
                 .build();
             disks.set_owner(id, node.id());
             let slot = Slot {
@@ -107,6 +169,7 @@ impl SimCluster {
             ids: ids.to_vec(),
             disks,
             slots,
+            faults,
         };
         for &id in ids {
             cluster.wait_running(id).await;
@@ -162,6 +225,42 @@ impl SimCluster {
         self.member(id).map(|member| member.raft)
     }
 
+    /// Whether node `id` runs (it may still be cut off).
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.member(id).is_some()
+    }
+
+    /// The links' extra delay and duplication.
+    pub fn faults(&self) -> &LinkFaults {
+        &self.faults
+    }
+
+    /// Waits, at most `limit`, until node `id` has confirmed with a quorum
+    /// that it leads and has applied everything committed before this call
+    /// (a read index), so that what it then reads from its applied state
+    /// is not stale. False if it could not.
+    pub async fn read_barrier(&self, id: NodeId, limit: Duration) -> bool {
+        let Some(raft) = self.raft(id) else {
+            return false;
+        };
+        let barrier = raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        matches!(madsim::time::timeout(limit, barrier).await, Ok(Ok(_)))
+    }
+
+    /// Proposes `command` through node `id` (`sluice::raft::propose`), as
+    /// a client of that node would, waiting at most `limit`.
+    pub async fn propose(&self, id: NodeId, command: Command, limit: Duration) -> Proposal {
+        let Some(member) = self.member(id) else {
+            return Proposal::Unknown;
+        };
+        let proposal = sluice::raft::propose(&member.raft, &member.view, command);
+        match madsim::time::timeout(limit, proposal).await {
+            Ok(Ok(response)) => Proposal::Done(response),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Proposal::Refused,
+            Ok(Err(_)) | Err(_) => Proposal::Unknown,
+        }
+    }
+
     async fn wait_running(&self, id: NodeId) {
         while self.member(id).is_none() {
             madsim::time::sleep(POLL).await;
@@ -169,8 +268,11 @@ impl SimCluster {
     }
 
     /// Cuts node `id`'s power: its tasks die and its disk crashes (see
-    /// [`SimDisks::kill`]).
+    /// [`SimDisks::kill`]). A node that is down stays down.
     pub fn kill(&self, id: NodeId) {
+        if !self.is_running(id) {
+            return;
+        }
         *self.slots[&id]
             .member
             .lock()
@@ -179,7 +281,11 @@ impl SimCluster {
     }
 
     /// Starts node `id` again on its crashed disk; returns once it runs.
+    /// A running node is left alone.
     pub async fn restart(&self, id: NodeId) {
+        if self.is_running(id) {
+            return;
+        }
         self.disks.restart(id);
         self.wait_running(id).await;
     }
@@ -189,9 +295,43 @@ impl SimCluster {
         NetSim::current().clog_node(self.madsim_id(id));
     }
 
-    /// Reconnects node `id`.
+    /// Reconnects node `id` (links cut one by one stay cut).
     pub fn heal(&self, id: NodeId) {
         NetSim::current().unclog_node(self.madsim_id(id));
+    }
+
+    /// Cuts the link from `source` to `target` only: messages the other
+    /// way still arrive.
+    pub fn cut_one_way(&self, source: NodeId, target: NodeId) {
+        NetSim::current().clog_link(self.madsim_id(source), self.madsim_id(target));
+    }
+
+    /// Splits the nodes into `sides`: every link between two sides is cut
+    /// both ways; links within a side stay as they are.
+    pub fn partition(&self, sides: &[Vec<NodeId>]) {
+        for (n, side) in sides.iter().enumerate() {
+            for other in &sides[n + 1..] {
+                for &a in side {
+                    for &b in other {
+                        self.cut_one_way(a, b);
+                        self.cut_one_way(b, a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Undoes every cut: nodes and links.
+    pub fn heal_all(&self) {
+        let net = NetSim::current();
+        for &a in &self.ids {
+            net.unclog_node(self.madsim_id(a));
+            for &b in &self.ids {
+                if a != b {
+                    net.unclog_link(self.madsim_id(a), self.madsim_id(b));
+                }
+            }
+        }
     }
 
     /// The node that a majority of running nodes, itself included, name
@@ -261,6 +401,13 @@ impl SimCluster {
             .unwrap_or(0)
     }
 
+    /// Runs `f` on node `id`'s applied state, if the node runs.
+    pub fn with_state<T>(&self, id: NodeId, f: impl FnOnce(&State) -> T) -> Option<T> {
+        let member = self.member(id)?;
+        let state = member.view.read();
+        Some(f(&state))
+    }
+
     /// Every retained event of `topic` as node `id` holds it: offsets from
     /// its state's partition index, values (payloads as UTF-8) from its
     /// log. An event the index names but the log cannot produce is an
@@ -274,34 +421,71 @@ impl SimCluster {
             let Some((first, next)) = state.partition_range(topic, partition) else {
                 continue;
             };
-            for offset in first..next {
-                let location = state.locate(topic, partition, offset).ok_or(format!(
-                    "node {id}: {topic}/{partition}@{offset} not indexed"
-                ))?;
-                let mut records = Vec::new();
-                member
-                    .reader
-                    .read_records(location.log_index, location.log_index + 1, &mut records)
-                    .map_err(|e| format!("node {id}: read log {}: {e}", location.log_index))?;
-                let record = records.first().ok_or(format!(
-                    "node {id}: log entry {} missing",
-                    location.log_index
-                ))?;
-                let command = codec_decode_command(&record.payload)
-                    .map_err(|e| format!("node {id}: decode {}: {e}", location.log_index))?;
-                let batch = command.batch().ok_or(format!(
-                    "node {id}: entry {} has no events",
-                    location.log_index
-                ))?;
-                let view = location.select(topic, partition, batch).ok_or(format!(
-                    "node {id}: {topic}/{partition}@{offset} not in its batch"
-                ))?;
-                let value = String::from_utf8_lossy(&view.payload()).into_owned();
-                events.push(Event::new(partition, offset, value));
-            }
+            events.extend(read_events(
+                &member,
+                &state,
+                id,
+                topic,
+                partition,
+                first..next,
+            )?);
         }
         Ok(events)
     }
+
+    /// The events of `topic`/`partition` at offsets `from..to` as node
+    /// `id` holds them (see [`SimCluster::final_read`]).
+    pub fn read_range(
+        &self,
+        id: NodeId,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Event>, String> {
+        let member = self.member(id).ok_or(format!("node {id} is not running"))?;
+        let state = member.view.read().clone();
+        read_events(&member, &state, id, topic, partition, from..to)
+    }
+}
+
+/// Reads `offsets` of `topic`/`partition` through `member`'s log, located
+/// by `state`.
+fn read_events(
+    member: &Member,
+    state: &State,
+    id: NodeId,
+    topic: &str,
+    partition: u32,
+    offsets: std::ops::Range<u64>,
+) -> Result<Vec<Event>, String> {
+    let mut events = Vec::new();
+    for offset in offsets {
+        let location = state.locate(topic, partition, offset).ok_or(format!(
+            "node {id}: {topic}/{partition}@{offset} not indexed"
+        ))?;
+        let mut records = Vec::new();
+        member
+            .reader
+            .read_records(location.log_index, location.log_index + 1, &mut records)
+            .map_err(|e| format!("node {id}: read log {}: {e}", location.log_index))?;
+        let record = records.first().ok_or(format!(
+            "node {id}: log entry {} missing",
+            location.log_index
+        ))?;
+        let command = codec_decode_command(&record.payload)
+            .map_err(|e| format!("node {id}: decode {}: {e}", location.log_index))?;
+        let batch = command.batch().ok_or(format!(
+            "node {id}: entry {} has no events",
+            location.log_index
+        ))?;
+        let view = location.select(topic, partition, batch).ok_or(format!(
+            "node {id}: {topic}/{partition}@{offset} not in its batch"
+        ))?;
+        let value = String::from_utf8_lossy(&view.payload()).into_owned();
+        events.push(Event::new(partition, offset, value));
+    }
+    Ok(events)
 }
 
 /// A node's init task: opens its log and state on its disk, starts Raft
@@ -311,6 +495,8 @@ async fn run_node(
     disk: SimDisk,
     clock: Arc<SimClock>,
     member: Arc<Mutex<Option<Member>>>,
+    transport: SimTransportConfig,
+    config: Arc<openraft::Config>,
 ) {
     let options = sluice::log::Options::default();
     let store = LogStore::<SimRuntime, SimDisk>::open(
@@ -323,9 +509,9 @@ async fn run_node(
     let reader = store.reader();
     let machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
     let view = machine.view();
-    let transport = SimTransport::new(id, SimTransportConfig::default());
+    let transport = SimTransport::new(id, transport);
     let network = TransportNetwork::new(id, Arc::new(transport));
-    let raft = SimRaft::new(id, raft_config(), network, store, machine)
+    let raft = SimRaft::new(id, config, network, store, machine)
         .await
         .expect("start Raft");
     let _server = SimServer::serve(id, RaftService::new(raft.clone()))

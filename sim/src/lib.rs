@@ -23,11 +23,16 @@
 mod clock;
 mod cluster;
 mod disk;
+pub mod runner;
 mod runtime;
+pub mod scenario;
 mod transport;
+mod watch;
+pub mod workload;
 
 pub use clock::SimClock;
-pub use cluster::{SimCluster, SimRaft, raft_config};
+pub use cluster::{Proposal, SimCluster, SimRaft, raft_config, raft_config_with};
 pub use disk::{SimDisk, SimDisks, read_file};
 pub use runtime::{SimElapsed, SimRng, SimRuntime, SimTimeout};
-pub use transport::{SimServer, SimTransport, SimTransportConfig, node_address};
+pub use transport::{LinkFaults, SimServer, SimTransport, SimTransportConfig, node_address};
+pub use watch::{SimWatch, SimWatchReceiver, SimWatchSender};

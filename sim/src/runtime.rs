@@ -11,7 +11,9 @@
 //! - Randomness ([`SimRng`]) comes from madsim's seeded generator.
 //! - Channels and the mutex are tokio's `sync` primitives (through
 //!   `openraft-rt-tokio`'s wrappers): they need no tokio runtime, only a
-//!   waker, and wake in a deterministic order on one thread.
+//!   waker, and wake in a deterministic order on one thread. The watch
+//!   channel is the exception: tokio's picks a wait slot with a generator
+//!   madsim does not seed, so it is [`SimWatch`](crate::SimWatch) here.
 //! - `spawn_blocking` runs the closure on a new madsim task of the same
 //!   node (madsim refuses OS threads). The closure runs whole when the
 //!   scheduler picks the task, so blocking work interleaves with the
@@ -27,7 +29,9 @@ use std::time::Duration;
 
 use madsim::rand::RngCore as _;
 use openraft_rt::{AsyncRuntime, OptionalSend};
-use openraft_rt_tokio::{TokioMpsc, TokioMutex, TokioOneshot, TokioWatch};
+use openraft_rt_tokio::{TokioMpsc, TokioMutex, TokioOneshot};
+
+use crate::SimWatch;
 
 /// openraft's async runtime on madsim. See the module docs.
 pub struct SimRuntime {
@@ -125,7 +129,7 @@ impl AsyncRuntime for SimRuntime {
     type Timeout<R, T: Future<Output = R> + OptionalSend> = SimTimeout<T>;
     type ThreadLocalRng = SimRng;
     type Mpsc = TokioMpsc;
-    type Watch = TokioWatch;
+    type Watch = SimWatch;
     type Oneshot = TokioOneshot;
     type Mutex<T: OptionalSend + 'static> = TokioMutex<T>;
 

@@ -17,19 +17,26 @@
 //! across a partition ends in [`TransportError::TimedOut`], as a TCP call
 //! into a black hole does. Messages are not ordered across calls. A late
 //! response lands on a closed endpoint and is dropped. A killed node's
-//! server and in-flight handlers die with its tasks. madsim does not
-//! duplicate messages.
+//! server and in-flight handlers die with its tasks.
+//!
+//! On top of madsim's network, [`LinkFaults`] (shared by a cluster's
+//! transports) adds what madsim lacks: an extra one-way delay per link
+//! (the WAN between data centres; a call waits it before sending and again
+//! after the response, one leg each) and duplication (a request sent twice,
+//! each copy handled; the caller takes the first response).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use madsim::net::Endpoint;
+use madsim::rand::Rng as _;
 use openraft_rt::AsyncRuntime;
 use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
 
@@ -54,7 +61,58 @@ pub fn node_address(node: NodeId) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), SERVER_PORT)
 }
 
+/// Faults of the simulated links beyond madsim's own (see the module
+/// docs). Shared by every transport of a cluster; changes apply to calls
+/// that start afterwards.
+#[derive(Debug, Default)]
+pub struct LinkFaults {
+    inner: Mutex<LinkFaultsInner>,
+}
+
+#[derive(Debug, Default)]
+struct LinkFaultsInner {
+    /// Extra one-way delay from source to target.
+    delay: BTreeMap<(NodeId, NodeId), Duration>,
+    /// Probability that a request is sent twice.
+    duplicate_rate: f64,
+}
+
+impl LinkFaults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkFaultsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the extra one-way delay between `a` and `b`, both ways.
+    pub fn set_delay(&self, a: NodeId, b: NodeId, delay: Duration) {
+        let mut inner = self.lock();
+        inner.delay.insert((a, b), delay);
+        inner.delay.insert((b, a), delay);
+    }
+
+    /// Sets the probability (0 to 1) that a request is duplicated.
+    pub fn set_duplicate_rate(&self, rate: f64) {
+        assert!((0.0..=1.0).contains(&rate), "rate {rate} is not in [0, 1]");
+        self.lock().duplicate_rate = rate;
+    }
+
+    fn delay(&self, source: NodeId, target: NodeId) -> Duration {
+        self.lock()
+            .delay
+            .get(&(source, target))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Whether this request is sent twice; draws from the seed only while
+    /// duplication is on, so turning it on changes no other draw before.
+    fn duplicate(&self) -> bool {
+        let rate = self.lock().duplicate_rate;
+        rate > 0.0 && madsim::rand::thread_rng().gen_bool(rate)
+    }
+}
+
 /// A request in flight.
+#[derive(Clone)]
 struct Envelope {
     source: NodeId,
     request: Request,
@@ -72,6 +130,9 @@ pub struct SimTransportConfig {
     /// The largest request body sent; larger ones fail with
     /// `FrameTooLarge` and are not sent.
     pub body_size_max: u64,
+    /// Extra delay and duplication, shared with the cluster's other
+    /// transports.
+    pub faults: Arc<LinkFaults>,
 }
 
 impl Default for SimTransportConfig {
@@ -79,6 +140,7 @@ impl Default for SimTransportConfig {
         SimTransportConfig {
             call_timeout: Duration::from_millis(500),
             body_size_max: 64 << 20,
+            faults: Arc::default(),
         }
     }
 }
@@ -116,6 +178,10 @@ impl SimTransport {
             target,
             source: Arc::new(source),
         };
+        let delay = self.config.faults.delay(self.source, target);
+        if !delay.is_zero() {
+            madsim::time::sleep(delay).await;
+        }
         let endpoint = Endpoint::bind("0.0.0.0:0").await.map_err(unreachable)?;
         let reply_tag = self.reply_tag_next.fetch_add(1, Ordering::Relaxed);
         let envelope = Envelope {
@@ -123,6 +189,16 @@ impl SimTransport {
             request,
             reply_tag,
         };
+        if self.config.faults.duplicate() {
+            endpoint
+                .send_to_raw(
+                    node_address(target),
+                    TAG_REQUEST,
+                    Box::new(envelope.clone()),
+                )
+                .await
+                .map_err(unreachable)?;
+        }
         endpoint
             .send_to_raw(node_address(target), TAG_REQUEST, Box::new(envelope))
             .await
@@ -142,6 +218,9 @@ impl SimTransport {
         let reply = payload
             .downcast::<Reply>()
             .expect("a response endpoint receives only replies");
+        if !delay.is_zero() {
+            madsim::time::sleep(delay).await;
+        }
         reply.map_err(|message| TransportError::Remote { target, message })
     }
 }

@@ -120,10 +120,14 @@ async fn answer<RT: AsyncRuntime>(
     let outcomes = match result.await {
         Ok(Ok(written)) => match written.data {
             Response::Published(outcomes) if outcomes.len() == waiting.len() => Ok(outcomes),
-            other => Err(format!("unexpected answer to a publish: {other:?}")),
+            other => Err(BusError::raft(format!(
+                "unexpected answer to a publish: {other:?}"
+            ))),
         },
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("the bus stopped before the publish was applied".to_owned()),
+        Ok(Err(error)) => Err(BusError::from_write_error(error)),
+        Err(_) => Err(BusError::raft(
+            "the bus stopped before the publish was applied",
+        )),
     };
     match outcomes {
         Ok(outcomes) => {
@@ -132,7 +136,23 @@ async fn answer<RT: AsyncRuntime>(
                 receipt(outcomes.next().expect("one outcome per event"))
             });
         }
-        Err(error) => finish(waiting, |_| Err(BusError::raft(&error))),
+        Err(error) => {
+            let not_leader = match &error {
+                BusError::NotLeader {
+                    leader_id,
+                    leader_address,
+                } => Some((*leader_id, leader_address.clone())),
+                _ => None,
+            };
+            let message = error.to_string();
+            finish(waiting, |_| match &not_leader {
+                Some((leader_id, leader_address)) => Err(BusError::NotLeader {
+                    leader_id: *leader_id,
+                    leader_address: leader_address.clone(),
+                }),
+                None => Err(BusError::Raft(message.clone())),
+            })
+        }
     }
 }
 

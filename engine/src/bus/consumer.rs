@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::Instant as _;
-use openraft::alias::WatchReceiverOf;
+use openraft::alias::{InstantOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
@@ -26,7 +26,7 @@ use crate::event::{EventBatch, Headers, ProducerStamp};
 use crate::io::Disk;
 use crate::io::os::{OsDisk, OsRuntime};
 use crate::raft::{Applied, TypeConfig, codec_decode_command};
-use crate::state::{OffsetCommit, Op, Response, Run, State};
+use crate::state::{OffsetCommit, Op, Response, Run, SESSION_TIMEOUT_MS, State};
 
 use super::producer::{Message, Producer, Receipt};
 use super::{Bus, BusError};
@@ -65,6 +65,8 @@ pub struct Consumer<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
     positions: BTreeMap<TopicPartition, u64>,
     cursor: usize,
     applied: WatchReceiverOf<TypeConfig<RT>, Applied>,
+    /// When this member last told the group it is alive.
+    heartbeat_at: InstantOf<TypeConfig<RT>>,
 }
 
 impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Consumer<RT, D> {
@@ -108,6 +110,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
             positions: BTreeMap::new(),
             cursor: 0,
             applied,
+            heartbeat_at: TypeConfig::<RT>::now(),
         };
         consumer.refresh()?;
         Ok(consumer)
@@ -156,8 +159,15 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
 
     /// Waits up to `timeout` for events and returns at most `max` of them,
     /// in offset order per partition.
+    ///
+    /// Polling is also how the member stays in its group: every third of
+    /// `SESSION_TIMEOUT_MS` a poll sends a heartbeat, and a member that
+    /// neither polls nor commits for longer than the timeout is removed
+    /// (its partitions go to the others; its next poll fails, and it must
+    /// join again), as Kafka's `max.poll.interval.ms` does.
     pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
         let started = TypeConfig::<RT>::now();
+        self.heartbeat_if_due().await?;
         loop {
             self.refresh()?;
             let mut out = Vec::new();
@@ -173,6 +183,24 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(BusError::Closed),
                 Err(_) => return Ok(out),
+            }
+        }
+    }
+
+    async fn heartbeat_if_due(&mut self) -> Result<(), BusError> {
+        let interval = Duration::from_millis(SESSION_TIMEOUT_MS / 3);
+        if self.heartbeat_at.elapsed() < interval {
+            return Ok(());
+        }
+        let op = Op::Heartbeat {
+            group: self.group.clone(),
+            member: self.member.clone(),
+        };
+        match self.bus.write(op).await? {
+            Response::Error(error) => Err(error.into()),
+            _ => {
+                self.heartbeat_at = TypeConfig::<RT>::now();
+                Ok(())
             }
         }
     }
@@ -199,7 +227,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
         let commit = self.offset_commit();
         match self.bus.write(Op::CommitOffsets(commit)).await? {
             Response::Error(error) => Err(error.into()),
-            _ => Ok(()),
+            _ => {
+                // A commit is a sign of life too.
+                self.heartbeat_at = TypeConfig::<RT>::now();
+                Ok(())
+            }
         }
     }
 
@@ -270,6 +302,49 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
 
 /// Where a consumer starts in a partition: its group's committed offset,
 /// else the first retained offset.
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Reads up to `max` events of one partition from `offset` on, outside
+    /// any group (a tail, or a node serving a remote consumer). Offsets
+    /// before the first retained one are skipped. Returns the events and
+    /// the offset to read next; no events when `offset` is at the end.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, u64), BusError> {
+        let tp = (topic.to_owned(), partition);
+        {
+            let state = self.inner().view.read();
+            let known = state.topic(topic).ok_or_else(|| BusError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+            if partition >= known.partitions {
+                return Err(BusError::Invalid(format!(
+                    "partition {partition} of topic {topic:?}, which has {}",
+                    known.partitions
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        let next = read_partition(self, &tp, offset, max, &mut out)?;
+        Ok((out, next))
+    }
+
+    /// Waits until this node applies another entry, or `timeout` passes;
+    /// returns whether something was applied. A reader that found nothing
+    /// new waits here instead of polling.
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<bool, BusError> {
+        let mut applied = self.inner().view.applied();
+        match TypeConfig::<RT>::timeout(timeout, applied.changed()).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 fn start_position(state: &State, group: &str, (topic, partition): &TopicPartition) -> u64 {
     let first = state
         .partition_range(topic, *partition)

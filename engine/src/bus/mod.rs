@@ -16,6 +16,7 @@ mod audit;
 mod batcher;
 mod consumer;
 mod error;
+mod metrics;
 mod producer;
 mod retention;
 
@@ -26,13 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::alias::MpscSenderOf;
+use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
 use crate::io::os::{OsClock, OsDisk, OsRuntime};
 use crate::io::{Clock, Disk, wall_unix_ms};
 use crate::raft::{
-    Durability, LogStore, LogStoreReader, Node, Raft, SingleNodeNetwork, StateMachineStore,
+    Durability, LogStore, LogStoreReader, Node, NodeId, Raft, SingleNodeNetwork, StateMachineStore,
     StateView, TypeConfig,
 };
 use crate::state::{Command, Op, Response, TopicConfig};
@@ -115,6 +117,9 @@ pub(crate) struct Inner<RT: AsyncRuntime, D: Disk + Clone> {
     pub(crate) view: StateView<RT>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) batcher: MpscSenderOf<TypeConfig<RT>, batcher::Request<RT>>,
+    /// Counts events relayed for remote producers ([`Bus::send_stamped`]);
+    /// their in-flight bound is the connection's, not this gauge's.
+    pub(crate) relay: Arc<producer::Gauge<RT>>,
     pub(crate) config: BusConfig,
 }
 
@@ -168,6 +173,40 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         clock: Arc<dyn Clock>,
         config: BusConfig,
     ) -> Result<Self, BusError> {
+        let bus = Bus::open_inner(disk, clock, config, SingleNodeNetwork::default()).await?;
+        start(&bus.inner.raft, &bus.inner.reader, &bus.inner.config).await?;
+        Ok(bus)
+    }
+
+    /// Opens this node of a replicated cluster: Raft reaches the other
+    /// members through `network`. Unlike [`Bus::open_on`] it neither
+    /// initialises the cluster ([`Bus::initialize`] does, once, on one
+    /// node) nor waits for a leader: writes on a node that is not the
+    /// leader fail with [`BusError::NotLeader`], naming the leader when
+    /// known.
+    pub async fn open_member<N>(
+        disk: D,
+        clock: Arc<dyn Clock>,
+        config: BusConfig,
+        network: N,
+    ) -> Result<Self, BusError>
+    where
+        N: RaftNetworkFactory<TypeConfig<RT>>,
+        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = Vec<u8>>,
+    {
+        Bus::open_inner(disk, clock, config, network).await
+    }
+
+    async fn open_inner<N>(
+        disk: D,
+        clock: Arc<dyn Clock>,
+        config: BusConfig,
+        network: N,
+    ) -> Result<Self, BusError>
+    where
+        N: RaftNetworkFactory<TypeConfig<RT>>,
+        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = Vec<u8>>,
+    {
         if config.inflight_per_producer_max == 0 || config.batch_events_max == 0 {
             return Err(BusError::Invalid(
                 "in-flight and batch bounds must be positive".into(),
@@ -185,16 +224,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         machine.link_chain(reader.clone());
         let view = machine.view();
         let raft_config = Arc::new(raft_config().validate().map_err(BusError::raft)?);
-        let raft = openraft::Raft::new(
-            config.node_id,
-            raft_config,
-            SingleNodeNetwork::default(),
-            store,
-            machine,
-        )
-        .await
-        .map_err(BusError::raft)?;
-        start(&raft, &reader, &config).await?;
+        let raft = openraft::Raft::new(config.node_id, raft_config, network, store, machine)
+            .await
+            .map_err(BusError::raft)?;
         let (batcher, requests) = TypeConfig::<RT>::mpsc(batcher::QUEUE_MAX);
         // Detached: the batcher ends when the last sender (the bus) drops.
         drop(TypeConfig::<RT>::spawn(batcher::run::<RT, D>(
@@ -203,12 +235,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             requests,
             config.batch_events_max,
         )));
+        let (relay_released, _) = TypeConfig::<RT>::watch_channel(0u64);
         let inner = Inner {
             raft,
             reader,
             view,
             clock,
             batcher,
+            relay: Arc::new(producer::Gauge::new(relay_released)),
             config,
         };
         let inner = Arc::new(inner);
@@ -224,6 +258,23 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             bus.start_checkpoints(key, policy);
         }
         Ok(bus)
+    }
+
+    /// Initialises a new cluster with `members` (id → address) as its
+    /// voters. Call it once, on one member opened with
+    /// [`Bus::open_member`]; the others learn the membership from it.
+    /// Initialising a cluster that already has a membership fails.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), BusError> {
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(BusError::raft)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
     }
 
     /// Creates a topic with `partitions` partitions; creating it again with
@@ -301,6 +352,12 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         self.inner.raft.shutdown().await.map_err(BusError::raft)
     }
 
+    /// A read lock on this node's applied state: topics, partitions,
+    /// groups, producers. Hold it briefly; apply waits for it.
+    pub fn state(&self) -> crate::raft::StateGuard<'_> {
+        self.inner.view.read()
+    }
+
     /// The Raft handle, for metrics and management.
     pub fn raft(&self) -> &Raft<RT, D> {
         &self.inner.raft
@@ -308,6 +365,41 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
 
     pub(crate) fn inner(&self) -> &Inner<RT, D> {
         &self.inner
+    }
+
+    /// Proposes one operation a client may ask for (create a topic, init a
+    /// producer, join or leave a group, commit offsets, a transaction) and
+    /// waits for the state machine's answer. Publishes go through
+    /// producers or [`Bus::send_stamped`], which batch them; internal
+    /// operations (retention, no-ops) are refused.
+    pub async fn propose(&self, op: Op) -> Result<Response, BusError> {
+        match op {
+            Op::CreateTopic { .. }
+            | Op::InitProducer { .. }
+            | Op::JoinGroup { .. }
+            | Op::LeaveGroup { .. }
+            | Op::CommitOffsets(_)
+            | Op::Heartbeat { .. }
+            | Op::Transaction { .. } => self.write(op).await,
+            // A client's erasure request carries its own signature; it is
+            // checked before anything is appended.
+            Op::Erase(ref erasure) => {
+                erasure.verify_signature().map_err(|error| {
+                    BusError::Invalid(format!("erasure signature does not verify: {error}"))
+                })?;
+                self.write(op).await
+            }
+            Op::Publish(_) => Err(BusError::Invalid(
+                "publish through a producer or Bus::send_stamped, which batch events".into(),
+            )),
+            Op::Retention { .. } | Op::Noop | Op::Checkpoint(_) => Err(BusError::Invalid(format!(
+                "{} is internal to the bus and cannot be proposed by a client",
+                Command {
+                    timestamp_ms: 0,
+                    op
+                }
+            ))),
+        }
     }
 
     /// Proposes one command and waits for its response.
@@ -321,7 +413,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             .raft
             .client_write(command)
             .await
-            .map_err(BusError::raft)?;
+            .map_err(BusError::from_write)?;
         Ok(written.data)
     }
 }

@@ -92,6 +92,13 @@ pub(crate) struct Gauge<RT: AsyncRuntime> {
 }
 
 impl<RT: AsyncRuntime> Gauge<RT> {
+    pub(crate) fn new(released: WatchSenderOf<TypeConfig<RT>, u64>) -> Self {
+        Gauge {
+            count: AtomicUsize::new(0),
+            released: std::sync::Mutex::new(released),
+        }
+    }
+
     pub(crate) fn release(&self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
         self.released
@@ -170,10 +177,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
             epoch,
             sequences: HashMap::new(),
             next_partition: 0,
-            gauge: Arc::new(Gauge {
-                count: AtomicUsize::new(0),
-                released: std::sync::Mutex::new(released),
-            }),
+            gauge: Arc::new(Gauge::new(released)),
             released: receiver,
         })
     }
@@ -317,5 +321,48 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
 
     pub(crate) fn restore_sequences(&mut self, sequences: HashMap<(String, u32), u64>) {
         self.sequences = sequences;
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Queues an event a remote producer stamped itself (producer id, epoch,
+    /// sequence and partition), as a node does for its network clients.
+    /// The state machine deduplicates and orders it exactly as a local
+    /// producer's event; a resend with the same stamp returns the original
+    /// offset. The caller bounds how many it has in flight. The event's
+    /// timestamp is replaced by this node's clock.
+    pub async fn send_stamped(&self, mut event: Event) -> Result<PendingReceipt<RT>, BusError> {
+        let inner = self.inner();
+        {
+            let state = inner.view.read();
+            let topic = state
+                .topic(&event.topic)
+                .ok_or_else(|| BusError::UnknownTopic {
+                    topic: event.topic.clone(),
+                })?;
+            if event.partition >= topic.partitions {
+                return Err(BusError::Invalid(format!(
+                    "partition {} of topic {:?}, which has {}",
+                    event.partition, event.topic, topic.partitions
+                )));
+            }
+        }
+        event.timestamp_ms = wall_unix_ms(&*inner.clock);
+        event.validate()?;
+        inner.relay.count.fetch_add(1, Ordering::AcqRel);
+        let (reply, receiver) = TypeConfig::<RT>::oneshot();
+        let request = Request {
+            event: event.clone(),
+            reply,
+            gauge: Arc::clone(&inner.relay),
+        };
+        if inner.batcher.send(request).await.is_err() {
+            inner.relay.release();
+            return Err(BusError::Closed);
+        }
+        Ok(PendingReceipt {
+            reply: receiver,
+            event,
+        })
     }
 }

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
@@ -51,7 +52,23 @@ pub(crate) fn policy(state: &State) -> Option<Retention> {
 impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     /// Applies the topics' retention now (it also runs every
     /// `BusConfig::retention_interval`); returns the first log index kept.
+    /// The leader decides the point and proposes it through the log; every
+    /// node (leader or follower) then drops its own log before the point
+    /// its state machine has applied.
     pub async fn enforce_retention(&self) -> Result<u64, BusError> {
+        let inner = self.inner();
+        let leader = inner.raft.current_leader().await == Some(inner.config.node_id);
+        if leader {
+            self.propose_retention().await?;
+        }
+        let point = inner.view.read().purged_before();
+        self.purge_locally(point).await?;
+        Ok(point)
+    }
+
+    /// On the leader: decides the retention point and, when it moved,
+    /// proposes it through the log.
+    async fn propose_retention(&self) -> Result<(), BusError> {
         let inner = self.inner();
         let (policy, needed, purged) = {
             let state = inner.view.read();
@@ -62,14 +79,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             )
         };
         let Some(policy) = policy else {
-            return Ok(purged);
+            return Ok(());
         };
         let mut point = inner.reader.retention_point(&policy)?;
         if inner.config.unconsumed == super::Unconsumed::Keep {
             point = point.min(needed.unwrap_or(u64::MAX));
         }
         if point <= purged {
-            return Ok(purged);
+            return Ok(());
         }
         let op = Op::Retention {
             log_index_before: point,
@@ -77,7 +94,22 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         if let Response::Error(error) = self.write(op).await? {
             return Err(error.into());
         }
+        Ok(())
+    }
+
+    /// On every node: drops this node's log before `point` (which the
+    /// state machine has applied), after a snapshot covers it.
+    async fn purge_locally(&self, point: u64) -> Result<(), BusError> {
+        let inner = self.inner();
         let raft = &inner.raft;
+        let purged_next = raft
+            .metrics()
+            .borrow_watched()
+            .purged
+            .map_or(0, |p| p.index + 1);
+        if point <= purged_next {
+            return Ok(());
+        }
         raft.trigger().snapshot().await.map_err(BusError::raft)?;
         raft.wait(Some(inner.config.open_timeout))
             .metrics(
@@ -97,7 +129,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             )
             .await
             .map_err(BusError::raft)?;
-        Ok(point)
+        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@
 //! local topics.
 
 pub mod context;
+pub mod durable;
 pub mod error;
 mod queue;
 pub mod retry;
@@ -60,6 +61,10 @@ use crate::io::Clock;
 use crate::io::os::{OsClock, OsRuntime};
 
 pub use context::{CancelRegistry, Context, Observer, State, Transition};
+pub use durable::{
+    CANCEL_TOPIC, DurableConfig, DurableSubscription, LIFECYCLE_TOPIC, REPLAY_GROUP,
+    dead_letter_topic,
+};
 pub use error::{DispatchError, RegistryError};
 pub use retry::{AttemptError, Cause, DeadLetter, RETRIES_MAX, RetryPolicy};
 pub use sla::{AlertFn, SlaAlert, SlaClass, SlaConfig};
@@ -222,7 +227,25 @@ impl<RT> fmt::Debug for Dispatcher<RT> {
     }
 }
 
+/// A dispatcher's SLA monitor and cancel registry, handed to durable
+/// subscriptions ([`DurableConfig::dispatcher`]) so that their deliveries
+/// count in the same per-class histograms, alerts and metrics, and
+/// [`Dispatcher::cancel`] reaches them too.
+#[derive(Clone)]
+pub struct DispatcherHandle(pub(crate) Arc<Core>);
+
+impl fmt::Debug for DispatcherHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DispatcherHandle")
+    }
+}
+
 impl<RT: AsyncRuntime> Dispatcher<RT> {
+    /// A handle for durable subscriptions; see [`DispatcherHandle`].
+    pub fn handle(&self) -> DispatcherHandle {
+        DispatcherHandle(Arc::clone(&self.core))
+    }
+
     /// A dispatcher with no topics.
     pub fn new(config: DispatcherConfig) -> Dispatcher<RT> {
         let core = Core {

@@ -32,6 +32,8 @@ use crate::io::{Clock, Disk};
 use crate::log::{self, Log, PersistMode, SyncHandle};
 
 use super::{Entry, LogId, TypeConfig, Vote, codec, log_id, to_io};
+#[cfg(feature = "planted-bugs")]
+use crate::testing::planted::{self, Bug};
 
 /// When an append is acknowledged to Raft as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -405,10 +407,17 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let durability = self.durability;
+        #[cfg(feature = "planted-bugs")]
+        let durability = if planted::is_planted(Bug::AckBeforeSync) {
+            Durability::Buffer
+        } else {
+            durability
+        };
         let handle = {
             let mut inner = self.shared.write().expect("log lock");
             inner.append(entries).map_err(to_io)?;
-            let due = match self.durability {
+            let due = match durability {
                 Durability::Sync => true,
                 Durability::Buffer => inner.unsynced_bytes >= BUFFER_WRITEBACK_BYTES,
             };
@@ -419,7 +428,7 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
                 None
             }
         };
-        let callback = match self.durability {
+        let callback = match durability {
             Durability::Sync => callback,
             Durability::Buffer => {
                 // Acknowledged once in the page cache; the sync, if one is

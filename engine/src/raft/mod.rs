@@ -20,19 +20,21 @@ use openraft_rt::AsyncRuntime;
 use crate::io::os::OsRuntime;
 use crate::state::{Command, Response};
 
+mod client;
 pub(crate) mod codec;
 mod log_store;
 mod network;
 pub(crate) mod state_machine;
 mod transport_network;
 
+pub use client::{ProposeError, propose};
 pub use codec::decode_command as codec_decode_command;
 pub use log_store::{Durability, LogStore, LogStoreReader};
 pub use network::SingleNodeNetwork;
 pub use state_machine::{Applied, SnapshotBuilder, StateGuard, StateMachineStore, StateView};
 pub use transport_network::{
-    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_VOTE, RAFT_GROUP, RaftService,
-    TransportClient, TransportNetwork,
+    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_SNAPSHOT_CHUNK, KIND_VOTE,
+    RAFT_GROUP, RaftService, SNAPSHOT_CHUNK_SIZE, TransportClient, TransportNetwork,
 };
 
 /// Node ids are plain integers.

@@ -81,6 +81,16 @@ pub const KIND_VOTE: u8 = 2;
 pub const KIND_FULL_SNAPSHOT: u8 = 3;
 /// Request kind: a pre-vote (asks whether a vote would be granted).
 pub const KIND_PRE_VOTE: u8 = 4;
+/// Request kind: one piece of a snapshot too large for one message.
+pub const KIND_SNAPSHOT_CHUNK: u8 = 5;
+
+/// The largest snapshot sent whole, and the size of the pieces a larger
+/// one is cut into (a transport's frame bound is above it: 16 MiB for
+/// TCP). A transport refusing a piece as too large halves the size.
+pub const SNAPSHOT_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// The smallest piece a snapshot is cut into.
+const SNAPSHOT_CHUNK_SIZE_MIN: usize = 256;
 
 /// The group id of the one Raft group a cluster runs today.
 pub const RAFT_GROUP: u32 = 0;
@@ -108,11 +118,42 @@ struct FullSnapshotIn {
     data: Vec<u8>,
 }
 
+/// The body of a [`KIND_SNAPSHOT_CHUNK`] request, as the leader writes it:
+/// `total` bytes in all, this piece starting at `offset`. Every piece
+/// carries the vote and the metadata (they are small), so the follower
+/// can check each against the one it is assembling.
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    vote: &'a Vote,
+    meta: &'a Meta,
+    total: u64,
+    offset: u64,
+    data: &'a [u8],
+}
+
+/// [`ChunkOut`] as the follower reads it.
+#[derive(serde::Deserialize)]
+struct ChunkIn {
+    vote: Vote,
+    meta: Meta,
+    total: u64,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// The follower's answer to a piece that is not the last.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ChunkAck {
+    /// The bytes the follower holds now.
+    received: u64,
+}
+
 /// openraft's network factory over a [`Transport`]: one client per peer,
 /// all sharing the transport.
 pub struct TransportNetwork<RT, T: Transport> {
     source: NodeId,
     transport: Arc<T>,
+    snapshot_chunk_size: usize,
     _runtime: PhantomData<fn() -> RT>,
 }
 
@@ -123,8 +164,17 @@ impl<RT, T: Transport> TransportNetwork<RT, T> {
         TransportNetwork {
             source,
             transport,
+            snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
             _runtime: PhantomData,
         }
+    }
+
+    /// Sends snapshots larger than `size` bytes in pieces of `size` (at
+    /// least 256); the default is [`SNAPSHOT_CHUNK_SIZE`]. Tests use a
+    /// small size to exercise the pieces.
+    pub fn with_snapshot_chunk_size(mut self, size: usize) -> Self {
+        self.snapshot_chunk_size = size.max(SNAPSHOT_CHUNK_SIZE_MIN);
+        self
     }
 }
 
@@ -147,6 +197,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkFactory<TypeConfig<RT>>
             source: self.source,
             target,
             transport: Arc::clone(&self.transport),
+            snapshot_chunk_size: self.snapshot_chunk_size,
             _runtime: PhantomData,
         }
     }
@@ -157,6 +208,7 @@ pub struct TransportClient<RT, T: Transport> {
     source: NodeId,
     target: NodeId,
     transport: Arc<T>,
+    snapshot_chunk_size: usize,
     _runtime: PhantomData<fn() -> RT>,
 }
 
@@ -322,6 +374,11 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         self.call(KIND_PRE_VOTE, RPCTypes::Vote, &rpc, ttl).await
     }
 
+    /// Sends a snapshot whole when it fits in [`SNAPSHOT_CHUNK_SIZE`],
+    /// otherwise in pieces; the last piece's answer is the follower's
+    /// answer to the install. Bounded by the transport per message and
+    /// cancellable by openraft, not by the time-to-live: a snapshot takes
+    /// as long as its size demands.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -329,18 +386,64 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {
-        let message = FullSnapshotOut {
-            vote: &vote,
-            meta: &snapshot.meta,
-            data: &snapshot.snapshot,
-        };
-        // Bounded by the transport and cancellable by openraft, not by the
-        // time-to-live: a snapshot takes as long as its size demands.
         let action = RPCTypes::InstallSnapshot;
-        let call = pin!(self.call(KIND_FULL_SNAPSHOT, action, &message, None));
-        match select(call, pin!(cancel)).await {
-            Either::Left((result, _)) => result.map_err(StreamingError::from),
-            Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
+        let mut cancel = pin!(cancel);
+        let data = &snapshot.snapshot;
+        if data.len() <= self.snapshot_chunk_size {
+            let message = FullSnapshotOut {
+                vote: &vote,
+                meta: &snapshot.meta,
+                data,
+            };
+            let call = pin!(self.call(KIND_FULL_SNAPSHOT, action, &message, None));
+            return match select(call, cancel).await {
+                Either::Left((result, _)) => result.map_err(StreamingError::from),
+                Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
+            };
+        }
+        let total = data.len() as u64;
+        let mut offset = 0usize;
+        let mut size = self.snapshot_chunk_size;
+        loop {
+            let end = (offset + size).min(data.len());
+            let message = ChunkOut {
+                vote: &vote,
+                meta: &snapshot.meta,
+                total,
+                offset: offset as u64,
+                data: &data[offset..end],
+            };
+            let exchange = pin!(self.exchange(KIND_SNAPSHOT_CHUNK, &message, None));
+            let answer = match select(exchange, cancel.as_mut()).await {
+                Either::Left((answer, _)) => answer,
+                Either::Right((closed, _)) => return Err(StreamingError::Closed(closed)),
+            };
+            let answer = match answer {
+                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
+                    if size > SNAPSHOT_CHUNK_SIZE_MIN =>
+                {
+                    size = (size / 2).max(SNAPSHOT_CHUNK_SIZE_MIN);
+                    continue;
+                }
+                Err(failure) => {
+                    return Err(StreamingError::from(self.failure_error(failure, action)));
+                }
+                Ok(answer) => answer,
+            };
+            if end == data.len() {
+                return self.decode(&answer, action).map_err(StreamingError::from);
+            }
+            let ack: ChunkAck = self.decode(&answer, action).map_err(StreamingError::from)?;
+            if ack.received != end as u64 {
+                return Err(StreamingError::from(RPCError::Unreachable(
+                    Unreachable::from_string(format!(
+                        "node {} holds {} bytes of the snapshot after a piece ending at {end}; \
+                         the transfer starts over",
+                        self.target, ack.received
+                    )),
+                )));
+            }
+            offset = end;
         }
     }
 }
@@ -349,12 +452,71 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
 /// node's server runs.
 pub struct RaftService<RT: AsyncRuntime, D: Disk + Clone> {
     raft: Raft<RT, D>,
+    /// The snapshot being received in pieces, if any.
+    assembly: std::sync::Mutex<Option<Assembly>>,
+}
+
+/// A snapshot arriving in pieces: whose, which, and the bytes so far.
+struct Assembly {
+    vote: Vote,
+    meta: Meta,
+    total: u64,
+    data: Vec<u8>,
 }
 
 impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
     /// A service answering for `raft`.
     pub fn new(raft: Raft<RT, D>) -> Self {
-        RaftService { raft }
+        RaftService {
+            raft,
+            assembly: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Adds one piece; returns the whole snapshot once the last one came.
+    /// A first piece starts a new assembly (dropping an unfinished one); a
+    /// piece that does not continue the current one is refused, and the
+    /// leader starts over.
+    fn assemble(
+        &self,
+        chunk: ChunkIn,
+        source: NodeId,
+    ) -> Result<Result<ChunkAck, Assembly>, HandlerError> {
+        let mut slot = self.assembly.lock().expect("snapshot assembly lock");
+        if chunk.offset == 0 {
+            let capacity = usize::try_from(chunk.total)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            *slot = Some(Assembly {
+                vote: chunk.vote,
+                meta: chunk.meta.clone(),
+                total: chunk.total,
+                data: Vec::with_capacity(capacity),
+            });
+        }
+        let continues = slot.as_ref().is_some_and(|a| {
+            a.meta == chunk.meta
+                && a.vote == chunk.vote
+                && a.total == chunk.total
+                && a.data.len() as u64 == chunk.offset
+                && chunk.offset + chunk.data.len() as u64 <= chunk.total
+        });
+        if !continues {
+            *slot = None;
+            return Err(HandlerError::new(format!(
+                "node {source} sent a snapshot piece at offset {} of {} that does not continue \
+                 the snapshot being received; start the transfer over",
+                chunk.offset, chunk.total
+            )));
+        }
+        let assembly = slot.as_mut().expect("checked above");
+        assembly.data.extend_from_slice(&chunk.data);
+        if (assembly.data.len() as u64) < assembly.total {
+            return Ok(Ok(ChunkAck {
+                received: assembly.data.len() as u64,
+            }));
+        }
+        Ok(Err(slot.take().expect("checked above")))
     }
 
     async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
@@ -388,9 +550,23 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
                 let response = self.raft.install_full_snapshot(message.vote, snapshot);
                 answer(response.await, "full snapshot")
             }
+            KIND_SNAPSHOT_CHUNK => {
+                let chunk: ChunkIn = decode(body, "snapshot piece", source)?;
+                match self.assemble(chunk, source)? {
+                    Ok(ack) => answer(Ok::<_, HandlerError>(ack), "snapshot piece"),
+                    Err(whole) => {
+                        let snapshot = FullSnapshot {
+                            meta: whole.meta,
+                            snapshot: whole.data,
+                        };
+                        let response = self.raft.install_full_snapshot(whole.vote, snapshot);
+                        answer(response.await, "full snapshot")
+                    }
+                }
+            }
             kind => Err(HandlerError::new(format!(
                 "node {source} sent Raft request kind {kind}, which this node does not know \
-                 (known: {KIND_APPEND_ENTRIES} to {KIND_PRE_VOTE}); is it running another version?"
+                 (known: {KIND_APPEND_ENTRIES} to {KIND_SNAPSHOT_CHUNK}); is it running another version?"
             ))),
         }
     }
@@ -474,6 +650,7 @@ mod tests {
             source: 1,
             target: 2,
             transport: Arc::new(transport),
+            snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
             _runtime: PhantomData,
         }
     }
@@ -623,6 +800,7 @@ mod tests {
             source: 1,
             target: 2,
             transport: Arc::new(bounded),
+            snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
             _runtime: PhantomData,
         };
         let response = client

@@ -94,6 +94,15 @@ pub enum Op {
     /// A signed erasure request: the subject's payloads are masked on
     /// every later read.
     Erase(crate::audit::Erasure),
+    /// A group member is alive; answered with the group's generation and
+    /// the member's assignment. Members silent for longer than
+    /// `SESSION_TIMEOUT_MS` are removed by it.
+    Heartbeat {
+        /// Group.
+        group: String,
+        /// Member.
+        member: String,
+    },
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -156,6 +165,7 @@ impl fmt::Display for Command {
                 write!(f, "retention before index {log_index_before}")
             }
             Op::Noop => write!(f, "noop"),
+            Op::Heartbeat { group, member } => write!(f, "heartbeat of {member} in group {group}"),
         }
     }
 }

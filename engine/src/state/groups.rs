@@ -39,9 +39,11 @@ use super::command::OffsetCommit;
 use super::response::{CommitError, NameKind, StateError};
 use super::topics::Topics;
 use super::{
-    GROUPS_MAX, MEMBERS_PER_GROUP_MAX, OFFSETS_PER_COMMIT_MAX, SUBSCRIPTION_TOPICS_MAX, check_name,
-    ensure,
+    GROUPS_MAX, MEMBERS_PER_GROUP_MAX, OFFSETS_PER_COMMIT_MAX, SESSION_TIMEOUT_MS,
+    SUBSCRIPTION_TOPICS_MAX, check_name, ensure,
 };
+#[cfg(feature = "planted-bugs")]
+use crate::testing::planted::{self, Bug};
 
 /// A consumer group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,9 @@ pub struct GroupInfo {
     pub assignment: BTreeMap<String, Vec<(String, u32)>>,
     /// Committed offsets: topic to partition to next offset to consume.
     pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Member name to when it was last heard from (join, heartbeat or
+    /// commit), in the leaders' milliseconds. Every member has an entry.
+    pub last_seen: BTreeMap<String, u64>,
 }
 
 impl GroupInfo {
@@ -71,6 +76,24 @@ impl GroupInfo {
     pub fn committed(&self, topic: &str, partition: u32) -> Option<u64> {
         self.offsets.get(topic)?.get(&partition).copied()
     }
+}
+
+/// Removes the members of `info` silent for longer than
+/// [`SESSION_TIMEOUT_MS`] before `now_ms`; returns whether any went. The
+/// caller bumps the generation and reassigns. A leader whose clock is
+/// behind an earlier leader's sees no one as silent (saturating).
+fn expire(info: &mut GroupInfo, now_ms: u64) -> bool {
+    let silent: Vec<String> = info
+        .last_seen
+        .iter()
+        .filter(|&(_, &seen)| now_ms.saturating_sub(seen) > SESSION_TIMEOUT_MS)
+        .map(|(member, _)| member.clone())
+        .collect();
+    for member in &silent {
+        info.members.remove(member);
+        info.last_seen.remove(member);
+    }
+    !silent.is_empty()
 }
 
 /// All groups.
@@ -98,6 +121,7 @@ impl Groups {
         group: &str,
         member: &str,
         subscription: &[String],
+        now_ms: u64,
     ) -> Result<(u64, Vec<(String, u32)>), StateError> {
         check_name(NameKind::Group, group)?;
         check_name(NameKind::Member, member)?;
@@ -112,6 +136,8 @@ impl Groups {
             });
         }
         info.members.insert(member.to_owned(), subscription);
+        info.last_seen.insert(member.to_owned(), now_ms);
+        expire(info, now_ms);
         info.generation += 1;
         info.assignment = assign(&info.members, topics);
         let owned = info.assignment[member].clone();
@@ -136,9 +162,42 @@ impl Groups {
                 member: member.to_owned(),
             });
         }
+        info.last_seen.remove(member);
         info.generation += 1;
         info.assignment = assign(&info.members, topics);
         Ok(info.generation)
+    }
+
+    /// Records that `member` is alive and removes members silent for
+    /// longer than [`SESSION_TIMEOUT_MS`] (a new generation if any went);
+    /// returns the generation and the member's assignment. A member that
+    /// is not in the group (it left, or was removed as silent) must join
+    /// again.
+    pub(super) fn heartbeat(
+        &mut self,
+        topics: &Topics,
+        group: &str,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<(u64, Vec<(String, u32)>), StateError> {
+        let Some(info) = self.by_name.get_mut(group) else {
+            return Err(StateError::UnknownGroup {
+                group: group.to_owned(),
+            });
+        };
+        if !info.members.contains_key(member) {
+            return Err(StateError::UnknownMember {
+                group: group.to_owned(),
+                member: member.to_owned(),
+            });
+        }
+        info.last_seen.insert(member.to_owned(), now_ms);
+        if expire(info, now_ms) {
+            info.generation += 1;
+            info.assignment = assign(&info.members, topics);
+        }
+        let owned = info.assignment[member].clone();
+        Ok((info.generation, owned))
     }
 
     /// Checks a commit without applying it.
@@ -160,7 +219,12 @@ impl Groups {
                 member: commit.member.clone(),
             });
         }
-        if commit.generation != info.generation {
+        #[cfg(feature = "planted-bugs")]
+        let stale_accepted =
+            planted::is_planted(Bug::AcceptStaleGeneration) && commit.generation < info.generation;
+        #[cfg(not(feature = "planted-bugs"))]
+        let stale_accepted = false;
+        if commit.generation != info.generation && !stale_accepted {
             return Err(CommitError::StaleGeneration {
                 current: info.generation,
                 got: commit.generation,
@@ -179,8 +243,9 @@ impl Groups {
 
     /// Applies a commit that `check_commit` accepted. Offsets are applied
     /// in order, so a repeated partition ends at its last offset.
-    pub(super) fn apply_commit(&mut self, commit: &OffsetCommit) {
+    pub(super) fn apply_commit(&mut self, commit: &OffsetCommit, now_ms: u64) {
         let info = self.by_name.get_mut(&commit.group).expect("checked group");
+        info.last_seen.insert(commit.member.clone(), now_ms);
         for (topic, partition, offset) in &commit.offsets {
             match info.offsets.get_mut(topic) {
                 Some(partitions) => {
@@ -220,6 +285,10 @@ impl Groups {
                     "group {name} member {member} has an invalid subscription"
                 );
             }
+            ensure!(
+                info.last_seen.keys().eq(info.members.keys()),
+                "group {name} has heartbeats for other members than its own"
+            );
             ensure!(
                 info.assignment == assign(&info.members, topics),
                 "group {name} assignment is not the computed one"

@@ -84,6 +84,11 @@ pub const GROUPS_MAX: usize = 4096;
 /// Most members in one group.
 pub const MEMBERS_PER_GROUP_MAX: usize = 256;
 
+/// A member not heard from (join, heartbeat or commit) for longer than this,
+/// by the leaders' clocks, is removed from its group by the next join,
+/// heartbeat or commit of another member, and its partitions reassigned.
+pub const SESSION_TIMEOUT_MS: u64 = 30_000;
+
 /// Most topics in one member's subscription.
 pub const SUBSCRIPTION_TOPICS_MAX: usize = 64;
 
@@ -185,7 +190,10 @@ impl State {
                 group,
                 member,
                 topics,
-            } => match self.groups.join(&self.topics, group, member, topics) {
+            } => match self
+                .groups
+                .join(&self.topics, group, member, topics, now_ms)
+            {
                 Ok((generation, assignment)) => Response::Joined {
                     generation,
                     assignment,
@@ -198,7 +206,16 @@ impl State {
                     Err(error) => Response::Error(error),
                 }
             }
-            Op::CommitOffsets(commit) => self.commit_offsets(commit),
+            Op::Heartbeat { group, member } => {
+                match self.groups.heartbeat(&self.topics, group, member, now_ms) {
+                    Ok((generation, assignment)) => Response::Alive {
+                        generation,
+                        assignment,
+                    },
+                    Err(error) => Response::Error(error),
+                }
+            }
+            Op::CommitOffsets(commit) => self.commit_offsets(commit, now_ms),
             Op::Transaction { events, commit } => {
                 Response::Transaction(self.transaction(log_index, now_ms, events, commit))
             }
@@ -211,10 +228,10 @@ impl State {
         }
     }
 
-    fn commit_offsets(&mut self, commit: &OffsetCommit) -> Response {
+    fn commit_offsets(&mut self, commit: &OffsetCommit, now_ms: u64) -> Response {
         match self.groups.check_commit(&self.topics, commit) {
             Ok(()) => {
-                self.groups.apply_commit(commit);
+                self.groups.apply_commit(commit, now_ms);
                 Response::Committed
             }
             Err(error) => Response::Error(StateError::Commit(error)),

@@ -31,6 +31,8 @@ use super::command::OffsetCommit;
 use super::producers::Sequencing;
 use super::response::{EventOutcome, TxnError};
 use super::topics::{EntryRuns, Slot};
+#[cfg(feature = "planted-bugs")]
+use crate::testing::planted::{self, Bug};
 
 impl State {
     /// Applies every event of `batch` that can be appended.
@@ -70,6 +72,12 @@ impl State {
                 EventOutcome::Appended { partition, offset }
             }
             Ok(Sequencing::Duplicate { offset }) => {
+                #[cfg(feature = "planted-bugs")]
+                if planted::is_planted(Bug::SkipProducerDedup) {
+                    let offset = self.topics.index_mut(slot).offset_take();
+                    entry.appended(slot, position, offset);
+                    return EventOutcome::Appended { partition, offset };
+                }
                 entry.skipped(slot, position);
                 EventOutcome::Duplicate { partition, offset }
             }
@@ -121,7 +129,7 @@ impl State {
                 .all(|o| matches!(o, EventOutcome::Appended { .. })),
             "the dry run accepted every event"
         );
-        self.groups.apply_commit(commit);
+        self.groups.apply_commit(commit, now_ms);
         Ok(outcomes)
     }
 

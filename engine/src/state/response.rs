@@ -50,6 +50,14 @@ pub enum Response {
     Transaction(Result<Vec<EventOutcome>, TxnError>),
     /// The command was refused and changed nothing.
     Error(StateError),
+    /// The member is alive: the group's generation and what the member
+    /// owns in it (the answer to a heartbeat).
+    Alive {
+        /// Current generation.
+        generation: u64,
+        /// The member's partitions, sorted.
+        assignment: Vec<(String, u32)>,
+    },
 }
 
 /// What became of one published event.

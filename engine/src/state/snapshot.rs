@@ -1,7 +1,7 @@
 //! Snapshots of the state machine, and the invariant check that guards
 //! restoring one.
 //!
-//! Layout: `version` u8 (1), `checksum` u32 LE (CRC-32/ISO-HDLC, as
+//! Layout: `version` u8 (2; version 1 had no member heartbeats), `checksum` u32 LE (CRC-32/ISO-HDLC, as
 //! `crc32fast` computes it, of the version byte followed by the body),
 //! then the body: the [`State`] in postcard. A snapshot holds the index
 //! and metadata, never event bodies (those stay in the log).
@@ -13,9 +13,9 @@
 use super::State;
 use super::response::SnapshotError;
 
-/// The only snapshot version this code writes and reads (2 added the
-/// erased subjects).
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// The only snapshot version this code writes and reads (2 added group
+/// heartbeats' last-seen times, 3 the erased subjects).
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// Version byte plus checksum.
 const SNAPSHOT_HEADER_SIZE: usize = 5;

@@ -13,6 +13,8 @@ use crate::event::{Event, EventBatch, ProducerStamp};
 struct Node {
     state: State,
     log_index: u64,
+    /// Added to every command's timestamp: time passing between commands.
+    elapsed_ms: u64,
     batches: BTreeMap<u64, EventBatch>,
 }
 
@@ -20,7 +22,7 @@ impl Node {
     fn apply(&mut self, op: Op) -> Response {
         self.log_index += 1;
         let command = Command {
-            timestamp_ms: 1_000 + self.log_index,
+            timestamp_ms: 1_000 + self.log_index + self.elapsed_ms,
             op,
         };
         if let Some(batch) = command.batch() {
@@ -395,6 +397,62 @@ fn topics_are_validated_and_creation_is_idempotent() {
 }
 
 #[test]
+fn silent_members_are_removed_by_the_heartbeats_of_others() {
+    let (mut node, id) = setup();
+    node.publish(&[event("t", 0, id, 0, 0), event("t", 1, id, 0, 0)]);
+    node.join("g", "m1", &["t"]);
+    let (generation, _) = node.join("g", "m2", &["t"]);
+    assert_eq!(generation, 2);
+    let heartbeat = |member: &str| Op::Heartbeat {
+        group: "g".into(),
+        member: member.into(),
+    };
+    // Within the session timeout, a heartbeat changes nothing.
+    node.elapsed_ms += SESSION_TIMEOUT_MS - 10;
+    let alive = node.apply(heartbeat("m2"));
+    let Response::Alive {
+        generation,
+        assignment,
+    } = alive
+    else {
+        panic!("unexpected {alive:?}");
+    };
+    assert_eq!((generation, assignment.len()), (2, 1));
+    // 20 ms later m1 has been silent for longer than the timeout; m2 was
+    // heard from just now, so m2's heartbeat removes m1 and takes it all.
+    node.elapsed_ms += 20;
+    let Response::Alive {
+        generation,
+        assignment,
+    } = node.apply(heartbeat("m2"))
+    else {
+        panic!("m2 is alive");
+    };
+    assert_eq!(generation, 3);
+    assert_eq!(assignment, vec![("t".to_owned(), 0), ("t".to_owned(), 1)]);
+    let group = node.state.group("g").unwrap();
+    assert!(!group.members.contains_key("m1"));
+    // The removed member is fenced: its heartbeat and its commit fail.
+    assert!(matches!(
+        node.apply(heartbeat("m1")),
+        Response::Error(StateError::UnknownMember { .. })
+    ));
+    let zombie = commit("g", "m1", 3, &[("t", 0, 1)]);
+    assert!(matches!(
+        node.apply(Op::CommitOffsets(zombie)),
+        Response::Error(StateError::Commit(CommitError::UnknownMember { .. }))
+    ));
+    // A commit counts as a sign of life: m2 committing keeps it in.
+    node.elapsed_ms += SESSION_TIMEOUT_MS;
+    let ok = commit("g", "m2", 3, &[("t", 0, 1)]);
+    assert_eq!(node.apply(Op::CommitOffsets(ok)), Response::Committed);
+    node.elapsed_ms += SESSION_TIMEOUT_MS / 2;
+    let (generation, _) = node.join("g", "m1", &["t"]);
+    assert_eq!(generation, 4, "m2 stays: it committed within the timeout");
+    assert_eq!(node.state.group("g").unwrap().members.len(), 2);
+}
+
+#[test]
 fn commits_are_fenced_by_generation() {
     let (mut node, id) = setup();
     node.publish(&[event("t", 0, id, 0, 0), event("t", 1, id, 0, 0)]);
@@ -699,6 +757,7 @@ fn a_restored_snapshot_applies_like_the_original() {
         let mut restored = Node {
             state: State::restore(&snapshot).unwrap(),
             log_index: original.log_index,
+            elapsed_ms: original.elapsed_ms,
             batches: original.batches.clone(),
         };
         assert_eq!(restored.state, original.state);

@@ -1,0 +1,271 @@
+//! Cluster benchmark: a 3-node Sluice cluster on loopback beside a 1-node
+//! one, both in this process and driven through the same client protocol
+//! (`sluice_net::client`), with 256 B events, durable and buffer-only,
+//! printed beside this disk's own `fdatasync` latency from the same run.
+//!
+//! ```sh
+//! cargo run --release -p sluice-benches --bin cluster_report [-- --quick] [--json]
+//! ```
+//!
+//! Loads:
+//! - closed loop: 16 producers, each publishing one event per request and
+//!   awaiting it;
+//! - pipelined: 64 producers, each keeping 64 events in flight (one
+//!   request of 64 events at a time, the network equivalent of the
+//!   embedded benchmark's 64 publishes in flight; a request is the unit
+//!   the client resends after a failover).
+//!
+//! Every node writes to the same disk and runs on the same cores as the
+//! others and the clients: a 3-node figure here pays three fsyncs and three
+//! state machines on one machine, which a real cluster spreads out.
+
+#![allow(clippy::disallowed_methods)]
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use sluice::event::Headers;
+use sluice::raft::Durability;
+use sluice_benches::{bench_root, latency_histogram, probe, scratch};
+use sluice_net::client::{Client, ClientConfig, RemoteProducer};
+use sluice_net::node::{ClusterNode, NodeConfig};
+use sluice_net::protocol::{ClientRequest, ClientResponse, PublishOutcome};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Shorter runs, for a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+enum Load {
+    /// Each producer sends one event per request and awaits it.
+    Closed { producers: u64 },
+    /// Each producer keeps `batch` events in flight in one request.
+    Pipelined { producers: u64, batch: usize },
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    nodes: u64,
+    load: Load,
+    durability: &'static str,
+    events: u64,
+    events_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+const PAYLOAD: usize = 256;
+const TOPIC: &str = "bench";
+const PARTITIONS: u32 = 16;
+
+type Shared = Arc<Mutex<Histogram<u64>>>;
+type Outcome<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    let root = bench_root()?;
+    let seconds = if args.quick { 1.0 } else { 4.0 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let fsync_before = probe::append_sync_latency(&root, 500, 4096)?;
+    let loads = [
+        Load::Closed { producers: 16 },
+        Load::Pipelined {
+            producers: 64,
+            batch: 64,
+        },
+    ];
+    let mut rows = Vec::new();
+    for durability in [Durability::Sync, Durability::Buffer] {
+        for nodes in [1, 3] {
+            for load in loads {
+                let row = runtime.block_on(run(&root, nodes, load, durability, seconds));
+                rows.push(row.map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
+    let fsync_p99_us = fsync_before.p99_ns.max(fsync_after.p99_ns) as f64 / 1000.0;
+    let fsync_p50_us = fsync_before.p50_ns.max(fsync_after.p50_ns) as f64 / 1000.0;
+    if args.json {
+        let out = serde_json::json!({
+            "fsync_p50_us": fsync_p50_us,
+            "fsync_p99_us": fsync_p99_us,
+            "rows": rows,
+        });
+        println!("{out}");
+    } else {
+        print_table(&rows, fsync_p50_us, fsync_p99_us);
+    }
+    Ok(())
+}
+
+/// Starts `count` nodes on loopback ports, initialises them as one
+/// cluster, and waits for a leader.
+async fn start_cluster(
+    root: &std::path::Path,
+    count: u64,
+    durability: Durability,
+) -> Outcome<(tempfile::TempDir, Vec<ClusterNode>, Client)> {
+    let dir = scratch(root, "cluster")?;
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        let config = NodeConfig {
+            durability,
+            ..NodeConfig::new(
+                id,
+                "127.0.0.1:0".parse()?,
+                dir.path().join(format!("node-{id}")),
+            )
+        };
+        nodes.push(ClusterNode::start(config).await?);
+    }
+    let addresses: Vec<SocketAddr> = nodes.iter().map(ClusterNode::local_address).collect();
+    let client = Client::new(ClientConfig::new(addresses.clone()))?;
+    let members = (1..=count)
+        .zip(&addresses)
+        .map(|(id, address)| (id, address.to_string()))
+        .collect();
+    let answer = client
+        .request_from(addresses[0], &ClientRequest::Initialize { members })
+        .await?;
+    if answer != ClientResponse::Done {
+        return Err(format!("initialise: {answer:?}").into());
+    }
+    client.create_topic(TOPIC, PARTITIONS).await?;
+    Ok((dir, nodes, client))
+}
+
+async fn run(
+    root: &std::path::Path,
+    nodes: u64,
+    load: Load,
+    durability: Durability,
+    seconds: f64,
+) -> Outcome<Row> {
+    let (_dir, members, client) = start_cluster(root, nodes, durability).await?;
+    let histogram = Arc::new(Mutex::new(latency_histogram()));
+    let (producers, batch) = match load {
+        Load::Closed { producers } => (producers, 1),
+        Load::Pipelined { producers, batch } => (producers, batch),
+    };
+    let mut ready = Vec::new();
+    for _ in 0..producers {
+        ready.push(client.producer().await?);
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for (p, producer) in ready.into_iter().enumerate() {
+        let histogram = Arc::clone(&histogram);
+        tasks.push(tokio::spawn(produce(
+            producer, p as u64, batch, until, histogram,
+        )));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    for member in members {
+        member.shutdown().await?;
+    }
+    let histogram = histogram.lock().unwrap();
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Row {
+        nodes,
+        load,
+        durability: match durability {
+            Durability::Sync => "durable",
+            Durability::Buffer => "buffer-only",
+        },
+        events: histogram.len(),
+        events_per_sec: histogram.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+    })
+}
+
+/// Publishes `batch` events per request until `until`, recording each
+/// event's latency (the request's) in `histogram`.
+async fn produce(
+    mut producer: RemoteProducer,
+    p: u64,
+    batch: usize,
+    until: Instant,
+    histogram: Shared,
+) -> Outcome<()> {
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let key = Bytes::from(p.to_le_bytes().to_vec());
+    let mut local = latency_histogram();
+    while Instant::now() < until {
+        let mut events = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let event = producer
+                .stamp(TOPIC, key.clone(), payload.clone(), Headers::default())
+                .await?;
+            events.push(event);
+        }
+        let sent = Instant::now();
+        let outcomes = producer.publish(events).await?;
+        let latency = sent.elapsed().as_nanos() as u64;
+        for outcome in outcomes {
+            if let PublishOutcome::Refused { message } = outcome {
+                return Err(format!("refused: {message}").into());
+            }
+        }
+        local.saturating_record_n(latency, batch as u64);
+    }
+    histogram.lock().unwrap().add(&local).expect("same bounds");
+    Ok(())
+}
+
+fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
+    println!(
+        "disk fdatasync after a 4 KiB append, same run: p50 {fsync_p50_us:.0} µs, p99 {fsync_p99_us:.0} µs\n"
+    );
+    println!(
+        "| nodes | load | durability | events/s | vs 1 node | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let load = match row.load {
+            Load::Closed { producers } => format!("{producers} producers, closed loop"),
+            Load::Pipelined { producers, batch } => {
+                format!("{producers} producers × {batch} in flight")
+            }
+        };
+        let single = rows
+            .iter()
+            .find(|r| {
+                r.nodes == 1
+                    && r.durability == row.durability
+                    && std::mem::discriminant(&r.load) == std::mem::discriminant(&row.load)
+            })
+            .map_or(f64::NAN, |r| row.events_per_sec / r.events_per_sec);
+        println!(
+            "| {} | {load} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            row.nodes,
+            row.durability,
+            row.events_per_sec,
+            single,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+            row.p99_us / fsync_p99_us
+        );
+    }
+}

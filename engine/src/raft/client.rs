@@ -1,0 +1,47 @@
+//! [`propose`]: a client's write through a node's Raft, answered once the
+//! entry is committed and applied.
+//!
+//! It is `Raft::client_write` and nothing more, except for the planted bug
+//! `AckBeforeCommit` (feature `planted-bugs`), which needs the client's
+//! write path to live in the engine: with it, a leader answers a publish
+//! from a scratch apply of its current state without waiting for the
+//! quorum.
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft_rt::AsyncRuntime;
+
+use crate::io::Disk;
+use crate::state::{Command, Response};
+
+use super::{Raft, StateView, TypeConfig};
+#[cfg(feature = "planted-bugs")]
+use crate::testing::planted::{self, Bug};
+
+/// Why a proposal got no answer: openraft's client write error (not the
+/// leader, a fatal error of the node).
+pub type ProposeError<RT> = RaftError<TypeConfig<RT>, ClientWriteError<TypeConfig<RT>>>;
+
+/// Proposes `command` through `raft` and returns its response: after a
+/// quorum committed the entry and this node applied it. `view` is the
+/// node's applied state (only the planted bug reads it).
+pub async fn propose<RT: AsyncRuntime, D: Disk + Clone>(
+    raft: &Raft<RT, D>,
+    view: &StateView<RT>,
+    command: Command,
+) -> Result<Response, ProposeError<RT>> {
+    #[cfg(feature = "planted-bugs")]
+    if planted::is_planted(Bug::AckBeforeCommit)
+        && matches!(command.op, crate::state::Op::Publish(_))
+        && raft.is_leader()
+    {
+        let mut scratch = view.read().clone();
+        let index = scratch.last_applied_index().map_or(1, |index| index + 1);
+        let predicted = scratch.apply(index, &command);
+        raft.client_write_ff(command, None)
+            .await
+            .map_err(RaftError::Fatal)?;
+        return Ok(predicted);
+    }
+    let _ = view;
+    Ok(raft.client_write(command).await?.data)
+}

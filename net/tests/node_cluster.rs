@@ -1,0 +1,347 @@
+//! Three `ClusterNode`s in one process on loopback, driven only through
+//! the client protocol: initialise, create a topic, publish from several
+//! idempotent producers while the leader is stopped, and check that every
+//! acknowledged event is readable exactly once at the offset it was
+//! acknowledged with. Also: membership add and remove, and authentication.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use sluice::event::Headers;
+use sluice::io::transport::NodeId;
+use sluice_net::auth::Secret;
+use sluice_net::client::{Client, ClientConfig, ClientError};
+use sluice_net::node::{ClusterNode, NodeConfig};
+use sluice_net::protocol::{ClientRequest, ClientResponse, PublishOutcome};
+use sluice_net::tcp::TcpConfig;
+
+const TOPIC: &str = "orders";
+const PARTITIONS: u32 = 3;
+
+async fn bounded<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test took longer than 120 s")
+}
+
+fn node_config(id: NodeId, listen: SocketAddr, dir: PathBuf) -> NodeConfig {
+    NodeConfig {
+        tcp: TcpConfig {
+            call_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(200),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..TcpConfig::default()
+        },
+        ..NodeConfig::new(id, listen, dir)
+    }
+}
+
+struct Cluster {
+    root: tempfile::TempDir,
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    nodes: BTreeMap<NodeId, ClusterNode>,
+}
+
+impl Cluster {
+    async fn start(ids: &[NodeId]) -> Cluster {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Cluster {
+            root,
+            addresses: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        for &id in ids {
+            cluster.start_node(id, "127.0.0.1:0".parse().unwrap()).await;
+        }
+        cluster
+    }
+
+    async fn start_node(&mut self, id: NodeId, listen: SocketAddr) {
+        let dir = self.root.path().join(format!("node-{id}"));
+        let node = ClusterNode::start(node_config(id, listen, dir))
+            .await
+            .expect("node starts");
+        self.addresses.insert(id, node.local_address());
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("running");
+        node.shutdown().await.expect("clean shutdown");
+    }
+
+    fn client(&self) -> Client {
+        let mut config = ClientConfig::new(self.addresses.values().copied().collect());
+        config.request_timeout = Duration::from_secs(20);
+        config.attempt_timeout = Duration::from_millis(500);
+        Client::new(config).expect("client")
+    }
+
+    async fn initialize(&self, client: &Client) {
+        let members = self
+            .addresses
+            .iter()
+            .map(|(&id, address)| (id, address.to_string()))
+            .collect();
+        let first = *self.addresses.values().next().unwrap();
+        let answer = client
+            .request_from(first, &ClientRequest::Initialize { members })
+            .await
+            .expect("initialise");
+        assert_eq!(answer, ClientResponse::Done);
+    }
+
+    /// Waits until a running node leads, and returns it.
+    async fn leader(&self, client: &Client) -> NodeId {
+        loop {
+            let metadata = client.metadata().await.expect("metadata");
+            if let Some((leader, _)) = metadata.leader {
+                if self.nodes.contains_key(&leader) {
+                    return leader;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An event some producer had acknowledged: (producer, partition,
+/// sequence) → offset.
+type Acked = Arc<Mutex<HashMap<(u64, u32, u64), u64>>>;
+
+/// Publishes `rounds` batches of `batch` events, recording each
+/// acknowledged event.
+async fn produce(client: Client, rounds: usize, batch: usize, acked: Acked) -> usize {
+    let mut producer = client.producer().await.expect("producer");
+    let (id, _) = producer.identity();
+    let mut count = 0;
+    for round in 0..rounds {
+        let mut events = Vec::new();
+        for i in 0..batch {
+            let key = Bytes::from(format!("key-{}", (round * batch + i) % 7));
+            let payload = Bytes::from(format!("{id}:{round}:{i}"));
+            let event = producer
+                .stamp(TOPIC, key, payload, Headers::default())
+                .await
+                .expect("stamp");
+            events.push(event);
+        }
+        let stamps: Vec<_> = events
+            .iter()
+            .map(|e| (e.partition, e.producer.sequence))
+            .collect();
+        let outcomes = producer.publish(events).await.expect("publish");
+        let mut acked = acked.lock().unwrap();
+        for ((partition, sequence), outcome) in stamps.into_iter().zip(outcomes) {
+            match outcome {
+                PublishOutcome::Appended {
+                    partition: p,
+                    offset,
+                    ..
+                } => {
+                    assert_eq!(p, partition);
+                    acked.insert((id, partition, sequence), offset);
+                    count += 1;
+                }
+                PublishOutcome::Refused { message } => panic!("refused: {message}"),
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_events_survive_losing_the_leader() {
+    bounded(async {
+        let mut cluster = Cluster::start(&[1, 2, 3]).await;
+        let client = cluster.client();
+        cluster.initialize(&client).await;
+        let first_leader = cluster.leader(&client).await;
+        client
+            .create_topic(TOPIC, PARTITIONS)
+            .await
+            .expect("create topic");
+
+        let acked: Acked = Arc::default();
+        let producers: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(produce(client.clone(), 40, 8, Arc::clone(&acked))))
+            .collect();
+        // Let some publishes land, then stop the leader under load.
+        while acked.lock().unwrap().len() < 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.stop(first_leader).await;
+        let mut total = 0;
+        for producer in producers {
+            total += producer.await.expect("producer task");
+        }
+        assert_eq!(total, 4 * 40 * 8);
+        let new_leader = cluster.leader(&client).await;
+        assert_ne!(new_leader, first_leader);
+
+        // Read every partition back from the new leader.
+        let acked = acked.lock().unwrap().clone();
+        let mut seen: HashMap<(u64, u32, u64), u64> = HashMap::new();
+        for partition in 0..PARTITIONS {
+            let mut offset = 0;
+            let mut last_sequence: HashMap<u64, u64> = HashMap::new();
+            loop {
+                let (events, next, (_, end)) = client
+                    .fetch(TOPIC, partition, offset, 1000, Duration::ZERO)
+                    .await
+                    .expect("fetch");
+                for event in &events {
+                    let stamp = (event.producer.id, partition, event.producer.sequence);
+                    assert!(
+                        seen.insert(stamp, event.offset).is_none(),
+                        "{stamp:?} appears twice"
+                    );
+                    if let Some(previous) =
+                        last_sequence.insert(event.producer.id, event.producer.sequence)
+                    {
+                        assert!(previous < event.producer.sequence, "producer order broken");
+                    }
+                }
+                offset = next;
+                if offset >= end {
+                    break;
+                }
+            }
+        }
+        for (stamp, offset) in &acked {
+            assert_eq!(
+                seen.get(stamp),
+                Some(offset),
+                "acknowledged {stamp:?} lost or moved"
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            acked.len(),
+            "events nobody acknowledged appeared"
+        );
+
+        // The old leader comes back on its address and catches up.
+        let address = cluster.addresses[&first_leader];
+        cluster.start_node(first_leader, address).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = client.request_from(address, &ClientRequest::Metadata).await;
+            if let Ok(ClientResponse::Metadata(metadata)) = answer {
+                if metadata.log.2 >= Some(acked.len() as u64 / 8) && metadata.leader.is_some() {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the old leader never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for id in [1, 2, 3] {
+            cluster.stop(id).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_added_and_removed() {
+    bounded(async {
+        let mut cluster = Cluster::start(&[1, 2, 3]).await;
+        let client = cluster.client();
+        cluster.initialize(&client).await;
+        cluster.leader(&client).await;
+        client.create_topic(TOPIC, 1).await.expect("create topic");
+
+        cluster.start_node(4, "127.0.0.1:0".parse().unwrap()).await;
+        let address = cluster.addresses[&4].to_string();
+        let added = client
+            .request(&ClientRequest::AddNode { id: 4, address })
+            .await
+            .expect("add node 4");
+        assert_eq!(added, ClientResponse::Done);
+        let metadata = client.metadata().await.expect("metadata");
+        assert!(
+            metadata
+                .members
+                .iter()
+                .any(|(id, _, voter)| *id == 4 && *voter),
+            "node 4 is a voter: {metadata:?}"
+        );
+        // The new member has the topic: it replicated the log.
+        let answer = client
+            .request_from(cluster.addresses[&4], &ClientRequest::Metadata)
+            .await
+            .expect("node 4 answers");
+        let ClientResponse::Metadata(seen_by_4) = answer else {
+            panic!("unexpected {answer:?}");
+        };
+        assert_eq!(seen_by_4.topics, vec![(TOPIC.to_owned(), 1)]);
+
+        let removed = client
+            .request(&ClientRequest::RemoveNode { id: 4 })
+            .await
+            .expect("remove node 4");
+        assert_eq!(removed, ClientResponse::Done);
+        let metadata = client.metadata().await.expect("metadata");
+        assert!(
+            metadata.members.iter().all(|(id, _, _)| *id != 4),
+            "node 4 is gone: {metadata:?}"
+        );
+        for id in [1, 2, 3, 4] {
+            cluster.stop(id).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_the_secret_are_refused() {
+    bounded(async {
+        let root = tempfile::tempdir().unwrap();
+        let secret = Secret::new(*b"the cluster secret, 32 bytes ok!").unwrap();
+        let config = NodeConfig {
+            secret: Some(secret.clone()),
+            ..node_config(1, "127.0.0.1:0".parse().unwrap(), root.path().join("n1"))
+        };
+        let node = ClusterNode::start(config).await.expect("node starts");
+        let address = node.local_address();
+        let client_with = |secret: Option<Secret>| {
+            let mut config = ClientConfig::new(vec![address]);
+            config.secret = secret;
+            config.attempt_timeout = Duration::from_millis(500);
+            Client::new(config).unwrap()
+        };
+
+        let error = client_with(None)
+            .request_from(address, &ClientRequest::Metadata)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Unavailable { last, .. } if last.contains("requires authentication")),
+            "{error}"
+        );
+        let wrong = Secret::new(*b"not the cluster secret, at all!!").unwrap();
+        let error = client_with(Some(wrong))
+            .request_from(address, &ClientRequest::Metadata)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+
+        let answer = client_with(Some(secret))
+            .request_from(address, &ClientRequest::Metadata)
+            .await
+            .expect("the right secret is admitted");
+        assert!(matches!(answer, ClientResponse::Metadata(_)));
+        node.shutdown().await.unwrap();
+    })
+    .await;
+}

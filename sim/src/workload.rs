@@ -1,0 +1,686 @@
+//! The clients of a scenario and the history they record.
+//!
+//! - [`Recorder`]: the jepsen history, on the simulation's clock.
+//! - [`run_producer`]: an idempotent producer. It publishes batches that
+//!   spread over the topic's partitions and retries a batch whose outcome
+//!   it does not know, unchanged (same producer id, epoch, sequences and
+//!   values), on whichever node leads next, so deduplication must answer
+//!   every retry of an applied batch with the original offsets. With
+//!   [`ClientConfig::lost_ack_rate`] it also drops answers it did get (a
+//!   response lost on its way back), so every run retries applied batches.
+//! - [`run_txn_worker`]: a consume-transform-produce worker of a consumer
+//!   group; it reads its partitions of the input topic from its node's
+//!   applied state and publishes one output per input together with the
+//!   offset commit, as one transaction. Workers "crash" and take over their
+//!   own member name again, while the old incarnation lingers as a zombie
+//!   with the generation it knew.
+//!
+//! Every client op goes into the history as invoke, then ok, fail or info;
+//! a process with an `info` op is gone and the client continues under a
+//! new process id, as the history format requires.
+//!
+//! All clients run as futures of the scenario's own task, joined with
+//! [`join_all`]: nothing here is spawned, so the whole workload shares one
+//! recorder through a `RefCell` and interleaves by the seed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use madsim::rand::Rng as _;
+use sluice::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
+use sluice::io::Clock as _;
+use sluice::io::transport::NodeId;
+use sluice::state::{Command, EventOutcome, OffsetCommit, Op, Response};
+use sluice_jepsen::{HistoryBuilder, SendOp, TxnOp, TxnOutput};
+
+use crate::{Proposal, SimCluster};
+
+/// The topic producers write and workers read.
+pub const TOPIC: &str = "orders";
+/// The topic workers write their outputs to.
+pub const TOPIC_OUT: &str = "audit";
+/// Partitions of both topics.
+pub const PARTITIONS: u32 = 3;
+/// The consumer group of the transactional workers.
+pub const GROUP: &str = "auditors";
+/// Events per published batch.
+const EVENTS_PER_BATCH: u64 = 6;
+/// Most attempts of one operation before the scenario gives up on
+/// liveness (about 40 s of simulated retries).
+const ATTEMPTS_MAX: u32 = 400;
+/// Pause between two attempts of one operation.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Most inputs one transaction takes.
+const TXN_INPUTS_MAX: usize = 4;
+
+/// How clients behave.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long a client waits for one proposal.
+    pub write_timeout: Duration,
+    /// Probability that a producer drops an answer it got (and retries).
+    pub lost_ack_rate: f64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            write_timeout: Duration::from_secs(1),
+            lost_ack_rate: 0.2,
+        }
+    }
+}
+
+/// The history being written, with op times on the simulation's clock.
+#[derive(Debug)]
+pub struct Recorder {
+    history: HistoryBuilder,
+    process_next: u64,
+    last_tick: Instant,
+    /// Acknowledgements given by a node while it was marked isolated (see
+    /// [`Workload::isolated`]); a correct cluster gives none.
+    pub acks_while_isolated: u64,
+    /// Events the state machine rejected (recorded as `fail`); a correct
+    /// cluster rejects none of this workload's events.
+    pub rejected: u64,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            history: HistoryBuilder::new(),
+            process_next: 1,
+            last_tick: Instant::now(),
+            acks_while_isolated: 0,
+            rejected: 0,
+        }
+    }
+
+    /// A fresh process id.
+    fn process(&mut self) -> u64 {
+        let process = self.process_next;
+        self.process_next += 1;
+        process
+    }
+
+    /// Moves the history's clock on by the simulated time since the last
+    /// tick (the builder adds 1 ns per op on top), so op times follow the
+    /// simulation and never decrease.
+    fn tick(&mut self) -> &mut HistoryBuilder {
+        let now = Instant::now();
+        let delta = now.saturating_duration_since(self.last_tick).as_nanos();
+        self.history
+            .advance(u64::try_from(delta).unwrap_or(u64::MAX));
+        self.last_tick = now;
+        &mut self.history
+    }
+
+    /// Records a fault.
+    pub fn nemesis(&mut self, action: impl Into<String>) {
+        self.tick().nemesis(action);
+    }
+
+    /// The history so far.
+    pub fn into_history(mut self) -> HistoryBuilder {
+        self.tick();
+        self.history
+    }
+}
+
+/// What every client shares: the cluster, the recorder, the knobs the
+/// nemesis turns.
+pub struct Workload<'c> {
+    /// The cluster under test.
+    pub cluster: &'c SimCluster,
+    /// The history.
+    pub recorder: RefCell<Recorder>,
+    /// Client behaviour.
+    pub config: ClientConfig,
+    /// Set when the safety phase ends: clients finish what they are doing
+    /// and stop.
+    pub stop: Cell<bool>,
+    /// Clients pinned to one node (split-brain: clients in the old
+    /// leader's partition), by client index.
+    pub pinned: RefCell<BTreeMap<usize, NodeId>>,
+    /// The node the nemesis has cut off, if any; acks it gives are counted.
+    pub isolated: Cell<Option<NodeId>>,
+}
+
+impl std::fmt::Debug for Workload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload").finish_non_exhaustive()
+    }
+}
+
+impl<'c> Workload<'c> {
+    /// A workload on `cluster`.
+    pub fn new(cluster: &'c SimCluster, config: ClientConfig) -> Self {
+        Workload {
+            cluster,
+            recorder: RefCell::new(Recorder::new()),
+            config,
+            stop: Cell::new(false),
+            pinned: RefCell::new(BTreeMap::new()),
+            isolated: Cell::new(None),
+        }
+    }
+
+    /// The node client `client` should talk to now: its pinned node, the
+    /// agreed leader, or (no leader agreed) a node picked by the seed.
+    async fn target(&self, client: usize) -> NodeId {
+        if let Some(&node) = self.pinned.borrow().get(&client) {
+            return node;
+        }
+        match self.cluster.leader().await {
+            Some(leader) => leader,
+            None => {
+                let ids = self.cluster.ids();
+                ids[madsim::rand::thread_rng().gen_range(0..ids.len())]
+            }
+        }
+    }
+
+    /// Proposes `op` through `node`, stamped with that node's wall clock
+    /// (the leader's time, as the bus stamps it).
+    async fn propose(&self, node: NodeId, op: Op) -> Proposal {
+        let wall = self.cluster.clock(node).wall();
+        let timestamp_ms = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let command = Command { timestamp_ms, op };
+        self.cluster
+            .propose(node, command, self.config.write_timeout)
+            .await
+    }
+
+    /// Proposes `op` until some leader applies it; for ops whose retry is
+    /// harmless and which the history does not record.
+    pub async fn write_until_done(&self, op: Op) -> Response {
+        for _ in 0..ATTEMPTS_MAX {
+            if let Some(leader) = self.cluster.leader().await
+                && let Proposal::Done(response) = self.propose(leader, op.clone()).await
+            {
+                return response;
+            }
+            madsim::time::sleep(RETRY_PAUSE).await;
+        }
+        panic!("no leader applied {op:?} in {ATTEMPTS_MAX} attempts");
+    }
+
+    fn note_ack(&self, node: NodeId) {
+        if self.isolated.get() == Some(node) {
+            self.recorder.borrow_mut().acks_while_isolated += 1;
+        }
+    }
+}
+
+/// One idempotent producer's identity and next sequence per partition.
+struct Producer {
+    stamp: ProducerStamp,
+    sequences: [u64; PARTITIONS as usize],
+}
+
+impl Producer {
+    fn value(&self, partition: u32, sequence: u64) -> String {
+        format!("p{}-{partition}-{sequence}", self.stamp.id)
+    }
+
+    fn send_op(&self, partition: u32, sequence: u64) -> SendOp {
+        SendOp::new(TOPIC, self.value(partition, sequence)).producer(
+            self.stamp.id,
+            u64::from(self.stamp.epoch),
+            sequence,
+        )
+    }
+
+    /// The next batch, and each event's (partition, sequence).
+    fn batch(&mut self) -> (EventBatch, Vec<(u32, u64)>) {
+        let mut builder = BatchBuilder::new();
+        let mut slots = Vec::new();
+        let first = madsim::rand::thread_rng().gen_range(0..PARTITIONS);
+        for n in 0..EVENTS_PER_BATCH {
+            let partition = (first + n as u32) % PARTITIONS;
+            let sequence = self.sequences[partition as usize];
+            self.sequences[partition as usize] += 1;
+            let event = Event {
+                topic: TOPIC.into(),
+                payload: self.value(partition, sequence).into(),
+                producer: ProducerStamp {
+                    sequence,
+                    ..self.stamp
+                },
+                partition,
+                ..Event::default()
+            };
+            builder.push(&event).expect("a valid event");
+            slots.push((partition, sequence));
+        }
+        (builder.finish(), slots)
+    }
+}
+
+/// An idempotent producer: publishes batches until [`Workload::stop`],
+/// each until acknowledged. Returns how many batches it published.
+pub async fn run_producer(workload: &Workload<'_>, client: usize) -> u64 {
+    let Response::ProducerInit { id, epoch } = workload
+        .write_until_done(Op::InitProducer { name: None })
+        .await
+    else {
+        panic!("InitProducer answers with the producer's id");
+    };
+    let mut producer = Producer {
+        stamp: ProducerStamp {
+            id,
+            epoch,
+            sequence: 0,
+        },
+        sequences: [0; PARTITIONS as usize],
+    };
+    let mut batches = 0;
+    while !workload.stop.get() {
+        publish(workload, client, &mut producer).await;
+        batches += 1;
+        let pause = madsim::rand::thread_rng().gen_range(5..50);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+    }
+    batches
+}
+
+/// Publishes one batch until acknowledged, recording every attempt.
+async fn publish(workload: &Workload<'_>, client: usize, producer: &mut Producer) {
+    let (batch, slots) = producer.batch();
+    let mut processes: Vec<u64> = {
+        let mut recorder = workload.recorder.borrow_mut();
+        slots.iter().map(|_| recorder.process()).collect()
+    };
+    for _ in 0..ATTEMPTS_MAX {
+        let target = workload.target(client).await;
+        {
+            let mut recorder = workload.recorder.borrow_mut();
+            let history = recorder.tick();
+            for (slot, &(partition, sequence)) in slots.iter().enumerate() {
+                history.invoke(processes[slot], producer.send_op(partition, sequence));
+            }
+        }
+        let mut outcome = workload.propose(target, Op::Publish(batch.clone())).await;
+        let lost_ack = madsim::rand::thread_rng().gen_bool(workload.config.lost_ack_rate);
+        if lost_ack && matches!(outcome, Proposal::Done(_)) {
+            workload.note_ack(target);
+            outcome = Proposal::Unknown;
+        }
+        if record_publish(workload, target, producer, &slots, &mut processes, outcome) {
+            return;
+        }
+        madsim::time::sleep(RETRY_PAUSE).await;
+    }
+    panic!("a batch was not acknowledged in {ATTEMPTS_MAX} attempts");
+}
+
+/// Records one publish attempt's outcome; returns whether it was
+/// acknowledged.
+fn record_publish(
+    workload: &Workload<'_>,
+    target: NodeId,
+    producer: &Producer,
+    slots: &[(u32, u64)],
+    processes: &mut [u64],
+    outcome: Proposal,
+) -> bool {
+    let mut recorder = workload.recorder.borrow_mut();
+    match outcome {
+        Proposal::Done(Response::Published(outcomes)) => {
+            assert_eq!(outcomes.len(), slots.len(), "one outcome per event");
+            if workload.isolated.get() == Some(target) {
+                recorder.acks_while_isolated += 1;
+            }
+            for (slot, outcome) in outcomes.iter().enumerate() {
+                let (partition, sequence) = slots[slot];
+                let op = producer.send_op(partition, sequence);
+                match *outcome {
+                    EventOutcome::Appended { partition, offset }
+                    | EventOutcome::Duplicate { partition, offset } => {
+                        let op = op.acked(partition, offset);
+                        recorder.tick().ok(processes[slot], op);
+                    }
+                    EventOutcome::Rejected(_) => {
+                        // Definitely not appended. Only a broken cluster
+                        // rejects these events; the run reports how many.
+                        recorder.rejected += 1;
+                        recorder.tick().fail(processes[slot], op);
+                    }
+                }
+            }
+            return true;
+        }
+        Proposal::Done(other) => panic!("Publish answered {other:?}"),
+        Proposal::Refused => {
+            let history = recorder.tick();
+            for (slot, &(partition, sequence)) in slots.iter().enumerate() {
+                history.fail(processes[slot], producer.send_op(partition, sequence));
+            }
+        }
+        Proposal::Unknown => {
+            for (slot, &(partition, sequence)) in slots.iter().enumerate() {
+                let op = producer.send_op(partition, sequence);
+                recorder.tick().info(processes[slot], op);
+                // After `info` the process is gone; continue as a new one.
+                processes[slot] = recorder.process();
+            }
+        }
+    }
+    false
+}
+
+/// One incarnation of a transactional worker: its member name, the
+/// generation it joined at, its partitions then, and its own positions.
+struct Incarnation {
+    process: u64,
+    generation: u64,
+    partitions: Vec<u32>,
+    positions: BTreeMap<u32, u64>,
+    /// Its own anonymous idempotent producer for the outputs, so that a
+    /// retried transaction is answered with its original offsets. Not a
+    /// named (fencing) one: the group generation is the only fence
+    /// between incarnations here, which is what the stale-generation
+    /// check must uphold on its own.
+    producer: ProducerStamp,
+    /// Next output sequence per partition.
+    sequences: [u64; PARTITIONS as usize],
+}
+
+/// A consume-transform-produce worker, member `member` of [`GROUP`]:
+/// joins, then repeatedly takes up to a few inputs from one of its
+/// partitions (as its node's applied state has them) and publishes one
+/// output per input with the commit of their offsets, as one transaction.
+///
+/// Now and then (by the seed) the worker "crashes" and a new incarnation
+/// joins under the same member name, bumping the generation; the old one
+/// becomes a zombie that finishes one more transaction with the
+/// generation it knew, which the cluster must refuse. Runs until
+/// [`Workload::stop`]; returns the number of `ok` transactions.
+pub async fn run_txn_worker(workload: &Workload<'_>, client: usize, member: &str) -> u64 {
+    let mut current = join(workload, member).await;
+    let mut zombie: Option<Incarnation> = None;
+    let mut committed = 0;
+    let mut round: u64 = 0;
+    while !workload.stop.get() {
+        round += 1;
+        let target = workload.target(client).await;
+        refresh(workload.cluster, target, member, &mut current);
+        if transact(workload, client, member, &mut current, round).await {
+            committed += 1;
+        }
+        if let Some(mut old) = zombie.take() {
+            // The zombie wakes up and finishes the work it had started on
+            // the inputs it had read, with the generation it knew; the
+            // new incarnation may have processed them meanwhile.
+            if transact(workload, client, member, &mut old, round).await {
+                committed += 1;
+            }
+        }
+        if madsim::rand::thread_rng().gen_bool(0.15) {
+            let old = std::mem::replace(&mut current, join(workload, member).await);
+            zombie = Some(old);
+        }
+        let pause = madsim::rand::thread_rng().gen_range(10..60);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+    }
+    committed
+}
+
+/// Joins [`GROUP`] as `member` (until some leader applies it) and starts
+/// each partition from the group's committed offset.
+async fn join(workload: &Workload<'_>, member: &str) -> Incarnation {
+    let op = Op::JoinGroup {
+        group: GROUP.into(),
+        member: member.into(),
+        topics: vec![TOPIC.into()],
+    };
+    let Response::Joined {
+        generation,
+        assignment,
+    } = workload.write_until_done(op).await
+    else {
+        panic!("JoinGroup answers with the generation");
+    };
+    let partitions: Vec<u32> = assignment
+        .into_iter()
+        .filter(|(topic, _)| topic == TOPIC)
+        .map(|(_, partition)| partition)
+        .collect();
+    let Response::ProducerInit { id, epoch } = workload
+        .write_until_done(Op::InitProducer { name: None })
+        .await
+    else {
+        panic!("InitProducer answers with the producer's id");
+    };
+    let process = workload.recorder.borrow_mut().process();
+    Incarnation {
+        process,
+        generation,
+        partitions,
+        positions: BTreeMap::new(),
+        producer: ProducerStamp {
+            id,
+            epoch,
+            sequence: 0,
+        },
+        sequences: [0; PARTITIONS as usize],
+    }
+}
+
+/// Adopts the group's current generation and assignment if `member` is
+/// still in it (a live member learns a rebalance by reading the group, as
+/// a zombie does not). Partitions it lost forget their positions.
+fn refresh(cluster: &SimCluster, node: NodeId, member: &str, incarnation: &mut Incarnation) {
+    let Some(Some((generation, partitions))) = cluster.with_state(node, |state| {
+        let group = state.group(GROUP)?;
+        let owned = group.assignment.get(member)?;
+        let partitions: Vec<u32> = owned
+            .iter()
+            .filter(|(topic, _)| topic == TOPIC)
+            .map(|&(_, partition)| partition)
+            .collect();
+        Some((group.generation, partitions))
+    }) else {
+        return;
+    };
+    if generation > incarnation.generation {
+        incarnation.generation = generation;
+        incarnation
+            .positions
+            .retain(|partition, _| partitions.contains(partition));
+        incarnation.partitions = partitions;
+    }
+}
+
+/// One transaction of `incarnation` on one of its partitions; returns
+/// whether it was acknowledged. Unknown outcomes are retried unchanged
+/// (a transaction is idempotent: a retry of an applied one answers with
+/// the original offsets).
+async fn transact(
+    workload: &Workload<'_>,
+    client: usize,
+    member: &str,
+    incarnation: &mut Incarnation,
+    round: u64,
+) -> bool {
+    if incarnation.partitions.is_empty() {
+        return false;
+    }
+    let pick = round as usize % incarnation.partitions.len();
+    let partition = incarnation.partitions[pick];
+    let target = workload.target(client).await;
+    // Read the committed offsets at a read index: a node's applied state
+    // may lag (a new leader, a follower), and an incarnation that starts
+    // from a stale commit processes inputs again. The transaction's commit
+    // does not say which offset it continues from, so the cluster cannot
+    // refuse that.
+    if !workload
+        .cluster
+        .read_barrier(target, workload.config.write_timeout)
+        .await
+    {
+        return false;
+    }
+    let Some(inputs) = read_inputs(workload.cluster, target, incarnation, partition) else {
+        return false;
+    };
+    if inputs.is_empty() {
+        return false;
+    }
+    let next = inputs.last().map_or(0, |event| event.offset + 1);
+    let outputs: Vec<TxnOutput> = inputs
+        .iter()
+        .map(|input| TxnOutput {
+            input: input.value.clone(),
+            // Distinct per incarnation: two incarnations' outputs for one
+            // input are two attempts, which exactly-once forbids.
+            value: format!("{}>{member}#{}", input.value, incarnation.process),
+        })
+        .collect();
+    let mut builder = BatchBuilder::new();
+    let mut sequence = incarnation.sequences[partition as usize];
+    for output in &outputs {
+        let event = Event {
+            topic: TOPIC_OUT.into(),
+            payload: output.value.clone().into(),
+            partition,
+            producer: ProducerStamp {
+                sequence,
+                ..incarnation.producer
+            },
+            ..Event::default()
+        };
+        builder.push(&event).expect("a valid event");
+        sequence += 1;
+    }
+    let op = Op::Transaction {
+        events: builder.finish(),
+        commit: OffsetCommit {
+            group: GROUP.into(),
+            member: member.into(),
+            generation: incarnation.generation,
+            offsets: vec![(TOPIC.into(), partition, next)],
+        },
+    };
+    let txn = TxnOp {
+        consumer: incarnation.process,
+        group: GROUP.into(),
+        generation: incarnation.generation,
+        input_topic: TOPIC.into(),
+        inputs: inputs.clone(),
+        output_topic: TOPIC_OUT.into(),
+        outputs,
+        offsets_next: BTreeMap::from([(partition, next)]),
+    };
+    let mut process = workload.recorder.borrow_mut().process();
+    for _ in 0..ATTEMPTS_MAX {
+        workload
+            .recorder
+            .borrow_mut()
+            .tick()
+            .invoke(process, txn.clone());
+        let target = workload.target(client).await;
+        let outcome = workload.propose(target, op.clone()).await;
+        let acknowledged = {
+            let mut recorder = workload.recorder.borrow_mut();
+            match outcome {
+                Proposal::Done(Response::Transaction(Ok(_))) => {
+                    recorder.tick().ok(process, txn.clone());
+                    Some(true)
+                }
+                Proposal::Done(Response::Transaction(Err(_))) => {
+                    recorder.tick().fail(process, txn.clone());
+                    Some(false)
+                }
+                Proposal::Refused => {
+                    // Not the leader: this attempt did nothing, but an
+                    // earlier `info` one may have; only retrying until a
+                    // definite answer keeps the output sequences right.
+                    recorder.tick().fail(process, txn.clone());
+                    None
+                }
+                Proposal::Done(other) => panic!("Transaction answered {other:?}"),
+                Proposal::Unknown => {
+                    recorder.tick().info(process, txn.clone());
+                    process = recorder.process();
+                    None
+                }
+            }
+        };
+        match acknowledged {
+            Some(true) => {
+                incarnation.positions.insert(partition, next);
+                incarnation.sequences[partition as usize] = sequence;
+                return true;
+            }
+            Some(false) => {
+                // Refused (fenced, or not the leader): this incarnation
+                // starts the partition again from the group's commit.
+                incarnation.positions.remove(&partition);
+                return false;
+            }
+            None => madsim::time::sleep(RETRY_PAUSE).await,
+        }
+    }
+    panic!("a transaction got no answer in {ATTEMPTS_MAX} attempts");
+}
+
+/// Up to [`TXN_INPUTS_MAX`] events of `partition` from the incarnation's
+/// position (or the group's commit), as node `node` has them applied.
+/// `None` if the node is down or cannot serve them yet.
+fn read_inputs(
+    cluster: &SimCluster,
+    node: NodeId,
+    incarnation: &Incarnation,
+    partition: u32,
+) -> Option<Vec<sluice_jepsen::Event>> {
+    let (committed, range) = cluster.with_state(node, |state| {
+        (
+            state.committed(GROUP, TOPIC, partition),
+            state.partition_range(TOPIC, partition),
+        )
+    })?;
+    let (first, next) = range?;
+    let from = incarnation
+        .positions
+        .get(&partition)
+        .copied()
+        .or(committed)
+        .unwrap_or(first)
+        .max(first);
+    let to = next.min(from + TXN_INPUTS_MAX as u64);
+    cluster.read_range(node, TOPIC, partition, from, to).ok()
+}
+
+/// Runs every future to completion on the current task, polling each
+/// that is not done whenever the task wakes.
+pub async fn join_all<T>(futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, future) in futures.iter_mut().enumerate() {
+            if let Some(running) = future
+                && let Poll::Ready(output) = running.as_mut().poll(cx)
+            {
+                outputs[slot] = Some(output);
+                *future = None;
+            }
+        }
+        if futures.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("every future finished"))
+        .collect()
+}

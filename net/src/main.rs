@@ -28,16 +28,6 @@ enum Command {
     /// Publish and consume events on an embedded bus, reopening it midway,
     /// and report what was lost or duplicated (both must be 0) and how fast.
     Demo(demo::Args),
-    /// Check a data directory offline: every frame checksum, the hash
-    /// chain, every signature, every file. Exit 0 with a summary when
-    /// intact; 1 naming the first bad record (file, byte offset, index).
-    Verify(audit_cmd::VerifyArgs),
-    /// SM2 keys for checkpoints and producer signatures.
-    #[command(subcommand)]
-    Keys(audit_cmd::KeysCommand),
-    /// Audit trail: export a subject's events, erase a subject.
-    #[command(subcommand)]
-    Audit(audit_cmd::AuditCommand),
     /// Run a cluster node in the foreground.
     Node(commands::node::Args),
     /// Initialise a cluster, show its status, add or remove members.
@@ -55,6 +45,16 @@ enum Command {
     /// List or replay a consumer group's dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::Command),
+    /// Check a data directory offline: every frame checksum, the hash
+    /// chain, every signature, every file. Exit 0 with a summary when
+    /// intact; 1 naming the first bad record (file, byte offset, index).
+    Verify(audit_cmd::VerifyArgs),
+    /// SM2 keys for checkpoints and producer signatures.
+    #[command(subcommand)]
+    Keys(audit_cmd::KeysCommand),
+    /// Audit trail: export a subject's events, erase a subject.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,9 +68,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Verify(args) => audit_cmd::verify(args),
-        Command::Keys(command) => audit_cmd::keys(command),
-        Command::Audit(command) => audit_cmd::audit(command),
         Command::Node(args) => commands::node::run(args),
         Command::Cluster(command) => commands::cluster::run(command),
         Command::Topics(command) => commands::topics::run(command),
@@ -78,6 +75,9 @@ fn main() -> ExitCode {
         Command::Tail(args) => commands::tail::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Dlq(command) => commands::dlq::run(command),
+        Command::Verify(args) => audit_cmd::verify(args),
+        Command::Keys(command) => audit_cmd::keys(command),
+        Command::Audit(command) => audit_cmd::audit(command),
     };
     match result {
         Ok(code) => code,

@@ -308,7 +308,10 @@ impl NodeService {
             error => {
                 let retry = matches!(
                     error,
-                    BusError::Raft(_) | BusError::Timeout(_) | BusError::Closed
+                    BusError::Raft(_)
+                        | BusError::Timeout(_)
+                        | BusError::Closed
+                        | BusError::Storage(_)
                 );
                 ClientResponse::Error {
                     message: error.to_string(),
@@ -434,14 +437,18 @@ impl NodeService {
                         offset: receipt.offset,
                         duplicate: receipt.duplicate,
                     },
-                    // Unknown outcome or leadership lost: the client sends
-                    // the whole request again; the stamps deduplicate.
-                    Err(error @ (BusError::Raft(_) | BusError::NotLeader { .. })) => {
-                        return Err(error);
+                    // A definite refusal by the state machine: nothing was
+                    // appended for this event.
+                    Err(error @ (BusError::Publish(_) | BusError::Event(_))) => {
+                        PublishOutcome::Refused {
+                            message: error.to_string(),
+                        }
                     }
-                    Err(error) => PublishOutcome::Refused {
-                        message: error.to_string(),
-                    },
+                    // Anything else (leadership lost, the bus closing, a
+                    // storage failure) leaves the outcome unknown: the
+                    // client sends the whole request again, here or to
+                    // another node, and the stamps deduplicate.
+                    Err(error) => return Err(error),
                 },
                 Err(error) => PublishOutcome::Refused {
                     message: error.to_string(),

@@ -317,7 +317,8 @@ async fn connections_without_the_secret_are_refused() {
         let client_with = |secret: Option<Secret>| {
             let mut config = ClientConfig::new(vec![address]);
             config.secret = secret;
-            config.attempt_timeout = Duration::from_millis(500);
+            // Long enough for the challenge to arrive on a loaded machine.
+            config.attempt_timeout = Duration::from_secs(5);
             Client::new(config).unwrap()
         };
 

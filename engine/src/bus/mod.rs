@@ -231,6 +231,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         // Detached: the batcher ends when the last sender (the bus) drops.
         drop(TypeConfig::<RT>::spawn(batcher::run::<RT, D>(
             raft.clone(),
+            view.clone(),
             clock.clone(),
             requests,
             config.batch_events_max,

@@ -88,12 +88,6 @@ pub enum Op {
     },
     /// Does nothing (a leader's first entry, a barrier).
     Noop,
-    /// A signed checkpoint of the log's hash chain head; applying it
-    /// changes nothing, its place in the log is what counts.
-    Checkpoint(crate::audit::Checkpoint),
-    /// A signed erasure request: the subject's payloads are masked on
-    /// every later read.
-    Erase(crate::audit::Erasure),
     /// A group member is alive; answered with the group's generation and
     /// the member's assignment. Members silent for longer than
     /// `SESSION_TIMEOUT_MS` are removed by it.
@@ -103,6 +97,12 @@ pub enum Op {
         /// Member.
         member: String,
     },
+    /// A signed checkpoint of the log's hash chain head; applying it
+    /// changes nothing, its place in the log is what counts.
+    Checkpoint(crate::audit::Checkpoint),
+    /// A signed erasure request: the subject's payloads are masked on
+    /// every later read.
+    Erase(crate::audit::Erasure),
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`

@@ -13,9 +13,9 @@
 use super::State;
 use super::response::SnapshotError;
 
-/// The only snapshot version this code writes and reads (2 added group
-/// heartbeats' last-seen times, 3 the erased subjects).
-pub const SNAPSHOT_VERSION: u8 = 3;
+/// The only snapshot version this code writes and reads (2 added member
+/// heartbeats and the erased subjects).
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Version byte plus checksum.
 const SNAPSHOT_HEADER_SIZE: usize = 5;

@@ -78,7 +78,26 @@ pub(crate) fn resolve(item: &str) -> Result<SocketAddr, Box<dyn Error>> {
 
 /// A multi-threaded tokio runtime for one command.
 pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(feature = "planted-bugs")]
+    plant_from_env(&mut builder);
+    builder.build()
+}
+
+/// Test builds only: switches on the bug `SLUICE_PLANTED_BUG` names on
+/// this thread and every runtime thread (the switch is per thread).
+#[cfg(feature = "planted-bugs")]
+fn plant_from_env(builder: &mut tokio::runtime::Builder) {
+    use sluice::testing::planted::{self, Bug};
+    let Ok(name) = std::env::var("SLUICE_PLANTED_BUG") else {
+        return;
+    };
+    let bug = Bug::from_name(&name).unwrap_or_else(|| {
+        let known: Vec<&str> = Bug::ALL.iter().map(|bug| bug.name()).collect();
+        panic!("SLUICE_PLANTED_BUG={name:?} names no planted bug; known: {known:?}")
+    });
+    tracing::warn!(bug = bug.name(), "running with a planted bug (test build)");
+    planted::plant(Some(bug));
+    builder.on_thread_start(move || planted::plant(Some(bug)));
 }

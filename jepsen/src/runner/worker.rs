@@ -1,0 +1,473 @@
+//! The worker: one run, from the nodes' start to the verdict. In namespace
+//! mode the supervisor starts it inside the clients' namespace (`ip netns
+//! exec`), so every connection it opens to the nodes crosses the bridge
+//! like a real client's; it starts the nodes in their own namespaces.
+//!
+//! Phases: start the nodes; initialise the cluster and create the topics;
+//! run the workload while the nemesis follows its schedule; stop the
+//! workload and heal everything; wait until every node has applied the
+//! same log; read every topic from every node (the final reads); check
+//! the history with the same checker the simulator uses; write
+//! `history.jsonl`, `nemesis.jsonl`, `results.json`.
+
+use std::io::BufWriter;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
+use sluice_net::auth::Secret;
+use sluice_net::client::{Client, ClientConfig};
+use sluice_net::protocol::{ClientRequest, ClientResponse, Metadata};
+use tokio::task::JoinSet;
+
+use super::config::{Mode, WorkerConfig};
+use super::nemesis::Nemesis;
+use super::nodes::Nodes;
+use super::proxy::Proxy;
+use super::recorder::Recorder;
+use super::schedule::{Schedule, Step};
+use super::workload::{self, Context, INPUT, OUTPUT, PARTITIONS};
+
+/// How long the cluster may take to converge after the final heal.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long workload tasks may take to finish their last operation.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `results.json` holds besides the checker's report.
+#[derive(Debug, Serialize)]
+struct RunFacts {
+    nodes: u64,
+    seed: u64,
+    time_limit_secs: u64,
+    mode: Mode,
+    nemesis: Vec<String>,
+    planted_bug: Option<String>,
+    request_timeout_secs: u64,
+    workload_secs: f64,
+    converged: bool,
+    convergence: String,
+    nemesis_actions: usize,
+    nemesis_failed_actions: usize,
+    node_exits_unexpected: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    run: RunFacts,
+    checks: Checks,
+    report: &'a Report,
+}
+
+#[derive(Debug, Serialize)]
+struct Checks {
+    passed: u64,
+    failed: u64,
+    failed_names: Vec<String>,
+}
+
+/// Runs the worker; returns the process exit code.
+pub(crate) fn run(config_path: &Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|error| format!("{}: {error}", config_path.display()))?;
+    let config: WorkerConfig = serde_json::from_str(&text)
+        .map_err(|error| format!("{}: {error}", config_path.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("tokio: {error}"))?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: WorkerConfig) -> Result<i32, String> {
+    let secret = Secret::from_file(&config.secret_file).map_err(|error| error.to_string())?;
+    let recorder = Arc::new(Recorder::new());
+    let nodes = Arc::new(Nodes::new(config.clone()));
+    let proxy = match config.mode {
+        Mode::Loopback => {
+            let routes = nodes
+                .ids()
+                .into_iter()
+                .map(|id| (id, config.member_address(id), config.listen_address(id)))
+                .collect();
+            Some(Proxy::start(routes).await?)
+        }
+        Mode::Netns => None,
+    };
+    nodes.start_all()?;
+    let seeds: Vec<SocketAddr> = nodes
+        .ids()
+        .into_iter()
+        .map(|id| config.listen_address(id))
+        .collect();
+    let admin = client(&seeds, &secret, Duration::from_secs(30));
+    initialise(&config, &admin).await?;
+    eprintln!(
+        "cluster of {} nodes initialised; topics created",
+        config.nodes
+    );
+
+    let context = Context {
+        recorder: Arc::clone(&recorder),
+        seeds: seeds.clone(),
+        secret: secret.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        seed: config.seed,
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
+    };
+    let mut nemesis = Nemesis::new(
+        config.mode,
+        Arc::clone(&nodes),
+        proxy.clone(),
+        Arc::clone(&recorder),
+    );
+    let started = Instant::now();
+    let tasks = spawn_workload(&config, &context);
+    follow_schedule(&config, &mut nemesis, &admin, &seeds, started).await;
+    context.stop.store(true, Ordering::Relaxed);
+    let workload_secs = started.elapsed().as_secs_f64();
+    nemesis.heal_all(config.skew);
+    drain(tasks).await;
+
+    let (converged, convergence) = converge(&admin, &seeds).await;
+    eprintln!("convergence: {convergence}");
+    nemesis.restart_exited();
+    final_reads(&recorder, &seeds, &secret).await;
+
+    let history = recorder.history();
+    let report = sluice_jepsen::check(&history);
+    let nemesis_records = recorder.nemesis_records();
+    write_outputs(&config.run_dir, &history, &nemesis_records)?;
+    let facts = RunFacts {
+        nodes: config.nodes,
+        seed: config.seed,
+        time_limit_secs: config.time_limit_secs,
+        mode: config.mode,
+        nemesis: config.nemesis.clone(),
+        planted_bug: config.planted_bug.clone(),
+        request_timeout_secs: config.request_timeout_secs,
+        workload_secs,
+        converged,
+        convergence,
+        nemesis_actions: nemesis_records.len(),
+        nemesis_failed_actions: nemesis_records.iter().filter(|r| !r.ok).count(),
+        node_exits_unexpected: nemesis.unexpected_exits.clone(),
+    };
+    let checks = checks(&report, &facts);
+    print_summary(&report, &facts, &checks);
+    let results = Results {
+        run: facts,
+        checks,
+        report: &report,
+    };
+    let path = config.run_dir.join("results.json");
+    let json = serde_json::to_string_pretty(&results).map_err(|error| error.to_string())?;
+    std::fs::write(&path, json).map_err(|error| format!("{}: {error}", path.display()))?;
+    if let Some(proxy) = proxy {
+        proxy.shutdown();
+    }
+    nodes.kill_all();
+    eprintln!("run directory: {}", config.run_dir.display());
+    Ok(if results.checks.failed == 0 { 0 } else { 1 })
+}
+
+fn client(seeds: &[SocketAddr], secret: &Secret, timeout: Duration) -> Client {
+    let mut config = ClientConfig::new(seeds.to_vec());
+    config.secret = Some(secret.clone());
+    config.request_timeout = timeout;
+    config.attempt_timeout = Duration::from_secs(1);
+    Client::new(config).expect("seeds are given")
+}
+
+/// `sluice cluster init`, through the client library: retried while the
+/// nodes start listening; then the topics.
+async fn initialise(config: &WorkerConfig, admin: &Client) -> Result<(), String> {
+    let members: Vec<(u64, String)> = (1..=config.nodes)
+        .map(|id| (id, config.member_address(id).to_string()))
+        .collect();
+    let first = config.listen_address(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = ClientRequest::Initialize {
+            members: members.clone(),
+        };
+        match admin.request_from(first, &request).await {
+            Ok(ClientResponse::Done) => break,
+            outcome if Instant::now() > deadline => {
+                return Err(format!(
+                    "cluster init kept failing: {outcome:?}; see node-1.log"
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    workload::create_topics(admin)
+        .await
+        .map_err(|error| format!("creating the topics: {error}"))
+}
+
+fn spawn_workload(config: &WorkerConfig, context: &Context) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for _ in 0..config.producers {
+        tasks.spawn(workload::producer(context.clone()));
+    }
+    for index in 0..config.consumers {
+        tasks.spawn(workload::consumer(context.clone(), index));
+    }
+    for index in 0..config.transactors {
+        tasks.spawn(workload::transactor(context.clone(), index));
+    }
+    tasks
+}
+
+/// Applies the schedule's steps at their times until the time limit.
+async fn follow_schedule(
+    config: &WorkerConfig,
+    nemesis: &mut Nemesis,
+    admin: &Client,
+    seeds: &[SocketAddr],
+    started: Instant,
+) {
+    let schedule = Schedule::new(
+        config.seed,
+        &config.kinds(),
+        config.nodes,
+        config.time_limit(),
+    );
+    for (due, step) in &schedule.steps {
+        tokio::time::sleep_until((started + *due).into()).await;
+        match step {
+            Step::Start(fault) => {
+                let leader = leader(admin, seeds).await;
+                nemesis.start(fault, leader);
+            }
+            Step::Heal(fault) => nemesis.heal(fault),
+        }
+    }
+    tokio::time::sleep_until((started + config.time_limit()).into()).await;
+}
+
+/// The node that says it leads, asked one by one (at most a second each).
+async fn leader(admin: &Client, seeds: &[SocketAddr]) -> Option<u64> {
+    for &address in seeds {
+        if let Ok(ClientResponse::Metadata(metadata)) =
+            admin.request_from(address, &ClientRequest::Metadata).await
+        {
+            if metadata.role == "leader" {
+                return Some(metadata.node_id);
+            }
+        }
+    }
+    None
+}
+
+async fn drain(mut tasks: JoinSet<()>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(_) => {}
+            Err(_) => {
+                // Operations still waiting stay without completion: the
+                // checker counts them as indeterminate.
+                eprintln!(
+                    "{} workload tasks did not finish in time; aborted",
+                    tasks.len()
+                );
+                tasks.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until one leader is known to all and every node has applied
+/// everything the leader committed after a barrier write.
+async fn converge(admin: &Client, seeds: &[SocketAddr]) -> (bool, String) {
+    let started = Instant::now();
+    let mut last = String::from("no attempt");
+    while started.elapsed() < CONVERGENCE_TIMEOUT {
+        // A write in the current term, so the leader's commit index covers
+        // every earlier entry.
+        if let Err(error) = workload::create_topics(admin).await {
+            last = format!("barrier write failed: {error}");
+            continue;
+        }
+        let mut views: Vec<Metadata> = Vec::new();
+        for &address in seeds {
+            match admin.request_from(address, &ClientRequest::Metadata).await {
+                Ok(ClientResponse::Metadata(metadata)) => views.push(metadata),
+                other => last = format!("{address}: {other:?}"),
+            }
+        }
+        if views.len() == seeds.len() {
+            let leaders: Vec<_> = views
+                .iter()
+                .map(|m| m.leader.as_ref().map(|l| l.0))
+                .collect();
+            let applied: Vec<_> = views.iter().map(|m| m.log.2).collect();
+            let committed = views
+                .iter()
+                .find(|m| m.role == "leader")
+                .and_then(|m| m.log.1);
+            if leaders.iter().all(|l| l.is_some() && *l == leaders[0])
+                && committed.is_some()
+                && applied.iter().all(|a| *a >= committed)
+            {
+                return (
+                    true,
+                    format!(
+                        "converged in {:.1} s: leader {:?}, applied {:?}",
+                        started.elapsed().as_secs_f64(),
+                        leaders[0],
+                        applied
+                    ),
+                );
+            }
+            last =
+                format!("leaders {leaders:?}, applied {applied:?}, leader committed {committed:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (
+        false,
+        format!("did not converge within {CONVERGENCE_TIMEOUT:?}: {last}"),
+    )
+}
+
+/// Reads both topics from every node, each partition from its first
+/// retained offset to its end; one `final_read` op per (node, topic).
+async fn final_reads(recorder: &Recorder, seeds: &[SocketAddr], secret: &Secret) {
+    let reader = client(seeds, secret, Duration::from_secs(10));
+    for &address in seeds {
+        for topic in [INPUT, OUTPUT] {
+            let process = recorder.new_process();
+            let read = FinalReadOp::new::<sluice_jepsen::Event>(topic, []);
+            recorder.invoke(process, read.clone());
+            match read_topic(&reader, address, topic).await {
+                Ok(events) => recorder.ok(process, FinalReadOp { events, ..read }),
+                Err(error) => {
+                    eprintln!("final read of {topic} from {address} failed: {error}");
+                    recorder.fail(process, read);
+                }
+            }
+        }
+    }
+}
+
+async fn read_topic(
+    reader: &Client,
+    address: SocketAddr,
+    topic: &str,
+) -> Result<Vec<sluice_jepsen::Event>, String> {
+    let mut events = Vec::new();
+    for partition in 0..PARTITIONS {
+        let mut offset = 0;
+        loop {
+            let request = ClientRequest::Fetch {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                max: 10_000,
+                wait_ms: 0,
+            };
+            match reader.request_from(address, &request).await {
+                Ok(ClientResponse::Fetched {
+                    events: fetched,
+                    next,
+                    range,
+                }) => {
+                    for event in &fetched {
+                        events.push(sluice_jepsen::Event::new(
+                            partition,
+                            event.offset,
+                            String::from_utf8_lossy(&event.payload).into_owned(),
+                        ));
+                    }
+                    if next >= range.1 || fetched.is_empty() {
+                        break;
+                    }
+                    offset = next;
+                }
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn write_outputs(
+    run_dir: &Path,
+    history: &sluice_jepsen::History,
+    nemesis: &[super::recorder::NemesisRecord],
+) -> Result<(), String> {
+    let path = run_dir.join("history.jsonl");
+    let file =
+        std::fs::File::create(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+    history
+        .to_jsonl(BufWriter::new(file))
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    let path = run_dir.join("nemesis.jsonl");
+    let mut lines = String::new();
+    for record in nemesis {
+        lines.push_str(&serde_json::to_string(record).map_err(|error| error.to_string())?);
+        lines.push('\n');
+    }
+    std::fs::write(&path, lines).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// One check per failure class of the checker, plus convergence.
+fn checks(report: &Report, facts: &RunFacts) -> Checks {
+    let mut passed = 0;
+    let mut failed_names = Vec::new();
+    for class in AnomalyClass::ALL.into_iter().filter(|c| c.is_failure()) {
+        if report.count(class) == 0 {
+            passed += 1;
+        } else {
+            failed_names.push(class.name().to_owned());
+        }
+    }
+    if facts.converged {
+        passed += 1;
+    } else {
+        failed_names.push("convergence".to_owned());
+    }
+    Checks {
+        passed,
+        failed: failed_names.len() as u64,
+        failed_names,
+    }
+}
+
+fn print_summary(report: &Report, facts: &RunFacts, checks: &Checks) {
+    println!(
+        "run: {} nodes, seed {}, {:.0} s of workload, {:?} mode, nemesis [{}]{}",
+        facts.nodes,
+        facts.seed,
+        facts.workload_secs,
+        facts.mode,
+        facts.nemesis.join(","),
+        facts
+            .planted_bug
+            .as_ref()
+            .map(|bug| format!(", planted bug {bug}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "nemesis: {} actions ({} failed); nodes that exited on their own: {}",
+        facts.nemesis_actions,
+        facts.nemesis_failed_actions,
+        facts.node_exits_unexpected.len()
+    );
+    println!("convergence: {}", facts.convergence);
+    print!("{report}");
+    for class in report.failures() {
+        for example in report.examples(class).iter().take(3) {
+            println!("  {class}: {}", example.message);
+        }
+    }
+    println!("{} passed, {} failed", checks.passed, checks.failed);
+}

@@ -630,6 +630,13 @@ async fn serve_connection<H: Handler>(
         };
         if let Some(reason) = refused {
             warn!(%peer, %reason, "refused a connection that did not authenticate");
+            // Close gracefully: a close with the peer's request still
+            // unread would reset the connection, and the peer could lose
+            // the challenge that tells it why it was refused.
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return;
         }
     }

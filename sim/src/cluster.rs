@@ -88,6 +88,9 @@ struct Slot {
     madsim_id: MadsimNodeId,
     clock: Arc<SimClock>,
     member: Arc<Mutex<Option<Member>>>,
+    /// Why the node's last start failed (its disk refused to open), if it
+    /// did.
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 /// How a proposal through one node ended, as its client sees it.
@@ -134,6 +137,8 @@ impl SimCluster {
         for &id in ids {
             let disk = disks.disk(id);
             let member: Arc<Mutex<Option<Member>>> = Arc::new(Mutex::new(None));
+            let refused: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+            let init_refused = Arc::clone(&refused);
             let clock = Arc::new(SimClock::new());
             let init_member = Arc::clone(&member);
             let init_clock = Arc::clone(&clock);
@@ -152,6 +157,7 @@ impl SimCluster {
                         disk.clone(),
                         init_clock.clone(),
                         init_member.clone(),
+                        init_refused.clone(),
                         transport.clone(),
                         config.clone(),
                     )
@@ -162,6 +168,7 @@ impl SimCluster {
                 madsim_id: node.id(),
                 clock,
                 member,
+                refused,
             };
             slots.insert(id, slot);
         }
@@ -172,7 +179,9 @@ impl SimCluster {
             faults,
         };
         for &id in ids {
-            cluster.wait_running(id).await;
+            if let Err(refusal) = cluster.wait_running(id).await {
+                panic!("node {id} did not start: {refusal}");
+            }
         }
         cluster
     }
@@ -225,6 +234,16 @@ impl SimCluster {
         self.member(id).map(|member| member.raft)
     }
 
+    /// The index of node `id`'s last snapshot (built or installed), if it
+    /// runs and has one.
+    pub fn snapshot_index(&self, id: NodeId) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver as _;
+        let raft = self.raft(id)?;
+        let metrics = raft.metrics();
+        let snapshot = metrics.borrow_watched().snapshot;
+        snapshot.map(|log_id| log_id.index)
+    }
+
     /// Whether node `id` runs (it may still be cut off).
     pub fn is_running(&self, id: NodeId) -> bool {
         self.member(id).is_some()
@@ -261,8 +280,20 @@ impl SimCluster {
         }
     }
 
-    async fn wait_running(&self, id: NodeId) {
-        while self.member(id).is_none() {
+    /// Waits until node `id` runs, or its start failed.
+    async fn wait_running(&self, id: NodeId) -> Result<(), String> {
+        loop {
+            if self.member(id).is_some() {
+                return Ok(());
+            }
+            let refused = self.slots[&id]
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(refusal) = refused {
+                return Err(refusal);
+            }
             madsim::time::sleep(POLL).await;
         }
     }
@@ -280,14 +311,19 @@ impl SimCluster {
         self.disks.kill(id);
     }
 
-    /// Starts node `id` again on its crashed disk; returns once it runs.
+    /// Starts node `id` again on its crashed disk; returns once it runs,
+    /// or with the reason its disk refused to open (it then stays down).
     /// A running node is left alone.
-    pub async fn restart(&self, id: NodeId) {
+    pub async fn restart(&self, id: NodeId) -> Result<(), String> {
         if self.is_running(id) {
-            return;
+            return Ok(());
         }
+        *self.slots[&id]
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         self.disks.restart(id);
-        self.wait_running(id).await;
+        self.wait_running(id).await
     }
 
     /// Cuts node `id` off the network in both directions.
@@ -495,25 +531,38 @@ async fn run_node(
     disk: SimDisk,
     clock: Arc<SimClock>,
     member: Arc<Mutex<Option<Member>>>,
+    refused: Arc<Mutex<Option<String>>>,
     transport: SimTransportConfig,
     config: Arc<openraft::Config>,
 ) {
     let options = sluice::log::Options::default();
-    let store = LogStore::<SimRuntime, SimDisk>::open(
+    let opened = LogStore::<SimRuntime, SimDisk>::open(
         disk.clone(),
         clock as Arc<dyn sluice::io::Clock>,
         options,
         Durability::Sync,
-    )
-    .expect("open the log store");
+    );
+    // A disk that refuses to open (damage a crash cannot explain) keeps
+    // the node down; the scenario decides whether that is allowed.
+    let store = match opened {
+        Ok(store) => store,
+        Err(error) => {
+            *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+            return;
+        }
+    };
     let reader = store.reader();
     let machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
     let view = machine.view();
     let transport = SimTransport::new(id, transport);
     let network = TransportNetwork::new(id, Arc::new(transport));
-    let raft = SimRaft::new(id, config, network, store, machine)
-        .await
-        .expect("start Raft");
+    let raft = match SimRaft::new(id, config, network, store, machine).await {
+        Ok(raft) => raft,
+        Err(error) => {
+            *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+            return;
+        }
+    };
     let _server = SimServer::serve(id, RaftService::new(raft.clone()))
         .await
         .expect("bind the node's address");

@@ -143,15 +143,17 @@ pub fn check_seeds(scenario: Scenario, seeds: Seeds) -> Throughput {
             Verdict::Anomalies(outcome) => panic!(
                 "scenario {scenario}, seed {seed}: the checker found anomalies:\n{}\n\
                  replay: {}\n\
-                 or: MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 cargo simtest --test scenarios",
+                 or: MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 cargo simtest --test scenarios -- --exact {}",
                 outcome.report,
-                replay_command(scenario, seed, None)
+                replay_command(scenario, seed, None),
+                scenario.name().replace('-', "_")
             ),
             Verdict::Panicked(message) => panic!(
                 "scenario {scenario}, seed {seed} failed: {message}\n\
                  replay: {}\n\
-                 or: MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 cargo simtest --test scenarios",
-                replay_command(scenario, seed, None)
+                 or: MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 cargo simtest --test scenarios -- --exact {}",
+                replay_command(scenario, seed, None),
+                scenario.name().replace('-', "_")
             ),
         }
     }

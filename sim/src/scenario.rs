@@ -4,9 +4,9 @@
 //!
 //! 1. Start the nodes (3, or 5 in three data centres), initialise, create
 //!    the topics.
-//! 2. Safety: two idempotent producers and two transactional workers run
-//!    while the scenario's nemesis injects its faults, by the seed. Each
-//!    nemesis undoes its faults at its end.
+//! 2. Safety: two idempotent producers, two transactional workers and two
+//!    plain consumers run while the scenario's nemesis injects its
+//!    faults, by the seed. Each nemesis undoes its faults at its end.
 //! 3. Liveness: every cut healed, every node running, loss and duplication
 //!    off; the clients finish what they were doing (every batch until
 //!    acknowledged) and stop; a leader must appear, a no-op must commit,
@@ -26,6 +26,8 @@
 //! | `crash` | nodes killed and restarted, sometimes all at once (power loss); unsynced writes kept, torn or dropped |
 //! | `dc-failover` | 5 nodes in 3 data centres (2 + 2 + 1) with WAN latency; a whole data centre killed or cut off, failover, then it comes back |
 //! | `clock` | per-node drift and wall-clock jumps (the engine's clock: commands are stamped with the leader's wall time), and a leader isolation |
+//! | `disk` | on one node at a time: EIO on writes or syncs, ENOSPC, then an operator restart; and on one node per run bit rot in a file while it is down: it must either start cleanly or refuse to open (then it stays down and the other two carry on) |
+//! | `snapshot` | a follower cut off while the leader drops a log prefix by retention, snapshots and purges; healed, it must install the snapshot, then it is made leader; no transactional workers (retention would delete inputs they have not consumed); the checker allows the deleted prefix |
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
@@ -35,12 +37,14 @@ use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::rand::seq::SliceRandom as _;
 use sluice::io::transport::NodeId;
+use sluice::io::{Disk as _, FaultOp};
 use sluice::state::{Op, Response, TopicConfig};
 use sluice_jepsen::{FinalReadOp, OpKind, Report};
 
 use crate::SimCluster;
 use crate::workload::{
-    ClientConfig, PARTITIONS, TOPIC, TOPIC_OUT, Workload, join_all, run_producer, run_txn_worker,
+    ClientConfig, PARTITIONS, TOPIC, TOPIC_OUT, Workload, join_all, run_plain_consumer,
+    run_producer, run_txn_worker,
 };
 
 /// A scenario. See the module docs for what each does.
@@ -62,11 +66,15 @@ pub enum Scenario {
     DcFailover,
     /// Clock drift and jumps.
     Clock,
+    /// A follower catches up by snapshot, then leads.
+    Snapshot,
+    /// EIO, ENOSPC and bit rot on one node's disk.
+    Disk,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Partition,
         Scenario::OneWay,
         Scenario::Flapping,
@@ -75,6 +83,8 @@ impl Scenario {
         Scenario::Crash,
         Scenario::DcFailover,
         Scenario::Clock,
+        Scenario::Snapshot,
+        Scenario::Disk,
     ];
 
     /// A short stable name (command lines, test output).
@@ -88,6 +98,8 @@ impl Scenario {
             Scenario::Crash => "crash",
             Scenario::DcFailover => "dc-failover",
             Scenario::Clock => "clock",
+            Scenario::Snapshot => "snapshot",
+            Scenario::Disk => "disk",
         }
     }
 
@@ -146,7 +158,14 @@ pub async fn run(scenario: Scenario) -> Outcome {
         Scenario::DcFailover => 150,
         _ => 50,
     };
-    let cluster = SimCluster::start_with(&ids, crate::raft_config_with(heartbeat_ms)).await;
+    let mut config = (*crate::raft_config_with(heartbeat_ms)).clone();
+    if scenario == Scenario::Snapshot {
+        // Snapshots only when the nemesis asks, and the log purged right
+        // up to each, so a lagging follower can only catch up by one.
+        config.snapshot_policy = openraft::SnapshotPolicy::Never;
+        config.max_in_snapshot_log_to_keep = 0;
+    }
+    let cluster = SimCluster::start_with(&ids, std::sync::Arc::new(config)).await;
     if scenario == Scenario::DcFailover {
         set_wan_latency(&cluster);
     }
@@ -173,14 +192,18 @@ pub async fn run(scenario: Scenario) -> Outcome {
         workload.stop.set(true);
         0
     };
-    let counts = join_all(vec![
+    let mut clients: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>>> = vec![
         Box::pin(run_producer(&workload, 0)),
         Box::pin(run_producer(&workload, 1)),
-        Box::pin(run_txn_worker(&workload, 2, "w1")),
-        Box::pin(run_txn_worker(&workload, 3, "w2")),
         Box::pin(nemesis),
-    ])
-    .await;
+    ];
+    if scenario != Scenario::Snapshot {
+        clients.push(Box::pin(run_txn_worker(&workload, 2, "w1")));
+        clients.push(Box::pin(run_txn_worker(&workload, 3, "w2")));
+        clients.push(Box::pin(run_plain_consumer(&workload, 4, "r1")));
+        clients.push(Box::pin(run_plain_consumer(&workload, 5, "r2")));
+    }
+    let counts = join_all(clients).await;
 
     // Liveness: converge and read everything back.
     cluster
@@ -199,13 +222,25 @@ pub async fn run(scenario: Scenario) -> Outcome {
     let rejected = workload.recorder.borrow().rejected;
     let mut history = workload.recorder.into_inner().into_history();
     for &id in cluster.ids() {
+        if !cluster.is_running(id) {
+            // Only a written-off node may be down here (see `restart`).
+            continue;
+        }
         for topic in [TOPIC, TOPIC_OUT] {
             let events = cluster.final_read(id, topic).expect("final read");
             history.call(0, OpKind::Ok, FinalReadOp::new(topic, events));
         }
     }
     let history = history.build();
-    let report = sluice_jepsen::check(&history);
+    let retention = match scenario {
+        Scenario::Snapshot => sluice_jepsen::Retention::PrefixMayBeDeleted,
+        _ => sluice_jepsen::Retention::KeepAll,
+    };
+    let options = sluice_jepsen::CheckOptions {
+        retention,
+        ..sluice_jepsen::CheckOptions::default()
+    };
+    let report = sluice_jepsen::check_with(&history, &options);
     let mut jsonl = Vec::new();
     history.to_jsonl(&mut jsonl).expect("encode history");
     let mut hasher = DefaultHasher::new();
@@ -218,7 +253,7 @@ pub async fn run(scenario: Scenario) -> Outcome {
         acks_while_isolated,
         rejected,
         batches: counts[0] + counts[1],
-        transactions: counts[2] + counts[3],
+        transactions: counts.iter().skip(3).take(2).sum(),
     }
 }
 
@@ -232,6 +267,8 @@ async fn nemesis(scenario: Scenario, workload: &Workload<'_>) {
         Scenario::Crash => crashes(workload).await,
         Scenario::DcFailover => dc_failover(workload).await,
         Scenario::Clock => clock_faults(workload).await,
+        Scenario::Snapshot => snapshot_catch_up(workload).await,
+        Scenario::Disk => disk_faults(workload).await,
     }
 }
 
@@ -255,11 +292,23 @@ async fn heal_everything(workload: &Workload<'_>) {
     NetSim::current().update_config(|config| config.packet_loss_rate = 0.0);
     cluster.faults().set_duplicate_rate(0.0);
     for &id in cluster.ids() {
-        cluster.restart(id).await;
+        restart(workload, id).await;
     }
     workload.pinned.borrow_mut().clear();
     workload.isolated.set(None);
     note(workload, "heal everything".into());
+}
+
+/// Restarts node `id`; its disk may refuse to open only if the nemesis
+/// damaged it on purpose (the node then stays down).
+async fn restart(workload: &Workload<'_>, id: NodeId) {
+    if let Err(refusal) = workload.cluster.restart(id).await {
+        assert!(
+            workload.written_off.borrow().contains(&id),
+            "node {id} refused to start after a crash: {refusal}"
+        );
+        note(workload, format!("node {id} stays down: {refusal}"));
+    }
 }
 
 /// The agreed leader, or the first node if there is none.
@@ -443,7 +492,7 @@ async fn crashes(workload: &Workload<'_>) {
         note(workload, format!("kill {victims:?}"));
         sleep_between(50, 800).await;
         for &id in &victims {
-            cluster.restart(id).await;
+            restart(workload, id).await;
         }
         note(workload, format!("restart {victims:?}"));
     }
@@ -502,7 +551,7 @@ async fn dc_failover(workload: &Workload<'_>) {
         sleep_between(500, 2_000).await;
         if power_loss {
             for &id in &dc {
-                cluster.restart(id).await;
+                restart(workload, id).await;
             }
         } else {
             cluster.heal_all();
@@ -543,5 +592,176 @@ async fn clock_faults(workload: &Workload<'_>) {
             sleep_between(300, 1_200).await;
             cluster.heal(leader);
         }
+    }
+}
+
+/// Cuts a follower off, lets the leader run ahead, drops the log prefix by
+/// retention, snapshots and purges on the leader; heals the follower, which
+/// must install the snapshot (asserted), and hands it the leadership.
+async fn snapshot_catch_up(workload: &Workload<'_>) {
+    let cluster = workload.cluster;
+    sleep_between(300, 800).await;
+    let leader = leader_or_any(workload).await;
+    let others: Vec<NodeId> = cluster
+        .ids()
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let follower = others[madsim::rand::thread_rng().gen_range(0..others.len())];
+    cluster.isolate(follower);
+    note(workload, format!("isolate follower {follower}"));
+    sleep_between(500, 1_500).await;
+
+    // A quiet log: the retention point, the snapshot and the purge then
+    // cover the same prefix, and nothing retained is left out of the log.
+    workload.paused.set(true);
+    sleep_between(300, 500).await;
+    workload.write_until_done(Op::Noop).await;
+    let leader = leader_or_any(workload).await;
+    let point = cluster.applied_max() + 1;
+    let retained = workload
+        .write_until_done(Op::Retention {
+            log_index_before: point,
+        })
+        .await;
+    assert_eq!(retained, Response::Ok, "retention before {point}");
+    let raft = cluster.raft(leader).expect("the leader runs");
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .snapshot_index(leader)
+        .is_none_or(|index| index < point)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} built no snapshot"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = cluster.snapshot_index(leader).expect("built");
+    note(
+        workload,
+        format!("retention before {point}, snapshot at {snapshot} on leader {leader}"),
+    );
+    workload.paused.set(false);
+
+    cluster.heal(follower);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster
+        .snapshot_index(follower)
+        .is_none_or(|index| index < snapshot)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "follower {follower} did not install the snapshot at {snapshot}"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    note(
+        workload,
+        format!("follower {follower} installed the snapshot"),
+    );
+
+    // Hand it the leadership: cut off whoever else leads until it wins an
+    // election (its log is as long as anyone's, so it can).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.leader().await != Some(follower) {
+        assert!(Instant::now() < deadline, "{follower} did not take over");
+        if let Some(current) = cluster.leader().await {
+            cluster.isolate(current);
+            note(workload, format!("isolate leader {current}"));
+            let wait = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < wait
+                && cluster
+                    .leader()
+                    .await
+                    .is_none_or(|leader| leader == current)
+            {
+                madsim::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.heal(current);
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    note(workload, format!("{follower} leads"));
+    sleep_between(500, 1_500).await;
+}
+
+/// Disk faults on one node at a time (a minority): EIO on a share of its
+/// writes or syncs, or a full disk, for a while, then an operator kills
+/// and restarts it (with room again). On one node per run, bit rot: while
+/// it is down a bit of one of its files flips, durable copy included; it
+/// must then start cleanly (the damage was in a torn tail, or in bytes it
+/// never reads) or refuse to open, never serve damaged data.
+async fn disk_faults(workload: &Workload<'_>) {
+    let cluster = workload.cluster;
+    let ids = cluster.ids().to_vec();
+    let rotting = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
+    let rounds = madsim::rand::thread_rng().gen_range(3..6);
+    for _ in 0..rounds {
+        sleep_between(200, 700).await;
+        let (node, fault) = {
+            let mut rng = madsim::rand::thread_rng();
+            (ids[rng.gen_range(0..ids.len())], rng.gen_range(0..3))
+        };
+        if workload.written_off.borrow().contains(&node) {
+            continue;
+        }
+        let disk = cluster.disks().disk(node);
+        let crash_disk = disk.crash_disk();
+        match fault {
+            0 => {
+                let op = if madsim::rand::thread_rng().gen_bool(0.5) {
+                    FaultOp::Sync
+                } else {
+                    FaultOp::Write
+                };
+                crash_disk.set_fail_rate(op, 200_000);
+                note(workload, format!("node {node}: EIO on 20 % of {op:?}"));
+                sleep_between(300, 800).await;
+                crash_disk.set_fail_rate(op, 0);
+            }
+            1 => {
+                let used: u64 = crash_disk
+                    .list()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|name| crash_disk.read_file(name).ok())
+                    .map(|bytes| bytes.len() as u64)
+                    .sum();
+                let room = madsim::rand::thread_rng().gen_range(0..8_192);
+                crash_disk.set_capacity(Some(used + room));
+                note(
+                    workload,
+                    format!("node {node}: disk full at {} bytes", used + room),
+                );
+                sleep_between(300, 800).await;
+                crash_disk.set_capacity(None);
+            }
+            _ if node == rotting => {
+                cluster.kill(node);
+                let files = crash_disk.list().unwrap_or_default();
+                if !files.is_empty() {
+                    let (name, bit) = {
+                        let mut rng = madsim::rand::thread_rng();
+                        let name = files[rng.gen_range(0..files.len())].clone();
+                        let size = crash_disk.read_file(&name).map_or(0, |b| b.len() as u64);
+                        (name, rng.gen_range(0..size.max(1) * 8))
+                    };
+                    if crash_disk.flip_bit(&name, bit).is_ok() {
+                        workload.written_off.borrow_mut().insert(node);
+                        note(
+                            workload,
+                            format!("node {node}: bit {bit} of {name} flipped"),
+                        );
+                    }
+                }
+            }
+            _ => continue,
+        }
+        cluster.kill(node);
+        note(workload, format!("restart node {node}"));
+        restart(workload, node).await;
     }
 }

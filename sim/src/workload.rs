@@ -14,6 +14,9 @@
 //!   offset commit, as one transaction. Workers "crash" and take over their
 //!   own member name again, while the old incarnation lingers as a zombie
 //!   with the generation it knew.
+//! - [`run_plain_consumer`]: an at-least-once member of another group:
+//!   polls, then commits; re-joins now and then and is delivered again
+//!   what it had polled but not committed.
 //!
 //! Every client op goes into the history as invoke, then ok, fail or info;
 //! a process with an `info` op is gone and the client continues under a
@@ -35,7 +38,7 @@ use sluice::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
 use sluice::io::Clock as _;
 use sluice::io::transport::NodeId;
 use sluice::state::{Command, EventOutcome, OffsetCommit, Op, Response};
-use sluice_jepsen::{HistoryBuilder, SendOp, TxnOp, TxnOutput};
+use sluice_jepsen::{CommitOp, HistoryBuilder, PollOp, SendOp, TxnOp, TxnOutput};
 
 use crate::{Proposal, SimCluster};
 
@@ -47,6 +50,8 @@ pub const TOPIC_OUT: &str = "audit";
 pub const PARTITIONS: u32 = 3;
 /// The consumer group of the transactional workers.
 pub const GROUP: &str = "auditors";
+/// The consumer group of the plain (at-least-once) consumers.
+pub const GROUP_PLAIN: &str = "readers";
 /// Events per published batch.
 const EVENTS_PER_BATCH: u64 = 6;
 /// Most attempts of one operation before the scenario gives up on
@@ -148,6 +153,12 @@ pub struct Workload<'c> {
     pub pinned: RefCell<BTreeMap<usize, NodeId>>,
     /// The node the nemesis has cut off, if any; acks it gives are counted.
     pub isolated: Cell<Option<NodeId>>,
+    /// While set, clients hold their next attempt (the nemesis needs a
+    /// quiet log for a moment).
+    pub paused: Cell<bool>,
+    /// Nodes whose disk the nemesis damaged on purpose (bit rot): they may
+    /// refuse to start again, and then stay down.
+    pub written_off: RefCell<std::collections::BTreeSet<NodeId>>,
 }
 
 impl std::fmt::Debug for Workload<'_> {
@@ -166,12 +177,17 @@ impl<'c> Workload<'c> {
             stop: Cell::new(false),
             pinned: RefCell::new(BTreeMap::new()),
             isolated: Cell::new(None),
+            paused: Cell::new(false),
+            written_off: RefCell::default(),
         }
     }
 
     /// The node client `client` should talk to now: its pinned node, the
     /// agreed leader, or (no leader agreed) a node picked by the seed.
     async fn target(&self, client: usize) -> NodeId {
+        while self.paused.get() {
+            madsim::time::sleep(Duration::from_millis(20)).await;
+        }
         if let Some(&node) = self.pinned.borrow().get(&client) {
             return node;
         }
@@ -403,14 +419,14 @@ struct Incarnation {
 /// generation it knew, which the cluster must refuse. Runs until
 /// [`Workload::stop`]; returns the number of `ok` transactions.
 pub async fn run_txn_worker(workload: &Workload<'_>, client: usize, member: &str) -> u64 {
-    let mut current = join(workload, member).await;
+    let mut current = join(workload, GROUP, member).await;
     let mut zombie: Option<Incarnation> = None;
     let mut committed = 0;
     let mut round: u64 = 0;
     while !workload.stop.get() {
         round += 1;
         let target = workload.target(client).await;
-        refresh(workload.cluster, target, member, &mut current);
+        refresh(workload.cluster, target, GROUP, member, &mut current);
         if transact(workload, client, member, &mut current, round).await {
             committed += 1;
         }
@@ -423,7 +439,7 @@ pub async fn run_txn_worker(workload: &Workload<'_>, client: usize, member: &str
             }
         }
         if madsim::rand::thread_rng().gen_bool(0.15) {
-            let old = std::mem::replace(&mut current, join(workload, member).await);
+            let old = std::mem::replace(&mut current, join(workload, GROUP, member).await);
             zombie = Some(old);
         }
         let pause = madsim::rand::thread_rng().gen_range(10..60);
@@ -432,11 +448,11 @@ pub async fn run_txn_worker(workload: &Workload<'_>, client: usize, member: &str
     committed
 }
 
-/// Joins [`GROUP`] as `member` (until some leader applies it) and starts
+/// Joins `group` as `member` (until some leader applies it) and starts
 /// each partition from the group's committed offset.
-async fn join(workload: &Workload<'_>, member: &str) -> Incarnation {
+async fn join(workload: &Workload<'_>, group: &str, member: &str) -> Incarnation {
     let op = Op::JoinGroup {
-        group: GROUP.into(),
+        group: group.into(),
         member: member.into(),
         topics: vec![TOPIC.into()],
     };
@@ -476,9 +492,15 @@ async fn join(workload: &Workload<'_>, member: &str) -> Incarnation {
 /// Adopts the group's current generation and assignment if `member` is
 /// still in it (a live member learns a rebalance by reading the group, as
 /// a zombie does not). Partitions it lost forget their positions.
-fn refresh(cluster: &SimCluster, node: NodeId, member: &str, incarnation: &mut Incarnation) {
+fn refresh(
+    cluster: &SimCluster,
+    node: NodeId,
+    group: &str,
+    member: &str,
+    incarnation: &mut Incarnation,
+) {
     let Some(Some((generation, partitions))) = cluster.with_state(node, |state| {
-        let group = state.group(GROUP)?;
+        let group = state.group(group)?;
         let owned = group.assignment.get(member)?;
         let partitions: Vec<u32> = owned
             .iter()
@@ -527,7 +549,7 @@ async fn transact(
     {
         return false;
     }
-    let Some(inputs) = read_inputs(workload.cluster, target, incarnation, partition) else {
+    let Some(inputs) = read_inputs(workload.cluster, target, GROUP, incarnation, partition) else {
         return false;
     };
     if inputs.is_empty() {
@@ -637,12 +659,13 @@ async fn transact(
 fn read_inputs(
     cluster: &SimCluster,
     node: NodeId,
+    group: &str,
     incarnation: &Incarnation,
     partition: u32,
 ) -> Option<Vec<sluice_jepsen::Event>> {
     let (committed, range) = cluster.with_state(node, |state| {
         (
-            state.committed(GROUP, TOPIC, partition),
+            state.committed(group, TOPIC, partition),
             state.partition_range(TOPIC, partition),
         )
     })?;
@@ -656,6 +679,113 @@ fn read_inputs(
         .max(first);
     let to = next.min(from + TXN_INPUTS_MAX as u64);
     cluster.read_range(node, TOPIC, partition, from, to).ok()
+}
+
+/// A plain (at-least-once) consumer, member `member` of
+/// [`GROUP_PLAIN`]: polls up to a few events of one of its partitions
+/// (as a read-index-fresh leader has them), then commits the offset after
+/// them. Now and then it "crashes": a new incarnation joins under the same
+/// name and starts again from the group's commit, so events polled but
+/// not committed are delivered again (redelivery, which at-least-once
+/// allows and the checker counts apart). Runs until [`Workload::stop`];
+/// returns the number of `ok` commits.
+pub async fn run_plain_consumer(workload: &Workload<'_>, client: usize, member: &str) -> u64 {
+    let mut current = join(workload, GROUP_PLAIN, member).await;
+    let mut commits = 0;
+    let mut round: u64 = 0;
+    while !workload.stop.get() {
+        round += 1;
+        let target = workload.target(client).await;
+        if workload
+            .cluster
+            .read_barrier(target, workload.config.write_timeout)
+            .await
+        {
+            refresh(workload.cluster, target, GROUP_PLAIN, member, &mut current);
+            if poll_and_commit(workload, client, member, &mut current, target, round).await {
+                commits += 1;
+            }
+        }
+        if madsim::rand::thread_rng().gen_bool(0.1) {
+            current = join(workload, GROUP_PLAIN, member).await;
+        }
+        let pause = madsim::rand::thread_rng().gen_range(10..60);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+    }
+    commits
+}
+
+/// One poll of one of the incarnation's partitions from `node`, recorded,
+/// then the commit of the offset after it; returns whether the commit
+/// was acknowledged.
+async fn poll_and_commit(
+    workload: &Workload<'_>,
+    client: usize,
+    member: &str,
+    incarnation: &mut Incarnation,
+    node: NodeId,
+    round: u64,
+) -> bool {
+    if incarnation.partitions.is_empty() {
+        return false;
+    }
+    let partition = incarnation.partitions[round as usize % incarnation.partitions.len()];
+    let Some(events) = read_inputs(workload.cluster, node, GROUP_PLAIN, incarnation, partition)
+    else {
+        return false;
+    };
+    let poll = PollOp::new(incarnation.process, TOPIC)
+        .group(GROUP_PLAIN, incarnation.generation)
+        .events(events.clone());
+    {
+        let mut recorder = workload.recorder.borrow_mut();
+        let poll_process = incarnation.process;
+        let invocation = sluice_jepsen::Payload::from(poll.clone()).invocation();
+        recorder.tick().invoke(poll_process, invocation);
+        recorder.tick().ok(poll_process, poll);
+    }
+    let Some(last) = events.last() else {
+        return false;
+    };
+    let next = last.offset + 1;
+    incarnation.positions.insert(partition, next);
+    let op = Op::CommitOffsets(OffsetCommit {
+        group: GROUP_PLAIN.into(),
+        member: member.into(),
+        generation: incarnation.generation,
+        offsets: vec![(TOPIC.into(), partition, next)],
+    });
+    let commit = CommitOp {
+        consumer: incarnation.process,
+        group: GROUP_PLAIN.into(),
+        generation: incarnation.generation,
+        topic: TOPIC.into(),
+        offsets_next: BTreeMap::from([(partition, next)]),
+    };
+    let process = workload.recorder.borrow_mut().process();
+    workload
+        .recorder
+        .borrow_mut()
+        .tick()
+        .invoke(process, commit.clone());
+    let target = workload.target(client).await;
+    let outcome = workload.propose(target, op).await;
+    let mut recorder = workload.recorder.borrow_mut();
+    match outcome {
+        Proposal::Done(Response::Committed) => {
+            recorder.tick().ok(process, commit);
+            true
+        }
+        Proposal::Done(Response::Error(_)) | Proposal::Refused => {
+            recorder.tick().fail(process, commit);
+            false
+        }
+        Proposal::Done(other) => panic!("CommitOffsets answered {other:?}"),
+        Proposal::Unknown => {
+            recorder.tick().info(process, commit);
+            false
+        }
+    }
 }
 
 /// Runs every future to completion on the current task, polling each

@@ -5,7 +5,7 @@
 //! of seeds per scenario; a failing seed prints the command that replays
 //! it alone.
 //!
-//! The default counts (530 seeds in all) are sized so the whole pass takes
+//! The default counts (630 seeds in all) are sized so the whole pass takes
 //! about a minute on this 2-core machine when it is quiet and stays under
 //! five minutes when other builds load it (every scenario gets at least
 //! 50; `MADSIM_TEST_NUM=300` ran all eight clean in 5.5 minutes).
@@ -56,4 +56,14 @@ fn dc_failover() {
 #[test]
 fn clock() {
     check(Scenario::Clock, 50);
+}
+
+#[test]
+fn snapshot() {
+    check(Scenario::Snapshot, 40);
+}
+
+#[test]
+fn disk() {
+    check(Scenario::Disk, 60);
 }

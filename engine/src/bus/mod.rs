@@ -457,6 +457,12 @@ fn raft_config() -> openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
         max_in_snapshot_log_to_keep: u64::MAX / 2,
         max_payload_entries: 1024,
+        // A restarted leader must win an election before serving: the
+        // state machine is rebuilt in memory and the commit index is not
+        // persisted, so a restored leader could answer reads from a state
+        // behind what the cluster committed (found by the simulator,
+        // `crash` seed 45; openraft's docs warn of exactly this).
+        enable_leader_restore: Some(false),
         ..openraft::Config::default()
     }
 }

@@ -54,6 +54,25 @@ async fn a_bad_producer_signature_is_refused_and_nothing_is_appended() {
         .publish(Message::new("payments", "plain"))
         .await
         .unwrap();
+    // A remote producer's event, stamped by itself, is checked the same
+    // way on the node that queues it.
+    let mut forged = signed(&key, "{\"amount\":10}");
+    forged.payload = "{\"amount\":98}".into();
+    let event = sluice::event::Event {
+        topic: forged.topic.clone(),
+        key: forged.key.clone(),
+        payload: forged.payload.clone(),
+        headers: forged.headers.clone(),
+        producer: sluice::event::ProducerStamp {
+            id: 999,
+            epoch: 0,
+            sequence: 0,
+        },
+        partition: 0,
+        timestamp_ms: 0,
+    };
+    let error = bus.send_stamped(event).await.unwrap_err();
+    assert!(matches!(error, BusError::Signature(_)), "{error}");
     let partitions = bus.describe_topic("payments").unwrap().partitions;
     assert_eq!(partitions, vec![(0, 2)], "exactly the two good events");
     bus.close().await.unwrap();

@@ -205,19 +205,23 @@ fn verifier(root: &Path, dir: &Path) -> Result<(), Box<dyn Error>> {
     let disk = probe::seq_write_synced(root, 256 << 20, 1 << 20)?;
     let options = VerifyOptions::default();
     let started = Instant::now();
+    let cpu_before = cpu_seconds()?;
     let report = sluice::audit::verify(dir, &options)?;
     let cached = report.segment_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
+    let cpu = (cpu_seconds()? - cpu_before).max(0.01);
+    let per_cpu = report.segment_bytes as f64 / cpu / 1e6;
     workload::drop_cache(dir).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let report = sluice::audit::verify(dir, &options)?;
     let cold = report.segment_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
     let disk_mb_s = disk.bytes_per_s() / 1e6;
     println!(
-        "verify {:.0} MB ({} records, {} events): cached {:.0} MB/s, cold {:.0} MB/s; disk synced write {:.0} MB/s; cold/disk {:.2} (target >= 200 MB/s)",
+        "verify {:.0} MB ({} records, {} events): cached {:.0} MB/s ({:.0} MB per CPU second), cold {:.0} MB/s; disk synced write {:.0} MB/s; cold/disk {:.2} (target >= 200 MB/s)",
         report.segment_bytes as f64 / 1e6,
         report.records,
         report.events,
         cached,
+        per_cpu,
         cold,
         disk_mb_s,
         cold / disk_mb_s

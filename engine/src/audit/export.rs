@@ -129,9 +129,9 @@ pub fn export_disk<D: Disk>(
     let mut replay = Replay::start(disk)?;
     let mut lines: Vec<Line> = Vec::new();
     let mut checkpoints: Vec<(u64, u64)> = Vec::new();
-    for record in records(disk)? {
-        replay.entry(&record, query, &mut lines, &mut checkpoints);
-    }
+    for_each_record(disk, |record| {
+        replay.entry(record, query, &mut lines, &mut checkpoints);
+    })?;
     let erased = replay.state.is_erased(&query.subject);
     let mut summary = ExportSummary {
         events: 0,
@@ -167,9 +167,10 @@ pub fn export_disk<D: Disk>(
     Ok(summary)
 }
 
-/// Every frame of every segment, in order, up to the first that does not
-/// decode (the verifier reports that one).
-fn records<D: Disk>(disk: &D) -> Result<Vec<Record>, ExportError> {
+/// Calls `f` on every frame of every segment, in order, one segment in
+/// memory at a time, up to the first frame that does not decode (the
+/// verifier reports that one).
+fn for_each_record<D: Disk>(disk: &D, mut f: impl FnMut(&Record)) -> Result<(), ExportError> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |source| ExportError::Io { what, source }
@@ -181,7 +182,6 @@ fn records<D: Disk>(disk: &D) -> Result<Vec<Record>, ExportError> {
         .filter_map(|n| segment::parse_name(n))
         .collect();
     firsts.sort_unstable();
-    let mut out = Vec::new();
     for first in firsts {
         let name = segment::name(first);
         let file = disk.open(&name).map_err(io(&name))?;
@@ -191,10 +191,10 @@ fn records<D: Disk>(disk: &D) -> Result<Vec<Record>, ExportError> {
         let mut offset = 0;
         while offset < bytes.len() {
             let Ok(header) = frame::decode(&bytes[offset..]) else {
-                return Ok(out);
+                return Ok(());
             };
             let end = offset + header.size as usize;
-            out.push(Record {
+            f(&Record {
                 index: header.index,
                 term: header.term,
                 kind: header.kind,
@@ -205,7 +205,7 @@ fn records<D: Disk>(disk: &D) -> Result<Vec<Record>, ExportError> {
             offset = end;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 struct Replay {

@@ -438,7 +438,7 @@ impl Walk {
             anchor,
         };
         self.report.first_index = chain.expected_index;
-        for &first in firsts {
+        for (position, &first) in firsts.iter().enumerate() {
             let name = segment::name(first);
             self.report.segments += 1;
             if first != chain.expected_index {
@@ -454,11 +454,26 @@ impl Walk {
                 );
                 return;
             }
-            let Some(bytes) = self.read_file(disk, &name) else {
-                return;
+            // Sealed segments are never written or shrunk (a truncation
+            // into one renames a new file over it), so mapping them is safe
+            // even beside a running node; the last one is read instead.
+            let sealed = position + 1 < firsts.len();
+            let bytes = if sealed {
+                match disk.open(&name).and_then(|file| file.map()) {
+                    Ok(map) => map,
+                    Err(error) => {
+                        self.finding(&name, None, None, FindingReason::Io(error.to_string()));
+                        return;
+                    }
+                }
+            } else {
+                let Some(bytes) = self.read_file(disk, &name) else {
+                    return;
+                };
+                Bytes::from(bytes)
             };
             self.report.segment_bytes += bytes.len() as u64;
-            if !self.walk_segment(&name, Bytes::from(bytes), &mut chain) {
+            if !self.walk_segment(&name, bytes, &mut chain) {
                 return;
             }
         }

@@ -390,8 +390,15 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             | Op::LeaveGroup { .. }
             | Op::CommitOffsets(_)
             | Op::Heartbeat { .. }
-            | Op::Erase(_)
             | Op::Transaction { .. } => self.write(op).await,
+            // A client's erasure request carries its own signature; it is
+            // checked before anything is appended.
+            Op::Erase(ref erasure) => {
+                erasure.verify_signature().map_err(|error| {
+                    BusError::Invalid(format!("erasure signature does not verify: {error}"))
+                })?;
+                self.write(op).await
+            }
             Op::Publish(_) => Err(BusError::Invalid(
                 "publish through a producer or Bus::send_stamped, which batch events".into(),
             )),

@@ -330,7 +330,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     /// The state machine deduplicates and orders it exactly as a local
     /// producer's event; a resend with the same stamp returns the original
     /// offset. The caller bounds how many it has in flight. The event's
-    /// timestamp is replaced by this node's clock.
+    /// timestamp is replaced by this node's clock. A producer signature,
+    /// if the event carries one, must verify (`BusError::Signature`).
     pub async fn send_stamped(&self, mut event: Event) -> Result<PendingReceipt<RT>, BusError> {
         let inner = self.inner();
         {
@@ -347,6 +348,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
                 )));
             }
         }
+        // A remote producer's signature is checked here, on the leader,
+        // before anything is queued (`audit::signing`).
+        crate::audit::signing::check(&crate::audit::signing::Parts {
+            topic: &event.topic,
+            key: &event.key,
+            payload: &event.payload,
+            headers: &event.headers,
+        })?;
         event.timestamp_ms = wall_unix_ms(&*inner.clock);
         event.validate()?;
         inner.relay.count.fetch_add(1, Ordering::AcqRel);

@@ -65,6 +65,14 @@ pub enum Error {
         /// The file found in the old format.
         file: String,
     },
+    /// A read at or past the end of the log.
+    #[error("index {index} is not written yet: the log ends before index {next}")]
+    NotWritten {
+        /// The index asked for.
+        index: u64,
+        /// The next index to be written.
+        next: u64,
+    },
     /// The options passed to `Log::open` are out of bounds.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),

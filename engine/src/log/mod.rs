@@ -317,18 +317,18 @@ impl<D: Disk> Log<D> {
 
     /// The chain hash of the frame at `index`, as stored.
     pub fn chain_hash_at(&self, index: u64) -> Result<Hash> {
+        if index >= self.next_index() {
+            return Err(Error::NotWritten {
+                index,
+                next: self.next_index(),
+            });
+        }
         if index + 1 == self.next_index() {
             return Ok(self.head);
         }
         let mut records = Vec::with_capacity(1);
         self.read(index..index + 1, &mut records)?;
-        match records.pop() {
-            Some(record) => Ok(record.hash),
-            None => Err(Error::Purged {
-                index,
-                first: self.next_index(),
-            }),
-        }
+        Ok(records.pop().expect("index is inside the log").hash)
     }
 
     /// What a frame at `index` links to: the chain hash of `index − 1`, the

@@ -561,7 +561,10 @@ async fn run_node(
         }
     };
     let reader = store.reader();
-    let machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
+    let mut machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
+    // As the bus does: snapshots carry the hash chain's head, and a node
+    // installing one anchors its chain there.
+    machine.link_chain(reader.clone());
     let view = machine.view();
     let transport = SimTransport::new(id, transport);
     let network = TransportNetwork::new(id, Arc::new(transport));

@@ -130,7 +130,7 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
         };
     }
     let _ = view;
-    let (responder, _committed, result) = ProgressResponder::new();
+    let (responder, result) = ProgressResponder::complete_only();
     match raft.client_write_ff(command, Some(responder)).await {
         Ok(()) => {
             drop(TypeConfig::<RT>::spawn(answer::<RT>(result, waiting)));

@@ -454,7 +454,18 @@ async fn run_client(
     shared.close(reason);
 }
 
-async fn client_read_loop(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
+/// Reads responses until the stream ends or breaks. A failure is recorded
+/// as the connection's close reason before this returns, so that a call
+/// whose send fails once the writer is dropped (right after) reports it.
+async fn client_read_loop(read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
+    let result = client_read_frames(read, shared).await;
+    if let Err(error) = &result {
+        shared.close(io::Error::new(error.kind(), error.to_string()));
+    }
+    result
+}
+
+async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
     let mut buf = BytesMut::new();
     while let Some(frame) = read_frame(&mut read, &mut buf).await? {
         if frame.header.role == Role::Request && frame.header.kind == KIND_AUTH {

@@ -141,6 +141,17 @@ impl Latency {
 }
 
 /// A histogram of nanoseconds from 1 ns to 100 s, 3 significant digits.
+/// The flags every report binary takes.
+#[derive(Debug, clap::Parser)]
+pub struct ReportArgs {
+    /// Shorter runs, for a smoke test.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
 }
@@ -153,6 +164,7 @@ pub fn median_by<T: Copy>(values: &[T], key: impl Fn(&T) -> f64) -> T {
     sorted[sorted.len() / 2]
 }
 
+pub mod cluster;
 pub mod probe;
 pub mod workload;
 

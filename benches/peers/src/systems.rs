@@ -16,7 +16,6 @@
 //! - Redis: one pipeline of 100 `XADD`s (one round trip).
 //! - NATS JetStream: 100 `publish` calls, then the 100 acks awaited.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,9 +25,9 @@ use sluice::bus::{Bus, BusConfig, Message, PendingReceipt, Producer};
 use sluice::event::Headers;
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_net::client::{Client, ClientConfig, RemoteProducer};
-use sluice_net::node::{ClusterNode, NodeConfig};
-use sluice_net::protocol::{ClientRequest, ClientResponse, PublishOutcome};
+use sluice_net::client::{Client, RemoteProducer};
+use sluice_net::node::ClusterNode;
+use sluice_net::protocol::PublishOutcome;
 
 use crate::Outcome;
 
@@ -116,7 +115,9 @@ impl Target {
                 })
             }
             Target::Cluster(durability) => {
-                let (dir, nodes, client) = start_cluster(root, 3, *durability).await?;
+                let (dir, nodes, client) = sluice_benches::cluster::start(root, 3, *durability)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 client.create_topic(&topic, PARTITIONS).await?;
                 Ok(Session::Cluster {
                     nodes,
@@ -177,41 +178,6 @@ async fn nats_context(address: &str) -> Outcome<async_nats::jetstream::Context> 
         .timeout(ANSWER_TIMEOUT)
         .ack_timeout(ANSWER_TIMEOUT)
         .build(client))
-}
-
-/// Starts `count` Sluice nodes on loopback ports, initialises them as one
-/// cluster and returns a client (as `cluster_report` does).
-async fn start_cluster(
-    root: &Path,
-    count: u64,
-    durability: Durability,
-) -> Outcome<(tempfile::TempDir, Vec<ClusterNode>, Client)> {
-    let dir = sluice_benches::scratch(root, "cluster")?;
-    let mut nodes = Vec::new();
-    for id in 1..=count {
-        let config = NodeConfig {
-            durability,
-            ..NodeConfig::new(
-                id,
-                "127.0.0.1:0".parse()?,
-                dir.path().join(format!("node-{id}")),
-            )
-        };
-        nodes.push(ClusterNode::start(config).await?);
-    }
-    let addresses: Vec<SocketAddr> = nodes.iter().map(ClusterNode::local_address).collect();
-    let client = Client::new(ClientConfig::new(addresses.clone()))?;
-    let members = (1..=count)
-        .zip(&addresses)
-        .map(|(id, address)| (id, address.to_string()))
-        .collect();
-    let answer = client
-        .request_from(addresses[0], &ClientRequest::Initialize { members })
-        .await?;
-    if answer != ClientResponse::Done {
-        return Err(format!("initialise: {answer:?}").into());
-    }
-    Ok((dir, nodes, client))
 }
 
 /// One workload row's topic on one system.

@@ -25,17 +25,7 @@ use hdrhistogram::Histogram;
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_benches::{bench_root, latency_histogram, probe, scratch};
-
-#[derive(Debug, Parser)]
-struct Args {
-    /// Shorter runs, for a smoke test.
-    #[arg(long)]
-    quick: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe, scratch};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -62,7 +52,7 @@ const PAYLOAD: usize = 256;
 const TOPIC: &str = "bench";
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
+    let args = ReportArgs::parse();
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::error::Error;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,20 +30,9 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use sluice::event::Headers;
 use sluice::raft::Durability;
-use sluice_benches::{bench_root, latency_histogram, probe, scratch};
-use sluice_net::client::{Client, ClientConfig, RemoteProducer};
-use sluice_net::node::{ClusterNode, NodeConfig};
-use sluice_net::protocol::{ClientRequest, ClientResponse, PublishOutcome};
-
-#[derive(Debug, Parser)]
-struct Args {
-    /// Shorter runs, for a smoke test.
-    #[arg(long)]
-    quick: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe};
+use sluice_net::client::RemoteProducer;
+use sluice_net::protocol::PublishOutcome;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -74,7 +62,7 @@ type Shared = Arc<Mutex<Histogram<u64>>>;
 type Outcome<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
+    let args = ReportArgs::parse();
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,42 +101,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Starts `count` nodes on loopback ports, initialises them as one
-/// cluster, and waits for a leader.
-async fn start_cluster(
-    root: &std::path::Path,
-    count: u64,
-    durability: Durability,
-) -> Outcome<(tempfile::TempDir, Vec<ClusterNode>, Client)> {
-    let dir = scratch(root, "cluster")?;
-    let mut nodes = Vec::new();
-    for id in 1..=count {
-        let config = NodeConfig {
-            durability,
-            ..NodeConfig::new(
-                id,
-                "127.0.0.1:0".parse()?,
-                dir.path().join(format!("node-{id}")),
-            )
-        };
-        nodes.push(ClusterNode::start(config).await?);
-    }
-    let addresses: Vec<SocketAddr> = nodes.iter().map(ClusterNode::local_address).collect();
-    let client = Client::new(ClientConfig::new(addresses.clone()))?;
-    let members = (1..=count)
-        .zip(&addresses)
-        .map(|(id, address)| (id, address.to_string()))
-        .collect();
-    let answer = client
-        .request_from(addresses[0], &ClientRequest::Initialize { members })
-        .await?;
-    if answer != ClientResponse::Done {
-        return Err(format!("initialise: {answer:?}").into());
-    }
-    client.create_topic(TOPIC, PARTITIONS).await?;
-    Ok((dir, nodes, client))
-}
-
 async fn run(
     root: &std::path::Path,
     nodes: u64,
@@ -156,7 +108,8 @@ async fn run(
     durability: Durability,
     seconds: f64,
 ) -> Outcome<Row> {
-    let (_dir, members, client) = start_cluster(root, nodes, durability).await?;
+    let (_dir, members, client) = sluice_benches::cluster::start(root, nodes, durability).await?;
+    client.create_topic(TOPIC, PARTITIONS).await?;
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let (producers, batch) = match load {
         Load::Closed { producers } => (producers, 1),

@@ -5,20 +5,20 @@
 //! entry, as Kafka and Redpanda batch records. Entries are submitted in
 //! queue order with `client_write_ff`, which returns once the entry is
 //! queued in Raft, so batches pipeline while earlier ones commit, and each
-//! producer's events reach the log in the order it sent them.
+//! producer's events reach the log in the order it sent them. A batch's
+//! publishers are answered from the state machine's apply itself (a
+//! [`FnResponder`]), not from a task woken afterwards.
 
 use std::sync::Arc;
 
-use openraft::alias::{MpscReceiverOf, OneshotReceiverOf, OneshotSenderOf};
+use openraft::alias::{MpscReceiverOf, OneshotSenderOf};
 use openraft::async_runtime::{MpscReceiver, OneshotSender};
-use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResponse;
-use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
 use crate::event::{BatchBuilder, Event, EventError};
 use crate::io::{Clock, Disk, wall_unix_ms};
-use crate::raft::{Raft, StateView, TypeConfig};
+use crate::raft::{FnResponder, Raft, StateView, TypeConfig};
 use crate::state::{Command, EventOutcome, Op, Response};
 
 use super::BusError;
@@ -130,34 +130,28 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
         };
     }
     let _ = view;
-    let (responder, result) = ProgressResponder::complete_only();
+    let responder =
+        FnResponder::new(move |result: Option<WriteResult<RT>>| answer::<RT>(result, waiting));
     match raft.client_write_ff(command, Some(responder)).await {
-        Ok(()) => {
-            drop(TypeConfig::<RT>::spawn(answer::<RT>(result, waiting)));
-            true
-        }
-        Err(fatal) => {
-            let error = fatal.to_string();
-            finish(waiting, |_| Err(BusError::raft(&error)));
-            false
-        }
+        Ok(()) => true,
+        // Raft has stopped: the request, responder and all, was dropped
+        // unanswered, which tells its publishers the bus stopped.
+        Err(_fatal) => false,
     }
 }
 
-/// Waits for the entry to be applied and answers each publisher.
-async fn answer<RT: AsyncRuntime>(
-    result: OneshotReceiverOf<TypeConfig<RT>, WriteResult<RT>>,
-    waiting: Vec<Request<RT>>,
-) {
-    let outcomes = match result.await {
-        Ok(Ok(written)) => match written.data {
+/// Answers each publisher of an applied (or abandoned) batch; runs inside
+/// the state machine's apply.
+fn answer<RT: AsyncRuntime>(result: Option<WriteResult<RT>>, waiting: Vec<Request<RT>>) {
+    let outcomes = match result {
+        Some(Ok(written)) => match written.data {
             Response::Published(outcomes) if outcomes.len() == waiting.len() => Ok(outcomes),
             other => Err(BusError::raft(format!(
                 "unexpected answer to a publish: {other:?}"
             ))),
         },
-        Ok(Err(error)) => Err(BusError::from_write_error(error)),
-        Err(_) => Err(BusError::raft(
+        Some(Err(error)) => Err(BusError::from_write_error(error)),
+        None => Err(BusError::raft(
             "the bus stopped before the publish was applied",
         )),
     };

@@ -65,7 +65,7 @@ impl<RT: AsyncRuntime> RaftTypeConfig for TypeConfig<RT> {
     type Entry = Entry;
     type AsyncRuntime = RT;
     type Responder<T>
-        = openraft::impls::ProgressResponder<Self, T>
+        = FnResponder<T>
     where
         T: OptionalSend + 'static;
     type Batch<T>
@@ -73,6 +73,46 @@ impl<RT: AsyncRuntime> RaftTypeConfig for TypeConfig<RT> {
     where
         T: OptionalSend + 'static;
     type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+/// Sluice's answer to a client write: a function called once, in the
+/// state machine's apply, with the result (`None` if Raft drops the
+/// request unanswered, as when it stops). The batcher answers its
+/// publishers from here directly, so an applied batch reaches its
+/// producers without a hop through another task.
+pub struct FnResponder<T>(Option<Box<dyn FnOnce(Option<T>) + Send>>);
+
+impl<T> fmt::Debug for FnResponder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnResponder")
+            .field("answered", &self.0.is_none())
+            .finish()
+    }
+}
+
+impl<T> FnResponder<T> {
+    /// A responder that calls `answer` once.
+    pub fn new(answer: impl FnOnce(Option<T>) + Send + 'static) -> Self {
+        FnResponder(Some(Box::new(answer)))
+    }
+}
+
+impl<C: RaftTypeConfig, T: OptionalSend + 'static> openraft::raft::responder::Responder<C, T>
+    for FnResponder<T>
+{
+    fn on_complete(mut self, result: T) {
+        if let Some(answer) = self.0.take() {
+            answer(Some(result));
+        }
+    }
+}
+
+impl<T> Drop for FnResponder<T> {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            answer(None);
+        }
+    }
 }
 
 // The marker carries no data, so every comparison is equality; written by

@@ -46,13 +46,35 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// For a paced row: how late the load generator sent, p99 (its own
+    /// error, included in the latencies above).
+    sender_late_p99_us: Option<f64>,
 }
 
 const PAYLOAD: usize = 256;
 const TOPIC: &str = "bench";
 
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    report: ReportArgs,
+    /// Run only the rows whose load or durability contains this text
+    /// (e.g. "16 producers, closed", "offered", "durable").
+    #[arg(long)]
+    only: Option<String>,
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = ReportArgs::parse();
+    let Args { report: args, only } = Args::parse();
+    let wanted = |load: Load, durability: Durability| {
+        only.as_ref().is_none_or(|text| {
+            let durability = match durability {
+                Durability::Sync => "durable",
+                Durability::Buffer => "buffer-only",
+            };
+            format!("{} {durability}", describe(load)).contains(text.as_str())
+        })
+    };
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -71,14 +93,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rows = Vec::new();
     for durability in [Durability::Sync, Durability::Buffer] {
         for load in loads {
-            rows.push(runtime.block_on(run(&root, load, durability, seconds))?);
+            if wanted(load, durability) {
+                rows.push(runtime.block_on(run(&root, load, durability, seconds))?);
+            }
         }
     }
     let rate = Load::Rate {
         producers: 16,
         per_sec: 100_000,
     };
-    rows.push(runtime.block_on(run(&root, rate, Durability::Buffer, seconds))?);
+    if wanted(rate, Durability::Buffer) {
+        rows.push(runtime.block_on(run(&root, rate, Durability::Buffer, seconds))?);
+    }
     let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
     let fsync_p99_us = fsync_before.p99_ns.max(fsync_after.p99_ns) as f64 / 1000.0;
     let fsync_p50_us = fsync_before.p50_ns.max(fsync_after.p50_ns) as f64 / 1000.0;
@@ -113,6 +139,7 @@ async fn run(
         | Load::Pipelined { producers, .. }
         | Load::Rate { producers, .. } => producers,
     };
+    let mut sender_late_p99_us = None;
     if let Load::Rate { per_sec, .. } = load {
         let pacer = Pacer {
             bus: bus.clone(),
@@ -122,7 +149,10 @@ async fn run(
             histogram: Arc::clone(&histogram),
         };
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || pacer.run(&handle)).await??;
+        let late = tokio::task::spawn_blocking(move || pacer.run(&handle))
+            .await?
+            .map_err(|e| -> Box<dyn Error> { e })?;
+        sender_late_p99_us = Some(late.value_at_quantile(0.99) as f64 / 1000.0);
     }
     let mut tasks = Vec::new();
     for p in 0..producers {
@@ -159,6 +189,7 @@ async fn run(
         p50_us: us(0.5),
         p99_us: us(0.99),
         p999_us: us(0.999),
+        sender_late_p99_us,
     })
 }
 
@@ -227,7 +258,16 @@ struct Pacer {
 }
 
 impl Pacer {
-    fn run(self, handle: &tokio::runtime::Handle) -> Result<(), sluice::bus::BusError> {
+    /// Offers the load; returns how late each send was.
+    fn run(
+        self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<Histogram<u64>, Box<dyn Error + Send + Sync>> {
+        // Linux stretches a sleep by the thread's timer slack, 50 µs by
+        // default: sleeping towards a 10 µs interval would then send events
+        // in late bursts, and their lateness would be charged to the bus.
+        nix::sys::prctl::set_timerslack(1)?;
+        let mut late = latency_histogram();
         let mut producers = Vec::new();
         for _ in 0..self.producers {
             producers.push(handle.block_on(self.bus.producer())?);
@@ -238,9 +278,10 @@ impl Pacer {
         while due < self.until {
             let now = Instant::now();
             if due > now {
-                std::thread::sleep((due - now).min(Duration::from_micros(50)));
+                std::thread::sleep(due - now);
                 continue;
             }
+            late.saturating_record((now - due).as_nanos() as u64);
             let p = turn % producers.len();
             turn += 1;
             let receipt = handle.block_on(producers[p].send(message(p as u64)))?;
@@ -259,7 +300,7 @@ impl Pacer {
         for task in waiting {
             handle.block_on(task).expect("task")?;
         }
-        Ok(())
+        Ok(late)
     }
 }
 
@@ -270,16 +311,7 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
     println!("| load | durability | events/s | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for row in rows {
-        let load = match row.load {
-            Load::Closed { producers } => format!("{producers} producers, closed loop"),
-            Load::Pipelined {
-                producers,
-                inflight,
-            } => format!("{producers} producers × {inflight} in flight"),
-            Load::Rate { producers, per_sec } => {
-                format!("{producers} producers, {per_sec} events/s offered")
-            }
-        };
+        let load = describe(row.load);
         println!(
             "| {load} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
             row.durability,
@@ -289,5 +321,26 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
             row.p999_us,
             row.p99_us / fsync_p99_us
         );
+    }
+    for row in rows {
+        if let (Load::Rate { per_sec, .. }, Some(late)) = (row.load, row.sender_late_p99_us) {
+            println!(
+                "\nAt {per_sec} events/s offered, the load generator itself sent p99 {late:.0} µs \
+                 late (included above: latency counts from each event's scheduled time)."
+            );
+        }
+    }
+}
+
+fn describe(load: Load) -> String {
+    match load {
+        Load::Closed { producers } => format!("{producers} producers, closed loop"),
+        Load::Pipelined {
+            producers,
+            inflight,
+        } => format!("{producers} producers × {inflight} in flight"),
+        Load::Rate { producers, per_sec } => {
+            format!("{producers} producers, {per_sec} events/s offered")
+        }
     }
 }

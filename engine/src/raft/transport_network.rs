@@ -15,6 +15,7 @@
 //! | [`KIND_VOTE`] | `VoteRequest` | `VoteResponse` |
 //! | [`KIND_FULL_SNAPSHOT`] | the leader's `Vote`, the `SnapshotMeta`, the snapshot bytes (a postcard byte sequence), in that order | `SnapshotResponse` |
 //! | [`KIND_PRE_VOTE`] | `VoteRequest` | `VoteResponse` (only sent when openraft's pre-vote is enabled) |
+//! | [`KIND_APPEND_STREAM`](super::KIND_APPEND_STREAM) | `StreamId`, sequence number, `AppendEntriesRequest` | `StreamAppendResult` (replication; see [`pipeline`]) |
 //!
 //! Node addresses are the transport's business: the factory ignores the
 //! `Node` openraft passes and addresses peers by node id only.
@@ -53,7 +54,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{Either, select};
+use futures_util::future::{BoxFuture, Either, select};
+use futures_util::stream::{BoxStream, Stream};
 use openraft::OptionalSend;
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -61,7 +63,8 @@ use openraft::error::{
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::storage::{Snapshot, SnapshotMeta};
 use openraft::type_config::TypeConfigExt;
@@ -69,6 +72,7 @@ use openraft_rt::AsyncRuntime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::pipeline;
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
 use crate::io::Disk;
 use crate::io::transport::{Handler, HandlerError, Request, Transport, TransportError};
@@ -154,6 +158,8 @@ pub struct TransportNetwork<RT, T: Transport> {
     source: NodeId,
     transport: Arc<T>,
     snapshot_chunk_size: usize,
+    /// Clients made so far; numbers each client's append streams.
+    clients: u64,
     _runtime: PhantomData<fn() -> RT>,
 }
 
@@ -165,6 +171,7 @@ impl<RT, T: Transport> TransportNetwork<RT, T> {
             source,
             transport,
             snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
+            clients: 0,
             _runtime: PhantomData,
         }
     }
@@ -193,11 +200,14 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkFactory<TypeConfig<RT>>
     type Network = TransportClient<RT, T>;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Self::Network {
+        self.clients += 1;
         TransportClient {
             source: self.source,
             target,
             transport: Arc::clone(&self.transport),
             snapshot_chunk_size: self.snapshot_chunk_size,
+            number: self.clients,
+            streams: 0,
             _runtime: PhantomData,
         }
     }
@@ -209,6 +219,10 @@ pub struct TransportClient<RT, T: Transport> {
     target: NodeId,
     transport: Arc<T>,
     snapshot_chunk_size: usize,
+    /// This client's number among its factory's ([`pipeline::StreamId`]).
+    number: u64,
+    /// Append streams started so far.
+    streams: u64,
     _runtime: PhantomData<fn() -> RT>,
 }
 
@@ -258,6 +272,46 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
                 Err(_elapsed) => Err(Failure::Elapsed(ttl)),
             },
             None => call.await.map_err(Failure::Transport),
+        }
+    }
+
+    /// One plain AppendEntries; if the entries do not fit in one message,
+    /// sends the largest prefix that does (halving) and answers
+    /// `PartialSuccess` with its last log id, so openraft sends the rest
+    /// next. A request that never fits (one entry larger than a message)
+    /// fails.
+    async fn append_plain(
+        &self,
+        mut rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+        // A heartbeat is bounded by openraft's time-to-live; replication of
+        // entries only by the transport (see the module docs).
+        let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
+        let action = RPCTypes::AppendEntries;
+        let mut shortened = false;
+        loop {
+            match self.exchange(KIND_APPEND_ENTRIES, &rpc, ttl).await {
+                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
+                    if rpc.entries.len() > 1 =>
+                {
+                    let keep = rpc.entries.len() / 2;
+                    rpc.entries.truncate(keep);
+                    shortened = true;
+                }
+                Err(failure) => return Err(self.failure_error(failure, action)),
+                Ok(response) => {
+                    let response: AppendEntriesResponse<TypeConfig<RT>> =
+                        self.decode(&response, action)?;
+                    return Ok(match response {
+                        AppendEntriesResponse::Success if shortened => {
+                            let last = rpc.entries.last().map(|entry| entry.log_id);
+                            AppendEntriesResponse::PartialSuccess(last)
+                        }
+                        other => other,
+                    });
+                }
+            }
         }
     }
 
@@ -317,43 +371,29 @@ enum Failure {
 impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for TransportClient<RT, T> {
     type SnapshotData = Vec<u8>;
 
-    /// Sends the entries; if they do not fit in one message, sends the
-    /// largest prefix that does (halving) and answers `PartialSuccess` with
-    /// its last log id, so openraft sends the rest next. A request that
-    /// never fits (one entry larger than a message) fails as before.
+    /// One AppendEntries (openraft's probes; replication streams go through
+    /// [`Self::stream_append`]); see `append_plain`.
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        rpc: AppendEntriesRequest<TypeConfig<RT>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
-        // A heartbeat is bounded by openraft's time-to-live; replication of
-        // entries only by the transport (see the module docs).
-        let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
-        let action = RPCTypes::AppendEntries;
-        let mut shortened = false;
-        loop {
-            match self.exchange(KIND_APPEND_ENTRIES, &rpc, ttl).await {
-                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
-                    if rpc.entries.len() > 1 =>
-                {
-                    let keep = rpc.entries.len() / 2;
-                    rpc.entries.truncate(keep);
-                    shortened = true;
-                }
-                Err(failure) => return Err(self.failure_error(failure, action)),
-                Ok(response) => {
-                    let response: AppendEntriesResponse<TypeConfig<RT>> =
-                        self.decode(&response, action)?;
-                    return Ok(match response {
-                        AppendEntriesResponse::Success if shortened => {
-                            let last = rpc.entries.last().map(|entry| entry.log_id);
-                            AppendEntriesResponse::PartialSuccess(last)
-                        }
-                        other => other,
-                    });
-                }
-            }
-        }
+        self.append_plain(rpc, option).await
+    }
+
+    /// Pipelined replication; see [`pipeline`].
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem<RT>>, RPCError<TypeConfig<RT>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig<RT>>> + OptionalSend + Unpin + 'static,
+    {
+        self.streams += 1;
+        let (client, number) = (self.number, self.streams);
+        let this: &'s Self = self;
+        Box::pin(async move { Ok(pipeline::send(this, client, number, input, option)) })
     }
 
     async fn vote(
@@ -448,10 +488,55 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
     }
 }
 
+type StreamItem<RT> = Result<StreamAppendResult<TypeConfig<RT>>, RPCError<TypeConfig<RT>>>;
+
+impl<RT: AsyncRuntime, T: Transport> pipeline::StreamClient<RT> for TransportClient<RT, T> {
+    async fn send_one(
+        &self,
+        stream: pipeline::StreamId,
+        seq: u64,
+        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> pipeline::Sent<RT> {
+        // Heartbeats are bounded by openraft's time-to-live, entries only
+        // by the transport (see the module docs).
+        let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
+        let message = pipeline::StreamRequestOut::<RT> {
+            stream,
+            seq,
+            rpc: &rpc,
+        };
+        let action = RPCTypes::AppendEntries;
+        match self
+            .exchange(pipeline::KIND_APPEND_STREAM, &message, ttl)
+            .await
+        {
+            Err(Failure::Transport(TransportError::FrameTooLarge { .. })) => {
+                pipeline::Sent::TooLarge(rpc)
+            }
+            Err(failure) => pipeline::Sent::Answer(Err(self.failure_error(failure, action))),
+            Ok(response) => pipeline::Sent::Answer(self.decode(&response, action)),
+        }
+    }
+
+    async fn send_plain(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        option: RPCOption,
+    ) -> StreamItem<RT> {
+        let prev = rpc.prev_log_id;
+        let last = rpc.entries.last().map(|entry| entry.log_id).or(prev);
+        let response = self.append_plain(rpc, option).await?;
+        Ok(response.into_stream_result(prev, last))
+    }
+}
+
 /// Serves openraft's RPCs to this node's [`Raft`]: the [`Handler`] a
 /// node's server runs.
 pub struct RaftService<RT: AsyncRuntime, D: Disk + Clone> {
     raft: Raft<RT, D>,
+    /// Pipelined append streams from the leader(s).
+    inbound: pipeline::Inbound<RT>,
     /// The snapshot being received in pieces, if any.
     assembly: std::sync::Mutex<Option<Assembly>>,
 }
@@ -469,6 +554,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
     pub fn new(raft: Raft<RT, D>) -> Self {
         RaftService {
             raft,
+            inbound: pipeline::Inbound::new(),
             assembly: std::sync::Mutex::new(None),
         }
     }
@@ -533,6 +619,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
                 let rpc = decode(body, "append entries", source)?;
                 answer(self.raft.append_entries(rpc).await, "append entries")
             }
+            pipeline::KIND_APPEND_STREAM => {
+                let request = decode(body, "append stream", source)?;
+                let result = self.inbound.serve(&self.raft, source, request).await;
+                answer(result, "append stream")
+            }
             KIND_VOTE => {
                 let rpc = decode(body, "vote", source)?;
                 answer(self.raft.vote(rpc).await, "vote")
@@ -566,7 +657,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
             }
             kind => Err(HandlerError::new(format!(
                 "node {source} sent Raft request kind {kind}, which this node does not know \
-                 (known: {KIND_APPEND_ENTRIES} to {KIND_SNAPSHOT_CHUNK}); is it running another version?"
+                 (known: {KIND_APPEND_ENTRIES} to {}); is it running another version?",
+                pipeline::KIND_APPEND_STREAM
             ))),
         }
     }
@@ -619,6 +711,7 @@ fn answer<P: Serialize, E: fmt::Display>(
 mod tests {
     use std::io;
 
+    use futures_util::StreamExt;
     use openraft::StoredMembership;
 
     use super::*;
@@ -651,6 +744,8 @@ mod tests {
             target: 2,
             transport: Arc::new(transport),
             snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
+            number: 1,
+            streams: 0,
             _runtime: PhantomData,
         }
     }
@@ -801,6 +896,8 @@ mod tests {
             target: 2,
             transport: Arc::new(bounded),
             snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
+            number: 1,
+            streams: 0,
             _runtime: PhantomData,
         };
         let response = client
@@ -822,5 +919,202 @@ mod tests {
             .append_entries(rpc(entries[..1].to_vec()), ttl())
             .await;
         assert!(matches!(result, Err(RPCError::Network(_))), "{result:?}");
+    }
+
+    /// Holds every pipelined append until the test answers it.
+    #[derive(Debug, Default)]
+    struct Gate {
+        held: std::sync::Mutex<Vec<(u64, tokio::sync::oneshot::Sender<Bytes>)>>,
+        plain: std::sync::Mutex<Vec<usize>>,
+        max: usize,
+    }
+
+    impl Transport for Gate {
+        async fn call(&self, _target: NodeId, request: Request) -> Result<Bytes, TransportError> {
+            if request.kind == KIND_APPEND_ENTRIES {
+                let rpc: AppendEntriesRequest<C> = postcard::from_bytes(&request.body).unwrap();
+                self.plain.lock().unwrap().push(rpc.entries.len());
+            }
+            if request.body.len() > self.max {
+                return Err(TransportError::FrameTooLarge {
+                    size_bytes: request.body.len() as u64,
+                    size_bytes_max: self.max as u64,
+                });
+            }
+            if request.kind == KIND_APPEND_ENTRIES {
+                let success = AppendEntriesResponse::<C>::Success;
+                return Ok(Bytes::from(postcard::to_allocvec(&success).unwrap()));
+            }
+            assert_eq!(request.kind, pipeline::KIND_APPEND_STREAM);
+            let message: pipeline::StreamRequestIn<OsRuntime> =
+                postcard::from_bytes(&request.body).unwrap();
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            self.held.lock().unwrap().push((message.seq, answer));
+            answered.await.map_err(|_| TransportError::Closed {
+                target: 2,
+                source: io_error(),
+            })
+        }
+    }
+
+    fn gate(max: usize) -> TransportClient<OsRuntime, Gate> {
+        TransportClient {
+            source: 1,
+            target: 2,
+            transport: Arc::new(Gate {
+                max,
+                ..Gate::default()
+            }),
+            snapshot_chunk_size: SNAPSHOT_CHUNK_SIZE,
+            number: 1,
+            streams: 0,
+            _runtime: PhantomData,
+        }
+    }
+
+    /// Request `k` (from 1) of a stream: one blank entry at index `k`.
+    fn nth(k: u64) -> AppendEntriesRequest<C> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(1, k - 1)),
+            entries: vec![crate::raft::Entry {
+                log_id: log_id(1, k),
+                payload: openraft::EntryPayload::Blank,
+            }],
+            leader_commit: None,
+        }
+    }
+
+    fn ok(k: u64) -> Bytes {
+        let result: StreamAppendResult<C> = Ok(Some(log_id(1, k)));
+        Bytes::from(postcard::to_allocvec(&result).unwrap())
+    }
+
+    async fn held_count(transport: &Gate, count: usize) {
+        for _ in 0..2000 {
+            if transport.held.lock().unwrap().len() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{count} requests never were in flight at once");
+    }
+
+    fn answer(transport: &Gate, seq: u64, body: Bytes) {
+        let mut held = transport.held.lock().unwrap();
+        let at = held.iter().position(|(s, _)| *s == seq).expect("held");
+        let (_, sender) = held.remove(at);
+        sender.send(body).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_keeps_requests_in_flight_and_answers_in_order() {
+        let mut client = gate(usize::MAX);
+        let transport = Arc::clone(&client.transport);
+        let count = pipeline::STREAM_INFLIGHT_MAX as u64 + 2;
+        let input = futures_util::stream::iter((1..=count).map(nth));
+        let answers = tokio::spawn(async move {
+            let stream = client.stream_append(input, ttl()).await.unwrap();
+            stream.collect::<Vec<_>>().await
+        });
+        // As many as allowed go at once, before any answer; no more.
+        held_count(&transport, pipeline::STREAM_INFLIGHT_MAX).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            transport.held.lock().unwrap().len(),
+            pipeline::STREAM_INFLIGHT_MAX
+        );
+        // Answered out of order (the newest first): yielded in order.
+        for seq in (0..pipeline::STREAM_INFLIGHT_MAX as u64).rev() {
+            answer(&transport, seq, ok(seq + 1));
+        }
+        held_count(&transport, 2).await;
+        answer(&transport, count - 1, ok(count));
+        answer(&transport, count - 2, ok(count - 1));
+        let answers = answers.await.unwrap();
+        let indexes: Vec<_> = answers
+            .into_iter()
+            .map(|item| item.unwrap().unwrap().unwrap().index)
+            .collect();
+        assert_eq!(indexes, (1..=count).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_its_first_refusal() {
+        let mut client = gate(usize::MAX);
+        let transport = Arc::clone(&client.transport);
+        let input = futures_util::stream::iter((1..=4).map(nth));
+        let answers = tokio::spawn(async move {
+            let stream = client.stream_append(input, ttl()).await.unwrap();
+            stream.collect::<Vec<_>>().await
+        });
+        held_count(&transport, 4).await;
+        let conflict: StreamAppendResult<C> =
+            Err(openraft::raft::StreamAppendError::Conflict(log_id(1, 1)));
+        answer(&transport, 3, ok(4));
+        answer(&transport, 2, ok(3));
+        answer(
+            &transport,
+            1,
+            Bytes::from(postcard::to_allocvec(&conflict).unwrap()),
+        );
+        answer(&transport, 0, ok(1));
+        let answers = answers.await.unwrap();
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(answers[0], Ok(Ok(Some(log_id(1, 1)))));
+        assert_eq!(answers[1], Ok(conflict));
+    }
+
+    #[tokio::test]
+    async fn a_request_too_large_for_the_stream_goes_plain_and_ends_it() {
+        // One blank entry fits a stream message; eight do not, nor do they
+        // as a plain message; two do as a plain one.
+        let big = AppendEntriesRequest::<C> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(1, 1)),
+            entries: (2..=9)
+                .map(|index| crate::raft::Entry {
+                    log_id: log_id(1, index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        };
+        let two = AppendEntriesRequest::<C> {
+            entries: big.entries[..2].to_vec(),
+            ..big.clone()
+        };
+        let four = AppendEntriesRequest::<C> {
+            entries: big.entries[..4].to_vec(),
+            ..big.clone()
+        };
+        let first = pipeline::StreamRequestOut::<OsRuntime> {
+            stream: pipeline::StreamId {
+                term: 1,
+                client: 1,
+                number: 1,
+            },
+            seq: 0,
+            rpc: &nth(1),
+        };
+        let size = |bytes: Vec<u8>| bytes.len();
+        let max = size(postcard::to_allocvec(&two).unwrap())
+            .max(size(postcard::to_allocvec(&first).unwrap()));
+        assert!(max < size(postcard::to_allocvec(&four).unwrap()));
+        let mut client = gate(max);
+        let transport = Arc::clone(&client.transport);
+        let input = futures_util::stream::iter(vec![nth(1), big, nth(10)]);
+        let answers = tokio::spawn(async move {
+            let stream = client.stream_append(input, ttl()).await.unwrap();
+            stream.collect::<Vec<_>>().await
+        });
+        held_count(&transport, 1).await;
+        answer(&transport, 0, ok(1));
+        let answers = answers.await.unwrap();
+        assert_eq!(
+            answers,
+            vec![Ok(Ok(Some(log_id(1, 1)))), Ok(Ok(Some(log_id(1, 3))))]
+        );
+        assert_eq!(*transport.plain.lock().unwrap(), vec![8, 4, 2]);
     }
 }

@@ -1,17 +1,25 @@
 //! Cluster-secret authentication of connections.
 //!
 //! Every node and client of a secured cluster holds the same secret (a
-//! file). When a node accepts a connection it sends a challenge: a frame of
-//! kind [`KIND_AUTH`] carrying 32 fresh random bytes. The connecting side
-//! answers with HMAC-SHA256 over a context string, the challenge and the
-//! node id it claims; anything else, a wrong proof, or no proof within
-//! [`AUTH_TIMEOUT`] closes the connection with a logged reason. The secret
-//! itself never crosses the network, and a recorded proof is useless on
-//! another connection (its challenge differs).
+//! file). Both ends of a connection prove they hold it, before any request:
 //!
-//! What this does not do: encrypt traffic, or prove the node to the
-//! client (a client trusts the addresses it was given). Use a private
-//! network, or put the cluster behind TLS, where that matters.
+//! 1. The node that accepts the connection sends a challenge: a frame of
+//!    kind [`KIND_AUTH`] carrying 32 fresh random bytes.
+//! 2. The connecting side answers with its proof (HMAC-SHA256 over a
+//!    context string, the challenge and the node id it claims) followed by
+//!    a challenge of its own. Anything else, a wrong proof, or no answer
+//!    within [`AUTH_TIMEOUT`] closes the connection with a logged reason.
+//! 3. The node answers the connecting side's challenge with its own proof
+//!    (under a different context string, so neither side's proof can be
+//!    reflected back as the other's). The connecting side sends nothing
+//!    until that proof checks: an impostor listening on a node's address
+//!    cannot take publishes (and acknowledge them) without the secret.
+//!
+//! The secret itself never crosses the network, and a recorded proof is
+//! useless on another connection (its challenge differs).
+//!
+//! What this does not do: encrypt traffic. Use a private network, or put
+//! the cluster behind TLS, where that matters.
 
 use std::fmt;
 use std::io;
@@ -36,8 +44,12 @@ pub const NONCE_SIZE: usize = 32;
 /// The shortest secret accepted: 16 bytes (128 bits).
 pub const SECRET_SIZE_MIN: usize = 16;
 
-/// Binds a proof to this protocol and version.
-const CONTEXT: &[u8] = b"sluice-auth-v1";
+/// Binds the connecting side's proof to this protocol and version.
+const CONTEXT: &[u8] = b"sluice-auth-v2";
+
+/// Binds the accepting node's proof: distinct from [`CONTEXT`], so a proof
+/// from one side never passes as the other's.
+const CONTEXT_NODE: &[u8] = b"sluice-auth-v2-node";
 
 /// A cluster secret. Its `Debug` output does not show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -82,19 +94,41 @@ impl Secret {
 
     /// The answer to `challenge` for a connection from node `source`.
     pub fn proof(&self, challenge: &[u8], source: NodeId) -> [u8; NONCE_SIZE] {
-        self.mac(challenge, source).finalize().into_bytes().into()
+        self.mac(CONTEXT, challenge, source)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `proof` answers `challenge` for node `source`; compares in
     /// constant time.
     pub fn verify(&self, challenge: &[u8], source: NodeId, proof: &[u8]) -> bool {
-        self.mac(challenge, source).verify_slice(proof).is_ok()
+        self.mac(CONTEXT, challenge, source)
+            .verify_slice(proof)
+            .is_ok()
     }
 
-    fn mac(&self, challenge: &[u8], source: NodeId) -> Hmac<Sha256> {
+    /// The accepting node `node`'s answer to the connecting side's
+    /// `challenge`.
+    pub fn node_proof(&self, challenge: &[u8], node: NodeId) -> [u8; NONCE_SIZE] {
+        self.mac(CONTEXT_NODE, challenge, node)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Whether `proof` is node `node`'s answer to `challenge`; compares in
+    /// constant time.
+    pub fn verify_node(&self, challenge: &[u8], node: NodeId, proof: &[u8]) -> bool {
+        self.mac(CONTEXT_NODE, challenge, node)
+            .verify_slice(proof)
+            .is_ok()
+    }
+
+    fn mac(&self, context: &[u8], challenge: &[u8], source: NodeId) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(CONTEXT);
+        mac.update(context);
         mac.update(challenge);
         mac.update(&source.to_le_bytes());
         mac
@@ -129,6 +163,12 @@ mod tests {
         changed[0] ^= 1;
         assert!(!secret.verify(&changed, 7, &proof));
         assert!(!secret.verify(&challenge, 7, &proof[..31]));
+        // Neither side's proof passes as the other's.
+        let node_proof = secret.node_proof(&challenge, 7);
+        assert!(secret.verify_node(&challenge, 7, &node_proof));
+        assert!(!secret.verify_node(&challenge, 7, &proof));
+        assert!(!secret.verify(&challenge, 7, &node_proof));
+        assert!(!other.verify_node(&challenge, 7, &node_proof));
     }
 
     #[test]

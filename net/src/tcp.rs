@@ -700,8 +700,9 @@ async fn server_read_loop<H: Handler>(
     Ok(())
 }
 
-/// Sends a challenge and checks the answer; returns the node id the peer
-/// proved. Bytes the peer sent after its answer stay in `buf`.
+/// Sends a challenge, checks the answer, and proves this node to the peer
+/// in turn (see [`crate::auth`]); returns the node id the peer proved.
+/// Bytes the peer sent after its answer stay in `buf`.
 async fn challenge_peer(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -736,7 +737,19 @@ async fn challenge_peer(
         ));
     }
     let source = answer.header.source;
-    if !secret.verify(&challenge, source, &answer.body) {
+    if answer.body.len() != 2 * auth::NONCE_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer (claiming node {source}) answered the challenge with {} bytes, not \
+                 its proof and a challenge of its own ({} bytes); is it an older version?",
+                answer.body.len(),
+                2 * auth::NONCE_SIZE
+            ),
+        ));
+    }
+    let (proof, theirs) = answer.body.split_at(auth::NONCE_SIZE);
+    if !secret.verify(&challenge, source, proof) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -744,15 +757,30 @@ async fn challenge_peer(
             ),
         ));
     }
+    let header = Header {
+        role: Role::Response,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: answer.header.request_id,
+        source: node,
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &secret.node_proof(theirs, node));
+    stream.write_all(&frame).await?;
     Ok(source)
 }
 
-/// Reads a node's challenge and answers it as node `source`.
+/// Reads a node's challenge, answers it as node `source` with a challenge
+/// of its own, and checks the node's proof: nothing is sent on a
+/// connection to a node that has not proved it holds the secret.
 async fn answer_challenge(
     stream: &mut TcpStream,
     source: NodeId,
     secret: &Secret,
 ) -> io::Result<()> {
+    let address = stream
+        .peer_addr()
+        .map_or_else(|_| "the node".to_owned(), |a| a.to_string());
     let mut buf = BytesMut::new();
     let Some(challenge) = read_frame(stream, &mut buf).await? else {
         return Err(io::Error::new(
@@ -770,6 +798,8 @@ async fn answer_challenge(
             "the node's first frame is not an authentication challenge",
         ));
     }
+    let node = challenge.header.source;
+    let ours = auth::challenge()?;
     let header = Header {
         role: Role::Response,
         kind: KIND_AUTH,
@@ -777,9 +807,37 @@ async fn answer_challenge(
         request_id: challenge.header.request_id,
         source,
     };
+    let mut body = Vec::with_capacity(2 * auth::NONCE_SIZE);
+    body.extend_from_slice(&secret.proof(&challenge.body, source));
+    body.extend_from_slice(&ours);
     let mut frame = BytesMut::new();
-    wire::encode_into(&mut frame, &header, &secret.proof(&challenge.body, source));
-    stream.write_all(&frame).await
+    wire::encode_into(&mut frame, &header, &body);
+    stream.write_all(&frame).await?;
+    let Some(proof) = read_frame(stream, &mut buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{address} closed the connection after our proof: it refused it; does our \
+                 cluster secret match the cluster's?"
+            ),
+        ));
+    };
+    let proved = proof.header.kind == KIND_AUTH
+        && proof.header.role == Role::Response
+        && proof.header.source == node
+        && buf.is_empty()
+        && secret.verify_node(&ours, node, &proof.body);
+    if !proved {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{address} (claiming node {node}) did not prove it holds the cluster secret; \
+                 nothing was sent to it. Is the address right, and does it run with this \
+                 cluster's secret?"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the handler on one request and queues its response.

@@ -348,3 +348,67 @@ async fn connections_without_the_secret_are_refused() {
     })
     .await;
 }
+
+/// An impostor on a node's address (it sends a challenge, but cannot prove
+/// it holds the secret) gets the client's proof and nothing else: the
+/// client refuses to send it a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_prove_the_secret_gets_no_request() {
+    use bytes::BytesMut;
+    use sluice_net::wire::{self, Header, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let impostor = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let header = |role| Header {
+                role,
+                kind: sluice_net::auth::KIND_AUTH,
+                group: 0,
+                request_id: 0,
+                source: 9,
+            };
+            let mut frame = BytesMut::new();
+            wire::encode_into(&mut frame, &header(Role::Request), &[7u8; 32]);
+            stream.write_all(&frame).await.unwrap();
+            let mut buf = BytesMut::new();
+            let answer = loop {
+                if let Some(frame) = wire::decode(&mut buf).unwrap() {
+                    break frame;
+                }
+                assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+            };
+            // A proof made with another secret.
+            let other = Secret::new(*b"the impostor's own secret, 32 b!").unwrap();
+            let proof = other.node_proof(&answer.body[32..], 9);
+            let mut frame = BytesMut::new();
+            wire::encode_into(&mut frame, &header(Role::Response), &proof);
+            stream.write_all(&frame).await.unwrap();
+            // Whatever the client sends from here on.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            (answer.body.len(), rest.len())
+        });
+        let mut config = ClientConfig::new(vec![address]);
+        config.secret = Some(Secret::new(*b"the cluster secret, 32 bytes ok!").unwrap());
+        config.attempt_timeout = Duration::from_secs(5);
+        let client = Client::new(config).unwrap();
+        let error = client
+            .request_from(address, &ClientRequest::Metadata)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("did not prove it holds the cluster secret"),
+            "{error}"
+        );
+        drop(client);
+        let (answer_len, sent_after) = impostor.await.unwrap();
+        assert_eq!(answer_len, 64, "a proof and a challenge");
+        assert_eq!(sent_after, 0, "the client sent a request to an impostor");
+    })
+    .await;
+}

@@ -60,7 +60,8 @@ pub const STREAM_INFLIGHT_MAX: usize = 8;
 const REORDER_WINDOW: u64 = 1024;
 
 /// Streams the server keeps per source node (one per client of that
-/// node: replication, heartbeats, and clients made since); the oldest go.
+/// node: replication, heartbeats, and clients made since); the least
+/// recently used go.
 const STREAMS_PER_SOURCE_MAX: usize = 8;
 
 /// Names a stream: the leader's term, the client (one per follower and
@@ -260,18 +261,21 @@ impl<RT: AsyncRuntime> Stream for Input<RT> {
 /// side.
 type StreamRef<RT> = Arc<Mutex<Shared<RT>>>;
 
-/// The server's streams: by (source node, client), the current stream.
-type Streams<RT> = HashMap<(NodeId, u64), (StreamId, StreamRef<RT>)>;
+/// The server's streams: by (source node, client), the current stream and
+/// when it was last used (a tick of [`Inbound`]).
+type Streams<RT> = HashMap<(NodeId, u64), (StreamId, StreamRef<RT>, u64)>;
 
 /// The server side: every inbound stream, by source node and client.
 pub(crate) struct Inbound<RT: AsyncRuntime> {
     streams: Mutex<Streams<RT>>,
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 impl<RT: AsyncRuntime> Inbound<RT> {
     pub(crate) fn new() -> Self {
         Inbound {
             streams: Mutex::new(HashMap::new()),
+            ticks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -336,11 +340,17 @@ impl<RT: AsyncRuntime> Inbound<RT> {
         source: NodeId,
         stream: StreamId,
     ) -> Result<StreamRef<RT>, HandlerError> {
+        let now = self
+            .ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut streams = self.streams.lock().expect("streams lock");
         let key = (source, stream.client);
-        match streams.get(&key) {
-            Some((current, shared)) if *current == stream => return Ok(Arc::clone(shared)),
-            Some((current, _)) if *current > stream => {
+        match streams.get_mut(&key) {
+            Some((current, shared, used)) if *current == stream => {
+                *used = now;
+                return Ok(Arc::clone(shared));
+            }
+            Some((current, _, _)) if *current > stream => {
                 return Err(HandlerError::new(format!(
                     "append stream {stream:?} from node {source} is older than its stream \
                      {current:?}; it was abandoned"
@@ -348,17 +358,17 @@ impl<RT: AsyncRuntime> Inbound<RT> {
             }
             _ => {}
         }
-        if let Some((_, old)) = streams.remove(&key) {
+        if let Some((_, old, _)) = streams.remove(&key) {
             old.lock().expect("stream lock").close();
         }
         let from_source: Vec<_> = streams
             .iter()
             .filter(|((node, _), _)| *node == source)
-            .map(|(key, (id, _))| (*id, *key))
+            .map(|(key, (_, _, used))| (*used, *key))
             .collect();
         if from_source.len() >= STREAMS_PER_SOURCE_MAX {
-            let oldest = from_source.iter().min().map(|(_, key)| *key);
-            if let Some((_, old)) = oldest.and_then(|key| streams.remove(&key)) {
+            let idle = from_source.iter().min().map(|(_, key)| *key);
+            if let Some((_, old, _)) = idle.and_then(|key| streams.remove(&key)) {
                 old.lock().expect("stream lock").close();
             }
         }
@@ -370,7 +380,7 @@ impl<RT: AsyncRuntime> Inbound<RT> {
             closed: false,
             waker: None,
         }));
-        streams.insert(key, (stream, Arc::clone(&shared)));
+        streams.insert(key, (stream, Arc::clone(&shared), now));
         let output = raft.stream_append(Input(Arc::clone(&shared)));
         drop(TypeConfig::<RT>::spawn(answer_in_order::<RT>(
             output,

@@ -101,6 +101,33 @@ pub fn append_sync_latency(dir: &Path, samples: u64, append_size: usize) -> io::
     Ok(Latency::of(&histogram))
 }
 
+/// Latency of one `append_size`-byte overwrite plus `fdatasync` inside a
+/// file written (and synced) in full beforehand: the file's size and
+/// block map never change, so `fdatasync` flushes data only, with no
+/// journal commit. [`append_sync_latency`] (the file grows, as the log's
+/// active segment does) minus this is what preallocating segments by
+/// writing them could save.
+pub fn overwrite_sync_latency(dir: &Path, samples: u64, append_size: usize) -> io::Result<Latency> {
+    let block = pattern(append_size, 5);
+    let (file, path) = create(dir, "probe-overwrite-latency")?;
+    let zeros = vec![0u8; append_size];
+    for sample in 0..samples {
+        file.write_all_at(&zeros, sample * append_size as u64)?;
+    }
+    file.sync_all()?;
+    let mut histogram = latency_histogram();
+    for sample in 0..samples {
+        let start = Instant::now();
+        file.write_all_at(&block, sample * append_size as u64)?;
+        file.sync_data()?;
+        let nanos = start.elapsed().as_nanos() as u64;
+        histogram.saturating_record(nanos.max(1));
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Latency::of(&histogram))
+}
+
 /// Sequential read of a `size`-byte file that is in the page cache, in
 /// `chunk_size`-byte reads: the most a copying reader can reach. The file
 /// is written and read once before the timed pass.

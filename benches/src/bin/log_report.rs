@@ -100,6 +100,9 @@ struct Limits {
     seq_write_synced: Bandwidth,
     buffered_write: Bandwidth,
     append_4k_fdatasync: Latency,
+    /// The same inside a file written in full beforehand (no journal
+    /// commit): what preallocated segments would pay.
+    overwrite_4k_fdatasync: Latency,
     cached_read: Bandwidth,
 }
 
@@ -287,6 +290,8 @@ fn measure(
 
     progress("4 KiB append + fdatasync latency");
     let sync = probe::append_sync_latency(dir, sizes.latency_samples, 4096)?;
+    progress("4 KiB overwrite + fdatasync latency, in a file written beforehand");
+    let overwrite_sync = probe::overwrite_sync_latency(dir, sizes.latency_samples, 4096)?;
     progress("log append of one record with SyncData, latency");
     let log_sync = {
         let dir = scratch(root, "sync-latency-")?;
@@ -305,6 +310,7 @@ fn measure(
         seq_write_synced: seq,
         buffered_write: buffered,
         append_4k_fdatasync: sync,
+        overwrite_4k_fdatasync: overwrite_sync,
         cached_read: cached,
     })
 }
@@ -563,6 +569,14 @@ fn print_markdown(report: &Report) {
         duration(sync.p50_ns),
         duration(sync.p99_ns),
         duration(sync.max_ns)
+    );
+    let overwrite = &limits.overwrite_4k_fdatasync;
+    println!(
+        "| 4 KiB overwrite + fdatasync in a file written beforehand, {} samples | p50 {}, p99 {}, max {} |",
+        overwrite.samples,
+        duration(overwrite.p50_ns),
+        duration(overwrite.p99_ns),
+        duration(overwrite.max_ns)
     );
     println!(
         "| cached sequential read, {} MiB in 1 MiB reads | {} |",

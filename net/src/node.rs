@@ -203,6 +203,23 @@ impl ClusterNode {
         &self.bus
     }
 
+    /// Resolves when this node's Raft core stops on its own, with why:
+    /// storage failed (a full disk, a failed `fdatasync`, which poisons the
+    /// log for good) or another fatal error. Such a node serves nothing
+    /// any more; its process should stop with this reason, as `sluice node`
+    /// does, and be restarted once the cause is fixed.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.bus.raft().metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".to_owned();
+            }
+        }
+    }
+
     /// Stops serving, then stops Raft; the data stays.
     pub async fn shutdown(self) -> Result<(), BusError> {
         self.server.shutdown().await;

@@ -412,3 +412,23 @@ async fn a_node_that_cannot_prove_the_secret_gets_no_request() {
     })
     .await;
 }
+
+/// `ClusterNode::stopped` resolves, with a reason, once the node's Raft
+/// core stops on its own, and not before (`sluice node` exits on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_when_its_raft_core_stops() {
+    bounded(async {
+        let root = tempfile::tempdir().unwrap();
+        let config = node_config(1, "127.0.0.1:0".parse().unwrap(), root.path().join("n1"));
+        let node = ClusterNode::start(config).await.expect("node starts");
+        let early = tokio::time::timeout(Duration::from_millis(300), node.stopped()).await;
+        assert!(early.is_err(), "reported a stop while running: {early:?}");
+        node.bus().raft().shutdown().await.expect("shutdown");
+        let reason = tokio::time::timeout(Duration::from_secs(10), node.stopped())
+            .await
+            .expect("the stop is reported");
+        assert!(!reason.is_empty());
+        let _ = node.shutdown().await;
+    })
+    .await;
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tracing::info;
+use tracing::{error, info};
 
 use sluice::raft::Durability;
 use sluice_net::node::{ClusterNode, NodeConfig};
@@ -70,12 +70,29 @@ pub(crate) fn run(args: Args) -> Outcome {
             address = %node.local_address(),
             "serving; initialise a new cluster with `sluice cluster init`, stop with Ctrl-C"
         );
-        wait_for_stop().await?;
-        info!("stopping");
-        node.shutdown().await?;
-        Ok(ExitCode::SUCCESS)
+        tokio::select! {
+            signalled = wait_for_stop() => {
+                signalled?;
+                info!("stopping");
+                node.shutdown().await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            reason = node.stopped() => {
+                error!(
+                    %reason,
+                    "Raft stopped; the node stops (exit code {EXIT_STORAGE}). If the disk is \
+                     full or failed, fix it and start the node again: it recovers from its log"
+                );
+                let _ = node.shutdown().await;
+                Ok(ExitCode::from(EXIT_STORAGE))
+            }
+        }
     })
 }
+
+/// The exit code of a node whose Raft core stopped on its own (storage
+/// failure or another fatal error).
+const EXIT_STORAGE: u8 = 3;
 
 /// Returns on Ctrl-C or SIGTERM.
 async fn wait_for_stop() -> std::io::Result<()> {

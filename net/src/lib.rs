@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod consumer;
 pub mod metrics_http;
 pub mod node;
 pub mod protocol;

@@ -432,3 +432,90 @@ async fn a_node_reports_when_its_raft_core_stops() {
     })
     .await;
 }
+
+/// Two `RemoteConsumer`s in one group share a topic's partitions and
+/// consume each event once; when one leaves, the other takes over its
+/// partitions from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_consumers_share_a_group_and_take_over() {
+    use sluice_net::consumer::{Polled, RemoteConsumer, Start};
+
+    async fn publish(client: &Client, from: usize, count: usize) {
+        let mut producer = client.producer().await.expect("producer");
+        let mut events = Vec::new();
+        for i in from..from + count {
+            let key = Bytes::from(format!("key-{i}"));
+            let payload = Bytes::from(format!("event-{i}"));
+            let event = producer
+                .stamp("orders", key, payload, Headers::default())
+                .await
+                .expect("stamp");
+            events.push(event);
+        }
+        let outcomes = producer.publish(events).await.expect("publish");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, PublishOutcome::Appended { .. }))
+        );
+    }
+
+    /// Polls and commits until `want` events came in all, or panics.
+    async fn drain(consumers: &mut [&mut RemoteConsumer], seen: &mut Vec<String>, want: usize) {
+        for _ in 0..200 {
+            for consumer in consumers.iter_mut() {
+                let polled: Vec<Polled> = consumer.poll().await.expect("poll");
+                seen.extend(
+                    polled
+                        .iter()
+                        .map(|p| String::from_utf8(p.event.payload.to_vec()).unwrap()),
+                );
+                consumer.commit().await.expect("commit");
+            }
+            if seen.len() >= want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} of {want} events came", seen.len());
+    }
+
+    bounded(async {
+        let cluster = Cluster::start(&[1]).await;
+        let client = cluster.client();
+        cluster.initialize(&client).await;
+        cluster.leader(&client).await;
+        client
+            .create_topic("orders", 4)
+            .await
+            .expect("create topic");
+        publish(&client, 0, 200).await;
+
+        let mut a =
+            RemoteConsumer::join(client.clone(), "billing", "a", &["orders"], Start::Earliest)
+                .await
+                .expect("a joins");
+        let mut b =
+            RemoteConsumer::join(client.clone(), "billing", "b", &["orders"], Start::Earliest)
+                .await
+                .expect("b joins");
+        let mut seen = Vec::new();
+        drain(&mut [&mut a, &mut b], &mut seen, 200).await;
+        assert_eq!(a.generation(), b.generation());
+        let (mine, theirs) = (a.positions().count(), b.positions().count());
+        assert_eq!((mine, theirs), (2, 2), "the partitions are shared");
+
+        b.leave().await.expect("b leaves");
+        publish(&client, 200, 100).await;
+        drain(&mut [&mut a], &mut seen, 300).await;
+        assert_eq!(a.positions().count(), 4, "a took b's partitions");
+
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "an event came twice");
+        assert_eq!(seen.len(), 300);
+        a.leave().await.expect("a leaves");
+    })
+    .await;
+}

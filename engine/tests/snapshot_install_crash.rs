@@ -386,8 +386,37 @@ async fn a_crash_anywhere_in_an_install_recovers_to_old_or_new() {
         }
         if completed && seed + 1 == SEEDS {
             assert_eq!(applied, Some(sent.last));
+            retention_drops_the_bodies_raft_no_longer_reads(disk, &sent).await;
             break;
         }
     }
     assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
+
+/// After an install, retention removes bodies below Raft's purge point
+/// (openraft no longer knows them), and never an entry Raft's log holds.
+async fn retention_drops_the_bodies_raft_no_longer_reads(disk: CrashDisk, sent: &Sent) {
+    let (mut store, _machine) = reopen(disk.clone()).await;
+    let reader = store.reader();
+    let first = sent.tail[0].index;
+    assert_eq!(reader.bounds().0, first);
+    assert_eq!(reader.raft_first(), sent.last.index + 1);
+    let kept = reader.purge_bodies_before(sent.last.index + 100).unwrap();
+    assert!(
+        kept > first && kept <= sent.last.index + 1,
+        "first kept {kept}"
+    );
+    let mut records = Vec::new();
+    reader
+        .read_records(kept, sent.last.index + 1, &mut records)
+        .unwrap();
+    assert_eq!(records[..], sent.tail[(kept - first) as usize..]);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(sent.last));
+    drop(store);
+    disk.crash();
+    let (store, _machine) = reopen(disk.clone()).await;
+    assert_eq!(store.reader().bounds().0, kept);
+    drop(store);
+    verify_disk(&disk, &VerifyOptions::default()).unwrap();
 }

@@ -253,6 +253,16 @@ impl SimCluster {
         snapshot.map(|log_id| log_id.index)
     }
 
+    /// The index node `id`'s log is purged up to (inclusive), if it runs
+    /// and has purged anything.
+    pub fn purged_index(&self, id: NodeId) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver as _;
+        let raft = self.raft(id)?;
+        let metrics = raft.metrics();
+        let purged = metrics.borrow_watched().purged;
+        purged.map(|log_id| log_id.index)
+    }
+
     /// Whether node `id` runs (it may still be cut off).
     pub fn is_running(&self, id: NodeId) -> bool {
         self.member(id).is_some()

@@ -27,7 +27,7 @@
 //! | `dc-failover` | 5 nodes in 3 data centres (2 + 2 + 1) with WAN latency; a whole data centre killed or cut off, failover, then it comes back |
 //! | `clock` | per-node drift and wall-clock jumps (the engine's clock: commands are stamped with the leader's wall time), and a leader isolation |
 //! | `disk` | on one node at a time: EIO on writes or syncs, ENOSPC, then an operator restart; and on one node per run bit rot in a file while it is down: it must either start cleanly or refuse to open (then it stays down and the other two carry on) |
-//! | `snapshot` | a follower cut off while the leader drops a log prefix by retention, snapshots and purges; healed, it must install the snapshot, then it is made leader; no transactional workers (retention would delete inputs they have not consumed); the checker allows the deleted prefix |
+//! | `snapshot` | a follower cut off while the clients keep writing and every other node drops a log prefix by retention, snapshots above the retention point and purges; healed, it must install a snapshot with the bodies of the retained events it covers (in two runs of three it loses power around the install and restarts), then it is made leader; no transactional workers (retention would delete inputs they have not consumed); the checker allows the deleted prefix |
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
@@ -160,10 +160,10 @@ pub async fn run(scenario: Scenario) -> Outcome {
     };
     let mut config = (*crate::raft_config_with(heartbeat_ms)).clone();
     if scenario == Scenario::Snapshot {
-        // Snapshots only when the nemesis asks, and the log purged right
-        // up to each, so a lagging follower can only catch up by one.
+        // As the bus: snapshots only when asked, and openraft never purges
+        // the log by itself; the nemesis purges to the retention point.
         config.snapshot_policy = openraft::SnapshotPolicy::Never;
-        config.max_in_snapshot_log_to_keep = 0;
+        config.max_in_snapshot_log_to_keep = u64::MAX / 2;
     }
     let cluster = SimCluster::start_with(&ids, std::sync::Arc::new(config)).await;
     if scenario == Scenario::DcFailover {
@@ -595,9 +595,14 @@ async fn clock_faults(workload: &Workload<'_>) {
     }
 }
 
-/// Cuts a follower off, lets the leader run ahead, drops the log prefix by
-/// retention, snapshots and purges on the leader; heals the follower, which
-/// must install the snapshot (asserted), and hands it the leadership.
+/// Cuts a follower off while the clients keep writing; the cluster drops a
+/// log prefix by retention (point P), and every other node builds a fresh
+/// snapshot at some S > P and purges its log before P, as the bus does.
+/// Healed (and in two runs of three killed and restarted around the
+/// install), the follower must install a snapshot (asserted) and, with
+/// it, the bodies of the events at P..=S that retention kept (the final
+/// read checks every retained offset on every node); then it is handed
+/// the leadership.
 async fn snapshot_catch_up(workload: &Workload<'_>) {
     let cluster = workload.cluster;
     sleep_between(300, 800).await;
@@ -613,12 +618,8 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
     note(workload, format!("isolate follower {follower}"));
     sleep_between(500, 1_500).await;
 
-    // A quiet log: the retention point, the snapshot and the purge then
-    // cover the same prefix, and nothing retained is left out of the log.
-    workload.paused.set(true);
-    sleep_between(300, 500).await;
-    workload.write_until_done(Op::Noop).await;
-    let leader = leader_or_any(workload).await;
+    // Writes go on throughout: the snapshot lands above the retention
+    // point, and events between the two stay retained.
     let point = cluster.applied_max() + 1;
     let retained = workload
         .write_until_done(Op::Retention {
@@ -626,27 +627,48 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
         })
         .await;
     assert_eq!(retained, Response::Ok, "retention before {point}");
-    let raft = cluster.raft(leader).expect("the leader runs");
-    raft.trigger().snapshot().await.expect("trigger a snapshot");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cluster
-        .snapshot_index(leader)
-        .is_none_or(|index| index < point)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "leader {leader} built no snapshot"
-        );
-        madsim::time::sleep(Duration::from_millis(20)).await;
+    sleep_between(100, 400).await;
+    // Every node that is not cut off snapshots and purges, as each bus
+    // node does on its retention timer: whichever leads when the follower
+    // comes back has dropped the prefix and must send a snapshot.
+    let mut snapshot = u64::MAX;
+    for id in cluster.ids().iter().copied().filter(|&id| id != follower) {
+        snapshot = snapshot.min(snapshot_and_purge(workload, id, point).await);
     }
-    let snapshot = cluster.snapshot_index(leader).expect("built");
     note(
         workload,
-        format!("retention before {point}, snapshot at {snapshot} on leader {leader}"),
+        format!("retention before {point}, snapshots at {snapshot} and above, logs purged"),
     );
-    workload.paused.set(false);
 
     cluster.heal(follower);
+    // In two runs of three the follower loses power around the install:
+    // at a time picked by the seed (mostly before the snapshot arrives),
+    // or right after the install is reported.
+    let kill = madsim::rand::thread_rng().gen_range(0..3);
+    if kill > 0 {
+        let until = match kill {
+            1 => Instant::now() + between(0, 300),
+            _ => Instant::now() + Duration::from_secs(20),
+        };
+        while Instant::now() < until
+            && cluster
+                .snapshot_index(follower)
+                .is_none_or(|index| index < snapshot)
+        {
+            madsim::time::sleep(Duration::from_millis(5)).await;
+        }
+        let installed = cluster
+            .snapshot_index(follower)
+            .is_some_and(|index| index >= snapshot);
+        cluster.kill(follower);
+        note(
+            workload,
+            format!("kill follower {follower} (snapshot installed: {installed})"),
+        );
+        sleep_between(50, 300).await;
+        restart(workload, follower).await;
+        note(workload, format!("restart follower {follower}"));
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while cluster
         .snapshot_index(follower)
@@ -686,6 +708,52 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
     }
     note(workload, format!("{follower} leads"));
     sleep_between(500, 1_500).await;
+}
+
+/// Builds a fresh snapshot on node `id` (above the retention `point`, with
+/// writes going on) and purges its log before `point`; returns the
+/// snapshot's index.
+async fn snapshot_and_purge(workload: &Workload<'_>, id: NodeId, point: u64) -> u64 {
+    let cluster = workload.cluster;
+    let raft = cluster.raft(id).expect("the node runs");
+    let applied = || {
+        cluster
+            .with_state(id, |state| state.last_applied_index())
+            .flatten()
+            .unwrap_or(0)
+    };
+    // The retention entry lies at `point` or above: wait until it applied.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while applied() < point {
+        assert!(Instant::now() < deadline, "node {id} did not apply {point}");
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = applied();
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.snapshot_index(id).is_none_or(|index| index < fresh) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} built no snapshot at {fresh} or above"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    raft.trigger()
+        .purge_log(point - 1)
+        .await
+        .expect("trigger a purge");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .purged_index(id)
+        .is_none_or(|index| index + 1 < point)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not purge before {point}"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.snapshot_index(id).expect("built")
 }
 
 /// Disk faults on one node at a time (a minority): EIO on a share of its

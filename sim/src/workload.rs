@@ -153,9 +153,6 @@ pub struct Workload<'c> {
     pub pinned: RefCell<BTreeMap<usize, NodeId>>,
     /// The node the nemesis has cut off, if any; acks it gives are counted.
     pub isolated: Cell<Option<NodeId>>,
-    /// While set, clients hold their next attempt (the nemesis needs a
-    /// quiet log for a moment).
-    pub paused: Cell<bool>,
     /// Nodes whose disk the nemesis damaged on purpose (bit rot): they may
     /// refuse to start again, and then stay down.
     pub written_off: RefCell<std::collections::BTreeSet<NodeId>>,
@@ -177,7 +174,6 @@ impl<'c> Workload<'c> {
             stop: Cell::new(false),
             pinned: RefCell::new(BTreeMap::new()),
             isolated: Cell::new(None),
-            paused: Cell::new(false),
             written_off: RefCell::default(),
         }
     }
@@ -185,9 +181,6 @@ impl<'c> Workload<'c> {
     /// The node client `client` should talk to now: its pinned node, the
     /// agreed leader, or (no leader agreed) a node picked by the seed.
     async fn target(&self, client: usize) -> NodeId {
-        while self.paused.get() {
-            madsim::time::sleep(Duration::from_millis(20)).await;
-        }
         if let Some(&node) = self.pinned.borrow().get(&client) {
             return node;
         }

@@ -200,7 +200,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     ) -> Result<Self, BusError>
     where
         N: RaftNetworkFactory<TypeConfig<RT>>,
-        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = Vec<u8>>,
+        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = crate::raft::SnapshotData>,
     {
         Bus::open_inner(disk, clock, config, network).await
     }
@@ -213,7 +213,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     ) -> Result<Self, BusError>
     where
         N: RaftNetworkFactory<TypeConfig<RT>>,
-        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = Vec<u8>>,
+        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = crate::raft::SnapshotData>,
     {
         if config.inflight_per_producer_max == 0 || config.batch_events_max == 0 {
             return Err(BusError::Invalid(

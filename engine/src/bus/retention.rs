@@ -11,11 +11,14 @@
 //! Steps: (1) the leader computes the point from whole sealed segments by
 //! size and by age on its clock; (2) proposes `Op::Retention`, which every
 //! state machine applies (partition first offsets move up); (3) builds a
-//! snapshot covering it; (4) asks openraft to purge the log up to it.
+//! snapshot covering it; (4) asks openraft to purge the log up to it. A
+//! node that caught up by a snapshot holds bodies below Raft's purge point
+//! (the snapshot's tail, `raft/snapshot.rs`); those it removes itself
+//! (`LogStoreReader::purge_bodies_before`), since openraft no longer knows
+//! them.
 
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 
@@ -98,16 +101,21 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     }
 
     /// On every node: drops this node's log before `point` (which the
-    /// state machine has applied), after a snapshot covers it.
+    /// state machine has applied), after a snapshot covers it. Bodies
+    /// below Raft's purge point (kept by a snapshot install with a tail)
+    /// go without openraft, which no longer knows them.
     async fn purge_locally(&self, point: u64) -> Result<(), BusError> {
         let inner = self.inner();
         let raft = &inner.raft;
-        let purged_next = raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .map_or(0, |p| p.index + 1);
-        if point <= purged_next {
+        let (first, _) = inner.reader.bounds();
+        if point <= first {
+            return Ok(());
+        }
+        if point <= inner.reader.raft_first() {
+            let reader = inner.reader.clone();
+            TypeConfig::<RT>::spawn_blocking(move || reader.purge_bodies_before(point))
+                .await
+                .map_err(BusError::raft)??;
             return Ok(());
         }
         raft.trigger().snapshot().await.map_err(BusError::raft)?;

@@ -332,8 +332,9 @@ impl<D: Disk> Log<D> {
     }
 
     /// What a frame at `index` links to: the chain hash of `index − 1`, the
-    /// purge point's anchor, or [`GENESIS`].
-    fn link_for(&self, index: u64) -> Result<Hash> {
+    /// purge point's anchor, or [`GENESIS`]. `index` must lie in
+    /// `first_index()..=next_index()`.
+    pub fn link_for(&self, index: u64) -> Result<Hash> {
         if index == self.next_index() {
             return Ok(self.head);
         }
@@ -352,15 +353,56 @@ impl<D: Disk> Log<D> {
     /// durably (write new, sync, rename, sync directory).
     pub fn set_app_meta(&mut self, app: &[u8]) -> Result<()> {
         self.check_poison()?;
+        self.check_app_size(app)?;
+        let mut next = self.meta.clone();
+        next.app = app.to_vec();
+        self.store_meta(next)
+    }
+
+    fn check_app_size(&self, app: &[u8]) -> Result<()> {
         if meta::HEADER_SIZE + app.len() > crate::constants::META_SIZE_MAX {
             return Err(Error::InvalidOptions(format!(
                 "metadata of {} bytes exceeds the maximum",
                 app.len()
             )));
         }
-        let mut next = self.meta.clone();
-        next.app = app.to_vec();
-        self.store_meta(next)
+        Ok(())
+    }
+
+    /// Empties the log and begins it again at `first`, whose frame will
+    /// link to `anchor` (GENESIS when `None`), and replaces the user's bytes
+    /// in the metadata file: the first step of writing a log received from
+    /// elsewhere (a snapshot's tail), which the caller then appends. Unlike
+    /// a purge, `first` may lie anywhere, before or after the log. Durable
+    /// on return.
+    ///
+    /// Crash safety: every segment is removed first, newest first (a crash
+    /// leaves a prefix of the old log, as a truncation does), then the
+    /// metadata file is replaced (one atomic step), then the new segment is
+    /// created. The caller must have made durable, before calling, what it
+    /// needs to redo the whole operation after a crash at any point.
+    pub fn reset(&mut self, first: u64, anchor: Option<Hash>, app: &[u8]) -> Result<()> {
+        self.check_poison()?;
+        self.check_app_size(app)?;
+        let name = self.active.name.clone();
+        let removed = self.disk.remove(&name);
+        self.poison_on_error(removed, "remove", &name)?;
+        while let Some(sealed) = self.sealed.pop_back() {
+            let removed = self.disk.remove(&sealed.name);
+            self.poison_on_error(removed, "remove", &sealed.name)?;
+        }
+        let synced = self.disk.sync_dir();
+        self.poison_on_error(synced, "sync_dir", &name)?;
+        self.truncations += 1;
+        self.store_meta(Meta {
+            purged_next: first,
+            anchor,
+            app: app.to_vec(),
+        })?;
+        self.head = anchor.unwrap_or(GENESIS);
+        self.durable_next = first;
+        // The old active segment's file was removed above.
+        self.start_active(first).map(drop)
     }
 
     /// Appends `entries`, whose indexes must continue the log.
@@ -675,11 +717,40 @@ impl<D: Disk> Log<D> {
     /// purge inside the log reads the hash from the log and ignores
     /// `anchor`.
     pub fn purge_before_anchored(&mut self, index: u64, anchor: Option<Hash>) -> Result<()> {
+        self.purge_with_meta(index, anchor, None)
+    }
+
+    /// [`Log::purge_before_anchored`] that also replaces the user's bytes
+    /// in the metadata file, in the same atomic write: a crash leaves
+    /// either the old purge point with the old bytes or the new with the
+    /// new. The bytes are replaced even if nothing is purged.
+    pub fn purge_before_with_app(
+        &mut self,
+        index: u64,
+        anchor: Option<Hash>,
+        app: &[u8],
+    ) -> Result<()> {
+        if index <= self.first_index() {
+            return self.set_app_meta(app);
+        }
+        self.check_app_size(app)?;
+        self.purge_with_meta(index, anchor, Some(app.to_vec()))
+    }
+
+    fn purge_with_meta(
+        &mut self,
+        index: u64,
+        anchor: Option<Hash>,
+        app: Option<Vec<u8>>,
+    ) -> Result<()> {
         self.check_poison()?;
         if index <= self.first_index() {
             return Ok(());
         }
         let mut next = self.meta.clone();
+        if let Some(app) = app {
+            next.app = app;
+        }
         next.purged_next = index;
         // The first retained frame's link is anchored by the chain hash of
         // the last purged one; past the end of the log only the caller can

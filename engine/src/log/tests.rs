@@ -262,6 +262,47 @@ fn purge_removes_whole_segments_and_purge_past_the_end_restarts_the_log() {
 }
 
 #[test]
+fn reset_begins_the_log_anywhere_with_its_anchor_and_app_bytes() {
+    for (seed, first) in [(21, 10), (22, 500)] {
+        let disk = CrashDisk::new(seed);
+        let mut log = open(&disk);
+        append(&mut log, 60, PersistMode::SyncData);
+        log.purge_before(20).unwrap();
+        // Before the log's first index or past its end, over any layout.
+        log.reset(first, Some([7; 32]), b"vote and purge point")
+            .unwrap();
+        assert_eq!((log.first_index(), log.next_index()), (first, first));
+        assert_eq!(log.chain_head(), [7; 32]);
+        append(&mut log, 30, PersistMode::SyncData);
+        assert_chain(&log, [7; 32]);
+        drop(log);
+        disk.crash_with(CrashPolicy::DropAll);
+        let log = open(&disk);
+        assert_contents(&log, first, first + 30);
+        assert_chain(&log, [7; 32]);
+        assert_eq!(log.app_meta(), b"vote and purge point");
+    }
+}
+
+#[test]
+fn purge_with_app_bytes_is_one_atomic_step() {
+    let disk = CrashDisk::new(23);
+    let mut log = open(&disk);
+    append(&mut log, 60, PersistMode::SyncData);
+    let anchor = log.chain_hash_at(24).unwrap();
+    log.purge_before_with_app(25, None, b"purged to 24")
+        .unwrap();
+    assert_eq!(log.meta.anchor, Some(anchor));
+    // Nothing left to purge: the bytes are replaced all the same.
+    log.purge_before_with_app(10, None, b"again").unwrap();
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let log = open(&disk);
+    assert_eq!(log.app_meta(), b"again");
+    assert_contents(&log, 25, 60);
+}
+
+#[test]
 fn app_meta_is_replaced_atomically() {
     let disk = CrashDisk::new(9);
     let mut log = open(&disk);

@@ -12,6 +12,19 @@
 //! Vote and purge point live in the log's metadata file, replaced
 //! atomically. Truncation and purge are durable before they return.
 //!
+//! Raft's log and the bodies the bus reads are one log, but their first
+//! indexes may differ: Raft's log is `(last_purged, last_log]`, while the
+//! segments may still hold entries at and below `last_purged`. That is the
+//! case after a snapshot install with a tail (`raft/snapshot.rs`): the
+//! install writes the tail P..=S into the log and records S as Raft's
+//! purge point in the same metadata write, so openraft, which then purges
+//! up to S, reads nothing below S+1 while the bus still reads the bodies
+//! of P..=S. Retention removes them later (`LogStoreReader::purge_bodies_before`).
+//!
+//! On open, an install that a crash interrupted after its commit point
+//! (`state.snapshot` holding a tail the log lacks) is finished first, so
+//! openraft never sees a log that disagrees with the snapshot.
+//!
 //! Fault model: a failed sync poisons the log; every later call fails and
 //! openraft stops the node. A failed sync is never retried.
 
@@ -28,9 +41,12 @@ use openraft::type_config::TypeConfigExt;
 use openraft_rt::AsyncRuntime;
 use serde::{Deserialize, Serialize};
 
+use crate::constants::APPEND_ENTRIES_MAX;
 use crate::io::{Clock, Disk};
+use crate::log::frame::Hash;
 use crate::log::{self, Log, PersistMode, SyncHandle};
 
+use super::snapshot::{self, Tail, TailSource};
 use super::{Entry, LogId, TypeConfig, Vote, codec, log_id, to_io};
 #[cfg(feature = "planted-bugs")]
 use crate::testing::planted::{self, Bug};
@@ -81,19 +97,135 @@ struct Inner<D: Disk> {
 
 impl<D: Disk> Inner<D> {
     fn store_meta(&mut self) -> log::Result<()> {
-        let meta = StoreMeta {
-            vote: self.vote,
-            last_purged: self.last_purged,
-        };
-        let bytes = postcard::to_allocvec(&meta).expect("metadata encodes into memory");
+        let bytes = self.meta_bytes(self.last_purged);
         self.log.set_app_meta(&bytes)
     }
 
+    /// The metadata file's user bytes with `last_purged` as the purge point.
+    fn meta_bytes(&self, last_purged: Option<LogId>) -> Vec<u8> {
+        let meta = StoreMeta {
+            vote: self.vote,
+            last_purged,
+        };
+        postcard::to_allocvec(&meta).expect("metadata encodes into memory")
+    }
+
+    /// The first index of Raft's log: after its purge point, even where the
+    /// segments still hold bodies below it.
+    fn raft_first(&self) -> u64 {
+        let after_purge = self.last_purged.map_or(0, |id| id.index + 1);
+        after_purge.max(self.log.first_index())
+    }
+
     fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        let start = start.max(self.log.first_index());
+        let start = start.max(self.raft_first());
         let mut records = Vec::new();
         self.log.read(start..end, &mut records).map_err(to_io)?;
         records.iter().map(codec::decode).collect()
+    }
+
+    /// Whether the log holds the entry `last` with the chain hash
+    /// `chain_head` (when given): then it agrees with a snapshot at `last`.
+    fn holds(&self, last: LogId, chain_head: Option<Hash>) -> log::Result<bool> {
+        let (first, next) = (self.log.first_index(), self.log.next_index());
+        if last.index < first || last.index >= next {
+            return Ok(false);
+        }
+        let mut records = Vec::with_capacity(1);
+        self.log.read(last.index..last.index + 1, &mut records)?;
+        let term = records[0].term;
+        let hash = self.log.chain_hash_at(last.index)?;
+        Ok(term == last.leader_id.term && chain_head.is_none_or(|head| head == hash))
+    }
+
+    /// Makes the log hold a snapshot's tail, `tail.first..=last`, and
+    /// records `last` as Raft's purge point. A log that already holds
+    /// `last` with the same hash is left as it is (a restart after the
+    /// install, or a follower that had the entries); any other log is
+    /// replaced by the tail (`Log::reset`, then appends, then one sync).
+    /// The tail must have passed `snapshot::check_tail`.
+    fn install_tail(
+        &mut self,
+        last: LogId,
+        chain_head: Option<Hash>,
+        tail: &Tail<'_>,
+    ) -> log::Result<()> {
+        assert_eq!(
+            tail.records.last().map(|r| r.index),
+            Some(last.index),
+            "a checked tail ends at the snapshot"
+        );
+        if self.holds(last, chain_head)? {
+            if self.last_purged.is_none_or(|p| p < last) {
+                let app = self.meta_bytes(Some(last));
+                self.log.set_app_meta(&app)?;
+                self.last_purged = Some(last);
+            }
+            return Ok(());
+        }
+        if self.log.first_index() > last.index {
+            tracing::warn!(
+                snapshot = last.index,
+                first = self.log.first_index(),
+                "the log already begins after the installed snapshot; its tail is not written"
+            );
+            return Ok(());
+        }
+        let app = self.meta_bytes(Some(last));
+        let anchor = chain_head.map(|_| tail.link);
+        self.log.reset(tail.first, anchor, &app)?;
+        self.last_purged = Some(last);
+        self.last_log = Some(last);
+        for chunk in tail.records.chunks(APPEND_ENTRIES_MAX) {
+            let entries: Vec<log::Entry<'_>> = chunk
+                .iter()
+                .map(|record| log::Entry {
+                    index: record.index,
+                    term: record.term,
+                    kind: record.kind,
+                    timestamp_ms: record.timestamp_ms,
+                    payload: record.payload,
+                })
+                .collect();
+            self.log.append(&entries, PersistMode::Buffer)?;
+        }
+        self.log.sync()?;
+        self.unsynced_bytes = 0;
+        assert_eq!(self.log.next_index(), last.index + 1);
+        Ok(())
+    }
+
+    /// Finishes an install a crash interrupted after its commit point: if
+    /// `state.snapshot` still holds a tail, writes it into the log unless
+    /// the log already holds it, then stores the snapshot without it.
+    fn finish_install(&mut self) -> log::Result<()> {
+        let io = |op, source| log::Error::Io {
+            op,
+            file: snapshot::SNAPSHOT_FILE.to_owned(),
+            source,
+        };
+        let loaded = super::state_machine::load_snapshot(self.log.disk());
+        let Some(bytes) = loaded.map_err(|e| io("read", e))? else {
+            return Ok(());
+        };
+        let Ok(decoded) = snapshot::decode(&bytes) else {
+            // Not this store's to judge: the state machine refuses it when
+            // openraft installs it on start, naming what is wrong.
+            return Ok(());
+        };
+        let (Some(tail), Some(last)) = (&decoded.tail, decoded.core.last_applied) else {
+            return Ok(());
+        };
+        snapshot::check_tail(tail, last, decoded.core.chain_head)
+            .map_err(|e| io("check", e.into()))?;
+        tracing::warn!(
+            first = tail.first,
+            last = last.index,
+            "finishing a snapshot install that a crash interrupted"
+        );
+        self.install_tail(last, decoded.core.chain_head, tail)?;
+        let core = snapshot::encode(&decoded.core);
+        super::state_machine::store_snapshot(self.log.disk(), &core).map_err(|e| io("replace", e))
     }
 
     fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> log::Result<()> {
@@ -188,7 +320,7 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
         options: log::Options,
         durability: Durability,
     ) -> log::Result<Self> {
-        let mut log = Log::open(disk, clock, options)?;
+        let log = Log::open(disk, clock, options)?;
         let meta: StoreMeta = if log.app_meta().is_empty() {
             StoreMeta::default()
         } else {
@@ -196,28 +328,37 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
                 log::Error::InvalidOptions(format!("log.meta user bytes do not decode: {e}"))
             })?
         };
-        // Finish a purge that crashed between recording and removing.
-        if let Some(purged) = meta.last_purged {
-            log.purge_before(purged.index + 1)?;
-        }
-        let last_log = match log.next_index().checked_sub(1) {
-            Some(last) if last >= log.first_index() => {
-                let mut records = Vec::new();
-                log.read(last..last + 1, &mut records)?;
-                Some(log_id(records[0].term, last))
-            }
-            _ => meta.last_purged,
-        };
-        let inner = Inner {
+        let mut inner = Inner {
             log,
             vote: meta.vote,
             last_purged: meta.last_purged,
-            last_log,
+            last_log: None,
             payloads: Vec::new(),
             frames: Vec::new(),
             unsynced_bytes: 0,
             snapshot_anchor: None,
         };
+        inner.finish_install()?;
+        // Finish a purge past the end of the log that crashed between
+        // recording the purge point and emptying the log (the two were
+        // separate writes before they became one). A purge inside the log
+        // needs no finishing: entries left below the purge point are
+        // bodies Raft no longer reads.
+        if let Some(purged) = inner.last_purged {
+            if purged.index >= inner.log.next_index() {
+                inner.log.purge_before(purged.index + 1)?;
+            }
+        }
+        let log = &inner.log;
+        let physical_last = match log.next_index().checked_sub(1) {
+            Some(last) if last >= log.first_index() => {
+                let mut records = Vec::new();
+                log.read(last..last + 1, &mut records)?;
+                Some(log_id(records[0].term, last))
+            }
+            _ => None,
+        };
+        inner.last_log = physical_last.max(inner.last_purged);
         let shared = Arc::new(RwLock::new(inner));
         let (flusher, requests) = TypeConfig::<RT>::mpsc(FLUSH_QUEUE_MAX);
         // Detached: the loop ends when the store (the sender) drops.
@@ -351,10 +492,79 @@ impl<D: Disk> LogStoreReader<D> {
         self.shared.write().expect("log lock").snapshot_anchor = Some((index, hash));
     }
 
+    /// Writes a snapshot's checked tail into the log and records `last`
+    /// as Raft's purge point (see `Inner::install_tail`).
+    pub(crate) fn install_tail(
+        &self,
+        last: LogId,
+        chain_head: Option<Hash>,
+        tail: &Tail<'_>,
+    ) -> log::Result<()> {
+        self.shared
+            .write()
+            .expect("log lock")
+            .install_tail(last, chain_head, tail)
+    }
+
+    /// Removes bodies before `point` that Raft has already purged (kept by
+    /// a snapshot install with a tail): retention's share of what openraft
+    /// does not purge. Never removes an entry Raft's log still holds.
+    /// Durable on return; returns the first index kept.
+    pub fn purge_bodies_before(&self, point: u64) -> log::Result<u64> {
+        let mut inner = self.shared.write().expect("log lock");
+        let point = point.min(inner.raft_first());
+        inner.log.purge_before(point)?;
+        Ok(inner.log.first_index())
+    }
+
+    /// The first index Raft's log holds: after the purge point, even where
+    /// bodies below it remain.
+    pub fn raft_first(&self) -> u64 {
+        self.shared.read().expect("log lock").raft_first()
+    }
+
     /// The first and next index of the log.
     pub fn bounds(&self) -> (u64, u64) {
         let inner = self.shared.read().expect("log lock");
         (inner.log.first_index(), inner.log.next_index())
+    }
+}
+
+impl<D: Disk> TailSource for LogStoreReader<D> {
+    /// The records `from..=last` this log still holds, with the chain hash
+    /// the first links to. The records are read under the lock (sealed
+    /// segments as mapped slices, without copying) and encoded after it.
+    fn write_tail(&self, from: u64, last: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let (link, records) = {
+            let inner = self.shared.read().expect("log lock");
+            let first = from.max(inner.log.first_index());
+            if first > last {
+                return Ok(());
+            }
+            if first > from {
+                tracing::warn!(
+                    from,
+                    first,
+                    "a snapshot is sent without the bodies before {first}: this node's log \
+                     no longer holds them"
+                );
+            }
+            let link = inner.log.link_for(first).map_err(to_io)?;
+            let mut records = Vec::with_capacity((last + 1 - first) as usize);
+            inner
+                .log
+                .read(first..last + 1, &mut records)
+                .map_err(to_io)?;
+            if records.last().map(|r| r.index) != Some(last) {
+                return Err(io::Error::other(format!(
+                    "the snapshot at index {last} is past this node's log (it ends before {})",
+                    inner.log.next_index()
+                )));
+            }
+            (link, records)
+        };
+        snapshot::encode_tail(out, &link, &records);
+        Ok(())
     }
 }
 
@@ -364,7 +574,7 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogReader<TypeConfig<RT>> for LogStoreReader
         range: RB,
     ) -> io::Result<Vec<Entry>> {
         let inner = self.shared.read().expect("log lock");
-        let (start, end) = bounds(&range, inner.log.first_index(), inner.log.next_index());
+        let (start, end) = bounds(&range, inner.raft_first(), inner.log.next_index());
         inner.read(start, end)
     }
 
@@ -452,7 +662,7 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<()> {
         self.blocking(move |inner| {
-            let from = last.map_or(inner.log.first_index(), |id| id.index + 1);
+            let from = last.map_or(inner.raft_first(), |id| id.index + 1);
             inner.log.truncate_from(from)?;
             // Truncating past the end changes nothing.
             let beyond = match (last, inner.last_log) {
@@ -468,19 +678,24 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
         .await
     }
 
+    /// Records `upto` as Raft's purge point and removes the entries up to
+    /// it, in one metadata write. After a snapshot install with a tail the
+    /// point is already recorded (the install did it) and nothing is
+    /// removed: those entries are the bodies the tail brought.
     async fn purge(&mut self, upto: LogId) -> io::Result<()> {
         self.blocking(move |inner| {
-            assert!(
-                inner.last_purged.is_none_or(|p| p <= upto),
-                "purge goes forward"
-            );
-            inner.last_purged = Some(upto);
-            inner.store_meta()?;
+            if inner.last_purged.is_some_and(|p| p >= upto) {
+                return Ok(());
+            }
             let anchor = inner
                 .snapshot_anchor
                 .filter(|&(index, _)| index == upto.index)
                 .map(|(_, hash)| hash);
-            inner.log.purge_before_anchored(upto.index + 1, anchor)?;
+            let app = inner.meta_bytes(Some(upto));
+            inner
+                .log
+                .purge_before_with_app(upto.index + 1, anchor, &app)?;
+            inner.last_purged = Some(upto);
             if inner.last_log.is_none_or(|last| last < upto) {
                 inner.last_log = Some(upto);
             }

@@ -70,7 +70,7 @@ impl<RT: AsyncRuntime> NoConnection<RT> {
 }
 
 impl<RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for NoConnection<RT> {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::raft::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -91,7 +91,7 @@ impl<RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for NoConnection<RT> {
     async fn full_snapshot(
         &mut self,
         _vote: Vote,
-        _snapshot: Snapshot<CommittedLeaderId, NodeId, Node, Vec<u8>>,
+        _snapshot: Snapshot<CommittedLeaderId, NodeId, Node, crate::raft::SnapshotData>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {

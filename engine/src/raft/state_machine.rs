@@ -5,7 +5,26 @@
 //! `state.snapshot` (write new, sync, rename, sync directory), and on
 //! restart openraft installs it and re-applies the log after it. Snapshots
 //! hold the state (topics, partition index, producers, groups), never event
-//! bodies: those stay in the log.
+//! bodies: those stay in the log. A snapshot *sent* to a follower carries
+//! the bodies it still needs as a tail of log records (`raft/snapshot.rs`),
+//! read from the log when it is sent.
+//!
+//! Installing a received snapshot at index S with a tail P..=S, in this
+//! order, so that a crash at any point recovers to the old state or to the
+//! whole install, never to a state whose retained events lack bodies:
+//! 1. decode and check everything, the tail's chain included (nothing is
+//!    written for a snapshot that fails);
+//! 2. replace `state.snapshot` with the received bytes, tail included: the
+//!    commit point;
+//! 3. rebase the log onto the tail (`LogStoreReader::install_tail`), which
+//!    also records S as Raft's purge point, so openraft's purge up to S
+//!    that follows keeps the bodies;
+//! 4. replace `state.snapshot` with the snapshot alone (the bodies are in
+//!    the log now).
+//!
+//! A crash after 2 leaves a `state.snapshot` with a tail; `LogStore::open`
+//! finishes 3 and 4 before openraft reads anything. The state machine and
+//! the log must therefore share one data directory, as the bus's do.
 //!
 //! Applying is a pure function of the state and the entry: the timestamp
 //! comes from the command, stamped by the leader.
@@ -23,16 +42,12 @@ use openraft::storage::{
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use openraft_rt::AsyncRuntime;
-use serde::{Deserialize, Serialize};
 
 use crate::io::{Disk, DiskFile};
 use crate::state::{Response, State};
 
-use super::{CommittedLeaderId, LogId, Node, NodeId, TypeConfig};
-
-const SNAPSHOT_FILE: &str = "state.snapshot";
-const SNAPSHOT_FILE_TMP: &str = "state.snapshot.tmp";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"SLSN";
+use super::snapshot::{self, Core, SNAPSHOT_FILE, SNAPSHOT_FILE_TMP, SnapshotData};
+use super::{CommittedLeaderId, LogId, LogStoreReader, Node, NodeId, TypeConfig};
 
 type Membership = StoredMembership<CommittedLeaderId, NodeId, Node>;
 type Meta = SnapshotMeta<CommittedLeaderId, NodeId, Node>;
@@ -103,7 +118,7 @@ pub struct StateMachineStore<RT: AsyncRuntime, D: Disk> {
     applied: std::sync::Mutex<WatchSenderOf<TypeConfig<RT>, Applied>>,
     view: StateView<RT>,
     disk: D,
-    chain: Option<crate::raft::LogStoreReader<D>>,
+    chain: Option<LogStoreReader<D>>,
 }
 
 impl<RT: AsyncRuntime, D: Disk> fmt::Debug for StateMachineStore<RT, D> {
@@ -111,23 +126,6 @@ impl<RT: AsyncRuntime, D: Disk> fmt::Debug for StateMachineStore<RT, D> {
         f.debug_struct("StateMachineStore").finish_non_exhaustive()
     }
 }
-
-/// What `state.snapshot` holds, after its magic and checksum.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    version: u8,
-    last_applied: Option<LogId>,
-    membership: Membership,
-    state: Vec<u8>,
-    /// The log's chain hash at `last_applied`, when the store is linked to
-    /// its log (`StateMachineStore::link_chain`): a node installing this
-    /// snapshot anchors its chain with it, so its next frames link exactly
-    /// as the sender's do.
-    chain_head: Option<crate::log::frame::Hash>,
-}
-
-/// Version 2 added `chain_head`.
-const SNAPSHOT_FILE_VERSION: u8 = 2;
 
 impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
     /// An empty state machine keeping its snapshot in `disk`. openraft
@@ -155,88 +153,73 @@ impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
 
     /// Links the store to its log, so snapshots carry the chain hash at
     /// their index and an installed snapshot anchors the log's chain.
-    pub fn link_chain(&mut self, reader: crate::raft::LogStoreReader<D>) {
+    pub fn link_chain(&mut self, reader: LogStoreReader<D>) {
         self.chain = Some(reader);
     }
 
     fn encode_snapshot(inner: &Inner, chain_head: Option<crate::log::frame::Hash>) -> Vec<u8> {
-        let file = SnapshotFile {
-            version: SNAPSHOT_FILE_VERSION,
+        snapshot::encode(&Core {
+            version: snapshot::VERSION_WITHOUT_TAIL,
             last_applied: inner.last_applied,
             membership: inner.membership.clone(),
             state: inner.state.snapshot(),
             chain_head,
-        };
-        let body = postcard::to_allocvec(&file).expect("snapshot encodes into memory");
-        let mut out = Vec::with_capacity(body.len() + 8);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        })
     }
 }
 
-fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotFile, State)> {
-    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    if bytes.len() < 8 || &bytes[..4] != SNAPSHOT_MAGIC {
-        return Err(invalid(format!("{SNAPSHOT_FILE}: bad magic or too short")));
-    }
-    let stored = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let computed = crc32fast::hash(&bytes[8..]);
-    if stored != computed {
-        return Err(invalid(format!(
-            "{SNAPSHOT_FILE}: checksum mismatch: stored {stored:08x}, computed {computed:08x}"
-        )));
-    }
-    let file: SnapshotFile =
-        postcard::from_bytes(&bytes[8..]).map_err(|e| invalid(format!("{SNAPSHOT_FILE}: {e}")))?;
-    if file.version != SNAPSHOT_FILE_VERSION {
-        return Err(invalid(format!(
-            "{SNAPSHOT_FILE}: version {} (this code reads {SNAPSHOT_FILE_VERSION})",
-            file.version
-        )));
-    }
-    let state =
-        State::restore(&file.state).map_err(|e| invalid(format!("{SNAPSHOT_FILE}: {e}")))?;
-    Ok((file, state))
+/// Decodes a snapshot's bytes (any tail included) and the state it holds.
+fn decode_snapshot(bytes: &[u8]) -> io::Result<(Core, State)> {
+    let decoded = snapshot::decode(bytes)?;
+    let state = snapshot::restore_state(&decoded.core)?;
+    Ok((decoded.core, state))
 }
 
 /// The snapshot file's name in the data directory.
 pub(crate) const SNAPSHOT_FILE_NAME: &str = SNAPSHOT_FILE;
 
 /// Checks a snapshot file's bytes as opening would (magic, checksum, the
-/// state decodes) and returns the (term, index) it covers, if any, and the
-/// chain hash it records there. For the offline verifier.
+/// state decodes, a tail chains to the chain head) and returns the
+/// (term, index) it covers, if any, and the chain hash it records there.
+/// For the offline verifier.
 #[allow(clippy::type_complexity)]
 pub(crate) fn check_snapshot(
     bytes: &[u8],
 ) -> io::Result<(Option<(u64, u64)>, Option<crate::log::frame::Hash>)> {
-    let (file, _) = decode_snapshot(bytes)?;
-    let covered = file.last_applied.map(|id| (id.leader_id.term, id.index));
-    Ok((covered, file.chain_head))
+    let decoded = snapshot::decode(bytes)?;
+    if let (Some(tail), Some(last)) = (&decoded.tail, decoded.core.last_applied) {
+        snapshot::check_tail(tail, last, decoded.core.chain_head)?;
+    }
+    snapshot::restore_state(&decoded.core)?;
+    let covered = decoded
+        .core
+        .last_applied
+        .map(|id| (id.leader_id.term, id.index));
+    Ok((covered, decoded.core.chain_head))
 }
 
 /// Decodes a snapshot file's bytes into the state it holds and the
 /// (term, index) it covers. For the offline audit export.
 pub(crate) fn load_snapshot_state(bytes: &[u8]) -> io::Result<(Option<(u64, u64)>, State)> {
-    let (file, state) = decode_snapshot(bytes)?;
-    let covered = file.last_applied.map(|id| (id.leader_id.term, id.index));
+    let (core, state) = decode_snapshot(bytes)?;
+    let covered = core.last_applied.map(|id| (id.leader_id.term, id.index));
     Ok((covered, state))
 }
 
-fn meta_of(file: &SnapshotFile) -> Meta {
+fn meta_of(core: &Core) -> Meta {
     Meta {
-        last_log_id: file.last_applied,
-        last_membership: file.membership.clone(),
+        last_log_id: core.last_applied,
+        last_membership: core.membership.clone(),
     }
 }
 
 /// Replaces the snapshot file atomically.
-fn store_snapshot<D: Disk>(disk: &D, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn store_snapshot<D: Disk>(disk: &D, bytes: &[u8]) -> io::Result<()> {
     crate::io::replace_file(disk, SNAPSHOT_FILE, SNAPSHOT_FILE_TMP, bytes)
 }
 
-fn load_snapshot<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {
+/// The bytes of `state.snapshot`, if there is one.
+pub(crate) fn load_snapshot<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {
     let file = match disk.open(SNAPSHOT_FILE) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -247,11 +230,49 @@ fn load_snapshot<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
+/// Installs a received snapshot's files (steps 1 to 4 of the module docs)
+/// and returns what it holds. Blocking.
+fn install_files<D: Disk + Clone>(
+    disk: &D,
+    reader: Option<&LogStoreReader<D>>,
+    bytes: &[u8],
+    meta_last: Option<LogId>,
+) -> io::Result<(Core, State)> {
+    let decoded = snapshot::check(bytes, meta_last)?;
+    let state = snapshot::restore_state(&decoded.core)?;
+    let (core, tail) = (decoded.core, decoded.tail);
+    let Some(tail) = tail else {
+        store_snapshot(disk, bytes)?;
+        return Ok((core, state));
+    };
+    let last = core
+        .last_applied
+        .expect("checked: a tail ends at the last log id");
+    match reader {
+        Some(reader) => {
+            store_snapshot(disk, bytes)?;
+            reader
+                .install_tail(last, core.chain_head, &tail)
+                .map_err(super::to_io)?;
+        }
+        None => tracing::warn!(
+            first = tail.first,
+            last = last.index,
+            "a snapshot came with the bodies of its retained events, but this state machine \
+             is not linked to its log (StateMachineStore::link_chain): they are dropped"
+        ),
+    }
+    store_snapshot(disk, &snapshot::encode(&core))?;
+    Ok((core, state))
+}
+
 /// Builds a snapshot from a copy of the state taken when it was created.
 pub struct SnapshotBuilder<RT: AsyncRuntime, D: Disk> {
     bytes: Vec<u8>,
     meta: Meta,
     disk: D,
+    /// The log it was taken from, and the range of bodies it needs.
+    tail: Option<(LogStoreReader<D>, u64, u64)>,
     _runtime: std::marker::PhantomData<fn() -> RT>,
 }
 
@@ -266,19 +287,25 @@ impl<RT: AsyncRuntime, D: Disk> fmt::Debug for SnapshotBuilder<RT, D> {
 impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
     for SnapshotBuilder<RT, D>
 {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(
         &mut self,
-    ) -> io::Result<Snapshot<CommittedLeaderId, NodeId, Node, Vec<u8>>> {
+    ) -> io::Result<Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>> {
         let bytes = std::mem::take(&mut self.bytes);
         let disk = self.disk.clone();
         let bytes =
             TypeConfig::<RT>::spawn_blocking(move || store_snapshot(&disk, &bytes).map(|()| bytes))
                 .await??;
+        let snapshot = match self.tail.take() {
+            Some((reader, from, last)) => {
+                SnapshotData::with_tail(bytes, Arc::new(reader), from, last)
+            }
+            None => SnapshotData::from_bytes(bytes),
+        };
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: bytes,
+            snapshot,
         })
     }
 }
@@ -286,7 +313,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
 impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
     for StateMachineStore<RT, D>
 {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder<RT, D>;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, Membership)> {
@@ -330,7 +357,16 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let inner = self.inner.read().expect("state lock");
         let chain_head = match (&self.chain, inner.last_applied) {
-            (Some(reader), Some(id)) => reader.chain_hash_at(id.index).ok(),
+            (Some(reader), Some(id)) => reader
+                .chain_hash_at(id.index)
+                .ok()
+                .and_then(snapshot::chain_head_of),
+            _ => None,
+        };
+        let tail = match (&self.chain, inner.last_applied) {
+            (Some(reader), Some(id)) => {
+                Some((reader.clone(), inner.state.purged_before(), id.index))
+            }
             _ => None,
         };
         SnapshotBuilder {
@@ -340,28 +376,30 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
                 last_membership: inner.membership.clone(),
             },
             disk: self.disk.clone(),
+            tail,
             _runtime: std::marker::PhantomData,
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Vec<u8>) -> io::Result<()> {
-        let (file, state) = decode_snapshot(&snapshot)?;
-        if file.last_applied != meta.last_log_id {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot data does not match its metadata",
-            ));
-        }
+    /// Installs a snapshot received from the leader, or, on restart, the
+    /// one in `state.snapshot`; see the module docs for the order of steps.
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapshotData) -> io::Result<()> {
+        let bytes = snapshot.into_bytes();
         let disk = self.disk.clone();
-        TypeConfig::<RT>::spawn_blocking(move || store_snapshot(&disk, &snapshot)).await??;
+        let reader = self.chain.clone();
+        let meta_last = meta.last_log_id;
+        let (core, state) = TypeConfig::<RT>::spawn_blocking(move || {
+            install_files(&disk, reader.as_ref(), &bytes, meta_last)
+        })
+        .await??;
         let mut inner = self.inner.write().expect("state lock");
         inner.state = state;
-        inner.last_applied = file.last_applied;
-        inner.membership = file.membership;
+        inner.last_applied = core.last_applied;
+        inner.membership = core.membership;
         let index = inner.last_applied.map_or(0, |id| id.index);
         drop(inner);
         if let (Some(reader), Some(hash), Some(id)) =
-            (&self.chain, file.chain_head, file.last_applied)
+            (&self.chain, core.chain_head, core.last_applied)
         {
             reader.set_snapshot_anchor(id.index, hash);
         }
@@ -372,18 +410,42 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
         Ok(())
     }
 
+    /// The snapshot in `state.snapshot`, with the plan to attach its tail
+    /// from the log when it is sent (the bodies from the state's retention
+    /// point up to the snapshot's index). Reads no log.
     async fn get_current_snapshot(
         &mut self,
-    ) -> io::Result<Option<Snapshot<CommittedLeaderId, NodeId, Node, Vec<u8>>>> {
+    ) -> io::Result<Option<Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>>> {
         let disk = self.disk.clone();
         let Some(bytes) = TypeConfig::<RT>::spawn_blocking(move || load_snapshot(&disk)).await??
         else {
             return Ok(None);
         };
-        let (file, _) = decode_snapshot(&bytes)?;
+        let (core, stored_tail) = {
+            let decoded = snapshot::decode(&bytes)?;
+            (decoded.core, decoded.tail.is_some())
+        };
+        let state = snapshot::restore_state(&core)?;
+        // A tail left by an interrupted install is the log's now
+        // (`LogStore::open` finished it): serve the snapshot alone.
+        let stored = if stored_tail {
+            snapshot::encode(&core)
+        } else {
+            bytes
+        };
+        let meta = meta_of(&core);
+        let data = match (&self.chain, core.last_applied) {
+            (Some(reader), Some(last)) => SnapshotData::with_tail(
+                stored,
+                Arc::new(reader.clone()),
+                state.purged_before(),
+                last.index,
+            ),
+            _ => SnapshotData::from_bytes(stored),
+        };
         Ok(Some(Snapshot {
-            meta: meta_of(&file),
-            snapshot: bytes,
+            meta,
+            snapshot: data,
         }))
     }
 }

@@ -40,9 +40,15 @@
 //!   handler and a response that does not decode also become
 //!   `Unreachable`: the peer is up but cannot serve us (it stopped, or
 //!   speaks another version), so retrying at once would only spin.
-//! - A snapshot travels as one message, so it must fit the transport's
-//!   frame bound; a larger one fails with `Network` every time. Its
-//!   transfer stops when openraft cancels it (`ReplicationClosed`).
+//! - A snapshot carries the bodies its follower will need (its tail,
+//!   `raft/snapshot.rs`), read from the sender's log when it is sent; a
+//!   failed read ends the attempt as `Unreachable`, and openraft tries
+//!   again with the snapshot current then. A snapshot over
+//!   [`SNAPSHOT_CHUNK_SIZE`] goes in pieces of [`KIND_SNAPSHOT_CHUNK`];
+//!   its transfer stops when openraft cancels it (`ReplicationClosed`).
+//! - The receiver checks a whole snapshot (checksum, and the tail's hash
+//!   chain against the snapshot's chain head) before Raft sees it; a
+//!   snapshot that fails is refused with the reason and changes nothing.
 //! - The server decodes every body before touching Raft; a body that does
 //!   not decode is refused with a message and changes nothing.
 
@@ -73,6 +79,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::pipeline;
+use super::snapshot::{self, SnapshotData};
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
 use crate::io::Disk;
 use crate::io::transport::{Handler, HandlerError, Request, Transport, TransportError};
@@ -102,8 +109,8 @@ pub const RAFT_GROUP: u32 = 0;
 /// The snapshot's metadata as openraft names it for this configuration.
 type Meta = SnapshotMeta<CommittedLeaderId, NodeId, Node>;
 
-/// A snapshot as the state machine hands it out: bytes in memory.
-type FullSnapshot = Snapshot<CommittedLeaderId, NodeId, Node, Vec<u8>>;
+/// A snapshot as the state machine hands it out.
+type FullSnapshot = Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>;
 
 /// The body of a [`KIND_FULL_SNAPSHOT`] request, as the leader writes it.
 #[derive(Serialize)]
@@ -369,7 +376,7 @@ enum Failure {
 }
 
 impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for TransportClient<RT, T> {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     /// One AppendEntries (openraft's probes; replication streams go through
     /// [`Self::stream_append`]); see `append_plain`.
@@ -428,11 +435,28 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
     ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {
         let action = RPCTypes::InstallSnapshot;
         let mut cancel = pin!(cancel);
-        let data = &snapshot.snapshot;
+        // The tail (the bodies the follower will need) is read from the log
+        // now, on the blocking pool. A failure ends this attempt; openraft
+        // tries again with the snapshot current then.
+        let meta = snapshot.meta;
+        let data = snapshot.snapshot;
+        let data = match TypeConfig::<RT>::spawn_blocking(move || data.into_transfer_bytes()).await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) | Err(error) => {
+                return Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!(
+                        "cannot read the snapshot's log tail to send to node {}: {error}",
+                        self.target
+                    ),
+                )));
+            }
+        };
+        let data = &data;
         if data.len() <= self.snapshot_chunk_size {
             let message = FullSnapshotOut {
                 vote: &vote,
-                meta: &snapshot.meta,
+                meta: &meta,
                 data,
             };
             let call = pin!(self.call(KIND_FULL_SNAPSHOT, action, &message, None));
@@ -448,7 +472,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
             let end = (offset + size).min(data.len());
             let message = ChunkOut {
                 vote: &vote,
-                meta: &snapshot.meta,
+                meta: &meta,
                 total,
                 offset: offset as u64,
                 data: &data[offset..end],
@@ -605,6 +629,43 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
         Ok(Err(slot.take().expect("checked above")))
     }
 
+    /// Checks a whole snapshot (its tail's chain included) and hands it to
+    /// Raft. A snapshot that fails the check is refused with the reason
+    /// and never reaches the state machine, where a failed install would
+    /// stop the node: the leader tries again later.
+    async fn install(
+        &self,
+        source: NodeId,
+        vote: Vote,
+        meta: Meta,
+        data: Vec<u8>,
+    ) -> Result<Bytes, HandlerError> {
+        // Hashing the tail takes a while for a large one: off the runtime.
+        let last = meta.last_log_id;
+        let checked = TypeConfig::<RT>::spawn_blocking(move || {
+            let result = snapshot::check(&data, last).map(drop);
+            (data, result)
+        })
+        .await;
+        let (data, result) = checked.map_err(|error| {
+            HandlerError::new(format!("this node cannot check a snapshot now: {error}"))
+        })?;
+        if let Err(error) = result {
+            tracing::error!(%error, source, "refused a snapshot");
+            return Err(HandlerError::new(format!(
+                "node {source} sent a snapshot this node refuses: {error}"
+            )));
+        }
+        let snapshot = FullSnapshot {
+            meta,
+            snapshot: SnapshotData::from_bytes(data),
+        };
+        answer(
+            self.raft.install_full_snapshot(vote, snapshot).await,
+            "full snapshot",
+        )
+    }
+
     async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
         if request.group != RAFT_GROUP {
             return Err(HandlerError::new(format!(
@@ -634,24 +695,16 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
             }
             KIND_FULL_SNAPSHOT => {
                 let message: FullSnapshotIn = decode(body, "full snapshot", source)?;
-                let snapshot = FullSnapshot {
-                    meta: message.meta,
-                    snapshot: message.data,
-                };
-                let response = self.raft.install_full_snapshot(message.vote, snapshot);
-                answer(response.await, "full snapshot")
+                self.install(source, message.vote, message.meta, message.data)
+                    .await
             }
             KIND_SNAPSHOT_CHUNK => {
                 let chunk: ChunkIn = decode(body, "snapshot piece", source)?;
                 match self.assemble(chunk, source)? {
                     Ok(ack) => answer(Ok::<_, HandlerError>(ack), "snapshot piece"),
                     Err(whole) => {
-                        let snapshot = FullSnapshot {
-                            meta: whole.meta,
-                            snapshot: whole.data,
-                        };
-                        let response = self.raft.install_full_snapshot(whole.vote, snapshot);
-                        answer(response.await, "full snapshot")
+                        self.install(source, whole.vote, whole.meta, whole.data)
+                            .await
                     }
                 }
             }

@@ -150,6 +150,17 @@ async fn outcomes_are_recorded_and_failures_become_dead_letters_that_replay_once
         let failed = records.values().find(|r| r["state"] == "failed").unwrap();
         assert_eq!(failed["attempts"], 4);
         assert_eq!(failed["errors"].as_array().unwrap().len(), 4);
+        assert_eq!(failed["cause"], "ledger rejects 104");
+        let started: Vec<u64> = failed["attempts_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ms| ms.as_u64().unwrap())
+            .collect();
+        assert_eq!(started.len(), 4, "one start time per attempt: {failed}");
+        assert!(started.windows(2).all(|w| w[0] <= w[1]), "{failed}");
+        assert_eq!(Some(started[0]), failed["first_attempt_ms"].as_u64());
+        assert!(started[3] <= failed["reported_ms"].as_u64().unwrap());
 
         let letters = bus.dead_letters(Payment::TYPE_NAME, GROUP, 100).unwrap();
         assert_eq!(letters.len(), 1);

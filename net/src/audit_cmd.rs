@@ -157,7 +157,9 @@ fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     /// Write every event of a subject published in [FROM, TO] as JSON
-    /// lines: its history as the log records it and its verification
+    /// lines: its history in time order (published, appended, each
+    /// durable group's deliveries and retries with their errors and final
+    /// state, dead letter, replay, commits, erasure) and its verification
     /// status. Read only.
     Export {
         /// The data directory.

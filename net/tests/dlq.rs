@@ -1,6 +1,7 @@
 //! `sluice dlq list` and `sluice dlq replay` against a node whose durable
 //! subscription dead-letters an event: the letter is listed with its cause,
-//! replayed once, and handled after the replay.
+//! replayed once, and handled after the replay; then `sluice audit export`
+//! of the node's data directory shows that whole history.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,10 +171,73 @@ async fn dead_letters_are_listed_and_replayed_once_from_the_cli() {
         assert_eq!(*handled.lock().unwrap(), vec!["r-7".to_owned()]);
         subscription.unsubscribe().await.unwrap();
         node.shutdown().await.unwrap();
+        audit_export_shows_the_history(&dir.path().join("n1")).await;
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the test took longer than 60 s");
+}
+
+/// `sluice audit export` of the stopped node's directory: the refund's
+/// two failed attempts, its dead letter and the replay (whose sluice dlq
+/// replay transaction went through the client protocol), and the replayed
+/// event handled.
+async fn audit_export_shows_the_history(dir: &std::path::Path) {
+    let args = [
+        "audit",
+        "export",
+        "--dir",
+        &dir.display().to_string(),
+        "--subject",
+        "r-7",
+    ];
+    let (ok, stdout, stderr) = sluice(args.iter().map(|a| a.to_string()).collect()).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("exported 2 events"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let states = |line: &serde_json::Value| -> Vec<String> {
+        line["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (original, replayed) = (&lines[0], &lines[1]);
+    assert_eq!(
+        states(original),
+        [
+            "published",
+            "appended",
+            "delivered",
+            "retried",
+            "failed",
+            "dead_lettered",
+            "committed",
+            "replayed"
+        ],
+        "{original:#}"
+    );
+    let history = original["history"].as_array().unwrap();
+    assert_eq!(history[3]["error"], "the payment provider is down");
+    assert_eq!(history[5]["topic"], "refund.issued.dlq.refunds");
+    assert_eq!(history[7]["offset"], replayed["offset"]);
+    assert_eq!(replayed["replay_of"]["offset"], original["offset"]);
+    assert_eq!(
+        states(replayed),
+        [
+            "published",
+            "appended",
+            "delivered",
+            "processed",
+            "committed"
+        ],
+        "{replayed:#}"
+    );
 }
 
 async fn http_get(address: std::net::SocketAddr, path: &str) -> String {

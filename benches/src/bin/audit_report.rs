@@ -16,6 +16,9 @@
 //!
 //! ```sh
 //! cargo run --release -p sluice-benches --bin audit_report [-- --quick]
+//! # more rounds of the publish rows only, or one chain mode (for perf):
+//! cargo run --release -p sluice-benches --bin audit_report -- --publish-only --rounds 9
+//! cargo run --release -p sluice-benches --bin audit_report -- --buffer-only --chain on
 //! ```
 
 #![allow(clippy::disallowed_methods)]
@@ -40,6 +43,29 @@ struct Args {
     /// Shorter runs, for a smoke test.
     #[arg(long)]
     quick: bool,
+    /// Off/on round pairs per durability (default 5, 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds each publish run lasts (default 2, 1 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Only the publish rows (for profiling, and for more rounds in the
+    /// same time).
+    #[arg(long)]
+    publish_only: bool,
+    /// Only this chain mode (for profiling one side with `perf record`);
+    /// no ratio is printed.
+    #[arg(long, value_enum)]
+    chain: Option<ChainArg>,
+    /// Only the buffer-only rows.
+    #[arg(long)]
+    buffer_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ChainArg {
+    Off,
+    On,
 }
 
 const PAYLOAD: usize = 256;
@@ -51,64 +77,183 @@ fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let root = bench_root()?;
     let (seconds, rounds) = if args.quick { (1.0, 1) } else { (2.0, 5) };
+    let (seconds, rounds) = (
+        args.seconds.unwrap_or(seconds),
+        args.rounds.unwrap_or(rounds).max(1),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    println!("audit report: {PAYLOAD} B events, {PRODUCERS} producers x {INFLIGHT} in flight");
+    println!(
+        "audit report: {PAYLOAD} B events, {PRODUCERS} producers x {INFLIGHT} in flight, \
+         {rounds} round(s) of {seconds} s per mode"
+    );
     println!("load at start: {}", load_average());
+    let durabilities: &[Durability] = if args.buffer_only {
+        &[Durability::Buffer]
+    } else {
+        &[Durability::Buffer, Durability::Sync]
+    };
     let mut kept = None;
-    for durability in [Durability::Buffer, Durability::Sync] {
-        let (mut off, mut on) = (Vec::new(), Vec::new());
-        let (mut off_cpu, mut on_cpu) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let (rate, cpu, _) =
-                runtime.block_on(publish(&root, ChainMode::Off, durability, seconds))?;
-            off.push(rate);
-            off_cpu.push(cpu);
-            let (rate, cpu, dir) =
-                runtime.block_on(publish(&root, ChainMode::Sha256, durability, seconds))?;
-            on.push(rate);
-            on_cpu.push(cpu);
-            if durability == Durability::Sync {
-                kept = Some(dir);
-            }
-        }
-        let (off, on) = (median(&mut off), median(&mut on));
-        let (off_cpu, on_cpu) = (median(&mut off_cpu), median(&mut on_cpu));
-        println!(
-            "publish {:<11} chain off {:>9.0} ev/s   chain on {:>9.0} ev/s   on/off {:.3}  (throughput cost {:+.1} %, target <= 10 %)",
-            match durability {
-                Durability::Sync => "durable",
-                Durability::Buffer => "buffer-only",
-            },
-            off,
-            on,
-            on / off,
-            (1.0 - on / off) * 100.0
-        );
-        println!(
-            "        {:<11} process CPU per event: off {off_cpu:.2} us, on {on_cpu:.2} us   on/off {:.3}  (CPU cost {:+.1} %; less sensitive to other load)",
-            "",
-            on_cpu / off_cpu,
-            (on_cpu / off_cpu - 1.0) * 100.0
-        );
+    for &durability in durabilities {
+        kept = publish_rows(&runtime, &root, &args, durability, seconds, rounds)?.or(kept);
+    }
+    if args.publish_only || args.chain.is_some() {
+        println!("load at end: {}", load_average());
+        return Ok(());
     }
     encoder(args.quick);
-    let dir = kept.expect("a chained durable run");
+    let dir = kept.expect("a chained run");
     verifier(&root, dir.path())?;
     checkpoint_cost(&runtime, &root, if args.quick { 20 } else { 200 })?;
     println!("load at end: {}", load_average());
     Ok(())
 }
 
+/// The publish rows of one durability: rounds alternate chain off and on;
+/// prints medians and ratios; returns the last chained run's directory.
+fn publish_rows(
+    runtime: &tokio::runtime::Runtime,
+    root: &Path,
+    args: &Args,
+    durability: Durability,
+    seconds: f64,
+    rounds: usize,
+) -> Result<Option<tempfile::TempDir>, Box<dyn Error>> {
+    let modes: &[ChainMode] = match args.chain {
+        Some(ChainArg::Off) => &[ChainMode::Off],
+        Some(ChainArg::On) => &[ChainMode::Sha256],
+        None => &[ChainMode::Off, ChainMode::Sha256],
+    };
+    let name = match durability {
+        Durability::Sync => "durable",
+        Durability::Buffer => "buffer-only",
+    };
+    // [mode] -> (rates, CPU per event) of every round.
+    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); modes.len()];
+    let mut kept = None;
+    let mut bytes_per_event = 0.0;
+    for round in 0..rounds {
+        let mut pair = Vec::new();
+        for (slot, &mode) in modes.iter().enumerate() {
+            let (rate, cpu, bytes, dir) =
+                runtime.block_on(publish(root, mode, durability, seconds))?;
+            bytes_per_event = bytes;
+            results[slot].0.push(rate);
+            results[slot].1.push(cpu);
+            pair.push((rate, cpu));
+            if mode == ChainMode::Sha256 {
+                kept = Some(dir);
+            }
+        }
+        if let [(off_rate, off_cpu), (on_rate, on_cpu)] = pair[..] {
+            println!(
+                "  round {round}: {name:<11} off {off_rate:>9.0} ev/s {off_cpu:.3} us/ev   \
+                 on {on_rate:>9.0} ev/s {on_cpu:.3} us/ev   throughput cost {:+.1} %, CPU cost {:+.1} %",
+                (1.0 - on_rate / off_rate) * 100.0,
+                (on_cpu / off_cpu - 1.0) * 100.0
+            );
+        }
+    }
+    if modes.len() == 1 {
+        let (rates, cpus) = &mut results[0];
+        println!(
+            "publish {name:<11} chain {:?}: {:>9.0} ev/s, process CPU {:.3} us per event (medians)",
+            modes[0],
+            median(rates),
+            median(cpus)
+        );
+        return Ok(kept);
+    }
+    let [(off, off_cpu), (on, on_cpu)] = &mut results[..] else {
+        unreachable!("two modes");
+    };
+    let (off, on) = (median(off), median(on));
+    let (off_cpu, on_cpu) = (median(off_cpu), median(on_cpu));
+    println!(
+        "publish {:<11} chain off {:>9.0} ev/s   chain on {:>9.0} ev/s   on/off {:.3}  (throughput cost {:+.1} %, target <= 10 %)",
+        name,
+        off,
+        on,
+        on / off,
+        (1.0 - on / off) * 100.0
+    );
+    println!(
+        "        {:<11} process CPU per event: off {off_cpu:.3} us, on {on_cpu:.3} us   on/off {:.3}  (CPU cost {:+.1} %; less sensitive to other load)",
+        "",
+        on_cpu / off_cpu,
+        (on_cpu / off_cpu - 1.0) * 100.0
+    );
+    let floor_us = bytes_per_event / sha256_bytes_per_us();
+    println!(
+        "        {:<11} the chain hashes {bytes_per_event:.0} log bytes per event: {:.3} us at this CPU's SHA-256 speed \
+         (SHA-NI {}) = {:.1} % of chain-off CPU per event, the floor of the CPU cost",
+        "",
+        floor_us,
+        if has_sha_ni() {
+            "present: sha2 uses it"
+        } else {
+            "absent"
+        },
+        floor_us / off_cpu * 100.0
+    );
+    Ok(kept)
+}
+
+/// SHA-256 over 64 KiB inputs through the chain's own hash function
+/// (`frame::chain_hash`), single stream: bytes per microsecond of this
+/// thread's CPU time (wall time would count other processes' turns).
+fn sha256_bytes_per_us() -> f64 {
+    let payload = vec![0x5au8; 64 * 1024];
+    let mut link = frame::GENESIS;
+    let rounds = 16_384u64;
+    let before = thread_cpu_seconds();
+    for index in 0..rounds {
+        link = frame::chain_hash(&link, 2, index, 1, 0, &payload);
+    }
+    std::hint::black_box(link);
+    let cpu = (thread_cpu_seconds() - before).max(0.01);
+    (rounds as f64 * payload.len() as f64) / (cpu * 1e6)
+}
+
+/// User plus system CPU seconds of the calling thread (clock ticks).
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| ticks_after_name(&stat))
+        .map_or(0.0, |ticks| ticks as f64 / 100.0)
+}
+
+/// utime + stime from a `/proc/.../stat` line.
+fn ticks_after_name(stat: &str) -> Option<u64> {
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line are utime and stime; after the
+    // name they are the 12th and 13th.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Whether this CPU has the SHA extensions, which `sha2` 0.10 detects at
+/// run time (cpufeatures) and uses on x86-64 unless built `force-soft`.
+fn has_sha_ni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("sha")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Publishes for `seconds`; returns events per second, process CPU
-/// microseconds per event, and the data directory.
+/// microseconds per event, log bytes per event, and the data directory.
 async fn publish(
     root: &Path,
     chain: ChainMode,
     durability: Durability,
     seconds: f64,
-) -> Result<(f64, f64, tempfile::TempDir), Box<dyn Error>> {
+) -> Result<(f64, f64, f64, tempfile::TempDir), Box<dyn Error>> {
     let dir = scratch(root, "audit")?;
     let config = BusConfig {
         durability,
@@ -135,7 +280,17 @@ async fn publish(
     let cpu = cpu_seconds()? - cpu_before;
     bus.close().await?;
     let events = events as f64;
-    Ok((events / elapsed.as_secs_f64(), cpu * 1e6 / events, dir))
+    let log_bytes: u64 = std::fs::read_dir(dir.path())?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "seg"))
+        .map(|entry| entry.metadata().map_or(0, |m| m.len()))
+        .sum();
+    Ok((
+        events / elapsed.as_secs_f64(),
+        cpu * 1e6 / events,
+        log_bytes as f64 / events,
+        dir,
+    ))
 }
 
 async fn pipelined(bus: Bus, p: u64, until: Instant) -> Result<u64, sluice::bus::BusError> {
@@ -285,11 +440,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// (clock ticks of 10 ms).
 fn cpu_seconds() -> Result<f64, Box<dyn Error>> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = stat.rsplit_once(')').ok_or("malformed /proc/self/stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of the whole line are utime and stime; after the
-    // name they are the 12th and 13th.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let ticks = ticks_after_name(&stat).ok_or("malformed /proc/self/stat")?;
     Ok(ticks as f64 / 100.0)
 }
 

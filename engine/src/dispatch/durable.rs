@@ -13,8 +13,8 @@
 //!    is a failed attempt;
 //! 3. commits, in **one** transaction (one Raft entry, all or nothing):
 //!    the group's offsets past the batch, a lifecycle record per delivery
-//!    on [`LIFECYCLE_TOPIC`] (its final state, attempts, errors and
-//!    times), and a dead letter per failed, timed-out or undecodable
+//!    on [`LIFECYCLE_TOPIC`] (its final state and cause, each attempt's
+//!    start time and error, when it was reported), and a dead letter per failed, timed-out or undecodable
 //!    delivery on [`dead_letter_topic`]`(topic, group)`, carrying the cause
 //!    in its headers.
 //!
@@ -52,7 +52,16 @@ use crate::raft::TypeConfig;
 use crate::state::TopicConfig;
 
 /// Where every durable delivery's outcome is recorded (4 partitions, by
-/// business id).
+/// business id). Each record is a JSON object: the event's `topic`,
+/// `partition` and `offset`; the `group`; `type` and `schema_version`;
+/// `published_ms`, `first_attempt_ms`, `attempts_ms` (when each attempt
+/// started), `reported_ms` (Unix milliseconds); the final `state`
+/// (`processed`, `failed`, `timed_out`, `cancelled`, `undecodable`);
+/// `attempts`; `errors` (each failed attempt's error, in order) and
+/// `cause` (why it was given up, or null). The audit export
+/// (`audit::export`) joins records to their events by (topic, partition,
+/// offset). Records written before `attempts_ms` and `cause` existed lack
+/// them.
 pub const LIFECYCLE_TOPIC: &str = "__sluice.lifecycle";
 
 /// Where cancelled business ids go (1 partition).
@@ -148,6 +157,21 @@ impl<RT: AsyncRuntime> DurableSubscription<RT> {
         self.task
             .await
             .map_err(|error| BusError::raft(format!("the subscription task failed: {error}")))?
+    }
+}
+
+/// What one delivery did: how it ended, when each attempt started and
+/// each failed attempt's error (`errors[i]` is attempt `i + 1`'s).
+#[derive(Debug)]
+struct Attempts {
+    outcome: Outcome,
+    started_ms: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl Attempts {
+    fn count(&self) -> u32 {
+        self.started_ms.len() as u32
     }
 }
 
@@ -352,46 +376,19 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
             for delivery in &deliveries {
                 self.read_cancellations()?;
                 let first_ms = wall_unix_ms(&*self.shared.clock);
-                let (outcome, attempts, errors) = self.deliver(delivery).await;
+                let attempts = self.deliver(delivery).await;
                 let last_ms = wall_unix_ms(&*self.shared.clock);
-                if let Some(handle) = &self.config.dispatcher {
-                    let sla = &handle.0.sla;
-                    for _ in 1..attempts {
-                        sla.record_retry(self.config.class);
-                    }
-                    let latency = last_ms.saturating_sub(delivery.timestamp_ms);
-                    let state = match outcome {
-                        Outcome::Processed => State::Processed,
-                        Outcome::TimedOut => State::TimedOut,
-                        Outcome::Cancelled => State::Cancelled,
-                        Outcome::Failed(_) | Outcome::Undecodable(_) => State::Failed,
-                    };
-                    sla.record(self.config.class, state, Duration::from_millis(latency));
-                }
-                records.push((outcome, attempts, errors, first_ms, last_ms));
+                self.account(delivery, &attempts, last_ms);
+                records.push((attempts, first_ms, last_ms));
             }
             let mut transaction = consumer.transaction(&mut producer);
-            for (delivery, (outcome, attempts, errors, first_ms, last_ms)) in
-                deliveries.iter().zip(records)
-            {
-                let record = serde_json::json!({
-                    "topic": delivery.topic,
-                    "partition": delivery.partition,
-                    "offset": delivery.offset,
-                    "group": &*self.shared.group,
-                    "type": delivery.headers.event_type,
-                    "schema_version": delivery.headers.schema_version,
-                    "published_ms": delivery.timestamp_ms,
-                    "first_attempt_ms": first_ms,
-                    "reported_ms": last_ms,
-                    "state": outcome.state(),
-                    "attempts": attempts,
-                    "errors": errors,
-                });
+            for (delivery, (attempts, first_ms, last_ms)) in deliveries.iter().zip(records) {
+                let record =
+                    lifecycle_record(&self.shared.group, delivery, &attempts, first_ms, last_ms);
                 let lifecycle = Message::new(LIFECYCLE_TOPIC, Bytes::from(record.to_string()))
                     .key(delivery.key.clone());
                 transaction.publish(lifecycle)?;
-                if let Some(cause) = outcome.cause() {
+                if let Some(cause) = attempts.outcome.cause() {
                     let mut headers: Headers = delivery.headers.clone();
                     let source = format!(
                         "{}/{}/{}",
@@ -400,7 +397,7 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
                     use dead_letter_headers as h;
                     for (name, value) in [
                         (h::CAUSE, cause),
-                        (h::ATTEMPTS, attempts.to_string()),
+                        (h::ATTEMPTS, attempts.count().to_string()),
                         (h::SOURCE, source),
                         (h::FIRST_MS, first_ms.to_string()),
                         (h::LAST_MS, last_ms.to_string()),
@@ -418,6 +415,25 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
         consumer.leave().await
     }
 
+    /// Counts a finished delivery in the dispatcher's SLA classes, if any.
+    fn account(&self, delivery: &Delivery, attempts: &Attempts, last_ms: u64) {
+        let Some(handle) = &self.config.dispatcher else {
+            return;
+        };
+        let sla = &handle.0.sla;
+        for _ in 1..attempts.count() {
+            sla.record_retry(self.config.class);
+        }
+        let latency = last_ms.saturating_sub(delivery.timestamp_ms);
+        let state = match attempts.outcome {
+            Outcome::Processed => State::Processed,
+            Outcome::TimedOut => State::TimedOut,
+            Outcome::Cancelled => State::Cancelled,
+            Outcome::Failed(_) | Outcome::Undecodable(_) => State::Failed,
+        };
+        sla.record(self.config.class, state, Duration::from_millis(latency));
+    }
+
     /// Takes the business ids cancelled since the last look.
     fn read_cancellations(&mut self) -> Result<(), BusError> {
         loop {
@@ -432,26 +448,35 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
         }
     }
 
-    /// Decodes and handles one delivery; returns its outcome, the attempts
-    /// made and each failed attempt's error.
-    async fn deliver(&self, delivery: &Delivery) -> (Outcome, u32, Vec<String>) {
+    /// Decodes and handles one delivery; returns its outcome, when each
+    /// attempt started and each failed attempt's error.
+    async fn deliver(&self, delivery: &Delivery) -> Attempts {
+        let mut attempts = Attempts {
+            outcome: Outcome::Processed,
+            started_ms: Vec::new(),
+            errors: Vec::new(),
+        };
         let value = match decode::<T>(delivery) {
             Ok(value) => Arc::new(value),
-            Err(cause) => return (Outcome::Undecodable(cause), 0, Vec::new()),
+            Err(cause) => {
+                attempts.outcome = Outcome::Undecodable(cause);
+                return attempts;
+            }
         };
         let clock = &self.shared.clock;
         let created_at = clock.monotonic();
         let deadline = created_at + self.config.deadline;
         let cancel_epoch = 0;
-        let mut errors = Vec::new();
         let attempts_max = self.config.retry.attempts_max();
         for attempt in 1..=attempts_max {
             if self.shared.cancel.is_cancelled(&delivery.key, cancel_epoch) {
-                return (Outcome::Cancelled, attempt - 1, errors);
+                attempts.outcome = Outcome::Cancelled;
+                return attempts;
             }
             let remaining = deadline.saturating_sub(clock.monotonic());
             if remaining.is_zero() {
-                return (Outcome::TimedOut, attempt - 1, errors);
+                attempts.outcome = Outcome::TimedOut;
+                return attempts;
             }
             let context = Context {
                 subscription: Arc::clone(&self.shared),
@@ -475,11 +500,15 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
                 traceparent = delivery.headers.traceparent.as_deref(),
             );
             let attempt_future = tracing::Instrument::instrument(attempt_future, span);
+            attempts.started_ms.push(wall_unix_ms(&**clock));
             match TypeConfig::<RT>::timeout(remaining, attempt_future).await {
-                Ok(Ok(Ok(()))) => return (Outcome::Processed, attempt, errors),
-                Ok(Ok(Err(error))) => errors.push(error.to_string()),
-                Ok(Err(_panic)) => errors.push("the handler panicked".to_owned()),
-                Err(_elapsed) => return (Outcome::TimedOut, attempt, errors),
+                Ok(Ok(Ok(()))) => return attempts,
+                Ok(Ok(Err(error))) => attempts.errors.push(error.to_string()),
+                Ok(Err(_panic)) => attempts.errors.push("the handler panicked".to_owned()),
+                Err(_elapsed) => {
+                    attempts.outcome = Outcome::TimedOut;
+                    return attempts;
+                }
             }
             if attempt < attempts_max {
                 let pause = self.config.retry.backoff(attempt);
@@ -487,9 +516,37 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
                 TypeConfig::<RT>::sleep(pause.min(remaining)).await;
             }
         }
-        let last = errors.last().cloned().unwrap_or_default();
-        (Outcome::Failed(last), attempts_max, errors)
+        let last = attempts.errors.last().cloned().unwrap_or_default();
+        attempts.outcome = Outcome::Failed(last);
+        attempts
     }
+}
+
+/// The lifecycle record of one delivery (JSON, on [`LIFECYCLE_TOPIC`]);
+/// the audit export joins it to the event at (topic, partition, offset).
+fn lifecycle_record(
+    group: &str,
+    delivery: &Delivery,
+    attempts: &Attempts,
+    first_ms: u64,
+    last_ms: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "topic": delivery.topic,
+        "partition": delivery.partition,
+        "offset": delivery.offset,
+        "group": group,
+        "type": delivery.headers.event_type,
+        "schema_version": delivery.headers.schema_version,
+        "published_ms": delivery.timestamp_ms,
+        "first_attempt_ms": first_ms,
+        "attempts_ms": attempts.started_ms,
+        "reported_ms": last_ms,
+        "state": attempts.outcome.state(),
+        "attempts": attempts.count(),
+        "errors": attempts.errors,
+        "cause": attempts.outcome.cause(),
+    })
 }
 
 /// Decodes a delivery as a `T`, or says why it cannot be.

@@ -30,10 +30,11 @@ const TAG_PUBLISH: u8 = 1;
 const TAG_TRANSACTION: u8 = 2;
 const TAG_OTHER: u8 = 3;
 
-/// Encodes `entry`'s payload into `out` (cleared first); returns the frame
-/// kind and the timestamp to stamp on the frame.
+/// Appends `entry`'s payload to `out` (the log store encodes a whole
+/// append into one buffer, so each payload is copied once on its way to
+/// the log); returns the frame kind and the timestamp to stamp on the
+/// frame.
 pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> (u8, u64) {
-    out.clear();
     match &entry.payload {
         EntryPayload::Blank => (KIND_BLANK, 0),
         EntryPayload::Normal(command) => {

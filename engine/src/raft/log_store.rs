@@ -231,10 +231,8 @@ impl<D: Disk> Inner<D> {
     fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> log::Result<()> {
         self.payloads.clear();
         self.frames.clear();
-        let mut scratch = Vec::new();
         for entry in entries {
-            let (kind, timestamp_ms) = codec::encode(&entry, &mut scratch);
-            self.payloads.extend_from_slice(&scratch);
+            let (kind, timestamp_ms) = codec::encode(&entry, &mut self.payloads);
             let id = entry.log_id;
             self.frames.push((
                 self.payloads.len(),

@@ -250,14 +250,10 @@ fn read_all(bus: &Bus<OsRuntime, OsDisk>) -> BTreeMap<(u32, u64), (u64, Bytes)> 
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_that_installs_a_snapshot_holds_every_retained_body() {
-    tokio::time::timeout(Duration::from_secs(120), catch_up())
-        .await
-        .expect("the test took longer than 120 s");
-}
-
-async fn catch_up() {
+/// A 3-node cluster with the topic (retention: 3 segments), one follower
+/// caught up and then cut off; returns it with the leader, that follower
+/// and the other one.
+async fn cut_off_follower() -> (Cluster, NodeId, NodeId, NodeId) {
     let mut cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     let config = TopicConfig {
@@ -275,6 +271,18 @@ async fn catch_up() {
         .unwrap();
     cluster.caught_up(follower, leader).await;
     cluster.cut(follower);
+    (cluster, leader, follower, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_installs_a_snapshot_holds_every_retained_body() {
+    tokio::time::timeout(Duration::from_secs(120), catch_up())
+        .await
+        .expect("the test took longer than 120 s");
+}
+
+async fn catch_up() {
+    let (mut cluster, leader, follower, other) = cut_off_follower().await;
 
     // Writes, retention drops a prefix (leader and the other follower
     // purge their logs), writes, a snapshot above the retention point,
@@ -363,23 +371,7 @@ async fn refuse_a_broken_tail() {
     use sluice::raft::KIND_FULL_SNAPSHOT;
     use sluice::raft::snapshot::testing::{corrupt_tail_record, tail_indexes};
 
-    let mut cluster = Cluster::start().await;
-    let leader = cluster.leader().await;
-    let config = TopicConfig {
-        retention_bytes: Some(3 * SEGMENT_SIZE),
-        ..TopicConfig::default()
-    };
-    cluster.buses[&leader]
-        .create_topic(TOPIC, PARTITIONS, config)
-        .await
-        .unwrap();
-    let follower = *IDS.iter().find(|&&id| id != leader).unwrap();
-    let other = *IDS
-        .iter()
-        .find(|&&id| id != leader && id != follower)
-        .unwrap();
-    cluster.caught_up(follower, leader).await;
-    cluster.cut(follower);
+    let (mut cluster, leader, follower, other) = cut_off_follower().await;
     publish(&cluster, leader, "a", 150).await;
     cluster.buses[&leader].enforce_retention().await.unwrap();
     cluster.caught_up(other, leader).await;

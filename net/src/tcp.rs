@@ -528,6 +528,36 @@ async fn read_frame(
     }
 }
 
+/// The largest body of a handshake frame: a proof and a challenge.
+const AUTH_BODY_MAX: usize = 2 * auth::NONCE_SIZE;
+
+/// [`read_frame`] for the authentication handshake: a frame that declares a
+/// body larger than [`AUTH_BODY_MAX`] is refused before its body is read,
+/// so a peer that has proved nothing cannot make a node buffer a large
+/// frame.
+async fn read_auth_frame(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> io::Result<Option<Frame>> {
+    while wire::declared_body_size(buf).is_none() {
+        buf.reserve(64);
+        if read.read_buf(buf).await? == 0 {
+            break;
+        }
+    }
+    if let Some(size) = wire::declared_body_size(buf).filter(|&size| size > AUTH_BODY_MAX) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the peer's handshake frame declares a body of {size} bytes; one has at most \
+                 {AUTH_BODY_MAX}: it has no cluster secret configured, or speaks another \
+                 version"
+            ),
+        ));
+    }
+    read_frame(read, buf).await
+}
+
 /// Serves a [`Handler`] on a listener until shut down or dropped; dropping
 /// it closes the listener and every connection.
 #[derive(Debug)]
@@ -720,7 +750,7 @@ async fn challenge_peer(
     let mut frame = BytesMut::new();
     wire::encode_into(&mut frame, &header, &challenge);
     stream.write_all(&frame).await?;
-    let Some(answer) = read_frame(stream, buf).await? else {
+    let Some(answer) = read_auth_frame(stream, buf).await? else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the peer closed the connection instead of answering the challenge",
@@ -782,7 +812,7 @@ async fn answer_challenge(
         .peer_addr()
         .map_or_else(|_| "the node".to_owned(), |a| a.to_string());
     let mut buf = BytesMut::new();
-    let Some(challenge) = read_frame(stream, &mut buf).await? else {
+    let Some(challenge) = read_auth_frame(stream, &mut buf).await? else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the node closed the connection before sending its challenge",
@@ -813,7 +843,7 @@ async fn answer_challenge(
     let mut frame = BytesMut::new();
     wire::encode_into(&mut frame, &header, &body);
     stream.write_all(&frame).await?;
-    let Some(proof) = read_frame(stream, &mut buf).await? else {
+    let Some(proof) = read_auth_frame(stream, &mut buf).await? else {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(

@@ -226,6 +226,14 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     }))
 }
 
+/// The body size the frame at the start of `buf` declares, once its first
+/// 8 bytes are there (not yet checked: the checksum covers the whole
+/// frame). Lets a reader refuse a frame too large for where it is before
+/// buffering its body.
+pub fn declared_body_size(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 8).then(|| read_u32(buf, 4) as usize)
+}
+
 /// The checked fields of a header whose checksum matched.
 fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
     let version = bytes[12];

@@ -519,3 +519,37 @@ async fn remote_consumers_share_a_group_and_take_over() {
     })
     .await;
 }
+
+/// A peer that has proved nothing cannot make a secured node buffer a large
+/// frame: a handshake frame that declares more than a proof and a challenge
+/// is refused at once, before its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_before_the_proof_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bounded(async {
+        let root = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            secret: Some(Secret::new(*b"the cluster secret, 32 bytes ok!").unwrap()),
+            ..node_config(1, "127.0.0.1:0".parse().unwrap(), root.path().join("n1"))
+        };
+        let node = ClusterNode::start(config).await.expect("node starts");
+        let mut stream = tokio::net::TcpStream::connect(node.local_address())
+            .await
+            .unwrap();
+        // The start of a frame declaring an 8 MiB body (within the frame
+        // bound), and nothing more.
+        let mut start = sluice_net::wire::MAGIC.to_le_bytes().to_vec();
+        start.extend_from_slice(&(8u32 << 20).to_le_bytes());
+        stream.write_all(&start).await.unwrap();
+        let mut sink = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "the node kept the connection open, waiting for the body"
+        );
+        node.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -254,7 +254,7 @@ fn read_all(bus: &Bus<OsRuntime, OsDisk>) -> BTreeMap<(u32, u64), (u64, Bytes)> 
 /// caught up and then cut off; returns it with the leader, that follower
 /// and the other one.
 async fn cut_off_follower() -> (Cluster, NodeId, NodeId, NodeId) {
-    let mut cluster = Cluster::start().await;
+    let cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     let config = TopicConfig {
         retention_bytes: Some(3 * SEGMENT_SIZE),

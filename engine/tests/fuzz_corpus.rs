@@ -24,6 +24,7 @@ use sluice::log::fuzzing;
 
 const FRAME_DECODE: &str = "frame_decode";
 const SEGMENT_RECOVERY: &str = "segment_recovery";
+const SNAPSHOT_DECODE: &str = "snapshot_decode";
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -80,14 +81,36 @@ fn segment_recovery_corpus_replays() {
     replay(SEGMENT_RECOVERY, fuzzing::segment_recovery);
 }
 
+#[test]
+fn snapshot_decode_corpus_replays() {
+    replay(SNAPSHOT_DECODE, |data| {
+        sluice::raft::snapshot::fuzzing::snapshot_decode(data);
+    });
+    // The valid seeds pass every check (so the target reaches the tail and
+    // chain checks), and the damaged ones do not.
+    for (name, bytes) in snapshot_seeds() {
+        let valid = !name.contains("cut")
+            && !name.contains("flipped")
+            && !name.contains("version")
+            && !name.contains("input")
+            && !name.contains("zeros");
+        assert_eq!(
+            sluice::raft::snapshot::fuzzing::snapshot_decode(&bytes),
+            valid,
+            "seed {name}"
+        );
+    }
+}
+
 /// The checked-in seeds are exactly the generated ones (or are rewritten,
 /// with `SLUICE_REGEN_CORPUS=1`).
 #[test]
 fn seeds_are_up_to_date() {
     let regenerate = std::env::var_os("SLUICE_REGEN_CORPUS").is_some_and(|v| v == "1");
     for (target, seeds) in [
-        (FRAME_DECODE, frame_seeds()),
-        (SEGMENT_RECOVERY, segment_seeds()),
+        (FRAME_DECODE, owned(frame_seeds())),
+        (SEGMENT_RECOVERY, owned(segment_seeds())),
+        (SNAPSHOT_DECODE, snapshot_seeds()),
     ] {
         let dir = corpus_dir(target);
         for (name, bytes) in seeds {
@@ -278,4 +301,38 @@ fn two_segments(tail_first: u64, sealed: &[u8], tail: &[u8]) -> Vec<u8> {
         .find(|&s| s as usize * rest.len() / 256 == split)
         .expect("keep two-segment seeds under 256 bytes so every split is reachable");
     concat(&[&[selector], &rest])
+}
+
+fn owned(seeds: Vec<(&'static str, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    seeds
+        .into_iter()
+        .map(|(name, bytes)| (name.to_owned(), bytes))
+        .collect()
+}
+
+/// Received snapshots (the part after magic and checksum, which the target
+/// adds): valid ones from the engine, then cut, flipped and odd ones.
+fn snapshot_seeds() -> Vec<(String, Vec<u8>)> {
+    let valid = sluice::raft::snapshot::fuzzing::seeds();
+    let tail = valid
+        .iter()
+        .find(|(name, _)| *name == "snapshot-tail")
+        .map(|(_, bytes)| bytes.clone())
+        .expect("a seed with a tail");
+    let mut seeds: Vec<(String, Vec<u8>)> = valid
+        .into_iter()
+        .map(|(name, bytes)| (name.to_owned(), bytes))
+        .collect();
+    for cut in [1, tail.len() / 2, tail.len() - 1] {
+        seeds.push((format!("snapshot-tail-cut-{cut}"), tail[..cut].to_vec()));
+    }
+    let mut flipped = tail.clone();
+    *flipped.last_mut().expect("not empty") ^= 1;
+    seeds.push(("snapshot-tail-flipped-payload".to_owned(), flipped));
+    let mut version = tail;
+    version[0] = 9;
+    seeds.push(("snapshot-version-9".to_owned(), version));
+    seeds.push(("snapshot-empty-input".to_owned(), Vec::new()));
+    seeds.push(("snapshot-zeros-64".to_owned(), vec![0; 64]));
+    seeds
 }

@@ -614,6 +614,89 @@ pub mod testing {
     }
 }
 
+/// Entry points for fuzz targets (feature `testing`; see
+/// `crate::log::fuzzing` for the conventions): each must return normally
+/// for every input.
+#[cfg(feature = "testing")]
+pub mod fuzzing {
+    use super::*;
+    use crate::log::Record;
+    use crate::raft::log_id;
+
+    /// Arbitrary bytes as a received snapshot, checked as a follower checks
+    /// one before installing it: first as given (magic, checksum), then
+    /// sealed (a valid magic and checksum over the input), so the version,
+    /// core, tail and chain checks and the state's decoder see arbitrary
+    /// bytes too. Returns whether the sealed input passed every check (a
+    /// receiver would install it).
+    pub fn snapshot_decode(data: &[u8]) -> bool {
+        let _ = check(data, None);
+        let mut sealed = Vec::with_capacity(PREFIX_SIZE + data.len());
+        sealed.extend_from_slice(MAGIC);
+        sealed.extend_from_slice(&[0; 4]);
+        sealed.extend_from_slice(data);
+        seal(&mut sealed);
+        let Ok(decoded) = decode(&sealed) else {
+            return false;
+        };
+        let last = decoded.core.last_applied;
+        let checked = check(&sealed, last).is_ok();
+        restore_state(&decoded.core).is_ok() && checked
+    }
+
+    /// Seeds for the corpus: the part after magic and checksum of valid
+    /// snapshots (without a tail; with a chained tail of three records; with
+    /// a tail but no chain head), as [`snapshot_decode`] seals them.
+    pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let core = |last, chain_head| Core {
+            version: VERSION_WITHOUT_TAIL,
+            last_applied: last,
+            membership: Membership::default(),
+            state: State::default().snapshot(),
+            chain_head,
+        };
+        let link = [9; 32];
+        let mut head = link;
+        let records: Vec<Record> = (5..=7u64)
+            .map(|index| {
+                let payload = bytes::Bytes::from(vec![index as u8; 10 * index as usize]);
+                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &payload);
+                head = hash;
+                Record {
+                    index,
+                    term: 3,
+                    kind: 2,
+                    timestamp_ms: 1000 + index,
+                    hash,
+                    payload,
+                }
+            })
+            .collect();
+        let with_tail = |core: &Core| {
+            let mut out = encode_unsealed(core, VERSION);
+            encode_tail(&mut out, &link, &records);
+            seal(&mut out);
+            out
+        };
+        let body = |bytes: Vec<u8>| bytes[PREFIX_SIZE..].to_vec();
+        vec![
+            ("snapshot-empty", body(encode(&core(None, None)))),
+            (
+                "snapshot-no-tail",
+                body(encode(&core(Some(log_id(3, 7)), Some(head)))),
+            ),
+            (
+                "snapshot-tail",
+                body(with_tail(&core(Some(log_id(3, 7)), Some(head)))),
+            ),
+            (
+                "snapshot-tail-unchained",
+                body(with_tail(&core(Some(log_id(3, 7)), None))),
+            ),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

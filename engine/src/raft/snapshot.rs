@@ -617,10 +617,54 @@ pub mod testing {
 /// Entry points for fuzz targets (feature `testing`; see
 /// `crate::log::fuzzing` for the conventions): each must return normally
 /// for every input.
+/// Small valid snapshots, for the unit tests and the fuzz seeds.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod samples {
+    use super::*;
+    use crate::log::Record;
+
+    pub(crate) fn core(last: Option<LogId>, chain_head: Option<Hash>) -> Core {
+        Core {
+            version: VERSION_WITHOUT_TAIL,
+            last_applied: last,
+            membership: Membership::default(),
+            state: State::default().snapshot(),
+            chain_head,
+        }
+    }
+
+    /// Records 5..=7 chained from `link`, as a log would store them.
+    pub(crate) fn records(link: Hash) -> (Vec<Record>, Hash) {
+        let mut head = link;
+        let records = (5..=7u64)
+            .map(|index| {
+                let payload = bytes::Bytes::from(vec![index as u8; 10 * index as usize]);
+                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &payload);
+                head = hash;
+                Record {
+                    index,
+                    term: 3,
+                    kind: 2,
+                    timestamp_ms: 1000 + index,
+                    hash,
+                    payload,
+                }
+            })
+            .collect();
+        (records, head)
+    }
+
+    pub(crate) fn with_tail(core: &Core, link: &Hash, records: &[Record]) -> Vec<u8> {
+        let mut out = encode_unsealed(core, VERSION);
+        encode_tail(&mut out, link, records);
+        seal(&mut out);
+        out
+    }
+}
+
 #[cfg(feature = "testing")]
 pub mod fuzzing {
     use super::*;
-    use crate::log::Record;
     use crate::raft::log_id;
 
     /// Arbitrary bytes as a received snapshot, checked as a follower checks
@@ -648,36 +692,10 @@ pub mod fuzzing {
     /// snapshots (without a tail; with a chained tail of three records; with
     /// a tail but no chain head), as [`snapshot_decode`] seals them.
     pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-        let core = |last, chain_head| Core {
-            version: VERSION_WITHOUT_TAIL,
-            last_applied: last,
-            membership: Membership::default(),
-            state: State::default().snapshot(),
-            chain_head,
-        };
+        use super::samples::{core, records, with_tail};
         let link = [9; 32];
-        let mut head = link;
-        let records: Vec<Record> = (5..=7u64)
-            .map(|index| {
-                let payload = bytes::Bytes::from(vec![index as u8; 10 * index as usize]);
-                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &payload);
-                head = hash;
-                Record {
-                    index,
-                    term: 3,
-                    kind: 2,
-                    timestamp_ms: 1000 + index,
-                    hash,
-                    payload,
-                }
-            })
-            .collect();
-        let with_tail = |core: &Core| {
-            let mut out = encode_unsealed(core, VERSION);
-            encode_tail(&mut out, &link, &records);
-            seal(&mut out);
-            out
-        };
+        let (records, head) = records(link);
+        let with_tail = |core: &Core| with_tail(core, &link, &records);
         let body = |bytes: Vec<u8>| bytes[PREFIX_SIZE..].to_vec();
         vec![
             ("snapshot-empty", body(encode(&core(None, None)))),
@@ -699,47 +717,10 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
+    use super::samples::{core, records, with_tail};
     use super::*;
     use crate::log::Record;
     use crate::raft::log_id;
-
-    fn core(last: Option<LogId>, chain_head: Option<Hash>) -> Core {
-        Core {
-            version: VERSION_WITHOUT_TAIL,
-            last_applied: last,
-            membership: Membership::default(),
-            state: State::default().snapshot(),
-            chain_head,
-        }
-    }
-
-    /// Records 5..=7 chained from `link`, as a log would store them.
-    fn records(link: Hash) -> (Vec<Record>, Hash) {
-        let mut head = link;
-        let records = (5..=7u64)
-            .map(|index| {
-                let payload = bytes::Bytes::from(vec![index as u8; 10 * index as usize]);
-                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &payload);
-                head = hash;
-                Record {
-                    index,
-                    term: 3,
-                    kind: 2,
-                    timestamp_ms: 1000 + index,
-                    hash,
-                    payload,
-                }
-            })
-            .collect();
-        (records, head)
-    }
-
-    fn with_tail(core: &Core, link: &Hash, records: &[Record]) -> Vec<u8> {
-        let mut out = encode_unsealed(core, VERSION);
-        encode_tail(&mut out, link, records);
-        seal(&mut out);
-        out
-    }
 
     #[test]
     fn a_tail_round_trips_and_checks() {

@@ -12,7 +12,9 @@ use sluice::audit::{
 };
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::constants::FRAME_HEADER_SIZE;
+use sluice::io::os::{OsClock, OsDisk};
 use sluice::log::frame::{self, FrameError};
+use sluice::log::{Entry, Log, Options, PersistMode, SPARE_NAME};
 use sluice::state::TopicConfig;
 
 const DISTID: &str = "node-1@sluice.test";
@@ -113,6 +115,10 @@ fn frames(dir: &Path) -> Vec<Located> {
         let bytes = std::fs::read(&file).unwrap();
         let mut offset = 0;
         while offset < bytes.len() {
+            // The active segment may end in the zeros of a spare.
+            if bytes[offset..].iter().all(|&b| b == 0) {
+                break;
+            }
             let header = frame::decode(&bytes[offset..]).unwrap();
             out.push(Located {
                 file: file.clone(),
@@ -163,7 +169,7 @@ fn rechain(dir: &Path) {
     for file in segments(dir) {
         edit(&file, |bytes| {
             let mut offset = 0;
-            while offset < bytes.len() {
+            while offset < bytes.len() && bytes[offset..].iter().any(|&b| b != 0) {
                 let size =
                     u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
                 if let Some(link) = link {
@@ -529,4 +535,71 @@ fn a_pinned_key_rejects_checkpoints_by_others() {
         ],
     };
     assert!(verify(&fixture.path, &other).is_err());
+}
+
+#[test]
+fn a_spares_zeros_verify_and_any_other_byte_there_is_named() {
+    let fixture = fixture();
+    let path = &fixture.path;
+    let batch = middle_batch(path);
+    let bytes = std::fs::read(&batch.file).unwrap();
+    let payload =
+        bytes[batch.offset + FRAME_HEADER_SIZE..batch.offset + batch.header.size as usize].to_vec();
+    let disk = OsDisk::open(path).unwrap();
+    let log_options = Options {
+        segment_size: 16 * 1024,
+        ..Options::default()
+    };
+    let mut log = Log::open(disk, std::sync::Arc::new(OsClock::new()), log_options).unwrap();
+    let append = |log: &mut Log| {
+        let index = log.next_index();
+        let entry = Entry {
+            index,
+            term: batch.header.term,
+            kind: batch.header.kind,
+            timestamp_ms: batch.header.timestamp_ms,
+            payload: &payload,
+        };
+        log.append(&[entry], PersistMode::SyncData).unwrap();
+    };
+    // Copies of a real batch, until the log wants a spare; then onto it.
+    let mut job = loop {
+        if let Some(job) = log.spare_job() {
+            break job;
+        }
+        append(&mut log);
+    };
+    while !job.step().unwrap() {}
+    log.complete_spare(job, Ok(()));
+    append(&mut log);
+    let active = log.segments().last().unwrap().clone();
+    let active_path = path.join(&active.name);
+    assert_eq!(std::fs::metadata(&active_path).unwrap().len(), 16 * 1024);
+    // The next spare, written but not yet handed back: on disk as it is
+    // while a node runs.
+    let mut next = log.spare_job().expect("wanted again after the roll");
+    while !next.step().unwrap() {}
+    drop(log);
+
+    let report = verify(path, &options()).unwrap();
+    assert_eq!(report.next_index, active.next);
+    assert_eq!(report.zero_bytes, 2 * 16 * 1024 - active.size);
+
+    let spare = path.join(SPARE_NAME);
+    edit(&spare, |b| b[100] = 1);
+    let finding = first_finding(path);
+    assert_eq!(
+        (finding.file.as_str(), finding.offset, &finding.reason),
+        (SPARE_NAME, Some(100), &FindingReason::SpareNotZero)
+    );
+    edit(&spare, |b| b[100] = 0);
+
+    // A byte among the active segment's zeros is no clean end.
+    edit(&active_path, |b| b[active.size as usize + 50] = 7);
+    let finding = first_finding(path);
+    assert_eq!(finding.file, active.name);
+    assert_eq!(
+        (finding.offset, finding.index),
+        (Some(active.size), Some(active.next))
+    );
 }

@@ -4,14 +4,18 @@
 //! prefix up to some length between what the log had declared durable and
 //! everything appended, never a partial, altered or reordered record. Purges
 //! and truncations are durable when they return, so their effect survives.
+//! Spare segments (`log/spare.rs`) are started and finished as separate
+//! steps, so crashes, truncations and purges land while one is half made
+//! or waiting to be rolled onto.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proptest::prelude::*;
+use sluice::io::CrashFile;
 use sluice::io::{CrashDisk, CrashPolicy, ManualClock};
-use sluice::log::{Entry, Log, Options, PersistMode, Record};
+use sluice::log::{Entry, Log, Options, PersistMode, Record, SpareJob};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -22,6 +26,8 @@ enum Op {
     Purge { forward: u8 },
     Crash,
     Reopen,
+    SpareStart,
+    SpareFinish,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +40,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..60).prop_map(|forward| Op::Purge { forward }),
         2 => Just(Op::Crash),
         1 => Just(Op::Reopen),
+        2 => Just(Op::SpareStart),
+        2 => Just(Op::SpareFinish),
     ]
 }
 
@@ -91,6 +99,7 @@ fn apply(
     disk: &CrashDisk,
     log: &mut Log<CrashDisk>,
     model: &mut Model,
+    spare: &mut Option<SpareJob<CrashFile>>,
 ) -> Result<(), TestCaseError> {
     model.generation += 1;
     match *op {
@@ -166,6 +175,24 @@ fn apply(
         Op::Reopen => {
             *log = open(disk);
         }
+        Op::SpareStart => {
+            if spare.is_none() {
+                *spare = log.spare_job();
+            }
+        }
+        Op::SpareFinish => {
+            // A job of a log since reopened finishes into nothing.
+            if let Some(mut job) = spare.take() {
+                let result = loop {
+                    match job.step() {
+                        Ok(true) => break Ok(()),
+                        Ok(false) => {}
+                        Err(error) => break Err(error),
+                    }
+                };
+                log.complete_spare(job, result);
+            }
+        }
     }
     check(log, model)
 }
@@ -178,8 +205,10 @@ proptest! {
         let disk = CrashDisk::new(seed);
         let mut log = open(&disk);
         let mut model = Model { first: 0, entries: VecDeque::new(), generation: 0 };
+        let mut spare = None;
         for op in &ops {
-            apply(op, &disk, &mut log, &mut model)?;
+            apply(op, &disk, &mut log, &mut model, &mut spare)?;
         }
+        log.verify().expect("the log verifies");
     }
 }

@@ -554,7 +554,13 @@ async fn run_node(
     transport: SimTransportConfig,
     config: Arc<openraft::Config>,
 ) {
-    let options = sluice::log::Options::default();
+    // Small segments (a scenario writes tens of kilobytes per node), so
+    // that rolls, spare segments (`log/spare.rs`) and sealing happen under
+    // every fault.
+    let options = sluice::log::Options {
+        segment_size: 8 * 1024,
+        ..sluice::log::Options::default()
+    };
     let opened = LogStore::<SimRuntime, SimDisk>::open(
         disk.clone(),
         clock as Arc<dyn sluice::io::Clock>,

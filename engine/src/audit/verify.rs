@@ -73,8 +73,11 @@ pub struct Report {
     pub files: Vec<String>,
     /// Segment files.
     pub segments: u64,
-    /// Bytes of segments walked.
+    /// Bytes of frames walked in segments.
     pub segment_bytes: u64,
+    /// Zeros after the last frame of the active segment (made from a
+    /// spare) and in a spare segment being written: checked to be zeros.
+    pub zero_bytes: u64,
     /// Frames (Raft entries) checked: CRC, chain hash, link.
     pub records: u64,
     /// Of those, event batches (publishes and transactions).
@@ -166,6 +169,9 @@ pub enum FindingReason {
     Key(String),
     /// A file no part of sluice writes.
     UnknownFile,
+    /// The spare segment (`log.spare`), which only ever holds zeros, holds
+    /// data at this offset.
+    SpareNotZero,
     /// The file could not be read.
     Io(String),
 }
@@ -216,6 +222,9 @@ impl fmt::Display for Finding {
             | FindingReason::Io(what) => f.write_str(what),
             FindingReason::UnknownFile => f.write_str(
                 "not a file sluice writes; remove it or move it out of the data directory",
+            ),
+            FindingReason::SpareNotZero => f.write_str(
+                "the spare segment holds data, but sluice only ever writes zeros into it",
             ),
         }
     }
@@ -283,6 +292,8 @@ pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report,
     for name in &names {
         if let Some(first) = segment::parse_name(name) {
             firsts.push(first);
+        } else if name == crate::log::SPARE_NAME {
+            walk.check_spare(disk, name);
         } else if name.ends_with(".tmp") {
             walk.report.leftovers.push(name.clone());
             continue;
@@ -472,8 +483,7 @@ impl Walk {
                 };
                 Bytes::from(bytes)
             };
-            self.report.segment_bytes += bytes.len() as u64;
-            if !self.walk_segment(&name, bytes, &mut chain) {
+            if !self.walk_segment(&name, bytes, sealed, &mut chain) {
                 return;
             }
         }
@@ -493,12 +503,28 @@ impl Walk {
         }
     }
 
-    /// Walks one segment's frames; false at the first bad one.
-    fn walk_segment(&mut self, name: &str, bytes: Bytes, chain: &mut Chain) -> bool {
+    /// Checks that the spare segment holds zeros only.
+    fn check_spare<D: Disk>(&mut self, disk: &D, name: &str) {
+        let Some(bytes) = self.read_file(disk, name) else {
+            return;
+        };
+        match bytes.iter().position(|&b| b != 0) {
+            Some(at) => self.finding(name, Some(at as u64), None, FindingReason::SpareNotZero),
+            None => self.report.zero_bytes += bytes.len() as u64,
+        }
+    }
+
+    /// Walks one segment's frames; false at the first bad one. The active
+    /// (last) segment may end in zeros (made from a spare): a clean end.
+    fn walk_segment(&mut self, name: &str, bytes: Bytes, sealed: bool, chain: &mut Chain) -> bool {
         let mut offset = 0usize;
         while offset < bytes.len() {
             let index = chain.expected_index;
             let at = Some(offset as u64);
+            if !sealed && crate::log::all_zero(&bytes[offset..]) {
+                self.report.zero_bytes += (bytes.len() - offset) as u64;
+                break;
+            }
             let header = match frame::decode(&bytes[offset..]) {
                 Ok(header) if header.index == index => header,
                 Ok(header) => {
@@ -540,6 +566,7 @@ impl Walk {
                 return false;
             }
             offset += size;
+            self.report.segment_bytes += size as u64;
         }
         true
     }

@@ -67,6 +67,10 @@ pub struct BusConfig {
     pub unconsumed: Unconsumed,
     /// Whether log frames carry the SHA-256 hash chain (default: yes).
     pub chain: crate::log::ChainMode,
+    /// Whether the log's next segment is written out with zeros in the
+    /// background, so that appends overwrite instead of growing the file
+    /// and each sync skips a journal commit (`log/spare.rs`; default: yes).
+    pub prewrite: bool,
     /// Signed checkpoints of the chain head, written by policy while the
     /// bus is open (`Bus::start_checkpoints`); `None`: only when
     /// `Bus::checkpoint` is called.
@@ -102,6 +106,7 @@ impl Default for BusConfig {
             retention_interval: Some(Duration::from_secs(60)),
             unconsumed: Unconsumed::Keep,
             chain: crate::log::ChainMode::Sha256,
+            prewrite: true,
             checkpoints: None,
             heartbeat_interval: Duration::from_millis(50),
         }
@@ -223,6 +228,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let log_options = crate::log::Options {
             segment_size: config.segment_size,
             chain: config.chain,
+            prewrite: config.prewrite,
             ..crate::log::Options::default()
         };
         let store =
@@ -304,6 +310,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             Response::Error(error) => Err(error.into()),
             _ => Ok(()),
         }
+    }
+
+    /// The log's segments, oldest first (the last is the active one).
+    pub fn segments(&self) -> Vec<crate::log::SegmentInfo> {
+        self.inner.reader.segments()
     }
 
     /// A topic's configuration and partition bounds.

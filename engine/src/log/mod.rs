@@ -25,6 +25,7 @@ pub mod frame;
 pub(crate) mod meta;
 mod recovery;
 pub(crate) mod segment;
+mod spare;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -42,6 +43,8 @@ use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
 
 pub use error::{Corruption, CorruptionReason, Error, Result};
 pub use recovery::{RecoveryReport, Repair, TornTail};
+pub(crate) use spare::all_zero;
+pub use spare::{NAME as SPARE_NAME, STEP_BYTES as SPARE_STEP_BYTES, SpareJob};
 
 use frame::{GENESIS, Hash, Header};
 use meta::Meta;
@@ -95,7 +98,18 @@ pub struct Options {
     pub recovery: RecoveryMode,
     /// Whether frames carry the hash chain.
     pub chain: ChainMode,
+    /// Whether the log wants spare segments written out with zeros ahead
+    /// of the writer (`spare.rs`), once it has taken
+    /// [`PREWRITE_AFTER_BYTES`] (or one segment, if smaller) of appends
+    /// since it was opened. The log only asks ([`Log::spare_job`]); its
+    /// owner does the writing.
+    pub prewrite: bool,
 }
+
+/// Bytes appended since open after which a log with
+/// [`Options::prewrite`] wants a spare segment: a log that is written to
+/// at all, not every log opened (a spare costs a segment of zeros).
+pub const PREWRITE_AFTER_BYTES: u64 = 1024 * 1024;
 
 impl Default for Options {
     fn default() -> Self {
@@ -103,6 +117,7 @@ impl Default for Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
             recovery: RecoveryMode::default(),
             chain: ChainMode::default(),
+            prewrite: true,
         }
     }
 }
@@ -172,10 +187,13 @@ pub struct SegmentInfo {
     pub first: u64,
     /// Index after its last record.
     pub next: u64,
-    /// Size in bytes.
+    /// Bytes of frames.
     pub size: u64,
     /// Whether it is sealed (immutable).
     pub sealed: bool,
+    /// The file's length when it is the active segment written out with
+    /// zeros past its frames (made from a spare), else 0.
+    pub capacity: u64,
 }
 
 /// The result of [`Log::verify`].
@@ -245,7 +263,11 @@ struct Active<F> {
     name: String,
     file: Arc<F>,
     offsets: Vec<u32>,
+    /// Bytes of frames: where the next frame goes.
     size: u64,
+    /// The file's length when it was written out with zeros past `size`
+    /// (made from a spare, or recovered with a zero tail), else 0.
+    capacity: u64,
     last_timestamp_ms: Option<u64>,
 }
 
@@ -273,6 +295,9 @@ pub struct Log<D: Disk = OsDisk> {
     buffer: Vec<u8>,
     pending: Vec<u32>,
     report: RecoveryReport,
+    spare: spare::State<D::File>,
+    /// Bytes appended since open, until a spare is wanted.
+    appended: u64,
 }
 
 impl<D: Disk> Log<D> {
@@ -431,6 +456,14 @@ impl<D: Disk> Log<D> {
         }
         self.buffer.clear();
         self.pending.clear();
+        if matches!(self.spare, spare::State::Ready(_))
+            && self.active.capacity == 0
+            && !self.active.offsets.is_empty()
+        {
+            // A segment that grows costs every sync a journal commit; move
+            // to the written-out spare as soon as one exists.
+            self.roll()?;
+        }
         for entry in entries {
             let size = frame::frame_size(entry.payload.len());
             let filled = self.active.size + self.buffer.len() as u64;
@@ -446,6 +479,67 @@ impl<D: Disk> Log<D> {
             self.sync()?;
         }
         Ok(self.next_index())
+    }
+
+    /// A spare segment to write out, if the log wants one and none is being
+    /// made: run [`SpareJob::step`] until it returns `true` (off any lock
+    /// around the log, paced as the caller sees fit), then hand it back
+    /// with [`Log::complete_spare`]. Creating the file is the only disk
+    /// call here; failing to is logged, not an error: the log works without
+    /// a spare, and asks again after its next roll.
+    pub fn spare_job(&mut self) -> Option<SpareJob<D::File>> {
+        if !matches!(self.spare, spare::State::Wanted) || self.poison.is_some() {
+            return None;
+        }
+        match self.disk.remove(spare::NAME) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(%error, "cannot remove an old spare segment; going on without one");
+                self.spare = spare::State::Failed;
+                return None;
+            }
+            _ => {}
+        }
+        match self.disk.create(spare::NAME) {
+            Ok(file) => {
+                let file = Arc::new(file);
+                self.spare = spare::State::Preparing(Arc::clone(&file));
+                Some(SpareJob::new(file, self.options.segment_size))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot create a spare segment; going on without one");
+                self.spare = spare::State::Failed;
+                None
+            }
+        }
+    }
+
+    /// Takes back a job from [`Log::spare_job`] with its outcome. A failed
+    /// job (a full disk, say) is logged; the log asks again after its next
+    /// roll.
+    pub fn complete_spare(&mut self, job: SpareJob<D::File>, result: std::io::Result<()>) {
+        let current = match &self.spare {
+            spare::State::Preparing(file) => Arc::ptr_eq(file, &job.file),
+            _ => false,
+        };
+        if !current {
+            return;
+        }
+        self.spare = match result {
+            Ok(()) => spare::State::Ready(job.file),
+            Err(error) => {
+                tracing::warn!(%error, written = job.written(), "writing a spare segment failed; going on without one");
+                spare::State::Failed
+            }
+        };
+    }
+
+    fn prewrite_after(&self) -> u64 {
+        PREWRITE_AFTER_BYTES.min(self.options.segment_size)
+    }
+
+    /// Whether a finished spare waits for the next roll.
+    pub fn spare_ready(&self) -> bool {
+        matches!(self.spare, spare::State::Ready(_))
     }
 
     fn encode(&mut self, entry: &Entry<'_>, size: usize) {
@@ -484,6 +578,12 @@ impl<D: Disk> Log<D> {
         self.poison_on_error(written, "write", &self.active.name.clone())?;
         self.active.offsets.extend_from_slice(&self.pending);
         self.active.size += self.buffer.len() as u64;
+        if matches!(self.spare, spare::State::Off) && self.options.prewrite {
+            self.appended += self.buffer.len() as u64;
+            if self.appended >= self.prewrite_after() {
+                self.spare = spare::State::Wanted;
+            }
+        }
         if let Some(&last) = self.pending.last() {
             let at = (last as u64 - (self.active.size - self.buffer.len() as u64)) as usize;
             let header = frame::decode_header(&self.buffer[at..]).expect("just encoded");
@@ -494,9 +594,20 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
-    /// Seals the active segment (synced first) and starts a new one.
+    /// Seals the active segment (trimmed to its frames and synced first)
+    /// and starts a new one.
     fn roll(&mut self) -> Result<()> {
-        self.sync()?;
+        if self.active.capacity > self.active.size {
+            // A sealed segment holds exactly its frames: drop the zeros.
+            let name = self.active.name.clone();
+            let trimmed = self.active.file.set_len(self.active.size);
+            self.poison_on_error(trimmed, "set_len", &name)?;
+            let synced = self.active.file.sync_data();
+            self.poison_on_error(synced, "sync_data", &name)?;
+            self.durable_next = self.next_index();
+        } else {
+            self.sync()?;
+        }
         let first = self.next_index();
         let old = self.start_active(first)?;
         self.sealed.push_back(Sealed {
@@ -653,6 +764,7 @@ impl<D: Disk> Log<D> {
         self.poison_on_error(synced, "sync_data", &name)?;
         self.active.offsets.truncate(keep);
         self.active.size = size;
+        self.active.capacity = 0;
         self.active.last_timestamp_ms = None;
         Ok(())
     }
@@ -686,18 +798,42 @@ impl<D: Disk> Log<D> {
 
     /// Creates an empty active segment at `first` and makes it the active
     /// one; returns the segment it replaced, for the caller to seal or drop.
+    ///
+    /// A finished spare becomes the new segment (renamed; its zeros are
+    /// overwritten by frames); else an empty file is created. Either way
+    /// the name is durable before any frame is written into the file.
     fn start_active(&mut self, first: u64) -> Result<Active<D::File>> {
         let name = segment::name(first);
-        let created = self.disk.create(&name);
-        let file = self.poison_on_error(created, "create", &name)?;
+        let (file, capacity) = match std::mem::replace(&mut self.spare, spare::State::Off) {
+            spare::State::Ready(file) => {
+                let renamed = self.disk.rename(spare::NAME, &name);
+                self.poison_on_error(renamed, "rename", &name)?;
+                (file, self.options.segment_size)
+            }
+            previous => {
+                self.spare = previous;
+                let created = self.disk.create(&name);
+                (Arc::new(self.poison_on_error(created, "create", &name)?), 0)
+            }
+        };
+        if matches!(self.spare, spare::State::Off | spare::State::Failed) && self.options.prewrite {
+            // Used, or failed before: ask for the next one. A log never
+            // written to since open still waits for `PREWRITE_AFTER_BYTES`.
+            self.spare = if self.appended >= self.prewrite_after() {
+                spare::State::Wanted
+            } else {
+                spare::State::Off
+            };
+        }
         let synced = self.disk.sync_dir();
         self.poison_on_error(synced, "sync_dir", &name)?;
         let active = Active {
             first,
             name,
-            file: Arc::new(file),
+            file,
             offsets: Vec::new(),
             size: 0,
+            capacity,
             last_timestamp_ms: None,
         };
         Ok(std::mem::replace(&mut self.active, active))
@@ -847,6 +983,7 @@ impl<D: Disk> Log<D> {
             next: s.next,
             size: s.size,
             sealed: true,
+            capacity: 0,
         });
         let active = SegmentInfo {
             name: self.active.name.clone(),
@@ -854,6 +991,7 @@ impl<D: Disk> Log<D> {
             next: self.active.next(),
             size: self.active.size,
             sealed: false,
+            capacity: self.active.capacity,
         };
         sealed.chain([active]).collect()
     }

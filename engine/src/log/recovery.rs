@@ -75,7 +75,8 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
     if options.recovery == RecoveryMode::Repair {
         repair_sealed(&disk, &mut firsts, &mut report)?;
     }
-    let (tail, scan) = open_tail(&disk, &mut firsts, &meta, options.recovery, &mut report)?;
+    let (tail, scan, capacity) =
+        open_tail(&disk, &mut firsts, &meta, options.recovery, &mut report)?;
     let mut sealed = VecDeque::with_capacity(firsts.len());
     for pair in firsts.windows(2) {
         let name = segment::name(pair[0]);
@@ -97,6 +98,7 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         file: Arc::new(tail),
         offsets: scan.offsets,
         size: scan.end,
+        capacity,
         last_timestamp_ms: scan.last_timestamp_ms,
     };
     let head = match (scan.last_hash, sealed.back()) {
@@ -119,6 +121,8 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         buffer: Vec::new(),
         pending: Vec::new(),
         report,
+        spare: super::spare::State::Off,
+        appended: 0,
     })
 }
 
@@ -163,7 +167,9 @@ fn remove_leftovers<D: Disk>(
     report: &mut RecoveryReport,
 ) -> Result<()> {
     for name in names {
-        if segment::is_tmp_name(name) || name == meta::NAME_TMP {
+        // A spare is never adopted: its name was never made durable, and
+        // the next one is written once the log is written to again.
+        if segment::is_tmp_name(name) || name == meta::NAME_TMP || name == super::spare::NAME {
             disk.remove(name)
                 .map_err(|e| Error::io("remove", name, e))?;
             report.removed.push(name.clone());
@@ -255,20 +261,21 @@ fn repair_sealed<D: Disk>(
 }
 
 /// Opens and recovers the last segment, creating one if there is none or
-/// if a purge past the end left it wholly purged.
+/// if a purge past the end left it wholly purged. Returns the file, its
+/// frames, and its capacity (see `Active::capacity`).
 fn open_tail<D: Disk>(
     disk: &D,
     firsts: &mut Vec<u64>,
     meta: &Meta,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
-) -> Result<(D::File, Scan)> {
+) -> Result<(D::File, Scan, u64)> {
     if let Some(&first) = firsts.last() {
         let name = segment::name(first);
         let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
-        let scan = recover_tail(&file, &name, first, mode, report)?;
+        let (scan, capacity) = recover_tail(&file, &name, first, mode, report)?;
         if firsts.len() > 1 || scan.next_index >= meta.purged_next {
-            return Ok((file, scan));
+            return Ok((file, scan, capacity));
         }
         // The only segment ends below the purge point: a purge past the end
         // crashed before its new segment existed.
@@ -290,24 +297,34 @@ fn open_tail<D: Disk>(
         next_index: first,
         ..Scan::default()
     };
-    Ok((file, scan))
+    Ok((file, scan, 0))
 }
 
 /// Scans the tail segment; cuts a torn tail; refuses (or, in repair mode,
 /// cuts) damage that a later frame proves was acknowledged. Syncs the
-/// result, so everything left is durable.
+/// result, so everything left is durable. Returns the frames found and the
+/// segment's capacity: its length when the frames end in zeros up to the
+/// end of the file (a segment made from a spare), else 0.
 fn recover_tail<F: DiskFile>(
     file: &F,
     name: &str,
     first: u64,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
-) -> Result<Scan> {
+) -> Result<(Scan, u64)> {
     let size = file.size().map_err(|e| Error::io("size", name, e))?;
     let mut bytes = vec![0; usize::try_from(size).expect("segment fits memory")];
     file.read_at(0, &mut bytes)
         .map_err(|e| Error::io("read", name, e))?;
-    let scan = segment::scan(&bytes, first);
+    let mut scan = segment::scan(&bytes, first);
+    let mut capacity = 0;
+    if scan.stop.is_some() && super::spare::all_zero(&bytes[scan.end as usize..]) {
+        // Zeros to the end of the file: the unwritten rest of a segment
+        // made from a spare, or writes a crash lost whole. Nothing was
+        // written there that a crash could have torn, so it is a clean end.
+        scan.stop = None;
+        capacity = size;
+    }
     if let Some(reason) = scan.stop {
         let bad_index = scan.next_index;
         let later = segment::later_frames(&bytes, scan.end, bad_index);
@@ -336,7 +353,7 @@ fn recover_tail<F: DiskFile>(
     }
     file.sync_data()
         .map_err(|e| Error::io("sync_data", name, e))?;
-    Ok(scan)
+    Ok((scan, capacity))
 }
 
 fn record_repair(

@@ -107,11 +107,15 @@ pub(crate) struct Later {
 
 /// Searches `bytes[from..]` byte by byte for valid frames whose index is at
 /// least `bad_index`: evidence about the damaged frame at `from`. Cheap
-/// header checks reject garbage before any checksum is computed.
+/// header checks reject garbage before any checksum is computed. A frame's
+/// size field is never zero, so no frame starts after the last non-zero
+/// byte: the search stops there (a segment made from a spare ends in
+/// megabytes of zeros).
 pub(crate) fn later_frames(bytes: &[u8], from: u64, bad_index: u64) -> Later {
     let mut later = Later::default();
     let mut offset = from as usize + 1;
-    while offset + FRAME_HEADER_SIZE <= bytes.len() {
+    let starts_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    while offset + FRAME_HEADER_SIZE <= bytes.len() && offset < starts_end {
         let candidate = &bytes[offset..];
         let plausible = frame::decode_header(candidate).is_ok_and(|h| h.index >= bad_index);
         match plausible.then(|| frame::decode(candidate)) {
@@ -132,8 +136,9 @@ pub(crate) fn later_frames(bytes: &[u8], from: u64, bad_index: u64) -> Later {
 /// Whether a crash could have left the bad frame at `start` as it is.
 ///
 /// The log only ever writes past the end of a freshly created or freshly
-/// truncated file, and a sector is written whole or not at all, so a byte
-/// a crash lost reads as zero (or lies past the end of the file). A torn
+/// truncated file, or over the zeros of a segment made from a spare, and a
+/// sector is written whole or not at all, so a byte a crash lost reads as
+/// zero (or lies past the end of the file). A torn
 /// frame therefore has some sector whose part of the frame is all zeros,
 /// or it runs past the end of the file. A bad frame with none of that was
 /// written whole and damaged afterwards: that is corruption, even where no

@@ -601,3 +601,136 @@ fn chain_off_writes_zeros() {
     append(&mut log, 5, PersistMode::SyncData);
     assert!(read_all(&log).iter().all(|r| r.hash == frame::GENESIS));
 }
+
+/// Runs a spare job from `log` to the end and hands it back.
+fn make_spare(log: &mut Log<CrashDisk>) {
+    let mut job = log.spare_job().expect("the log wants a spare");
+    while !job.step().expect("zeros written") {}
+    log.complete_spare(job, Ok(()));
+    assert!(log.spare_ready());
+}
+
+fn file_len(disk: &CrashDisk, name: &str) -> u64 {
+    disk.read_file(name).unwrap().len() as u64
+}
+
+#[test]
+fn a_spare_becomes_the_next_segment_and_its_zeros_are_a_clean_end() {
+    let disk = CrashDisk::new(21);
+    let mut log = open(&disk);
+    append(&mut log, 2, PersistMode::SyncData);
+    // A log barely written to wants no segment of zeros.
+    assert!(log.spare_job().is_none());
+    while log.segments().len() < 3 {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    make_spare(&mut log);
+    assert!(log.spare_job().is_none(), "one spare at a time");
+    let plain = log.segments().last().unwrap().clone();
+    // The next append moves onto the spare at once, sealing the growing
+    // segment early.
+    append(&mut log, 1, PersistMode::SyncData);
+    let segments = log.segments();
+    let sealed = &segments[segments.len() - 2];
+    let active = segments.last().unwrap().clone();
+    assert_eq!(
+        (sealed.name.as_str(), sealed.next),
+        (plain.name.as_str(), plain.next)
+    );
+    assert_eq!(active.first, plain.next);
+    assert_eq!(
+        file_len(&disk, &active.name),
+        SEGMENT,
+        "made from the spare"
+    );
+    assert!(!log.spare_ready());
+    assert!(
+        disk.read_file(SPARE_NAME).is_err(),
+        "renamed to the segment"
+    );
+    append(&mut log, 2, PersistMode::SyncData);
+    let next = log.next_index();
+
+    // Unsynced frames over the zeros vanish in a power cut; recovery reads
+    // the zeros after the synced ones as a clean end, not a torn tail, and
+    // keeps the segment written out.
+    append(&mut log, 2, PersistMode::Buffer);
+    drop(log);
+    disk.crash_with(CrashPolicy::DropAll);
+    let mut log = open(&disk);
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_contents(&log, 0, next);
+    assert_eq!(file_len(&disk, &active.name), SEGMENT);
+    log.verify().unwrap();
+
+    // Filling it seals it trimmed to its frames: a sealed segment holds
+    // exactly its frames (its view is checked on read).
+    while log.segments().last().unwrap().name == active.name {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    let sealed = log
+        .segments()
+        .into_iter()
+        .find(|s| s.name == active.name)
+        .unwrap();
+    assert_eq!(file_len(&disk, &active.name), sealed.size);
+    assert!(sealed.size < SEGMENT);
+    let end = log.next_index();
+    drop(log);
+    let log = open(&disk);
+    assert_contents(&log, 0, end);
+    log.verify().unwrap();
+}
+
+#[test]
+fn a_torn_frame_over_a_spares_zeros_is_cut_and_reported() {
+    let disk = CrashDisk::new(22);
+    let mut log = open(&disk);
+    while log.segments().len() < 3 {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    make_spare(&mut log);
+    append(&mut log, 2, PersistMode::SyncData);
+    let synced = log.next_index();
+    let active = log.segments().last().unwrap().clone();
+    let end = active.size;
+    append(&mut log, 1, PersistMode::Buffer);
+    let frame_end = log.segments().last().unwrap().size;
+    drop(log);
+    // The crash kept the first sector of the unsynced frame, not the rest.
+    let mut bytes = disk.read_file(&active.name).unwrap();
+    let kept = (end / 512 + 1) * 512;
+    assert!(kept < frame_end, "the frame crosses a sector boundary");
+    bytes[kept as usize..frame_end as usize].fill(0);
+    disk.write_file_raw(&active.name, &bytes).unwrap();
+    let log = open(&disk);
+    let torn = log.recovery_report().torn_tail.clone().expect("reported");
+    assert_eq!((torn.index, torn.offset), (synced, end));
+    assert_contents(&log, 0, synced);
+}
+
+#[test]
+fn a_spare_that_fails_is_given_up_and_the_log_goes_on() {
+    let disk = CrashDisk::new(23);
+    let mut log = open(&disk);
+    while log.segments().len() < 3 {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    let job = log.spare_job().unwrap();
+    log.complete_spare(job, Err(std::io::Error::other("no space left on device")));
+    assert!(!log.spare_ready());
+    assert!(
+        log.spare_job().is_none(),
+        "not retried before the next roll"
+    );
+    let segments = log.segments().len();
+    while log.segments().len() == segments {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    let active = log.segments().last().unwrap().clone();
+    assert!(
+        file_len(&disk, &active.name) < SEGMENT,
+        "an ordinary segment"
+    );
+    assert!(log.spare_job().is_some(), "asked again after the roll");
+}

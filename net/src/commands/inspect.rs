@@ -89,7 +89,7 @@ pub(crate) fn run(args: Args) -> Outcome {
             "size_bytes": log.size(),
             "segments": segments.iter().map(|s| serde_json::json!({
                 "name": s.name, "first": s.first, "next": s.next,
-                "size": s.size, "sealed": s.sealed,
+                "size": s.size, "sealed": s.sealed, "capacity": s.capacity,
             })).collect::<Vec<_>>(),
             "torn_tail_cut": report.torn_tail.as_ref().map(|t| t.bytes_cut),
             "entries": counts.entries,
@@ -116,13 +116,14 @@ pub(crate) fn run(args: Args) -> Outcome {
     }
     println!("segments:");
     for s in &segments {
+        let state = match (s.sealed, s.capacity) {
+            (true, _) => "sealed".to_owned(),
+            (false, 0) => "active".to_owned(),
+            (false, capacity) => format!("active, written out to {capacity} bytes"),
+        };
         println!(
-            "  {}\tentries {}..{}\t{} bytes\t{}",
-            s.name,
-            s.first,
-            s.next,
-            s.size,
-            if s.sealed { "sealed" } else { "active" }
+            "  {}\tentries {}..{}\t{} bytes\t{state}",
+            s.name, s.first, s.next, s.size,
         );
     }
     println!(

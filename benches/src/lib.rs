@@ -164,6 +164,46 @@ pub fn median_by<T: Copy>(values: &[T], key: impl Fn(&T) -> f64) -> T {
     sorted[sorted.len() / 2]
 }
 
+/// Longest warm-up a benchmark waits for spare segments before it measures
+/// anyway (and says so).
+pub const WARMUP_MAX: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Whether every bus's log has moved onto a segment written out ahead
+/// (`sluice::log::SegmentInfo::capacity`): the steady state of a log that
+/// has been written to for a while.
+pub fn prewritten<'a>(buses: impl IntoIterator<Item = &'a sluice::bus::Bus>) -> bool {
+    buses
+        .into_iter()
+        .all(|bus| bus.segments().last().is_some_and(|s| s.capacity > 0))
+}
+
+/// Runs `load` (which must end soon after its flag is set) until `ready()`
+/// or [`WARMUP_MAX`]; returns the seconds it took and whether it got there.
+pub async fn warm_up<F>(
+    ready: impl Fn() -> bool,
+    load: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) -> F,
+) -> BenchResult<(f64, bool)>
+where
+    F: std::future::Future<Output = BenchResult<()>>,
+{
+    let started = std::time::Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = load(std::sync::Arc::clone(&stop));
+    let watch = async {
+        while !ready() && started.elapsed() < WARMUP_MAX {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((), loaded) = tokio::join!(watch, running);
+    loaded?;
+    let ok = ready();
+    if !ok {
+        eprintln!("warning: no written-out segment after {WARMUP_MAX:?} of warm-up");
+    }
+    Ok((started.elapsed().as_secs_f64(), ok))
+}
+
 pub mod cluster;
 pub mod probe;
 pub mod workload;

@@ -14,6 +14,13 @@
 //! thread outside the runtime (timer slack 1 ns), which polls the receipts
 //! itself, so the generator adds no task or wake-up per event to the
 //! runtime it measures; it reports how late it sent.
+//!
+//! Each row runs on a fresh bus. With spare segments on (`--prewrite on`,
+//! the default, as in production) the row first warms up until the log has
+//! moved onto a segment written out with zeros, so that it measures the
+//! steady state of a log that has been written to for a while, not a fresh
+//! log's first, growing segment; `--prewrite both` runs every row both
+//! ways, for a comparison within one run.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -28,7 +35,7 @@ use hdrhistogram::Histogram;
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe, scratch};
+use sluice_benches::{ReportArgs, bench_root, latency_histogram, prewritten, probe, scratch};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -52,6 +59,17 @@ struct Row {
     /// For a paced row: how late the load generator sent, p99 (its own
     /// error, included in the latencies above).
     sender_late_p99_us: Option<f64>,
+    /// Whether the log wrote spare segments out ahead.
+    prewrite: bool,
+    /// Seconds of warm-up until the log was on a written-out segment.
+    warmup_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Prewrite {
+    On,
+    Off,
+    Both,
 }
 
 const PAYLOAD: usize = 256;
@@ -65,10 +83,23 @@ struct Args {
     /// (e.g. "16 producers, closed", "offered", "durable").
     #[arg(long)]
     only: Option<String>,
+    /// Spare segments written out ahead of the log (production default:
+    /// on), off, or both (every row twice, off first).
+    #[arg(long, value_enum, default_value = "on")]
+    prewrite: Prewrite,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let Args { report: args, only } = Args::parse();
+    let Args {
+        report: args,
+        only,
+        prewrite,
+    } = Args::parse();
+    let prewrites: &[bool] = match prewrite {
+        Prewrite::On => &[true],
+        Prewrite::Off => &[false],
+        Prewrite::Both => &[false, true],
+    };
     let wanted = |load: Load, durability: Durability| {
         only.as_ref().is_none_or(|text| {
             let durability = match durability {
@@ -96,8 +127,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rows = Vec::new();
     for durability in [Durability::Sync, Durability::Buffer] {
         for load in loads {
-            if wanted(load, durability) {
-                rows.push(runtime.block_on(run(&root, load, durability, seconds))?);
+            for &prewrite in prewrites {
+                if wanted(load, durability) {
+                    let row = run(&root, load, durability, prewrite, seconds);
+                    rows.push(runtime.block_on(row)?);
+                }
             }
         }
     }
@@ -105,8 +139,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         producers: 16,
         per_sec: 100_000,
     };
-    if wanted(rate, Durability::Buffer) {
-        rows.push(runtime.block_on(run(&root, rate, Durability::Buffer, seconds))?);
+    for &prewrite in prewrites {
+        if wanted(rate, Durability::Buffer) {
+            let row = run(&root, rate, Durability::Buffer, prewrite, seconds);
+            rows.push(runtime.block_on(row)?);
+        }
     }
     let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
     let fsync_p99_us = fsync_before.p99_ns.max(fsync_after.p99_ns) as f64 / 1000.0;
@@ -124,16 +161,19 @@ async fn run(
     root: &std::path::Path,
     load: Load,
     durability: Durability,
+    prewrite: bool,
     seconds: f64,
 ) -> Result<Row, Box<dyn Error>> {
     let dir = scratch(root, "bus")?;
     let config = BusConfig {
         durability,
         inflight_per_producer_max: 64,
+        prewrite,
         ..BusConfig::default()
     };
     let bus = Bus::open_with_config(dir.path(), config).await?;
     bus.create_topic(TOPIC, 16, TopicConfig::default()).await?;
+    let warmup_s = if prewrite { warm_up(&bus).await? } else { 0.0 };
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let duration = Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -193,7 +233,35 @@ async fn run(
         p99_us: us(0.99),
         p999_us: us(0.999),
         sender_late_p99_us,
+        prewrite,
+        warmup_s,
     })
+}
+
+/// Publishes from 16 closed-loop producers (latencies discarded) until the
+/// log's active segment is one written out ahead. Returns the seconds it
+/// took.
+async fn warm_up(bus: &Bus) -> Result<f64, Box<dyn Error>> {
+    let load = |stop: Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut tasks = Vec::new();
+        for p in 0..16 {
+            let (bus, stop) = (bus.clone(), Arc::clone(&stop));
+            tasks.push(tokio::spawn(async move {
+                let mut producer = bus.producer().await?;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    producer.publish(message(p)).await?;
+                }
+                Ok::<(), sluice::bus::BusError>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    };
+    let warmed = sluice_benches::warm_up(|| prewritten([bus]), load).await;
+    let (seconds, _) = warmed.map_err(|e| -> Box<dyn Error> { e })?;
+    Ok(seconds)
 }
 
 fn message(producer: u64) -> Message {
@@ -355,12 +423,19 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
     println!(
         "disk fdatasync after a 4 KiB append, same run: p50 {fsync_p50_us:.0} µs, p99 {fsync_p99_us:.0} µs\n"
     );
-    println!("| load | durability | events/s | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| load | durability | spare segments | events/s | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
     for row in rows {
         let load = describe(row.load);
+        let prewrite = if row.prewrite {
+            format!("on (warm-up {:.1} s)", row.warmup_s)
+        } else {
+            "off".to_owned()
+        };
         println!(
-            "| {load} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            "| {load} | {} | {prewrite} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
             row.durability,
             row.events_per_sec,
             row.p50_us,

@@ -18,6 +18,10 @@
 //! Every node writes to the same disk and runs on the same cores as the
 //! others and the clients: a 3-node figure here pays three fsyncs and three
 //! state machines on one machine, which a real cluster spreads out.
+//!
+//! Each row warms up (16 closed-loop producers, latencies discarded) until
+//! every node's log has moved onto a segment written out ahead
+//! (`log/spare.rs`): the steady state of a cluster that has been running.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -52,6 +56,9 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Seconds of warm-up until every node's log was on a written-out
+    /// segment.
+    warmup_s: f64,
 }
 
 const PAYLOAD: usize = 256;
@@ -69,6 +76,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .enable_all()
         .build()?;
     let fsync_before = probe::append_sync_latency(&root, 500, 4096)?;
+    let overwrite_before = probe::overwrite_sync_latency(&root, 500, 4096)?;
     let loads = [
         Load::Closed { producers: 16 },
         Load::Pipelined {
@@ -86,17 +94,23 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     }
     let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
+    let overwrite_after = probe::overwrite_sync_latency(&root, 500, 4096)?;
     let fsync_p99_us = fsync_before.p99_ns.max(fsync_after.p99_ns) as f64 / 1000.0;
     let fsync_p50_us = fsync_before.p50_ns.max(fsync_after.p50_ns) as f64 / 1000.0;
+    let overwrite_p99_us = overwrite_before.p99_ns.max(overwrite_after.p99_ns) as f64 / 1000.0;
+    let overwrite_p50_us = overwrite_before.p50_ns.max(overwrite_after.p50_ns) as f64 / 1000.0;
     if args.json {
         let out = serde_json::json!({
             "fsync_p50_us": fsync_p50_us,
             "fsync_p99_us": fsync_p99_us,
+            "overwrite_fsync_p50_us": overwrite_p50_us,
+            "overwrite_fsync_p99_us": overwrite_p99_us,
             "rows": rows,
         });
         println!("{out}");
     } else {
-        print_table(&rows, fsync_p50_us, fsync_p99_us);
+        let overwrite = (overwrite_p50_us, overwrite_p99_us);
+        print_table(&rows, fsync_p50_us, fsync_p99_us, overwrite);
     }
     Ok(())
 }
@@ -110,6 +124,7 @@ async fn run(
 ) -> Outcome<Row> {
     let (_dir, members, client) = sluice_benches::cluster::start(root, nodes, durability).await?;
     client.create_topic(TOPIC, PARTITIONS).await?;
+    let warmup_s = warm_up(&client, &members).await?;
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let (producers, batch) = match load {
         Load::Closed { producers } => (producers, 1),
@@ -124,9 +139,10 @@ async fn run(
     let mut tasks = Vec::new();
     for (p, producer) in ready.into_iter().enumerate() {
         let histogram = Arc::clone(&histogram);
-        tasks.push(tokio::spawn(produce(
-            producer, p as u64, batch, until, histogram,
-        )));
+        tasks.push(tokio::spawn(async move {
+            let mut producer = producer;
+            produce(&mut producer, p as u64, batch, until, histogram).await
+        }));
     }
     for task in tasks {
         task.await??;
@@ -149,13 +165,48 @@ async fn run(
         p50_us: us(0.5),
         p99_us: us(0.99),
         p999_us: us(0.999),
+        warmup_s,
     })
+}
+
+/// Publishes from 16 closed-loop producers (latencies discarded) until
+/// every member's log is on a segment written out ahead; returns the
+/// seconds it took.
+async fn warm_up(
+    client: &sluice_net::client::Client,
+    members: &[sluice_net::node::ClusterNode],
+) -> Outcome<f64> {
+    let mut producers = Vec::new();
+    for _ in 0..16 {
+        producers.push(client.producer().await?);
+    }
+    let load = |stop: Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut tasks = Vec::new();
+        for (p, mut producer) in producers.into_iter().enumerate() {
+            let stop = Arc::clone(&stop);
+            tasks.push(tokio::spawn(async move {
+                let discard = Arc::new(Mutex::new(latency_histogram()));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let slice = Instant::now() + Duration::from_millis(50);
+                    produce(&mut producer, p as u64, 1, slice, Arc::clone(&discard)).await?;
+                }
+                Ok::<(), Box<dyn Error + Send + Sync>>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    };
+    let ready = || sluice_benches::prewritten(members.iter().map(|m| m.bus()));
+    let (seconds, _) = sluice_benches::warm_up(ready, load).await?;
+    Ok(seconds)
 }
 
 /// Publishes `batch` events per request until `until`, recording each
 /// event's latency (the request's) in `histogram`.
 async fn produce(
-    mut producer: RemoteProducer,
+    producer: &mut RemoteProducer,
     p: u64,
     batch: usize,
     until: Instant,
@@ -186,14 +237,18 @@ async fn produce(
     Ok(())
 }
 
-fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
+fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f64, f64)) {
+    let (overwrite_p50_us, overwrite_p99_us) = overwrite;
     println!(
-        "disk fdatasync after a 4 KiB append, same run: p50 {fsync_p50_us:.0} µs, p99 {fsync_p99_us:.0} µs\n"
+        "disk fdatasync after a 4 KiB append, same run: p50 {fsync_p50_us:.0} µs, p99 {fsync_p99_us:.0} µs"
     );
     println!(
-        "| nodes | load | durability | events/s | vs 1 node | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 |"
+        "disk fdatasync after a 4 KiB overwrite in a written file: p50 {overwrite_p50_us:.0} µs, p99 {overwrite_p99_us:.0} µs\n"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| nodes | load | durability | events/s | vs 1 node | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 | p99 / overwrite fsync p99 | warm-up s |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let load = match row.load {
             Load::Closed { producers } => format!("{producers} producers, closed loop"),
@@ -210,7 +265,7 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
             })
             .map_or(f64::NAN, |r| row.events_per_sec / r.events_per_sec);
         println!(
-            "| {} | {load} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {load} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
             row.nodes,
             row.durability,
             row.events_per_sec,
@@ -218,7 +273,9 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64) {
             row.p50_us,
             row.p99_us,
             row.p999_us,
-            row.p99_us / fsync_p99_us
+            row.p99_us / fsync_p99_us,
+            row.p99_us / overwrite_p99_us,
+            row.warmup_s
         );
     }
 }

@@ -50,3 +50,38 @@ pub async fn start(
     }
     Ok((dir, nodes, client))
 }
+
+/// Warms a cluster up for [`crate::warm_up`]: 16 closed-loop remote
+/// producers publish 256 B events to `topic` (latencies discarded) until
+/// every node's log is on a segment written out ahead. Returns the seconds
+/// it took.
+pub async fn warm_up(client: &Client, nodes: &[ClusterNode], topic: &str) -> BenchResult<f64> {
+    let mut producers = Vec::new();
+    for _ in 0..16 {
+        producers.push(client.producer().await?);
+    }
+    let load = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut tasks = Vec::new();
+        for (p, mut producer) in producers.into_iter().enumerate() {
+            let (stop, topic) = (stop.clone(), topic.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let payload = bytes::Bytes::from(vec![b'w'; 256]);
+                let key = bytes::Bytes::from((p as u64).to_le_bytes().to_vec());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let headers = sluice::event::Headers::default();
+                    let event = producer
+                        .stamp(&topic, key.clone(), payload.clone(), headers)
+                        .await?;
+                    producer.publish(vec![event]).await?;
+                }
+                Ok::<(), crate::BenchError>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    };
+    let ready = || crate::prewritten(nodes.iter().map(ClusterNode::bus));
+    Ok(crate::warm_up(ready, load).await?.0)
+}

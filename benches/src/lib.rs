@@ -204,6 +204,33 @@ where
     Ok((started.elapsed().as_secs_f64(), ok))
 }
 
+/// Warms `bus` up for [`warm_up`]: 16 closed-loop producers publish
+/// 256 B events to `topic` (latencies discarded) until its log is on a
+/// segment written out ahead. Returns the seconds it took.
+pub async fn warm_up_bus(bus: &sluice::bus::Bus, topic: &str) -> BenchResult<f64> {
+    let load = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut tasks = Vec::new();
+        for p in 0u64..16 {
+            let (bus, stop, topic) = (bus.clone(), stop.clone(), topic.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut producer = bus.producer().await?;
+                let payload = bytes::Bytes::from(vec![b'w'; 256]);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let message = sluice::bus::Message::new(topic.as_str(), payload.clone())
+                        .key(p.to_le_bytes().to_vec());
+                    producer.publish(message).await?;
+                }
+                Ok::<(), sluice::bus::BusError>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    };
+    Ok(warm_up(|| prewritten([bus]), load).await?.0)
+}
+
 pub mod cluster;
 pub mod probe;
 pub mod workload;

@@ -108,6 +108,15 @@ impl Target {
                 let bus = Bus::open_with_config(dir.path(), config).await?;
                 bus.create_topic(&topic, PARTITIONS, TopicConfig::default())
                     .await?;
+                // The steady state of a log written to for a while: on a
+                // segment written out ahead (`log/spare.rs`). On a topic
+                // of its own, which the read-back never sees.
+                let warm = format!("{topic}-warm-up");
+                bus.create_topic(&warm, PARTITIONS, TopicConfig::default())
+                    .await?;
+                sluice_benches::warm_up_bus(&bus, &warm)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(Session::Embedded {
                     bus,
                     topic,
@@ -119,6 +128,11 @@ impl Target {
                     .await
                     .map_err(|e| e.to_string())?;
                 client.create_topic(&topic, PARTITIONS).await?;
+                let warm = format!("{topic}-warm-up");
+                client.create_topic(&warm, PARTITIONS).await?;
+                sluice_benches::cluster::warm_up(&client, &nodes, &warm)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(Session::Cluster {
                     nodes,
                     client,

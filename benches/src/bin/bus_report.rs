@@ -35,7 +35,7 @@ use hdrhistogram::Histogram;
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_benches::{ReportArgs, bench_root, latency_histogram, prewritten, probe, scratch};
+use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe, scratch};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -185,7 +185,12 @@ async fn run(
     };
     let bus = Bus::open_with_config(dir.path(), config).await?;
     bus.create_topic(TOPIC, 16, TopicConfig::default()).await?;
-    let warmup_s = if prewrite { warm_up(&bus).await? } else { 0.0 };
+    let warmup_s = if prewrite {
+        let warmed = sluice_benches::warm_up_bus(&bus, TOPIC).await;
+        warmed.map_err(|e| -> Box<dyn Error> { e })?
+    } else {
+        0.0
+    };
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let duration = Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -248,32 +253,6 @@ async fn run(
         prewrite,
         warmup_s,
     })
-}
-
-/// Publishes from 16 closed-loop producers (latencies discarded) until the
-/// log's active segment is one written out ahead. Returns the seconds it
-/// took.
-async fn warm_up(bus: &Bus) -> Result<f64, Box<dyn Error>> {
-    let load = |stop: Arc<std::sync::atomic::AtomicBool>| async move {
-        let mut tasks = Vec::new();
-        for p in 0..16 {
-            let (bus, stop) = (bus.clone(), Arc::clone(&stop));
-            tasks.push(tokio::spawn(async move {
-                let mut producer = bus.producer().await?;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    producer.publish(message(p)).await?;
-                }
-                Ok::<(), sluice::bus::BusError>(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        Ok(())
-    };
-    let warmed = sluice_benches::warm_up(|| prewritten([bus]), load).await;
-    let (seconds, _) = warmed.map_err(|e| -> Box<dyn Error> { e })?;
-    Ok(seconds)
 }
 
 fn message(producer: u64) -> Message {

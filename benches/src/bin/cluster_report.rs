@@ -124,7 +124,7 @@ async fn run(
 ) -> Outcome<Row> {
     let (_dir, members, client) = sluice_benches::cluster::start(root, nodes, durability).await?;
     client.create_topic(TOPIC, PARTITIONS).await?;
-    let warmup_s = warm_up(&client, &members).await?;
+    let warmup_s = sluice_benches::cluster::warm_up(&client, &members, TOPIC).await?;
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let (producers, batch) = match load {
         Load::Closed { producers } => (producers, 1),
@@ -139,10 +139,9 @@ async fn run(
     let mut tasks = Vec::new();
     for (p, producer) in ready.into_iter().enumerate() {
         let histogram = Arc::clone(&histogram);
-        tasks.push(tokio::spawn(async move {
-            let mut producer = producer;
-            produce(&mut producer, p as u64, batch, until, histogram).await
-        }));
+        tasks.push(tokio::spawn(produce(
+            producer, p as u64, batch, until, histogram,
+        )));
     }
     for task in tasks {
         task.await??;
@@ -169,44 +168,10 @@ async fn run(
     })
 }
 
-/// Publishes from 16 closed-loop producers (latencies discarded) until
-/// every member's log is on a segment written out ahead; returns the
-/// seconds it took.
-async fn warm_up(
-    client: &sluice_net::client::Client,
-    members: &[sluice_net::node::ClusterNode],
-) -> Outcome<f64> {
-    let mut producers = Vec::new();
-    for _ in 0..16 {
-        producers.push(client.producer().await?);
-    }
-    let load = |stop: Arc<std::sync::atomic::AtomicBool>| async move {
-        let mut tasks = Vec::new();
-        for (p, mut producer) in producers.into_iter().enumerate() {
-            let stop = Arc::clone(&stop);
-            tasks.push(tokio::spawn(async move {
-                let discard = Arc::new(Mutex::new(latency_histogram()));
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let slice = Instant::now() + Duration::from_millis(50);
-                    produce(&mut producer, p as u64, 1, slice, Arc::clone(&discard)).await?;
-                }
-                Ok::<(), Box<dyn Error + Send + Sync>>(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        Ok(())
-    };
-    let ready = || sluice_benches::prewritten(members.iter().map(|m| m.bus()));
-    let (seconds, _) = sluice_benches::warm_up(ready, load).await?;
-    Ok(seconds)
-}
-
 /// Publishes `batch` events per request until `until`, recording each
 /// event's latency (the request's) in `histogram`.
 async fn produce(
-    producer: &mut RemoteProducer,
+    mut producer: RemoteProducer,
     p: u64,
     batch: usize,
     until: Instant,

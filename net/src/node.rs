@@ -448,17 +448,32 @@ impl NodeService {
         self.ensure_leader()?;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
+            #[cfg(feature = "stage-trace")]
+            let _ = crate::tcp::TRACE_REQUEST.try_with(|&request| {
+                let stamp = sluice::trace::stamp_key(
+                    event.producer.id,
+                    event.partition,
+                    event.producer.sequence,
+                );
+                sluice::trace::link(request, stamp);
+            });
             pending.push(self.bus.send_stamped(event).await);
         }
         let mut outcomes = Vec::with_capacity(pending.len());
         for sent in pending {
             let outcome = match sent {
                 Ok(receipt) => match receipt.wait().await {
-                    Ok(receipt) => PublishOutcome::Appended {
-                        partition: receipt.partition,
-                        offset: receipt.offset,
-                        duplicate: receipt.duplicate,
-                    },
+                    Ok(receipt) => {
+                        #[cfg(feature = "stage-trace")]
+                        let _ = crate::tcp::TRACE_REQUEST.try_with(|&request| {
+                            sluice::trace::record(request, sluice::trace::Stage::Woken)
+                        });
+                        PublishOutcome::Appended {
+                            partition: receipt.partition,
+                            offset: receipt.offset,
+                            duplicate: receipt.duplicate,
+                        }
+                    }
                     // A definite refusal by the state machine: nothing was
                     // appended for this event.
                     Err(error @ (BusError::Publish(_) | BusError::Event(_))) => {

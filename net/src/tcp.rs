@@ -400,6 +400,10 @@ impl Connection {
         let _permit = self.inflight.acquire().await.expect("never closed");
         let request_id = self.request_id_next.fetch_add(1, Ordering::Relaxed);
         let (waiter, response) = oneshot::channel();
+        let _traced = request.kind == crate::protocol::KIND_CLIENT;
+        if _traced {
+            sluice::stage!(request_id, ClientCall);
+        }
         self.shared.register(request_id, waiter).map_err(closed)?;
         let _guard = PendingGuard {
             shared: &self.shared,
@@ -420,6 +424,9 @@ impl Connection {
         let Ok(frame) = response.await else {
             return Err(closed(self.shared.reason()));
         };
+        if _traced {
+            sluice::stage!(request_id, ClientDone);
+        }
         match frame.header.role {
             Role::Response => Ok(frame.body),
             Role::Failure => Err(TransportError::Remote {
@@ -481,6 +488,9 @@ async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -
                 "the server sent a request on a client connection; it is not a Sluice node",
             ));
         }
+        if frame.header.kind == crate::protocol::KIND_CLIENT {
+            sluice::stage!(frame.header.request_id, ClientRead);
+        }
         shared.complete(frame);
     }
     Ok(())
@@ -495,8 +505,34 @@ async fn write_loop(
 ) -> io::Result<()> {
     while let Some(frame) = frames.recv().await {
         write.write_all(&frame).await?;
+        #[cfg(feature = "stage-trace")]
+        trace_written(&frame);
     }
     Ok(())
+}
+
+#[cfg(feature = "stage-trace")]
+tokio::task_local! {
+    /// The request id of the client request a handler serves.
+    pub(crate) static TRACE_REQUEST: u64;
+}
+
+/// Records the client frames in `frames` (whole frames, back to back) as
+/// written.
+#[cfg(feature = "stage-trace")]
+fn trace_written(mut frames: &[u8]) {
+    while frames.len() >= wire::HEADER_SIZE {
+        let length = u32::from_le_bytes(frames[4..8].try_into().unwrap()) as usize;
+        if frames[13] == crate::protocol::KIND_CLIENT {
+            let request_id = u64::from_le_bytes(frames[20..28].try_into().unwrap());
+            if frames[14] == 0 {
+                sluice::stage!(request_id, ClientWritten);
+            } else {
+                sluice::stage!(request_id, ServerWritten);
+            }
+        }
+        frames = &frames[(wire::HEADER_SIZE + length).min(frames.len())..];
+    }
 }
 
 /// Reads the next frame; `None` at a clean end of the stream (between
@@ -715,6 +751,9 @@ async fn server_read_loop<H: Handler>(
                 ),
             ));
         }
+        if frame.header.kind == crate::protocol::KIND_CLIENT {
+            sluice::stage!(frame.header.request_id, ServerRead);
+        }
         let permit = Arc::clone(&inflight)
             .acquire_owned()
             .await
@@ -890,7 +929,13 @@ async fn answer<H: Handler>(
         group,
         body: frame.body,
     };
-    let (role, body) = match handler.handle(source, request).await {
+    if kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(request_id, HandlerStart);
+    }
+    let handled = handler.handle(source, request);
+    #[cfg(feature = "stage-trace")]
+    let handled = TRACE_REQUEST.scope(request_id, handled);
+    let (role, body) = match handled.await {
         Ok(body) if body.len() <= BODY_SIZE_MAX => (Role::Response, body),
         Ok(body) => (
             Role::Failure,
@@ -917,6 +962,9 @@ async fn answer<H: Handler>(
             request_id,
             "the connection closed before the response was sent"
         );
+    }
+    if kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(request_id, ResponseQueued);
     }
 }
 

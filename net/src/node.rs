@@ -277,6 +277,25 @@ impl NodeService {
             return self.raft.handle(source, request).await;
         }
         let response = match decode::<ClientRequest>(&request.body, "client request") {
+            Ok(ClientRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max,
+                wait_ms,
+            }) => {
+                // Reading and encoding up to FETCH_EVENTS_MAX events takes
+                // a while: on a task of its own, so that the requests
+                // sharing this connection (served on its task) go on.
+                let bus = self.bus.clone();
+                let fetched = tokio::spawn(async move {
+                    let fetched = fetch(&bus, &topic, partition, offset, max, wait_ms).await;
+                    encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
+                });
+                return fetched.await.map_err(|error| {
+                    HandlerError::new(format!("the fetch failed on this node: {error}"))
+                });
+            }
             Ok(request) => self.client(request).await,
             Err(message) => ClientResponse::Error {
                 message,
@@ -300,7 +319,7 @@ impl NodeService {
                 offset,
                 max,
                 wait_ms,
-            } => self.fetch(&topic, partition, offset, max, wait_ms).await,
+            } => fetch(&self.bus, &topic, partition, offset, max, wait_ms).await,
             ClientRequest::Group { group, member } => Ok(self.group(&group, &member)),
             ClientRequest::Committed {
                 group,
@@ -310,43 +329,7 @@ impl NodeService {
                 self.bus.committed(&group, &topic, partition),
             )),
         };
-        result.unwrap_or_else(|error| self.refusal(error))
-    }
-
-    /// The answer to a failed request: where the leader is, or why.
-    fn refusal(&self, error: BusError) -> ClientResponse {
-        match error {
-            BusError::NotLeader {
-                leader_id,
-                leader_address,
-            } => {
-                let leader = match (leader_id, leader_address) {
-                    (Some(id), Some(address)) => Some((id, address)),
-                    (Some(id), None) => self.address_of(id).map(|address| (id, address)),
-                    _ => None,
-                };
-                ClientResponse::NotLeader { leader }
-            }
-            error => {
-                let retry = matches!(
-                    error,
-                    BusError::Raft(_)
-                        | BusError::Timeout(_)
-                        | BusError::Closed
-                        | BusError::Storage(_)
-                );
-                ClientResponse::Error {
-                    message: error.to_string(),
-                    retry,
-                }
-            }
-        }
-    }
-
-    fn address_of(&self, id: NodeId) -> Option<String> {
-        let metrics = self.bus.raft().metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        membership.get_node(&id).map(|node| node.addr.clone())
+        result.unwrap_or_else(|error| refusal(&self.bus, error))
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {
@@ -496,47 +479,6 @@ impl NodeService {
         Ok(ClientResponse::Published(outcomes))
     }
 
-    async fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max: u32,
-        wait_ms: u32,
-    ) -> Result<ClientResponse, BusError> {
-        let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
-        let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let (deliveries, next) = self.bus.read(topic, partition, offset, max)?;
-            let now = tokio::time::Instant::now();
-            if !deliveries.is_empty() || now >= deadline {
-                let range = self
-                    .bus
-                    .state()
-                    .partition_range(topic, partition)
-                    .unwrap_or((0, 0));
-                let events = deliveries
-                    .into_iter()
-                    .map(|delivery| FetchedEvent {
-                        offset: delivery.offset,
-                        key: delivery.key,
-                        payload: delivery.payload,
-                        headers: delivery.headers,
-                        producer: delivery.producer,
-                        timestamp_ms: delivery.timestamp_ms,
-                    })
-                    .collect();
-                return Ok(ClientResponse::Fetched {
-                    events,
-                    next,
-                    range,
-                });
-            }
-            self.bus.wait_applied(deadline - now).await?;
-        }
-    }
-
     fn group(&self, group: &str, member: &str) -> ClientResponse {
         let state = self.bus.state();
         let Some(info) = state.group(group) else {
@@ -562,6 +504,81 @@ impl NodeService {
             generation: info.generation,
             assignment,
         }
+    }
+}
+
+/// The answer to a failed request: where the leader is, or why.
+fn refusal(bus: &Bus, error: BusError) -> ClientResponse {
+    match error {
+        BusError::NotLeader {
+            leader_id,
+            leader_address,
+        } => {
+            let leader = match (leader_id, leader_address) {
+                (Some(id), Some(address)) => Some((id, address)),
+                (Some(id), None) => address_of(bus, id).map(|address| (id, address)),
+                _ => None,
+            };
+            ClientResponse::NotLeader { leader }
+        }
+        error => {
+            let retry = matches!(
+                error,
+                BusError::Raft(_) | BusError::Timeout(_) | BusError::Closed | BusError::Storage(_)
+            );
+            ClientResponse::Error {
+                message: error.to_string(),
+                retry,
+            }
+        }
+    }
+}
+
+fn address_of(bus: &Bus, id: NodeId) -> Option<String> {
+    let metrics = bus.raft().metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    membership.get_node(&id).map(|node| node.addr.clone())
+}
+
+/// Reads a partition from `offset`, waiting up to `wait_ms` for a first
+/// event.
+async fn fetch(
+    bus: &Bus,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max: u32,
+    wait_ms: u32,
+) -> Result<ClientResponse, BusError> {
+    let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
+    let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (deliveries, next) = bus.read(topic, partition, offset, max)?;
+        let now = tokio::time::Instant::now();
+        if !deliveries.is_empty() || now >= deadline {
+            let range = bus
+                .state()
+                .partition_range(topic, partition)
+                .unwrap_or((0, 0));
+            let events = deliveries
+                .into_iter()
+                .map(|delivery| FetchedEvent {
+                    offset: delivery.offset,
+                    key: delivery.key,
+                    payload: delivery.payload,
+                    headers: delivery.headers,
+                    producer: delivery.producer,
+                    timestamp_ms: delivery.timestamp_ms,
+                })
+                .collect();
+            return Ok(ClientResponse::Fetched {
+                events,
+                next,
+                range,
+            });
+        }
+        bus.wait_applied(deadline - now).await?;
     }
 }
 

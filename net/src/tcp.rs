@@ -13,6 +13,14 @@
 //! with [`TransportError::Unreachable`] instead of piling up on a dead
 //! address.
 //!
+//! The server serves each connection on one task, with no task and no
+//! channel per request: it reads requests, polls their handlers' futures
+//! beside each other on that task, and writes the responses that are ready
+//! together in one write. A handler with long work of its own runs it on
+//! a task of its own (the node does so for fetches). Reading waits while
+//! [`INFLIGHT_PER_CONNECTION_MAX`] requests are handled or about 1 MiB of
+//! responses waits to be written.
+//!
 //! ### Fault model
 //! - The network may lose, delay or cut anything; every call is bounded by
 //!   [`TcpConfig::call_timeout`], connection attempts by
@@ -27,24 +35,27 @@
 //!   warning naming the peer and the reason, and nothing else is affected.
 //!   A client closes its connection the same way on a bad response.
 //! - A handler that panics leaves its call unanswered: the caller times
-//!   out, and the panic is logged.
+//!   out, and the panic is logged; the connection's other calls carry on.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice::io::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
 
 use crate::auth::{self, AUTH_TIMEOUT, KIND_AUTH, Secret};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
@@ -718,56 +729,77 @@ async fn serve_connection<H: Handler>(
         }
     }
     let (read, write) = stream.into_split();
-    let (responses, frames) = mpsc::channel(INFLIGHT_PER_CONNECTION_MAX);
-    let result = tokio::select! {
-        result = write_loop(write, frames) => result,
-        result = server_read_loop(read, buf, node, handler, responses) => result,
-    };
+    let result = serve_requests(read, write, buf, node, &*handler).await;
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
         Err(error) => warn!(%peer, reason = %error, "closing the connection"),
     }
 }
 
-/// Reads requests and hands each to the handler in its own task; at most
-/// [`INFLIGHT_PER_CONNECTION_MAX`] at once, after which reading waits.
-async fn server_read_loop<H: Handler>(
+/// Serves one connection's requests in this one task: reads frames, runs
+/// each request's handler here (its future polled beside the others, no
+/// task per request), and writes responses as they are ready, all that
+/// are ready in one write. Reading waits while
+/// [`INFLIGHT_PER_CONNECTION_MAX`] requests are being handled or more than
+/// [`RESPONSE_BYTES_SOFT_MAX`] of responses wait to be written (a peer
+/// that sends but does not read is not answered into unbounded memory).
+async fn serve_requests<H: Handler>(
     mut read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     node: NodeId,
-    handler: Arc<H>,
-    responses: mpsc::Sender<Bytes>,
+    handler: &H,
 ) -> io::Result<()> {
-    // Dropping the set (when the connection ends) aborts unfinished calls.
-    let mut calls = JoinSet::new();
-    let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
-    while let Some(frame) = read_frame(&mut read, &mut buf).await? {
-        if frame.header.role != Role::Request {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a {:?} frame arrived on a server connection",
-                    frame.header.role
-                ),
-            ));
-        }
-        if frame.header.kind == crate::protocol::KIND_CLIENT {
-            sluice::stage!(frame.header.request_id, ServerRead);
-        }
-        let permit = Arc::clone(&inflight)
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        while let Some(result) = calls.try_join_next() {
-            if let Err(error) = result {
-                log_task_end(&error);
+    // Dropping the set (when the connection ends) drops unfinished calls.
+    let mut calls = FuturesUnordered::new();
+    // Responses encoded and not yet written, whole frames back to back.
+    let mut out = BytesMut::new();
+    loop {
+        let reading =
+            calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
+        tokio::select! {
+            // Answers first, then writing them, then more requests: a
+            // burst of answers goes out in one write.
+            biased;
+            Some(response) = calls.next(), if !calls.is_empty() => {
+                if let Some(response) = response {
+                    encode_response(&mut out, node, response);
+                }
+            }
+            written = write.write(&out), if !out.is_empty() => {
+                let written = written?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                #[cfg(feature = "stage-trace")]
+                trace_written(&out[..written]);
+                out.advance(written);
+            }
+            frame = read_frame(&mut read, &mut buf), if reading => {
+                let Some(frame) = frame? else {
+                    return Ok(());
+                };
+                if frame.header.role != Role::Request {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a {:?} frame arrived on a server connection",
+                            frame.header.role
+                        ),
+                    ));
+                }
+                if frame.header.kind == crate::protocol::KIND_CLIENT {
+                    sluice::stage!(frame.header.request_id, ServerRead);
+                }
+                calls.push(answer(handler, frame));
             }
         }
-        let handler = Arc::clone(&handler);
-        calls.spawn(answer(node, handler, frame, responses.clone(), permit));
     }
-    Ok(())
 }
+
+/// Bytes of responses waiting to be written above which a connection
+/// reads no further requests until they are written.
+const RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 
 /// Sends a challenge, checks the answer, and proves this node to the peer
 /// in turn (see [`crate::auth`]); returns the node id the peer proved.
@@ -909,33 +941,48 @@ async fn answer_challenge(
     Ok(())
 }
 
-/// Runs the handler on one request and queues its response.
-async fn answer<H: Handler>(
-    node: NodeId,
-    handler: Arc<H>,
-    frame: Frame,
-    responses: mpsc::Sender<Bytes>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Header {
-        kind,
-        group,
-        request_id,
-        source,
-        ..
-    } = frame.header;
+/// A handled request: its header and the handler's result.
+type Answered = (Header, Result<Bytes, HandlerError>);
+
+/// Runs the handler on one request. `None` if the handler panicked: the
+/// panic is logged and the call left unanswered (the caller times out);
+/// the connection and its other calls carry on.
+async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
+    let header = frame.header;
     let request = Request {
-        kind,
-        group,
+        kind: header.kind,
+        group: header.group,
         body: frame.body,
     };
-    if kind == crate::protocol::KIND_CLIENT {
-        sluice::stage!(request_id, HandlerStart);
+    if header.kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(header.request_id, HandlerStart);
     }
-    let handled = handler.handle(source, request);
+    let handled = AssertUnwindSafe(handler.handle(header.source, request)).catch_unwind();
     #[cfg(feature = "stage-trace")]
-    let handled = TRACE_REQUEST.scope(request_id, handled);
-    let (role, body) = match handled.await {
+    let handled = TRACE_REQUEST.scope(header.request_id, handled);
+    match handled.await {
+        Ok(result) => Some((header, result)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(
+                kind = header.kind,
+                request_id = header.request_id,
+                source = header.source,
+                %message,
+                "a request handler panicked; the request is left unanswered"
+            );
+            None
+        }
+    }
+}
+
+/// Appends the response frame of a handled request to `out`.
+fn encode_response(out: &mut BytesMut, node: NodeId, (request, result): Answered) {
+    let (role, body) = match result {
         Ok(body) if body.len() <= BODY_SIZE_MAX => (Role::Response, body),
         Ok(body) => (
             Role::Failure,
@@ -950,21 +997,14 @@ async fn answer<H: Handler>(
     let body = body.slice(..body.len().min(BODY_SIZE_MAX));
     let header = Header {
         role,
-        kind,
-        group,
-        request_id,
+        kind: request.kind,
+        group: request.group,
+        request_id: request.request_id,
         source: node,
     };
-    let mut buf = BytesMut::new();
-    wire::encode_into(&mut buf, &header, &body);
-    if responses.send(buf.freeze()).await.is_err() {
-        debug!(
-            request_id,
-            "the connection closed before the response was sent"
-        );
-    }
-    if kind == crate::protocol::KIND_CLIENT {
-        sluice::stage!(request_id, ResponseQueued);
+    wire::encode_into(out, &header, &body);
+    if request.kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(request.request_id, ResponseQueued);
     }
 }
 

@@ -507,17 +507,48 @@ async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -
     Ok(())
 }
 
-/// Writes each frame from `frames`, whole, until the senders are gone.
-/// Frames are never cut: a call that gives up has handed over its frame
-/// already or not at all.
+/// Writes each frame from `frames`, whole, until the senders are gone;
+/// the frames already queued when it wakes go out together, small ones
+/// copied into one write. Frames are never cut: a call that gives up has
+/// handed over its frame already or not at all.
 async fn write_loop(
     mut write: impl AsyncWrite + Unpin,
     mut frames: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
-    while let Some(frame) = frames.recv().await {
-        write.write_all(&frame).await?;
+    let mut batch = BytesMut::new();
+    while let Some(mut frame) = frames.recv().await {
+        loop {
+            if frame.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+                write.write_all(&frame).await?;
+                #[cfg(feature = "stage-trace")]
+                trace_written(&frame);
+            } else {
+                batch.extend_from_slice(&frame);
+            }
+            if batch.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+            }
+            match frames.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        flush(&mut write, &mut batch).await?;
+    }
+    Ok(())
+}
+
+/// Frames from this size on are written on their own, not copied into a
+/// batch; a batch is written once it reaches it.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+async fn flush(write: &mut (impl AsyncWrite + Unpin), batch: &mut BytesMut) -> io::Result<()> {
+    if !batch.is_empty() {
+        write.write_all(batch).await?;
         #[cfg(feature = "stage-trace")]
-        trace_written(&frame);
+        trace_written(batch);
+        batch.clear();
     }
     Ok(())
 }
@@ -1011,6 +1042,48 @@ fn encode_response(out: &mut BytesMut, node: NodeId, (request, result): Answered
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Records every write it is given, whole.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_together_in_order_and_large_ones_alone() {
+        let (sender, frames) = mpsc::channel(16);
+        let large = Bytes::from(vec![9u8; COALESCE_BYTES_MAX]);
+        for frame in [
+            Bytes::from_static(b"one"),
+            Bytes::from_static(b"two"),
+            large.clone(),
+            Bytes::from_static(b"three"),
+        ] {
+            sender.send(frame).await.unwrap();
+        }
+        drop(sender);
+        let mut writes = Writes::default();
+        write_loop(&mut writes, frames).await.unwrap();
+        let expected: Vec<Vec<u8>> = vec![b"onetwo".to_vec(), large.to_vec(), b"three".to_vec()];
+        assert_eq!(writes.0, expected);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -333,14 +333,21 @@ impl NodeService {
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.bus.raft().metrics().borrow_watched().clone();
+        let receiver = self.bus.raft().metrics();
+        let metrics = receiver.borrow_watched();
         let id = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&id)?;
         Some((id, address.addr.clone()))
     }
 
-    /// Refuses with `NotLeader` unless this node leads.
+    /// Refuses with `NotLeader` unless this node leads. Runs for every
+    /// publish: it reads the metrics in place rather than copying them.
     fn ensure_leader(&self) -> Result<(), BusError> {
+        let leads =
+            self.bus.raft().metrics().borrow_watched().current_leader == Some(self.bus.node_id());
+        if leads {
+            return Ok(());
+        }
         let leader = self.leader();
         if leader.as_ref().map(|(id, _)| *id) == Some(self.bus.node_id()) {
             return Ok(());

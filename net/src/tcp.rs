@@ -13,11 +13,14 @@
 //! with [`TransportError::Unreachable`] instead of piling up on a dead
 //! address.
 //!
-//! The server serves each connection on one task, with no task and no
-//! channel per request: it reads requests, polls their handlers' futures
-//! beside each other on that task, and writes the responses that are ready
-//! together in one write. A handler with long work of its own runs it on
-//! a task of its own (the node does so for fetches). Reading waits while
+//! The server serves each connection on one task, with no channel per
+//! request: it reads requests, polls the handlers' futures of small ones
+//! beside each other on that task (no task per request), and writes the
+//! responses that are ready together in one write. A request of 8 KiB or
+//! more (a batch of events, a Raft append with entries) is handled on a
+//! task of its own, so that decoding it runs beside the reading; a handler
+//! with long work of its own runs it on a task too (the node does so for
+//! fetches). Reading waits while
 //! [`INFLIGHT_PER_CONNECTION_MAX`] requests are handled or about 1 MiB of
 //! responses waits to be written.
 //!
@@ -47,6 +50,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -760,7 +764,7 @@ async fn serve_connection<H: Handler>(
         }
     }
     let (read, write) = stream.into_split();
-    let result = serve_requests(read, write, buf, node, &*handler).await;
+    let result = serve_requests(read, write, buf, node, &handler).await;
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
         Err(error) => warn!(%peer, reason = %error, "closing the connection"),
@@ -779,10 +783,11 @@ async fn serve_requests<H: Handler>(
     mut write: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     node: NodeId,
-    handler: &H,
+    handler: &Arc<H>,
 ) -> io::Result<()> {
-    // Dropping the set (when the connection ends) drops unfinished calls.
-    let mut calls = FuturesUnordered::new();
+    // Dropping the set (when the connection ends) drops unfinished calls
+    // (and aborts the spawned ones).
+    let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
     // Responses encoded and not yet written, whole frames back to back.
     let mut out = BytesMut::new();
     loop {
@@ -822,9 +827,48 @@ async fn serve_requests<H: Handler>(
                 if frame.header.kind == crate::protocol::KIND_CLIENT {
                     sluice::stage!(frame.header.request_id, ServerRead);
                 }
-                calls.push(answer(handler, frame));
+                if frame.body.len() < SPAWN_BODY_BYTES_MIN {
+                    calls.push(Box::pin(answer(&**handler, frame)));
+                } else {
+                    // Decoding a large request is work another worker
+                    // can do while this task reads on.
+                    let handler = Arc::clone(handler);
+                    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
+                    calls.push(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
+                        Ok(answered) => answered,
+                        Err(error) => {
+                            log_task_end(&error);
+                            None
+                        }
+                    })));
+                }
             }
         }
+    }
+}
+
+/// Requests with a body of this size or more (batches of events, Raft
+/// appends carrying entries) are handled on a task of their own; smaller
+/// ones on the connection's task.
+const SPAWN_BODY_BYTES_MIN: usize = 8 * 1024;
+
+/// A spawned task, aborted when dropped unfinished.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -28,6 +28,17 @@ pub mod raft;
 pub mod state;
 #[cfg(feature = "planted-bugs")]
 pub mod testing;
+#[cfg(feature = "stage-trace")]
+pub mod trace;
+
+/// Records a stage when the `stage-trace` feature is on; nothing otherwise.
+#[macro_export]
+macro_rules! stage {
+    ($key:expr, $stage:ident) => {
+        #[cfg(feature = "stage-trace")]
+        $crate::trace::record($key, $crate::trace::Stage::$stage);
+    };
+}
 
 /// The README's code blocks, compiled and run as doc tests.
 #[doc = include_str!("../../README.md")]

@@ -277,6 +277,25 @@ impl NodeService {
             return self.raft.handle(source, request).await;
         }
         let response = match decode::<ClientRequest>(&request.body, "client request") {
+            Ok(ClientRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max,
+                wait_ms,
+            }) => {
+                // Reading and encoding up to FETCH_EVENTS_MAX events takes
+                // a while: on a task of its own, so that the requests
+                // sharing this connection (served on its task) go on.
+                let bus = self.bus.clone();
+                let fetched = tokio::spawn(async move {
+                    let fetched = fetch(&bus, &topic, partition, offset, max, wait_ms).await;
+                    encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
+                });
+                return fetched.await.map_err(|error| {
+                    HandlerError::new(format!("the fetch failed on this node: {error}"))
+                });
+            }
             Ok(request) => self.client(request).await,
             Err(message) => ClientResponse::Error {
                 message,
@@ -300,7 +319,7 @@ impl NodeService {
                 offset,
                 max,
                 wait_ms,
-            } => self.fetch(&topic, partition, offset, max, wait_ms).await,
+            } => fetch(&self.bus, &topic, partition, offset, max, wait_ms).await,
             ClientRequest::Group { group, member } => Ok(self.group(&group, &member)),
             ClientRequest::Committed {
                 group,
@@ -310,54 +329,25 @@ impl NodeService {
                 self.bus.committed(&group, &topic, partition),
             )),
         };
-        result.unwrap_or_else(|error| self.refusal(error))
-    }
-
-    /// The answer to a failed request: where the leader is, or why.
-    fn refusal(&self, error: BusError) -> ClientResponse {
-        match error {
-            BusError::NotLeader {
-                leader_id,
-                leader_address,
-            } => {
-                let leader = match (leader_id, leader_address) {
-                    (Some(id), Some(address)) => Some((id, address)),
-                    (Some(id), None) => self.address_of(id).map(|address| (id, address)),
-                    _ => None,
-                };
-                ClientResponse::NotLeader { leader }
-            }
-            error => {
-                let retry = matches!(
-                    error,
-                    BusError::Raft(_)
-                        | BusError::Timeout(_)
-                        | BusError::Closed
-                        | BusError::Storage(_)
-                );
-                ClientResponse::Error {
-                    message: error.to_string(),
-                    retry,
-                }
-            }
-        }
-    }
-
-    fn address_of(&self, id: NodeId) -> Option<String> {
-        let metrics = self.bus.raft().metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        membership.get_node(&id).map(|node| node.addr.clone())
+        result.unwrap_or_else(|error| refusal(&self.bus, error))
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.bus.raft().metrics().borrow_watched().clone();
+        let receiver = self.bus.raft().metrics();
+        let metrics = receiver.borrow_watched();
         let id = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&id)?;
         Some((id, address.addr.clone()))
     }
 
-    /// Refuses with `NotLeader` unless this node leads.
+    /// Refuses with `NotLeader` unless this node leads. Runs for every
+    /// publish: it reads the metrics in place rather than copying them.
     fn ensure_leader(&self) -> Result<(), BusError> {
+        let leads =
+            self.bus.raft().metrics().borrow_watched().current_leader == Some(self.bus.node_id());
+        if leads {
+            return Ok(());
+        }
         let leader = self.leader();
         if leader.as_ref().map(|(id, _)| *id) == Some(self.bus.node_id()) {
             return Ok(());
@@ -448,17 +438,32 @@ impl NodeService {
         self.ensure_leader()?;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
+            #[cfg(feature = "stage-trace")]
+            let _ = crate::tcp::TRACE_REQUEST.try_with(|&request| {
+                let stamp = sluice::trace::stamp_key(
+                    event.producer.id,
+                    event.partition,
+                    event.producer.sequence,
+                );
+                sluice::trace::link(request, stamp);
+            });
             pending.push(self.bus.send_stamped(event).await);
         }
         let mut outcomes = Vec::with_capacity(pending.len());
         for sent in pending {
             let outcome = match sent {
                 Ok(receipt) => match receipt.wait().await {
-                    Ok(receipt) => PublishOutcome::Appended {
-                        partition: receipt.partition,
-                        offset: receipt.offset,
-                        duplicate: receipt.duplicate,
-                    },
+                    Ok(receipt) => {
+                        #[cfg(feature = "stage-trace")]
+                        let _ = crate::tcp::TRACE_REQUEST.try_with(|&request| {
+                            sluice::trace::record(request, sluice::trace::Stage::Woken)
+                        });
+                        PublishOutcome::Appended {
+                            partition: receipt.partition,
+                            offset: receipt.offset,
+                            duplicate: receipt.duplicate,
+                        }
+                    }
                     // A definite refusal by the state machine: nothing was
                     // appended for this event.
                     Err(error @ (BusError::Publish(_) | BusError::Event(_))) => {
@@ -479,47 +484,6 @@ impl NodeService {
             outcomes.push(outcome);
         }
         Ok(ClientResponse::Published(outcomes))
-    }
-
-    async fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max: u32,
-        wait_ms: u32,
-    ) -> Result<ClientResponse, BusError> {
-        let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
-        let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let (deliveries, next) = self.bus.read(topic, partition, offset, max)?;
-            let now = tokio::time::Instant::now();
-            if !deliveries.is_empty() || now >= deadline {
-                let range = self
-                    .bus
-                    .state()
-                    .partition_range(topic, partition)
-                    .unwrap_or((0, 0));
-                let events = deliveries
-                    .into_iter()
-                    .map(|delivery| FetchedEvent {
-                        offset: delivery.offset,
-                        key: delivery.key,
-                        payload: delivery.payload,
-                        headers: delivery.headers,
-                        producer: delivery.producer,
-                        timestamp_ms: delivery.timestamp_ms,
-                    })
-                    .collect();
-                return Ok(ClientResponse::Fetched {
-                    events,
-                    next,
-                    range,
-                });
-            }
-            self.bus.wait_applied(deadline - now).await?;
-        }
     }
 
     fn group(&self, group: &str, member: &str) -> ClientResponse {
@@ -547,6 +511,81 @@ impl NodeService {
             generation: info.generation,
             assignment,
         }
+    }
+}
+
+/// The answer to a failed request: where the leader is, or why.
+fn refusal(bus: &Bus, error: BusError) -> ClientResponse {
+    match error {
+        BusError::NotLeader {
+            leader_id,
+            leader_address,
+        } => {
+            let leader = match (leader_id, leader_address) {
+                (Some(id), Some(address)) => Some((id, address)),
+                (Some(id), None) => address_of(bus, id).map(|address| (id, address)),
+                _ => None,
+            };
+            ClientResponse::NotLeader { leader }
+        }
+        error => {
+            let retry = matches!(
+                error,
+                BusError::Raft(_) | BusError::Timeout(_) | BusError::Closed | BusError::Storage(_)
+            );
+            ClientResponse::Error {
+                message: error.to_string(),
+                retry,
+            }
+        }
+    }
+}
+
+fn address_of(bus: &Bus, id: NodeId) -> Option<String> {
+    let metrics = bus.raft().metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    membership.get_node(&id).map(|node| node.addr.clone())
+}
+
+/// Reads a partition from `offset`, waiting up to `wait_ms` for a first
+/// event.
+async fn fetch(
+    bus: &Bus,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max: u32,
+    wait_ms: u32,
+) -> Result<ClientResponse, BusError> {
+    let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
+    let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (deliveries, next) = bus.read(topic, partition, offset, max)?;
+        let now = tokio::time::Instant::now();
+        if !deliveries.is_empty() || now >= deadline {
+            let range = bus
+                .state()
+                .partition_range(topic, partition)
+                .unwrap_or((0, 0));
+            let events = deliveries
+                .into_iter()
+                .map(|delivery| FetchedEvent {
+                    offset: delivery.offset,
+                    key: delivery.key,
+                    payload: delivery.payload,
+                    headers: delivery.headers,
+                    producer: delivery.producer,
+                    timestamp_ms: delivery.timestamp_ms,
+                })
+                .collect();
+            return Ok(ClientResponse::Fetched {
+                events,
+                next,
+                range,
+            });
+        }
+        bus.wait_applied(deadline - now).await?;
     }
 }
 

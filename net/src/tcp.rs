@@ -13,6 +13,17 @@
 //! with [`TransportError::Unreachable`] instead of piling up on a dead
 //! address.
 //!
+//! The server serves each connection on one task, with no channel per
+//! request: it reads requests, polls the handlers' futures of small ones
+//! beside each other on that task (no task per request), and writes the
+//! responses that are ready together in one write. A request of 8 KiB or
+//! more (a batch of events, a Raft append with entries) is handled on a
+//! task of its own, so that decoding it runs beside the reading; a handler
+//! with long work of its own runs it on a task too (the node does so for
+//! fetches). Reading waits while
+//! [`INFLIGHT_PER_CONNECTION_MAX`] requests are handled or about 1 MiB of
+//! responses waits to be written.
+//!
 //! ### Fault model
 //! - The network may lose, delay or cut anything; every call is bounded by
 //!   [`TcpConfig::call_timeout`], connection attempts by
@@ -27,24 +38,28 @@
 //!   warning naming the peer and the reason, and nothing else is affected.
 //!   A client closes its connection the same way on a bad response.
 //! - A handler that panics leaves its call unanswered: the caller times
-//!   out, and the panic is logged.
+//!   out, and the panic is logged; the connection's other calls carry on.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice::io::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
 
 use crate::auth::{self, AUTH_TIMEOUT, KIND_AUTH, Secret};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
@@ -400,6 +415,10 @@ impl Connection {
         let _permit = self.inflight.acquire().await.expect("never closed");
         let request_id = self.request_id_next.fetch_add(1, Ordering::Relaxed);
         let (waiter, response) = oneshot::channel();
+        let _traced = request.kind == crate::protocol::KIND_CLIENT;
+        if _traced {
+            sluice::stage!(request_id, ClientCall);
+        }
         self.shared.register(request_id, waiter).map_err(closed)?;
         let _guard = PendingGuard {
             shared: &self.shared,
@@ -420,6 +439,9 @@ impl Connection {
         let Ok(frame) = response.await else {
             return Err(closed(self.shared.reason()));
         };
+        if _traced {
+            sluice::stage!(request_id, ClientDone);
+        }
         match frame.header.role {
             Role::Response => Ok(frame.body),
             Role::Failure => Err(TransportError::Remote {
@@ -481,22 +503,82 @@ async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -
                 "the server sent a request on a client connection; it is not a Sluice node",
             ));
         }
+        if frame.header.kind == crate::protocol::KIND_CLIENT {
+            sluice::stage!(frame.header.request_id, ClientRead);
+        }
         shared.complete(frame);
     }
     Ok(())
 }
 
-/// Writes each frame from `frames`, whole, until the senders are gone.
-/// Frames are never cut: a call that gives up has handed over its frame
-/// already or not at all.
+/// Writes each frame from `frames`, whole, until the senders are gone;
+/// the frames already queued when it wakes go out together, small ones
+/// copied into one write. Frames are never cut: a call that gives up has
+/// handed over its frame already or not at all.
 async fn write_loop(
     mut write: impl AsyncWrite + Unpin,
     mut frames: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
-    while let Some(frame) = frames.recv().await {
-        write.write_all(&frame).await?;
+    let mut batch = BytesMut::new();
+    while let Some(mut frame) = frames.recv().await {
+        loop {
+            if frame.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+                write.write_all(&frame).await?;
+                #[cfg(feature = "stage-trace")]
+                trace_written(&frame);
+            } else {
+                batch.extend_from_slice(&frame);
+            }
+            if batch.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+            }
+            match frames.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        flush(&mut write, &mut batch).await?;
     }
     Ok(())
+}
+
+/// Frames from this size on are written on their own, not copied into a
+/// batch; a batch is written once it reaches it.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+async fn flush(write: &mut (impl AsyncWrite + Unpin), batch: &mut BytesMut) -> io::Result<()> {
+    if !batch.is_empty() {
+        write.write_all(batch).await?;
+        #[cfg(feature = "stage-trace")]
+        trace_written(batch);
+        batch.clear();
+    }
+    Ok(())
+}
+
+#[cfg(feature = "stage-trace")]
+tokio::task_local! {
+    /// The request id of the client request a handler serves.
+    pub(crate) static TRACE_REQUEST: u64;
+}
+
+/// Records the client frames in `frames` (whole frames, back to back) as
+/// written.
+#[cfg(feature = "stage-trace")]
+fn trace_written(mut frames: &[u8]) {
+    while frames.len() >= wire::HEADER_SIZE {
+        let length = u32::from_le_bytes(frames[4..8].try_into().unwrap()) as usize;
+        if frames[13] == crate::protocol::KIND_CLIENT {
+            let request_id = u64::from_le_bytes(frames[20..28].try_into().unwrap());
+            if frames[14] == 0 {
+                sluice::stage!(request_id, ClientWritten);
+            } else {
+                sluice::stage!(request_id, ServerWritten);
+            }
+        }
+        frames = &frames[(wire::HEADER_SIZE + length).min(frames.len())..];
+    }
 }
 
 /// Reads the next frame; `None` at a clean end of the stream (between
@@ -682,53 +764,117 @@ async fn serve_connection<H: Handler>(
         }
     }
     let (read, write) = stream.into_split();
-    let (responses, frames) = mpsc::channel(INFLIGHT_PER_CONNECTION_MAX);
-    let result = tokio::select! {
-        result = write_loop(write, frames) => result,
-        result = server_read_loop(read, buf, node, handler, responses) => result,
-    };
+    let result = serve_requests(read, write, buf, node, &handler).await;
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
         Err(error) => warn!(%peer, reason = %error, "closing the connection"),
     }
 }
 
-/// Reads requests and hands each to the handler in its own task; at most
-/// [`INFLIGHT_PER_CONNECTION_MAX`] at once, after which reading waits.
-async fn server_read_loop<H: Handler>(
+/// Serves one connection's requests in this one task: reads frames, runs
+/// each request's handler here (its future polled beside the others, no
+/// task per request), and writes responses as they are ready, all that
+/// are ready in one write. Reading waits while
+/// [`INFLIGHT_PER_CONNECTION_MAX`] requests are being handled or more than
+/// [`RESPONSE_BYTES_SOFT_MAX`] of responses wait to be written (a peer
+/// that sends but does not read is not answered into unbounded memory).
+async fn serve_requests<H: Handler>(
     mut read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     node: NodeId,
-    handler: Arc<H>,
-    responses: mpsc::Sender<Bytes>,
+    handler: &Arc<H>,
 ) -> io::Result<()> {
-    // Dropping the set (when the connection ends) aborts unfinished calls.
-    let mut calls = JoinSet::new();
-    let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
-    while let Some(frame) = read_frame(&mut read, &mut buf).await? {
-        if frame.header.role != Role::Request {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a {:?} frame arrived on a server connection",
-                    frame.header.role
-                ),
-            ));
-        }
-        let permit = Arc::clone(&inflight)
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        while let Some(result) = calls.try_join_next() {
-            if let Err(error) = result {
-                log_task_end(&error);
+    // Dropping the set (when the connection ends) drops unfinished calls
+    // (and aborts the spawned ones).
+    let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
+    // Responses encoded and not yet written, whole frames back to back.
+    let mut out = BytesMut::new();
+    loop {
+        let reading =
+            calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
+        tokio::select! {
+            // Answers first, then writing them, then more requests: a
+            // burst of answers goes out in one write.
+            biased;
+            Some(response) = calls.next(), if !calls.is_empty() => {
+                if let Some(response) = response {
+                    encode_response(&mut out, node, response);
+                }
+            }
+            written = write.write(&out), if !out.is_empty() => {
+                let written = written?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                #[cfg(feature = "stage-trace")]
+                trace_written(&out[..written]);
+                out.advance(written);
+            }
+            frame = read_frame(&mut read, &mut buf), if reading => {
+                let Some(frame) = frame? else {
+                    return Ok(());
+                };
+                if frame.header.role != Role::Request {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a {:?} frame arrived on a server connection",
+                            frame.header.role
+                        ),
+                    ));
+                }
+                if frame.header.kind == crate::protocol::KIND_CLIENT {
+                    sluice::stage!(frame.header.request_id, ServerRead);
+                }
+                if frame.body.len() < SPAWN_BODY_BYTES_MIN {
+                    calls.push(Box::pin(answer(&**handler, frame)));
+                } else {
+                    // Decoding a large request is work another worker
+                    // can do while this task reads on.
+                    let handler = Arc::clone(handler);
+                    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
+                    calls.push(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
+                        Ok(answered) => answered,
+                        Err(error) => {
+                            log_task_end(&error);
+                            None
+                        }
+                    })));
+                }
             }
         }
-        let handler = Arc::clone(&handler);
-        calls.spawn(answer(node, handler, frame, responses.clone(), permit));
     }
-    Ok(())
 }
+
+/// Requests with a body of this size or more (batches of events, Raft
+/// appends carrying entries) are handled on a task of their own; smaller
+/// ones on the connection's task.
+const SPAWN_BODY_BYTES_MIN: usize = 8 * 1024;
+
+/// A spawned task, aborted when dropped unfinished.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Bytes of responses waiting to be written above which a connection
+/// reads no further requests until they are written.
+const RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 
 /// Sends a challenge, checks the answer, and proves this node to the peer
 /// in turn (see [`crate::auth`]); returns the node id the peer proved.
@@ -870,27 +1016,48 @@ async fn answer_challenge(
     Ok(())
 }
 
-/// Runs the handler on one request and queues its response.
-async fn answer<H: Handler>(
-    node: NodeId,
-    handler: Arc<H>,
-    frame: Frame,
-    responses: mpsc::Sender<Bytes>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Header {
-        kind,
-        group,
-        request_id,
-        source,
-        ..
-    } = frame.header;
+/// A handled request: its header and the handler's result.
+type Answered = (Header, Result<Bytes, HandlerError>);
+
+/// Runs the handler on one request. `None` if the handler panicked: the
+/// panic is logged and the call left unanswered (the caller times out);
+/// the connection and its other calls carry on.
+async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
+    let header = frame.header;
     let request = Request {
-        kind,
-        group,
+        kind: header.kind,
+        group: header.group,
         body: frame.body,
     };
-    let (role, body) = match handler.handle(source, request).await {
+    if header.kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(header.request_id, HandlerStart);
+    }
+    let handled = AssertUnwindSafe(handler.handle(header.source, request)).catch_unwind();
+    #[cfg(feature = "stage-trace")]
+    let handled = TRACE_REQUEST.scope(header.request_id, handled);
+    match handled.await {
+        Ok(result) => Some((header, result)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(
+                kind = header.kind,
+                request_id = header.request_id,
+                source = header.source,
+                %message,
+                "a request handler panicked; the request is left unanswered"
+            );
+            None
+        }
+    }
+}
+
+/// Appends the response frame of a handled request to `out`.
+fn encode_response(out: &mut BytesMut, node: NodeId, (request, result): Answered) {
+    let (role, body) = match result {
         Ok(body) if body.len() <= BODY_SIZE_MAX => (Role::Response, body),
         Ok(body) => (
             Role::Failure,
@@ -905,24 +1072,62 @@ async fn answer<H: Handler>(
     let body = body.slice(..body.len().min(BODY_SIZE_MAX));
     let header = Header {
         role,
-        kind,
-        group,
-        request_id,
+        kind: request.kind,
+        group: request.group,
+        request_id: request.request_id,
         source: node,
     };
-    let mut buf = BytesMut::new();
-    wire::encode_into(&mut buf, &header, &body);
-    if responses.send(buf.freeze()).await.is_err() {
-        debug!(
-            request_id,
-            "the connection closed before the response was sent"
-        );
+    wire::encode_into(out, &header, &body);
+    if request.kind == crate::protocol::KIND_CLIENT {
+        sluice::stage!(request.request_id, ResponseQueued);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Records every write it is given, whole.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_together_in_order_and_large_ones_alone() {
+        let (sender, frames) = mpsc::channel(16);
+        let large = Bytes::from(vec![9u8; COALESCE_BYTES_MAX]);
+        for frame in [
+            Bytes::from_static(b"one"),
+            Bytes::from_static(b"two"),
+            large.clone(),
+            Bytes::from_static(b"three"),
+        ] {
+            sender.send(frame).await.unwrap();
+        }
+        drop(sender);
+        let mut writes = Writes::default();
+        write_loop(&mut writes, frames).await.unwrap();
+        let expected: Vec<Vec<u8>> = vec![b"onetwo".to_vec(), large.to_vec(), b"three".to_vec()];
+        assert_eq!(writes.0, expected);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

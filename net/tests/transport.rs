@@ -28,6 +28,13 @@ const KIND_FAIL: u8 = 2;
 /// Sleeps for the milliseconds in the body's first 8 bytes (little-endian),
 /// then echoes the body.
 const KIND_SLOW: u8 = 3;
+/// Panics.
+const KIND_PANIC: u8 = 4;
+/// Counts the call in `BIG_ANSWERS` and answers `BIG_ANSWER_SIZE` bytes.
+const KIND_BIG: u8 = 5;
+
+static BIG_ANSWERS: AtomicUsize = AtomicUsize::new(0);
+const BIG_ANSWER_SIZE: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct TestHandler;
@@ -44,6 +51,11 @@ impl Handler for TestHandler {
                 ms.copy_from_slice(&request.body[..8]);
                 tokio::time::sleep(Duration::from_millis(u64::from_le_bytes(ms))).await;
                 Ok(request.body)
+            }
+            KIND_PANIC => panic!("a handler panics on purpose"),
+            KIND_BIG => {
+                BIG_ANSWERS.fetch_add(1, Ordering::SeqCst);
+                Ok(Bytes::from(vec![7; BIG_ANSWER_SIZE]))
             }
             _ => Err(HandlerError::new("refused on purpose")),
         }
@@ -143,6 +155,79 @@ async fn concurrent_calls_share_one_connection_and_match() {
             assert_eq!(response, expected);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_leaves_only_its_own_call_unanswered() {
+    bounded(async {
+        let server = server().await;
+        let (proxy, accepted) = counting_proxy(server.local_address()).await;
+        let short = TcpConfig {
+            call_timeout: Duration::from_millis(500),
+            ..config()
+        };
+        let transport = client(proxy, short);
+        let slow_call = {
+            let transport = transport.clone();
+            tokio::spawn(async move { transport.call(SERVER, slow(300, 1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A small request is handled on the connection's task, a large one
+        // on a task of its own: neither panic takes the connection down.
+        for body in [Bytes::from("boom"), Bytes::from(vec![0; 64 * 1024])] {
+            let panicked = transport.call(SERVER, request(KIND_PANIC, body)).await;
+            assert!(
+                matches!(panicked, Err(TransportError::TimedOut { .. })),
+                "{panicked:?}"
+            );
+        }
+        // The call in flight beside it and later calls are answered on the
+        // same connection.
+        assert!(slow_call.await.unwrap().is_ok());
+        let response = transport.call(SERVER, request(KIND_ECHO, "after")).await;
+        assert_eq!(response.unwrap(), Bytes::from("1/1/9:after"));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_its_answers_is_not_served_without_bound() {
+    bounded(async {
+        let server = server().await;
+        let mut raw = TcpStream::connect(server.local_address()).await.unwrap();
+        const REQUESTS: usize = 1000;
+        let mut frames = BytesMut::new();
+        for request_id in 0..REQUESTS as u64 {
+            let header = Header {
+                role: Role::Request,
+                kind: KIND_BIG,
+                group: 9,
+                request_id,
+                source: CLIENT,
+            };
+            wire::encode_into(&mut frames, &header, b"");
+        }
+        raw.write_all(&frames).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 1000 answers of 64 KiB would be 64 MiB; the server stops reading
+        // once about 1 MiB waits beyond what the sockets hold.
+        let answered = BIG_ANSWERS.load(Ordering::SeqCst);
+        assert!(answered > 0, "the server answered nothing");
+        assert!(
+            answered < REQUESTS / 2,
+            "{answered} of {REQUESTS} requests were handled for a peer that reads nothing"
+        );
+        // Reading the answers lets the server go on.
+        let mut sink = vec![0; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while BIG_ANSWERS.load(Ordering::SeqCst) < REQUESTS && Instant::now() < deadline {
+            let read = raw.read(&mut sink).await.unwrap();
+            assert!(read > 0, "the server closed the connection");
+        }
+        assert_eq!(BIG_ANSWERS.load(Ordering::SeqCst), REQUESTS);
     })
     .await;
 }

@@ -4,8 +4,11 @@
 //! printed beside this disk's own `fdatasync` latency from the same run.
 //!
 //! ```sh
-//! cargo run --release -p sluice-benches --bin cluster_report [-- --quick] [--json]
+//! cargo run --release -p sluice-benches --bin cluster_report [-- --quick] [--json] [--only TEXT]
 //! ```
+//!
+//! `--only "1 node, 16 producers"` runs only the rows whose description
+//! (`{nodes} node(s), {load}, {durability}`) contains the text.
 //!
 //! Loads:
 //! - closed loop: 16 producers, each publishing one event per request and
@@ -68,8 +71,18 @@ const PARTITIONS: u32 = 16;
 type Shared = Arc<Mutex<Histogram<u64>>>;
 type Outcome<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    report: ReportArgs,
+    /// Run only the rows whose description contains this text, e.g.
+    /// "1 node, 16 producers" or "3 nodes, 64 producers × 64 in flight, durable".
+    #[arg(long)]
+    only: Option<String>,
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = ReportArgs::parse();
+    let Args { report: args, only } = Args::parse();
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,6 +101,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     for durability in [Durability::Sync, Durability::Buffer] {
         for nodes in [1, 3] {
             for load in loads {
+                let text = describe(nodes, load, durability);
+                if only
+                    .as_ref()
+                    .is_some_and(|only| !text.contains(only.as_str()))
+                {
+                    continue;
+                }
                 let row = runtime.block_on(run(&root, nodes, load, durability, seconds));
                 rows.push(row.map_err(|e| e.to_string())?);
             }
@@ -147,6 +167,11 @@ async fn run(
         task.await??;
     }
     let elapsed = started.elapsed();
+    #[cfg(feature = "stage-trace")]
+    eprintln!(
+        "{}",
+        sluice::trace::take_report(&describe(nodes, load, durability))
+    );
     for member in members {
         member.shutdown().await?;
     }
@@ -202,6 +227,29 @@ async fn produce(
     Ok(())
 }
 
+/// A row as `--only` matches it: "3 nodes, 16 producers, closed loop, durable".
+fn describe(nodes: u64, load: Load, durability: Durability) -> String {
+    let nodes = if nodes == 1 {
+        "1 node".to_owned()
+    } else {
+        format!("{nodes} nodes")
+    };
+    let durability = match durability {
+        Durability::Sync => "durable",
+        Durability::Buffer => "buffer-only",
+    };
+    format!("{nodes}, {}, {durability}", describe_load(load))
+}
+
+fn describe_load(load: Load) -> String {
+    match load {
+        Load::Closed { producers } => format!("{producers} producers, closed loop"),
+        Load::Pipelined { producers, batch } => {
+            format!("{producers} producers × {batch} in flight")
+        }
+    }
+}
+
 fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f64, f64)) {
     let (overwrite_p50_us, overwrite_p99_us) = overwrite;
     println!(
@@ -215,12 +263,7 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f
     );
     println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
-        let load = match row.load {
-            Load::Closed { producers } => format!("{producers} producers, closed loop"),
-            Load::Pipelined { producers, batch } => {
-                format!("{producers} producers × {batch} in flight")
-            }
-        };
+        let load = describe_load(row.load);
         let single = rows
             .iter()
             .find(|r| {

@@ -61,6 +61,14 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
         .await
         .min(batch_events_max);
         for request in waiting {
+            crate::stage!(
+                crate::trace::stamp_key(
+                    request.event.producer.id,
+                    request.event.partition,
+                    request.event.producer.sequence
+                ),
+                BatchTaken
+            );
             match builder.push(&request.event) {
                 Ok(()) => pending.push(request),
                 Err(EventError::BatchFull { .. }) => {
@@ -96,6 +104,17 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
         return true;
     }
     let waiting = std::mem::take(pending);
+    #[cfg(feature = "stage-trace")]
+    for request in &waiting {
+        crate::stage!(
+            crate::trace::stamp_key(
+                request.event.producer.id,
+                request.event.partition,
+                request.event.producer.sequence
+            ),
+            Proposed
+        );
+    }
     let command = Command {
         timestamp_ms: wall_unix_ms(clock),
         op: Op::Publish(builder.finish()),
@@ -143,6 +162,17 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
 /// Answers each publisher of an applied (or abandoned) batch; runs inside
 /// the state machine's apply.
 fn answer<RT: AsyncRuntime>(result: Option<WriteResult<RT>>, waiting: Vec<Request<RT>>) {
+    #[cfg(feature = "stage-trace")]
+    for request in &waiting {
+        crate::stage!(
+            crate::trace::stamp_key(
+                request.event.producer.id,
+                request.event.partition,
+                request.event.producer.sequence
+            ),
+            Applied
+        );
+    }
     let outcomes = match result {
         Some(Ok(written)) => match written.data {
             Response::Published(outcomes) if outcomes.len() == waiting.len() => Ok(outcomes),

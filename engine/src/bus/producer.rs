@@ -236,6 +236,10 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
             self.gauge.release();
             return Err(BusError::Closed);
         }
+        crate::stage!(
+            crate::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence),
+            Enqueued
+        );
         Ok(PendingReceipt {
             reply: receiver,
             event,
@@ -369,6 +373,10 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             inner.relay.release();
             return Err(BusError::Closed);
         }
+        crate::stage!(
+            crate::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence),
+            Enqueued
+        );
         Ok(PendingReceipt {
             reply: receiver,
             event,

@@ -16,8 +16,9 @@
 //! the follower ends its side there too.
 //!
 //! **Server** ([`Inbound`]): the transport may deliver a stream's requests
-//! in any order (the TCP server runs each request in its own task; the
-//! simulated network reorders), so requests wait in a reorder buffer until
+//! in any order (the TCP server answers a connection's requests as they
+//! finish, not in order; the simulated network reorders), so requests
+//! wait in a reorder buffer until
 //! their sequence number is next, then go, in order, into one
 //! `Raft::stream_append` per stream, whose answers go back in the same
 //! order. A client runs one stream at a time, so a newer stream of the

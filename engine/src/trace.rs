@@ -1,0 +1,214 @@
+//! Stage trace of the client write path (feature `stage-trace`, off in
+//! every normal build; the [`stage!`](crate::stage) call sites expand to
+//! nothing without it).
+//!
+//! Each hop of a publish through the client protocol records a timestamp
+//! keyed by the request id of its frame (transport and node stages) or by
+//! the event's producer stamp (batcher and apply stages); the node links
+//! the two. [`take_report`] joins them per request and prints, for each
+//! hop, the median and 99th percentile of the time since the hop before.
+//! Timestamps come from one process-wide monotonic clock, so the client
+//! and the nodes must run in one process (as `cluster_report` does).
+
+#![allow(clippy::disallowed_methods)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// One hop of a publish, in path order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// The client's transport call starts (request id known).
+    ClientCall,
+    /// The client's writer wrote the request frame.
+    ClientWritten,
+    /// The node's read loop decoded the frame.
+    ServerRead,
+    /// The node's handler for the request starts running.
+    HandlerStart,
+    /// `send_stamped` queued the event for the batcher.
+    Enqueued,
+    /// The batcher took the event into a batch (after its gather).
+    BatchTaken,
+    /// The batcher proposes the batch to Raft.
+    Proposed,
+    /// The state machine applied it; its responder runs.
+    Applied,
+    /// The node's handler has the receipt.
+    Woken,
+    /// The node queued the response frame for writing.
+    ResponseQueued,
+    /// The node's writer wrote the response frame.
+    ServerWritten,
+    /// The client's reader decoded the response frame.
+    ClientRead,
+    /// The client's call returns.
+    ClientDone,
+}
+
+/// Stages in path order, with names.
+pub const STAGES: [(Stage, &str); 13] = [
+    (Stage::ClientCall, "client call"),
+    (Stage::ClientWritten, "client frame written"),
+    (Stage::ServerRead, "node frame read"),
+    (Stage::HandlerStart, "node handler runs"),
+    (Stage::Enqueued, "queued for batcher"),
+    (Stage::BatchTaken, "batcher took it"),
+    (Stage::Proposed, "batch proposed"),
+    (Stage::Applied, "applied, answered"),
+    (Stage::Woken, "node handler has receipt"),
+    (Stage::ResponseQueued, "response queued"),
+    (Stage::ServerWritten, "response written"),
+    (Stage::ClientRead, "client frame read"),
+    (Stage::ClientDone, "client call returns"),
+];
+
+/// Stages keyed by the producer stamp rather than the request id.
+const BY_STAMP: [Stage; 4] = [
+    Stage::Enqueued,
+    Stage::BatchTaken,
+    Stage::Proposed,
+    Stage::Applied,
+];
+
+const LINK: u8 = u8::MAX;
+
+#[derive(Clone, Copy)]
+struct Rec {
+    key: u64,
+    stage: u8,
+    ns: u64,
+}
+
+type Buffer = Arc<Mutex<Vec<Rec>>>;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static LOCAL: RefCell<Option<Buffer>> = const { RefCell::new(None) };
+}
+
+fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn push(rec: Rec) {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let buffer = local.get_or_insert_with(|| {
+            let buffer = Buffer::default();
+            BUFFERS.lock().unwrap().push(Arc::clone(&buffer));
+            buffer
+        });
+        buffer.lock().unwrap().push(rec);
+    });
+}
+
+/// Records that the request or event `key` reached `stage` now.
+pub fn record(key: u64, stage: Stage) {
+    push(Rec {
+        key,
+        stage: stage as u8,
+        ns: now_ns(),
+    });
+}
+
+/// Records that request `request` carries the event stamped `stamp`.
+pub fn link(request: u64, stamp: u64) {
+    push(Rec {
+        key: request,
+        stage: LINK,
+        ns: stamp,
+    });
+}
+
+/// The key of an event by its producer stamp and partition.
+pub fn stamp_key(producer: u64, partition: u32, sequence: u64) -> u64 {
+    producer.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
+        ^ (u64::from(partition) << 48)
+        ^ sequence
+}
+
+/// Joins and clears everything recorded so far; a table of the time each
+/// hop took (median and p99, µs) over the requests seen at every hop.
+pub fn take_report(title: &str) -> String {
+    let mut recs = Vec::new();
+    for buffer in BUFFERS.lock().unwrap().iter() {
+        recs.append(&mut buffer.lock().unwrap());
+    }
+    let mut by_request: HashMap<u64, [Option<u64>; 13]> = HashMap::new();
+    let mut by_stamp: HashMap<u64, [Option<u64>; 13]> = HashMap::new();
+    let mut links: HashMap<u64, u64> = HashMap::new();
+    for rec in recs {
+        if rec.stage == LINK {
+            links.insert(rec.key, rec.ns);
+            continue;
+        }
+        let stamped = BY_STAMP.iter().any(|s| *s as u8 == rec.stage);
+        let map = if stamped {
+            &mut by_stamp
+        } else {
+            &mut by_request
+        };
+        map.entry(rec.key).or_default()[rec.stage as usize] = Some(rec.ns);
+    }
+    let mut rows: Vec<[u64; 13]> = Vec::new();
+    let by_request_len = by_request.len();
+    let mut seen = [0usize; 13];
+    for (request, mut times) in by_request {
+        if let Some(stamp) = links.get(&request) {
+            if let Some(stamped) = by_stamp.get(stamp) {
+                for stage in BY_STAMP {
+                    times[stage as usize] = stamped[stage as usize];
+                }
+            }
+        }
+        for (i, t) in times.iter().enumerate() {
+            seen[i] += usize::from(t.is_some());
+        }
+        if times.iter().all(Option::is_some) {
+            rows.push(times.map(Option::unwrap));
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "\nstage trace: {title}: {} requests", rows.len());
+    if rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "by request {}, by stamp {}, links {}; stages seen per request: {:?}",
+            by_request_len,
+            by_stamp.len(),
+            links.len(),
+            seen
+        );
+    }
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "| hop | p50 µs | p99 µs | mean µs |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    let mut line = |name: &str, mut deltas: Vec<i64>| {
+        deltas.sort_unstable();
+        let at = |q: f64| deltas[((deltas.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        let mean = deltas.iter().sum::<i64>() as f64 / deltas.len() as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {name} | {:.1} | {:.1} | {mean:.1} |",
+            at(0.5),
+            at(0.99)
+        );
+    };
+    for pair in STAGES.windows(2) {
+        let (from, to) = (pair[0].0 as usize, pair[1].0 as usize);
+        let deltas = rows.iter().map(|r| r[to] as i64 - r[from] as i64).collect();
+        line(&format!("{} → {}", pair[0].1, pair[1].1), deltas);
+    }
+    let deltas = rows.iter().map(|r| r[12] as i64 - r[0] as i64).collect();
+    line("end to end (client call → returns)", deltas);
+    out
+}

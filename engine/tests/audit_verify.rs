@@ -439,7 +439,7 @@ fn a_checkpoint_signed_by_an_untrusted_key_is_named() {
         let mut header = target.header;
         header.size = frame::frame_size(new_payload.len()) as u32;
         let mut encoded = Vec::new();
-        frame::encode(&mut encoded, &header, &new_payload);
+        frame::encode(&mut encoded, &header, &new_payload, None);
         b.splice(target.offset..target.offset + size, encoded);
     });
     let finding = first_finding(&fixture.path);

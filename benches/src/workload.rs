@@ -105,6 +105,7 @@ pub fn append(dir: &Path, spec: &AppendSpec) -> BenchResult<AppendResult> {
             kind: 1,
             timestamp_ms,
             payload: &payload,
+            payload_digest: None,
         }));
         next = log.append(&batch, spec.persist)?;
     }
@@ -133,6 +134,7 @@ pub fn append_sync_latency(dir: &Path, samples: u64, payload_size: usize) -> Ben
             kind: 1,
             timestamp_ms,
             payload: &payload,
+            payload_digest: None,
         };
         let start = Instant::now();
         log.append(&[entry], PersistMode::SyncData)?;
@@ -182,6 +184,7 @@ pub fn build(
             kind: 1,
             timestamp_ms,
             payload: &payload,
+            payload_digest: None,
         }));
         log.append(&batch, PersistMode::Buffer)?;
     }
@@ -406,7 +409,7 @@ pub fn encode_only(payload_size: usize, records: u64) -> f64 {
                 link,
                 hash: frame::GENESIS,
             };
-            link = frame::encode(&mut buffer, &header, &payload);
+            link = frame::encode(&mut buffer, &header, &payload, None);
             index += 1;
         }
         std::hint::black_box(&buffer);

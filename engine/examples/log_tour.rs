@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 kind: 1,
                 timestamp_ms: now_ms,
                 payload: &payload,
+                payload_digest: None,
             })
             .collect();
         log.append(&entries, PersistMode::Buffer)?;
@@ -112,6 +113,7 @@ fn crash_demo() -> Result<(), Box<dyn Error>> {
             kind: 1,
             timestamp_ms: 0,
             payload: &payload,
+            payload_digest: None,
         };
         let persist = if index < 10 {
             PersistMode::SyncData

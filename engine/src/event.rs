@@ -25,9 +25,11 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Most events in one batch.
 pub const EVENTS_PER_BATCH_MAX: u32 = 1 << 16;
@@ -420,8 +422,31 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// An encoded, validated batch of events. Cloning shares the bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EventBatch(Bytes);
+///
+/// A batch may also carry a SHA-256 digest of its bytes behind a short
+/// prefix (`EventBatch::digest_with_prefix`): the log's hash chain
+/// covers the digest of each frame's payload, which for a batch is the
+/// codec's prefix then the batch, and computing it where the batch is
+/// made keeps the pass over the bytes off the Raft core. The digest is
+/// not part of the batch's value: equality, `Debug` and serialization
+/// ignore it.
+#[derive(Clone)]
+pub struct EventBatch(Bytes, Option<Arc<PrefixedDigest>>);
+
+/// SHA-256 of `prefix ‖` a batch's bytes.
+#[derive(Debug)]
+struct PrefixedDigest {
+    prefix: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl PartialEq for EventBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for EventBatch {}
 
 impl EventBatch {
     /// Encodes `events` into one batch, validating each.
@@ -437,7 +462,32 @@ impl EventBatch {
     /// every event record. Never panics and never allocates.
     pub fn from_bytes(bytes: Bytes) -> Result<EventBatch, DecodeError> {
         check_batch(&bytes)?;
-        Ok(EventBatch(bytes))
+        Ok(EventBatch(bytes, None))
+    }
+
+    /// SHA-256 of `prefix` followed by the batch's bytes, computed now
+    /// and kept with the batch (clones share it), replacing any digest
+    /// kept before. Computed here, from the batch's own immutable bytes,
+    /// so a kept digest is always that of its prefix and these bytes.
+    pub(crate) fn digest_with_prefix(&mut self, prefix: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(prefix);
+        hasher.update(&self.0);
+        let digest: [u8; 32] = hasher.finalize().into();
+        self.1 = Some(Arc::new(PrefixedDigest {
+            prefix: prefix.to_vec(),
+            digest,
+        }));
+        digest
+    }
+
+    /// The digest kept by `EventBatch::digest_with_prefix`, if it was
+    /// computed with exactly this `prefix`.
+    pub(crate) fn kept_digest_with_prefix(&self, prefix: &[u8]) -> Option<[u8; 32]> {
+        self.1
+            .as_ref()
+            .filter(|kept| kept.prefix == prefix)
+            .map(|kept| kept.digest)
     }
 
     /// Number of events.
@@ -563,7 +613,7 @@ impl BatchBuilder {
         let checksum = batch_checksum(&self.buffer);
         self.buffer[4..8].copy_from_slice(&checksum.to_le_bytes());
         self.count = 0;
-        let batch = EventBatch(self.buffer.split().freeze());
+        let batch = EventBatch(self.buffer.split().freeze(), None);
         debug_assert_eq!(check_batch(&batch.0), Ok(()));
         batch
     }

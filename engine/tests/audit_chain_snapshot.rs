@@ -105,6 +105,7 @@ async fn an_installed_snapshot_anchors_the_chain_like_the_sender() {
             kind: r.kind,
             timestamp_ms: r.timestamp_ms,
             payload: &r.payload,
+            payload_digest: None,
         })
         .collect();
     log.append(&entries, PersistMode::SyncData).unwrap();

@@ -445,7 +445,7 @@ fn a_checkpoint_signed_by_an_untrusted_key_is_named() {
         let mut header = target.header;
         header.size = frame::frame_size(new_payload.len()) as u32;
         let mut encoded = Vec::new();
-        frame::encode(&mut encoded, &header, &new_payload);
+        frame::encode(&mut encoded, &header, &new_payload, None);
         b.splice(target.offset..target.offset + size, encoded);
     });
     let finding = first_finding(&fixture.path);
@@ -559,6 +559,7 @@ fn a_spares_zeros_verify_and_any_other_byte_there_is_named() {
             kind: batch.header.kind,
             timestamp_ms: batch.header.timestamp_ms,
             payload: &payload,
+            payload_digest: None,
         };
         log.append(&[entry], PersistMode::SyncData).unwrap();
     };

@@ -121,6 +121,7 @@ fn apply(
                     kind: 1,
                     timestamp_ms: index,
                     payload,
+                    payload_digest: None,
                 })
                 .collect();
             let mode = if persist {

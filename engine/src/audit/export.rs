@@ -813,6 +813,7 @@ mod tests {
                 kind: 1,
                 timestamp_ms: index as u64,
                 payload,
+                payload_digest: None,
             };
             log.append(&[entry], PersistMode::Buffer).unwrap();
         }

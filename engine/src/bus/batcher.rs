@@ -8,6 +8,11 @@
 //! producer's events reach the log in the order it sent them. A batch's
 //! publishers are answered from the state machine's apply itself (a
 //! [`FnResponder`]), not from a task woken afterwards.
+//!
+//! With the hash chain on, the batcher also computes the entry's payload
+//! digest (`raft::codec::prepare_digest`) before proposing it: the chain's
+//! one pass over the batch's bytes then runs here, beside the Raft core,
+//! instead of on it under the log's lock.
 
 use std::sync::Arc;
 
@@ -43,6 +48,7 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
     clock: Arc<dyn Clock>,
     mut requests: MpscReceiverOf<TypeConfig<RT>, Request<RT>>,
     batch_events_max: usize,
+    digests: bool,
 ) {
     let mut builder = BatchBuilder::new();
     let mut pending = Vec::new();
@@ -72,7 +78,7 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
             match builder.push(&request.event) {
                 Ok(()) => pending.push(request),
                 Err(EventError::BatchFull { .. }) => {
-                    if !submit(&raft, &view, &*clock, &mut builder, &mut pending).await {
+                    if !submit(&raft, &view, &*clock, digests, &mut builder, &mut pending).await {
                         return;
                     }
                     match builder.push(&request.event) {
@@ -85,18 +91,20 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
                 Err(error) => finish(vec![request], |_| Err(BusError::Event(error.clone()))),
             }
         }
-        if !submit(&raft, &view, &*clock, &mut builder, &mut pending).await {
+        if !submit(&raft, &view, &*clock, digests, &mut builder, &mut pending).await {
             return;
         }
     }
 }
 
-/// Proposes the built batch as one entry; its publishers are answered
-/// when it is applied. Returns false once Raft has stopped.
+/// Proposes the built batch as one entry, with its payload digest when
+/// `digests` (the log chains); its publishers are answered when it is
+/// applied. Returns false once Raft has stopped.
 async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
     raft: &Raft<RT, D>,
     view: &StateView<RT>,
     clock: &dyn Clock,
+    digests: bool,
     builder: &mut BatchBuilder,
     pending: &mut Vec<Request<RT>>,
 ) -> bool {
@@ -115,10 +123,13 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
             Proposed
         );
     }
-    let command = Command {
+    let mut command = Command {
         timestamp_ms: wall_unix_ms(clock),
         op: Op::Publish(builder.finish()),
     };
+    if digests {
+        crate::raft::codec::prepare_digest(&mut command);
+    }
     #[cfg(feature = "planted-bugs")]
     if crate::testing::planted::is_planted(crate::testing::planted::Bug::AckBeforeCommit)
         && raft.is_leader()

@@ -250,6 +250,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             clock.clone(),
             requests,
             config.batch_events_max,
+            config.chain == crate::log::ChainMode::Sha256,
         )));
         let (relay_released, _) = TypeConfig::<RT>::watch_channel(0u64);
         let inner = Inner {
@@ -425,10 +426,14 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
 
     /// Proposes one command and waits for its response.
     pub(crate) async fn write(&self, op: Op) -> Result<Response, BusError> {
-        let command = Command {
+        let mut command = Command {
             timestamp_ms: wall_unix_ms(&*self.inner.clock),
             op,
         };
+        if self.inner.config.chain == crate::log::ChainMode::Sha256 {
+            // Off the Raft core (see `raft::codec`).
+            crate::raft::codec::prepare_digest(&mut command);
+        }
         let written = self
             .inner
             .raft

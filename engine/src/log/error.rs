@@ -56,12 +56,25 @@ pub enum Error {
         first: u64,
     },
     /// The data directory was written in format version 1, before the hash
-    /// chain; this code reads only version 2.
+    /// chain; this code reads only frame version 3.
     #[error(
         "{file} is in log format version 1, which predates the hash chain (this sluice \
-         reads format 2); re-replicate this node from a peer or export and re-import the data"
+         reads frame format 3); re-replicate this node from a peer or export and re-import \
+         the data"
     )]
     FormatUnchained {
+        /// The file found in the old format.
+        file: String,
+    },
+    /// The data directory was written in frame format version 2, whose
+    /// chain hash covers whole payloads; this code reads only version 3,
+    /// whose chain hash covers a digest of the payload.
+    #[error(
+        "{file} is in log frame format version 2, whose hash chain covers whole payloads \
+         (this sluice reads frame format 3, which chains payload digests); re-replicate this \
+         node from a peer or export and re-import the data"
+    )]
+    FormatWholePayload {
         /// The file found in the old format.
         file: String,
     },

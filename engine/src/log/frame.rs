@@ -10,11 +10,16 @@ use sha2::{Digest, Sha256};
 
 use crate::constants::{FRAME_HEADER_SIZE, FRAME_SIZE_MAX, PAYLOAD_SIZE_MAX};
 
-/// The only frame format version this code writes and reads.
-pub const VERSION: u8 = 2;
+/// The only frame format version this code writes and reads: the chain
+/// hash covers a SHA-256 digest of the payload ([`chain_hash`]).
+pub const VERSION: u8 = 3;
 
 /// The format before the hash chain; recognised only to name it.
 pub const VERSION_UNCHAINED: u8 = 1;
+
+/// The first chained format, whose chain hash ran over the whole payload
+/// on the Raft core; recognised only to name it.
+pub const VERSION_WHOLE_PAYLOAD: u8 = 2;
 
 /// A SHA-256 chain hash.
 pub type Hash = [u8; 32];
@@ -52,8 +57,9 @@ pub struct Header {
     /// The chain hash of the previous frame (index − 1): [`GENESIS`] for
     /// the first frame of a new log.
     pub link: Hash,
-    /// This frame's chain hash, [`chain_hash`] of `link` and its
-    /// replicated fields. Computed by [`encode`]; ignored on its input.
+    /// This frame's chain hash, [`chain_hash`] of `link`, its replicated
+    /// fields and its payload's digest. Computed by [`encode`]; ignored on
+    /// its input.
     pub hash: Hash,
 }
 
@@ -69,6 +75,9 @@ pub enum FrameError {
     Version { found: u8 },
     /// A frame of format version 1, written before the hash chain existed.
     VersionUnchained,
+    /// A frame of format version 2, whose chain hash covers the whole
+    /// payload instead of its digest.
+    VersionWholePayload,
     /// A zero kind (zeros are never a frame).
     Kind,
     /// Reserved bits are set.
@@ -101,6 +110,12 @@ impl fmt::Display for FrameError {
                  data directory was written by an older sluice and must be re-replicated \
                  from a peer running format {VERSION}"
             ),
+            FrameError::VersionWholePayload => write!(
+                f,
+                "frame format version {VERSION_WHOLE_PAYLOAD} chains whole payloads; this sluice \
+                 writes and reads format {VERSION} (the chain covers a digest of the payload); \
+                 this data directory must be re-replicated from a peer running format {VERSION}"
+            ),
             FrameError::Kind => write!(f, "frame kind is zero"),
             FrameError::Reserved => write!(f, "reserved frame bits are set"),
             FrameError::Checksum { stored, computed } => write!(
@@ -120,33 +135,41 @@ pub fn frame_size(payload_size: usize) -> usize {
     FRAME_HEADER_SIZE + payload_size
 }
 
-/// The chain hash of a frame: SHA-256 of its link, then its replicated
-/// fields (kind, index, term, timestamp, little-endian), then its payload.
-/// `durable_next` and the checksum are left out: they are local to one
-/// node's copy, and every replica must compute the same chain.
+/// The digest of a payload that the chain hash covers: SHA-256 of its
+/// bytes. This is the chain's one pass over the payload. Whoever creates
+/// the payload computes it off the Raft core (the leader's batcher, a
+/// follower's network handler; `raft/codec.rs`) and hands it to
+/// `Log::append` with the entry; the log computes it itself when absent.
 ///
-/// This is the chain's whole cost on the write path. `sha2` 0.10 runs it
-/// on the CPU's SHA extensions (SHA-NI) when the CPU has them, detected
-/// at run time, unless built with its `force-soft` feature (nothing here
-/// enables it); `audit_report` prints the speed and the cost per event.
+/// `sha2` 0.10 runs it on the CPU's SHA extensions (SHA-NI) when the CPU
+/// has them, detected at run time, unless built with its `force-soft`
+/// feature (nothing here enables it); `audit_report` prints the speed.
+pub fn payload_digest(payload: &[u8]) -> Hash {
+    Sha256::digest(payload).into()
+}
+
+/// The chain hash of a frame: SHA-256 of its link, then its replicated
+/// fields (kind, index, term, timestamp, little-endian), then its
+/// payload's digest ([`payload_digest`]): 89 bytes, two SHA-256 blocks
+/// whatever the payload's size. `durable_next` and the checksum are left
+/// out: they are local to one node's copy, and every replica must compute
+/// the same chain.
 pub fn chain_hash(
     link: &Hash,
     kind: u8,
     index: u64,
     term: u64,
     timestamp_ms: u64,
-    payload: &[u8],
+    payload_digest: &Hash,
 ) -> Hash {
-    let mut fields = [0u8; 32 + 1 + 24];
+    let mut fields = [0u8; 32 + 1 + 24 + 32];
     fields[..32].copy_from_slice(link);
     fields[32] = kind;
     fields[33..41].copy_from_slice(&index.to_le_bytes());
     fields[41..49].copy_from_slice(&term.to_le_bytes());
     fields[49..57].copy_from_slice(&timestamp_ms.to_le_bytes());
-    let mut hasher = Sha256::new();
-    hasher.update(fields);
-    hasher.update(payload);
-    hasher.finalize().into()
+    fields[57..89].copy_from_slice(payload_digest);
+    Sha256::digest(fields).into()
 }
 
 /// Appends one encoded frame to `out`: the header is built on the stack
@@ -154,9 +177,21 @@ pub fn chain_hash(
 /// place, one contiguous run (crc32fast's SIMD path wants long runs).
 ///
 /// With [`FLAG_CHAINED`] set, the frame's chain hash is computed from
-/// `header_fields.link` and returned; without it, both chain fields are
-/// written as zeros and zeros are returned.
-pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) -> Hash {
+/// `header_fields.link` and `digest`, the payload's [`payload_digest`]
+/// (computed here when `None`), and returned; without it, both chain
+/// fields are written as zeros, `digest` is ignored and zeros are
+/// returned.
+///
+/// A given digest is trusted: a wrong one would store a hash that does
+/// not match the frame's bytes. Debug builds recompute it and panic on a
+/// mismatch; in any build, `sluice verify` (`audit::verify`) recomputes
+/// every frame's hash from its bytes and names such a frame.
+pub fn encode(
+    out: &mut Vec<u8>,
+    header_fields: &Header,
+    payload: &[u8],
+    digest: Option<&Hash>,
+) -> Hash {
     assert!(header_fields.kind != 0, "frame kind 0 is reserved");
     assert!(
         header_fields.flags & !FLAG_CHAINED == 0,
@@ -167,7 +202,19 @@ pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) -> Hash
     let chained = header_fields.flags & FLAG_CHAINED != 0;
     let (link, hash) = if chained {
         let h = &header_fields;
-        let hash = chain_hash(&h.link, h.kind, h.index, h.term, h.timestamp_ms, payload);
+        let digest = match digest {
+            Some(given) => {
+                debug_assert_eq!(
+                    *given,
+                    payload_digest(payload),
+                    "the payload digest given for index {} does not match its payload",
+                    h.index
+                );
+                *given
+            }
+            None => payload_digest(payload),
+        };
+        let hash = chain_hash(&h.link, h.kind, h.index, h.term, h.timestamp_ms, &digest);
         (h.link, hash)
     } else {
         ([0; 32], [0; 32])
@@ -193,7 +240,8 @@ pub fn encode(out: &mut Vec<u8>, header_fields: &Header, payload: &[u8]) -> Hash
 }
 
 /// Recomputes the chain hash of a decoded frame from its own bytes (the
-/// link it stores, its fields and payload). `frame` is the whole frame.
+/// link it stores, its fields, and the digest of its payload). `frame` is
+/// the whole frame.
 pub fn recompute_hash(header: &Header, frame: &[u8]) -> Hash {
     chain_hash(
         &header.link,
@@ -201,7 +249,7 @@ pub fn recompute_hash(header: &Header, frame: &[u8]) -> Hash {
         header.index,
         header.term,
         header.timestamp_ms,
-        &frame[FRAME_HEADER_SIZE..header.size as usize],
+        &payload_digest(&frame[FRAME_HEADER_SIZE..header.size as usize]),
     )
 }
 
@@ -243,6 +291,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
     }
     if bytes[8] == VERSION_UNCHAINED {
         return Err(FrameError::VersionUnchained);
+    }
+    if bytes[8] == VERSION_WHOLE_PAYLOAD {
+        return Err(FrameError::VersionWholePayload);
     }
     if bytes[8] != VERSION {
         return Err(FrameError::Version { found: bytes[8] });
@@ -302,7 +353,7 @@ mod tests {
             hash: [0; 32],
         };
         let mut out = Vec::new();
-        let hash = encode(&mut out, &header, payload);
+        let hash = encode(&mut out, &header, payload, None);
         (Header { hash, ..header }, out)
     }
 
@@ -328,48 +379,102 @@ mod tests {
     }
 
     #[test]
-    fn chain_hash_covers_link_fields_and_payload_but_not_durable_next() {
+    fn chain_hash_covers_link_fields_and_payload_digest_but_not_durable_next() {
         let (header, bytes) = sample(b"hello");
         assert_eq!(recompute_hash(&header, &bytes), header.hash);
-        let base = chain_hash(&header.link, 3, 42, 7, 1_700_000_000_000, b"hello");
+        let digest = payload_digest(b"hello");
+        let at = |link: &Hash, kind, index, term, ts, payload: &[u8]| {
+            chain_hash(link, kind, index, term, ts, &payload_digest(payload))
+        };
+        let base = at(&header.link, 3, 42, 7, 1_700_000_000_000, b"hello");
         assert_eq!(base, header.hash);
+        assert_eq!(
+            base,
+            chain_hash(&header.link, 3, 42, 7, 1_700_000_000_000, &digest)
+        );
+        assert_ne!(at(&[8; 32], 3, 42, 7, 1_700_000_000_000, b"hello"), base);
         assert_ne!(
-            chain_hash(&[8; 32], 3, 42, 7, 1_700_000_000_000, b"hello"),
+            at(&header.link, 2, 42, 7, 1_700_000_000_000, b"hello"),
             base
         );
         assert_ne!(
-            chain_hash(&header.link, 2, 42, 7, 1_700_000_000_000, b"hello"),
+            at(&header.link, 3, 43, 7, 1_700_000_000_000, b"hello"),
             base
         );
         assert_ne!(
-            chain_hash(&header.link, 3, 43, 7, 1_700_000_000_000, b"hello"),
+            at(&header.link, 3, 42, 8, 1_700_000_000_000, b"hello"),
             base
         );
         assert_ne!(
-            chain_hash(&header.link, 3, 42, 8, 1_700_000_000_000, b"hello"),
+            at(&header.link, 3, 42, 7, 1_700_000_000_001, b"hello"),
             base
         );
         assert_ne!(
-            chain_hash(&header.link, 3, 42, 7, 1_700_000_000_001, b"hello"),
+            at(&header.link, 3, 42, 7, 1_700_000_000_000, b"hellp"),
             base
         );
-        assert_ne!(
-            chain_hash(&header.link, 3, 42, 7, 1_700_000_000_000, b"hellp"),
-            base
-        );
+        assert_ne!(at(&header.link, 3, 42, 7, 1_700_000_000_000, b"hell"), base);
+        // The chain hashes the digest, not the payload itself.
+        let mut whole = Sha256::new();
+        whole.update(header.link);
+        whole.update([3]);
+        whole.update(42u64.to_le_bytes());
+        whole.update(7u64.to_le_bytes());
+        whole.update(1_700_000_000_000u64.to_le_bytes());
+        whole.update(b"hello");
+        assert_ne!(<[u8; 32]>::from(whole.finalize()), base);
         let other = Header {
             durable_next: 0,
             ..header
         };
         let mut out = Vec::new();
-        assert_eq!(encode(&mut out, &other, b"hello"), base);
+        assert_eq!(encode(&mut out, &other, b"hello", None), base);
     }
 
     #[test]
-    fn version_one_is_named() {
+    fn a_given_digest_encodes_as_a_computed_one() {
+        let (header, bytes) = sample(b"payload given a digest");
+        let mut out = Vec::new();
+        let digest = payload_digest(b"payload given a digest");
+        let hash = encode(&mut out, &header, b"payload given a digest", Some(&digest));
+        assert_eq!(hash, header.hash);
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "does not match its payload")]
+    fn a_wrong_digest_panics_in_debug_builds() {
+        let (header, _) = sample(b"right");
+        let mut out = Vec::new();
+        encode(&mut out, &header, b"right", Some(&payload_digest(b"wrong")));
+    }
+
+    #[test]
+    fn unchained_frames_ignore_the_digest() {
+        let (header, _) = sample(b"abc");
+        let header = Header { flags: 0, ..header };
+        let mut out = Vec::new();
+        // Not checked: nothing is hashed without the chain.
+        assert_eq!(encode(&mut out, &header, b"abc", Some(&[1; 32])), [0; 32]);
+        assert_eq!(
+            decode(&out).map(|h| (h.link, h.hash)),
+            Ok(([0; 32], [0; 32]))
+        );
+    }
+
+    #[test]
+    fn old_versions_are_named() {
         let (_, mut bytes) = sample(b"old");
         bytes[8] = VERSION_UNCHAINED;
         assert_eq!(decode(&bytes), Err(FrameError::VersionUnchained));
+        bytes[8] = VERSION_WHOLE_PAYLOAD;
+        assert_eq!(decode(&bytes), Err(FrameError::VersionWholePayload));
+        bytes[8] = VERSION + 1;
+        assert_eq!(
+            decode(&bytes),
+            Err(FrameError::Version { found: VERSION + 1 })
+        );
     }
 
     #[test]

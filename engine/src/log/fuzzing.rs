@@ -45,7 +45,9 @@ pub fn segment_recovery(data: &[u8]) {
             Ok(log) => log,
             // An old-format directory is refused in every mode: repair
             // must not cut a whole log it cannot read.
-            Err(super::Error::FormatUnchained { .. }) => continue,
+            Err(super::Error::FormatUnchained { .. } | super::Error::FormatWholePayload { .. }) => {
+                continue;
+            }
             Err(_) => {
                 // Refusing to open damaged input is a correct outcome.
                 assert_eq!(mode, RecoveryMode::TolerateCorruptTail, "repair must open");
@@ -68,6 +70,7 @@ pub fn segment_recovery(data: &[u8]) {
             kind: 1,
             timestamp_ms: 0,
             payload: b"after recovery",
+            payload_digest: None,
         };
         log.append(&[entry], PersistMode::SyncData)
             .expect("append after recovery");

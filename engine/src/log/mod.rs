@@ -135,6 +135,12 @@ pub struct Entry<'a> {
     pub timestamp_ms: u64,
     /// At most [`PAYLOAD_SIZE_MAX`] bytes.
     pub payload: &'a [u8],
+    /// The payload's [`frame::payload_digest`] (SHA-256), when its creator
+    /// computed it already, off the Raft core; `None` lets the log compute
+    /// it. It must be the digest of `payload`: debug builds check it, and
+    /// `sluice verify` names any frame whose stored hash its bytes do not
+    /// give. Ignored with [`ChainMode::Off`].
+    pub payload_digest: Option<Hash>,
 }
 
 /// An entry read back; the payload is a zero-copy slice where the segment
@@ -558,7 +564,12 @@ impl<D: Disk> Log<D> {
             link: self.head,
             hash: GENESIS,
         };
-        let hash = frame::encode(&mut self.buffer, &header, entry.payload);
+        let hash = frame::encode(
+            &mut self.buffer,
+            &header,
+            entry.payload,
+            entry.payload_digest.as_ref(),
+        );
         if chained {
             self.head = hash;
         }

@@ -136,8 +136,10 @@ fn last_sealed_hash<F: DiskFile>(sealed: &Sealed<F>) -> Result<super::frame::Has
         .expect("a sealed segment holds at least one frame"))
 }
 
-/// Refuses, with a named error, a data directory written in the format
-/// before the hash chain (frame and metadata version 1).
+/// Refuses, with a named error, a data directory written in an older
+/// format: before the hash chain (frame and metadata version 1), or with
+/// the chain over whole payloads (frame version 2; its metadata file is
+/// version 2 as now, so only the first segment tells).
 fn check_format<D: Disk>(disk: &D, firsts: &[u64]) -> Result<()> {
     let mut probes = vec![(meta::NAME.to_owned(), 12usize)];
     probes.extend(firsts.first().map(|&first| (segment::name(first), 8usize)));
@@ -156,6 +158,9 @@ fn check_format<D: Disk>(disk: &D, firsts: &[u64]) -> Result<()> {
             .map_err(|e| Error::io("read", &name, e))?;
         if version[0] == super::frame::VERSION_UNCHAINED {
             return Err(Error::FormatUnchained { file: name });
+        }
+        if name != meta::NAME && version[0] == super::frame::VERSION_WHOLE_PAYLOAD {
+            return Err(Error::FormatWholePayload { file: name });
         }
     }
     Ok(())

@@ -282,7 +282,7 @@ mod tests {
                 link: [0; 32],
                 hash: [0; 32],
             };
-            frame::encode(&mut out, &header, &payload);
+            frame::encode(&mut out, &header, &payload, None);
         }
         out
     }

@@ -43,6 +43,7 @@ fn append(log: &mut Log<CrashDisk>, count: u64, persist: PersistMode) {
             kind: 1,
             timestamp_ms: 1_700_000_000_000 + index,
             payload,
+            payload_digest: None,
         })
         .collect();
     log.append(&entries, persist).expect("append");
@@ -337,6 +338,7 @@ fn a_failed_sync_poisons_the_log_and_synced_data_survives() {
             kind: 1,
             timestamp_ms: 0,
             payload: b"x",
+            payload_digest: None,
         }],
         PersistMode::SyncData,
     );
@@ -361,6 +363,7 @@ fn a_full_disk_fails_the_append_and_loses_nothing_acknowledged() {
             kind: 1,
             timestamp_ms: 0,
             payload: &big,
+            payload_digest: None,
         }],
         PersistMode::SyncData,
     );
@@ -393,6 +396,7 @@ fn too_large_a_payload_is_refused_before_anything_is_written() {
             kind: 1,
             timestamp_ms: 0,
             payload: b"small",
+            payload_digest: None,
         },
         Entry {
             index: 1,
@@ -400,6 +404,7 @@ fn too_large_a_payload_is_refused_before_anything_is_written() {
             kind: 1,
             timestamp_ms: 0,
             payload: &big,
+            payload_digest: None,
         },
     ];
     let error = log.append(&entries, PersistMode::SyncData).unwrap_err();
@@ -442,6 +447,7 @@ fn retention_by_size_and_by_age_drops_whole_old_segments() {
             kind: 1,
             timestamp_ms: first_batch_ms + index * 1000,
             payload: &entry_payload,
+            payload_digest: None,
         };
         log.append(&[entry], PersistMode::Buffer).unwrap();
     }
@@ -524,7 +530,7 @@ fn assert_chain(log: &Log<CrashDisk>, mut link: frame::Hash) -> frame::Hash {
             record.index,
             record.term,
             record.timestamp_ms,
-            &record.payload,
+            &frame::payload_digest(&record.payload),
         );
         assert_eq!(
             record.hash, expected,
@@ -733,4 +739,88 @@ fn a_spare_that_fails_is_given_up_and_the_log_goes_on() {
         "an ordinary segment"
     );
     assert!(log.spare_job().is_some(), "asked again after the roll");
+}
+
+/// Digests handed in with the entries (computed where the payload was
+/// made, off the Raft core) give the same frames as digests the log
+/// computes itself.
+#[test]
+fn given_payload_digests_write_the_same_frames() {
+    let payloads: Vec<Vec<u8>> = (0..30).map(payload).collect();
+    let write = |given: bool| {
+        let disk = CrashDisk::new(7);
+        let mut log = open(&disk);
+        for (index, payload) in (0..30u64).zip(&payloads) {
+            let entry = Entry {
+                index,
+                term: 1,
+                kind: 1,
+                timestamp_ms: 1_700_000_000_000 + index,
+                payload,
+                payload_digest: given.then(|| frame::payload_digest(payload)),
+            };
+            log.append(&[entry], PersistMode::SyncData).unwrap();
+        }
+        assert_chain(&log, frame::GENESIS);
+        let segments = log.segments();
+        assert!(segments.len() > 1, "the test spans segments");
+        let files: Vec<Vec<u8>> = segments
+            .iter()
+            .map(|s| disk.read_file(&s.name).unwrap())
+            .collect();
+        files
+    };
+    assert!(write(true) == write(false), "the segment files differ");
+}
+
+/// A wrong digest is a bug of the caller: debug builds refuse it before
+/// anything is written.
+#[test]
+#[cfg(debug_assertions)]
+fn a_wrong_payload_digest_panics_in_debug_builds() {
+    let disk = CrashDisk::new(8);
+    let mut log = open(&disk);
+    let entry = Entry {
+        index: 0,
+        term: 1,
+        kind: 1,
+        timestamp_ms: 0,
+        payload: b"the payload",
+        payload_digest: Some(frame::payload_digest(b"another payload")),
+    };
+    let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        log.append(&[entry], PersistMode::SyncData)
+    }));
+    assert!(appended.is_err());
+    drop(log);
+    assert_eq!(open(&disk).next_index(), 0);
+}
+
+/// A data directory in frame format 2 (the chain over whole payloads) is
+/// refused by name in every recovery mode, not cut as damage.
+#[test]
+fn a_format_2_directory_is_named() {
+    let disk = CrashDisk::new(9);
+    let mut log = open(&disk);
+    append(&mut log, 3, PersistMode::SyncData);
+    let name = log.segments()[0].name.clone();
+    drop(log);
+    let mut bytes = disk.read_file(&name).unwrap();
+    bytes[8] = frame::VERSION_WHOLE_PAYLOAD;
+    disk.write_file_raw(&name, &bytes).unwrap();
+    for recovery in [RecoveryMode::TolerateCorruptTail, RecoveryMode::Repair] {
+        let opened = Log::open(
+            disk.clone(),
+            clock(),
+            Options {
+                recovery,
+                ..options()
+            },
+        );
+        match opened {
+            Err(Error::FormatWholePayload { file }) => assert_eq!(file, name),
+            other => panic!("expected FormatWholePayload, got {other:?}"),
+        }
+    }
+    assert_eq!(disk.read_file(&name).unwrap(), bytes, "nothing was cut");
 }

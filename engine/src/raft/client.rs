@@ -24,11 +24,17 @@ pub type ProposeError<RT> = RaftError<TypeConfig<RT>, ClientWriteError<TypeConfi
 /// Proposes `command` through `raft` and returns its response: after a
 /// quorum committed the entry and this node applied it. `view` is the
 /// node's applied state (only the planted bug reads it).
+///
+/// A command carrying an event batch has its payload digest computed here,
+/// on the caller's task, for the log's hash chain (`raft::codec`); with a
+/// log whose chain is off (`ChainMode::Off`, for measurements) that pass
+/// is wasted.
 pub async fn propose<RT: AsyncRuntime, D: Disk + Clone>(
     raft: &Raft<RT, D>,
     view: &StateView<RT>,
-    command: Command,
+    mut command: Command,
 ) -> Result<Response, ProposeError<RT>> {
+    super::codec::prepare_digest(&mut command);
     #[cfg(feature = "planted-bugs")]
     if planted::is_planted(Bug::AckBeforeCommit)
         && matches!(command.op, crate::state::Op::Publish(_))

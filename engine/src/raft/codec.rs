@@ -11,6 +11,16 @@
 //! | 1 blank | empty |
 //! | 2 normal | tag byte, then: tag 1 publish: `timestamp_ms` u64 LE, batch bytes; tag 2 transaction: `timestamp_ms` u64 LE, commit length u32 LE, commit (postcard), batch bytes; tag 3 other: the command (postcard) |
 //! | 3 membership | the membership (postcard) |
+//!
+//! The log's hash chain covers the SHA-256 digest of each frame's payload
+//! (`log/FORMAT.md`). For an entry that carries an event batch (publish,
+//! transaction) that pass over the bytes is most of the chain's cost, so
+//! it runs where the entry is made, off the Raft core: [`prepare_digest`]
+//! (the leader's batcher and `propose`, before proposing) and
+//! [`prepare_digests`] (a follower's network handler, after decoding a
+//! received AppendEntries) keep the digest with the batch, and [`encode`]
+//! hands it to the log when the prefix it writes is the one it was
+//! computed with. Other entries are small; the log digests them itself.
 
 use std::io;
 
@@ -19,6 +29,7 @@ use openraft::EntryPayload;
 
 use crate::event::EventBatch;
 use crate::log::Record;
+use crate::log::frame::Hash;
 use crate::raft::{Entry, log_id};
 use crate::state::{Command, OffsetCommit, Op};
 
@@ -32,40 +43,81 @@ const TAG_OTHER: u8 = 3;
 
 /// Appends `entry`'s payload to `out` (the log store encodes a whole
 /// append into one buffer, so each payload is copied once on its way to
-/// the log); returns the frame kind and the timestamp to stamp on the
-/// frame.
-pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> (u8, u64) {
+/// the log); returns the frame kind, the timestamp to stamp on the frame,
+/// and the payload's digest when [`prepare_digest`] computed it.
+pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) -> (u8, u64, Option<Hash>) {
     match &entry.payload {
-        EntryPayload::Blank => (KIND_BLANK, 0),
+        EntryPayload::Blank => (KIND_BLANK, 0, None),
         EntryPayload::Normal(command) => {
-            encode_command(command, out);
-            (KIND_NORMAL, command.timestamp_ms)
+            let digest = encode_command(command, out);
+            (KIND_NORMAL, command.timestamp_ms, digest)
         }
         EntryPayload::Membership(membership) => {
             postcard::to_io(membership, &mut *out).expect("membership encodes into memory");
-            (KIND_MEMBERSHIP, 0)
+            (KIND_MEMBERSHIP, 0, None)
         }
     }
 }
 
-fn encode_command(command: &Command, out: &mut Vec<u8>) {
-    match &command.op {
+/// Computes the payload digest of a command that carries an event batch
+/// (`log::frame::payload_digest` of the payload [`encode`] will write)
+/// and keeps it with the batch. Run it off the Raft core, where the
+/// command is made or received; other commands are left as they are.
+pub(crate) fn prepare_digest(command: &mut Command) {
+    let mut prefix = Vec::with_capacity(16);
+    if batch_prefix(command.timestamp_ms, &command.op, &mut prefix).is_none() {
+        return;
+    }
+    if let Op::Publish(batch) | Op::Transaction { events: batch, .. } = &mut command.op {
+        batch.digest_with_prefix(&prefix);
+    }
+}
+
+/// [`prepare_digest`] for every normal entry of a received batch.
+pub(crate) fn prepare_digests(entries: &mut [Entry]) {
+    for entry in entries {
+        if let EntryPayload::Normal(command) = &mut entry.payload {
+            prepare_digest(command);
+        }
+    }
+}
+
+/// Writes the bytes [`encode`] puts before an event batch to `out`, and
+/// returns the batch; `None` (and nothing written) for a command without
+/// one.
+fn batch_prefix<'c>(timestamp_ms: u64, op: &'c Op, out: &mut Vec<u8>) -> Option<&'c EventBatch> {
+    match op {
         Op::Publish(batch) => {
             out.push(TAG_PUBLISH);
-            out.extend_from_slice(&command.timestamp_ms.to_le_bytes());
-            out.extend_from_slice(batch.as_bytes());
+            out.extend_from_slice(&timestamp_ms.to_le_bytes());
+            Some(batch)
         }
         Op::Transaction { events, commit } => {
             out.push(TAG_TRANSACTION);
-            out.extend_from_slice(&command.timestamp_ms.to_le_bytes());
+            out.extend_from_slice(&timestamp_ms.to_le_bytes());
             let commit = postcard::to_allocvec(commit).expect("commit encodes into memory");
             out.extend_from_slice(&(commit.len() as u32).to_le_bytes());
             out.extend_from_slice(&commit);
-            out.extend_from_slice(events.as_bytes());
+            Some(events)
         }
-        _ => {
+        _ => None,
+    }
+}
+
+/// Writes a command's payload; returns its digest if one was kept with
+/// its batch for exactly the prefix written.
+fn encode_command(command: &Command, out: &mut Vec<u8>) -> Option<Hash> {
+    let start = out.len();
+    match batch_prefix(command.timestamp_ms, &command.op, out) {
+        Some(batch) => {
+            let digest = batch.kept_digest_with_prefix(&out[start..]);
+            out.extend_from_slice(batch.as_bytes());
+            digest
+        }
+        None => {
             out.push(TAG_OTHER);
             postcard::to_io(command, &mut *out).expect("command encodes into memory");
+            None
         }
     }
 }
@@ -130,4 +182,110 @@ fn invalid(index: u64, what: impl std::fmt::Display) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("log entry {index} does not decode: {what}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::event::Event;
+    use crate::log::frame::payload_digest;
+
+    fn batch(events: usize) -> EventBatch {
+        let events: Vec<Event> = (0..events)
+            .map(|i| Event {
+                topic: "t".into(),
+                payload: Bytes::from(vec![i as u8; 100]),
+                ..Event::default()
+            })
+            .collect();
+        EventBatch::encode(&events).unwrap()
+    }
+
+    fn entry(command: Command) -> Entry {
+        Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn publish() -> Command {
+        Command {
+            timestamp_ms: 1_700_000_000_000,
+            op: Op::Publish(batch(3)),
+        }
+    }
+
+    fn transaction() -> Command {
+        Command {
+            timestamp_ms: 1_700_000_000_001,
+            op: Op::Transaction {
+                events: batch(2),
+                commit: OffsetCommit {
+                    group: "g".into(),
+                    member: "m".into(),
+                    generation: 4,
+                    offsets: vec![("t".into(), 0, 9)],
+                },
+            },
+        }
+    }
+
+    /// A prepared digest is that of the payload `encode` writes, for every
+    /// kind of entry that carries a batch; nothing else gets one.
+    #[test]
+    fn a_prepared_digest_is_the_digest_of_the_encoded_payload() {
+        for mut command in [publish(), transaction()] {
+            let mut out = Vec::new();
+            assert_eq!(encode(&entry(command.clone()), &mut out).2, None);
+            prepare_digest(&mut command);
+            let mut prepared = Vec::new();
+            let (kind, timestamp_ms, digest) = encode(&entry(command.clone()), &mut prepared);
+            assert_eq!(prepared, out, "preparing changes no byte");
+            assert_eq!((kind, timestamp_ms), (KIND_NORMAL, command.timestamp_ms));
+            assert_eq!(digest, Some(payload_digest(&prepared)));
+        }
+        let mut other = Command {
+            timestamp_ms: 5,
+            op: Op::InitProducer { name: None },
+        };
+        prepare_digest(&mut other);
+        assert_eq!(encode(&entry(other), &mut Vec::new()).2, None);
+        let blank = Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Blank,
+        };
+        let mut entries = vec![blank, entry(publish())];
+        prepare_digests(&mut entries);
+        assert_eq!(encode(&entries[0], &mut Vec::new()).2, None);
+        let mut out = Vec::new();
+        assert_eq!(encode(&entries[1], &mut out).2, Some(payload_digest(&out)));
+    }
+
+    /// A digest kept for other prefix bytes (the command changed after it
+    /// was prepared) is not used; nor does it survive serialization (a
+    /// follower computes its own), and it is no part of equality.
+    #[test]
+    fn a_stale_or_received_digest_is_not_used() {
+        let mut command = publish();
+        prepare_digest(&mut command);
+        command.timestamp_ms += 1;
+        assert_eq!(encode(&entry(command.clone()), &mut Vec::new()).2, None);
+
+        let mut command = transaction();
+        prepare_digest(&mut command);
+        if let Op::Transaction { commit, .. } = &mut command.op {
+            commit.generation += 1;
+        }
+        assert_eq!(encode(&entry(command), &mut Vec::new()).2, None);
+
+        let mut command = publish();
+        prepare_digest(&mut command);
+        let bytes = postcard::to_allocvec(&command).unwrap();
+        let received: Command = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(received, command);
+        assert_eq!(encode(&entry(received), &mut Vec::new()).2, None);
+    }
 }

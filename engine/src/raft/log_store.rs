@@ -87,7 +87,7 @@ struct Inner<D: Disk> {
     last_purged: Option<LogId>,
     last_log: Option<LogId>,
     payloads: Vec<u8>,
-    frames: Vec<(usize, u8, u64, u64, u64)>,
+    frames: Vec<(usize, u8, u64, u64, u64, Option<Hash>)>,
     /// Bytes appended since the last background sync (buffer mode).
     unsynced_bytes: u64,
     /// The chain hash at an index, from an installed snapshot: a purge up
@@ -185,6 +185,7 @@ impl<D: Disk> Inner<D> {
                     kind: record.kind,
                     timestamp_ms: record.timestamp_ms,
                     payload: record.payload,
+                    payload_digest: None,
                 })
                 .collect();
             self.log.append(&entries, PersistMode::Buffer)?;
@@ -232,7 +233,7 @@ impl<D: Disk> Inner<D> {
         self.payloads.clear();
         self.frames.clear();
         for entry in entries {
-            let (kind, timestamp_ms) = codec::encode(&entry, &mut self.payloads);
+            let (kind, timestamp_ms, digest) = codec::encode(&entry, &mut self.payloads);
             let id = entry.log_id;
             self.frames.push((
                 self.payloads.len(),
@@ -240,19 +241,20 @@ impl<D: Disk> Inner<D> {
                 id.leader_id.term,
                 id.index,
                 timestamp_ms,
+                digest,
             ));
             self.last_log = Some(id);
         }
         // An empty log may begin anywhere (a fresh store, or right after a
         // snapshot): rebase it to the first index appended.
-        if let Some(&(_, _, _, first, _)) = self.frames.first() {
+        if let Some(&(_, _, _, first, _, _)) = self.frames.first() {
             if self.log.first_index() == self.log.next_index() && first > self.log.next_index() {
                 self.log.purge_before(first)?;
             }
         }
         let mut start = 0;
         let mut batch = Vec::with_capacity(self.frames.len());
-        for &(end, kind, term, index, timestamp_ms) in &self.frames {
+        for &(end, kind, term, index, timestamp_ms, payload_digest) in &self.frames {
             let payload = &self.payloads[start..end];
             batch.push(log::Entry {
                 index,
@@ -260,6 +262,7 @@ impl<D: Disk> Inner<D> {
                 kind,
                 timestamp_ms,
                 payload,
+                payload_digest,
             });
             start = end;
         }

@@ -445,7 +445,7 @@ pub(crate) fn check_tail(
             record.index,
             record.term,
             record.timestamp_ms,
-            record.payload,
+            &frame::payload_digest(record.payload),
         );
         if computed != record.hash {
             return Err(SnapshotError::TailHash {
@@ -639,7 +639,8 @@ pub(crate) mod samples {
         let records = (5..=7u64)
             .map(|index| {
                 let payload = bytes::Bytes::from(vec![index as u8; 10 * index as usize]);
-                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &payload);
+                let digest = frame::payload_digest(&payload);
+                let hash = frame::chain_hash(&head, 2, index, 3, 1000 + index, &digest);
                 head = hash;
                 Record {
                     index,
@@ -787,7 +788,7 @@ mod tests {
         let link = records[1].hash;
         let last = records.last_mut().unwrap();
         last.payload = bytes::Bytes::from_static(b"forged");
-        last.hash = frame::chain_hash(&link, 2, 7, 3, 1007, b"forged");
+        last.hash = frame::chain_hash(&link, 2, 7, 3, 1007, &frame::payload_digest(b"forged"));
         (records, head)
     }
 

@@ -78,9 +78,9 @@ use openraft_rt::AsyncRuntime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::pipeline;
 use super::snapshot::{self, SnapshotData};
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
+use super::{codec, pipeline};
 use crate::io::Disk;
 use crate::io::transport::{Handler, HandlerError, Request, Transport, TransportError};
 
@@ -563,6 +563,9 @@ pub struct RaftService<RT: AsyncRuntime, D: Disk + Clone> {
     inbound: pipeline::Inbound<RT>,
     /// The snapshot being received in pieces, if any.
     assembly: std::sync::Mutex<Option<Assembly>>,
+    /// Whether received entries get their payload digests here (the log
+    /// chains; see `raft::codec`).
+    digests: bool,
 }
 
 /// A snapshot arriving in pieces: whose, which, and the bytes so far.
@@ -574,13 +577,26 @@ struct Assembly {
 }
 
 impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
-    /// A service answering for `raft`.
+    /// A service answering for `raft`. It computes the payload digest of
+    /// every received entry that carries an event batch, on the handler's
+    /// task after decoding, so the hash chain's pass over the bytes runs
+    /// off the Raft core (`raft::codec`); see
+    /// [`RaftService::without_payload_digests`].
     pub fn new(raft: Raft<RT, D>) -> Self {
         RaftService {
             raft,
             inbound: pipeline::Inbound::new(),
             assembly: std::sync::Mutex::new(None),
+            digests: true,
         }
+    }
+
+    /// Leaves received entries without payload digests: for a node whose
+    /// log does not chain (`ChainMode::Off`, which exists to measure the
+    /// chain's cost), where they would be a wasted pass over the bytes.
+    pub fn without_payload_digests(mut self) -> Self {
+        self.digests = false;
+        self
     }
 
     /// Adds one piece; returns the whole snapshot once the last one came.
@@ -677,11 +693,19 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
         let body = &request.body;
         match request.kind {
             KIND_APPEND_ENTRIES => {
-                let rpc = decode(body, "append entries", source)?;
+                let mut rpc: AppendEntriesRequest<TypeConfig<RT>> =
+                    decode(body, "append entries", source)?;
+                if self.digests {
+                    codec::prepare_digests(&mut rpc.entries);
+                }
                 answer(self.raft.append_entries(rpc).await, "append entries")
             }
             pipeline::KIND_APPEND_STREAM => {
-                let request = decode(body, "append stream", source)?;
+                let mut request: pipeline::StreamRequestIn<RT> =
+                    decode(body, "append stream", source)?;
+                if self.digests {
+                    codec::prepare_digests(&mut request.rpc.entries);
+                }
                 let result = self.inbound.serve(&self.raft, source, request).await;
                 answer(result, "append stream")
             }

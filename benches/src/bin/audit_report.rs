@@ -278,13 +278,11 @@ async fn publish(
     }
     let elapsed = started.elapsed();
     let cpu = cpu_seconds()? - cpu_before;
+    // Bytes of frames, not of files: the active segment may be written out
+    // with zeros ahead of its frames (`log/spare.rs`).
+    let log_bytes: u64 = bus.segments().iter().map(|s| s.size).sum();
     bus.close().await?;
     let events = events as f64;
-    let log_bytes: u64 = std::fs::read_dir(dir.path())?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.path().extension().is_some_and(|e| e == "seg"))
-        .map(|entry| entry.metadata().map_or(0, |m| m.len()))
-        .sum();
     Ok((
         events / elapsed.as_secs_f64(),
         cpu * 1e6 / events,

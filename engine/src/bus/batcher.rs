@@ -113,16 +113,7 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
     }
     let waiting = std::mem::take(pending);
     #[cfg(feature = "stage-trace")]
-    for request in &waiting {
-        crate::stage!(
-            crate::trace::stamp_key(
-                request.event.producer.id,
-                request.event.partition,
-                request.event.producer.sequence
-            ),
-            Proposed
-        );
-    }
+    trace_all(&waiting, crate::trace::Stage::Proposed);
     let mut command = Command {
         timestamp_ms: wall_unix_ms(clock),
         op: Op::Publish(builder.finish()),
@@ -170,20 +161,22 @@ async fn submit<RT: AsyncRuntime, D: Disk + Clone>(
     }
 }
 
+/// Records `stage` for every publish of a batch (feature `stage-trace`).
+#[cfg(feature = "stage-trace")]
+fn trace_all<RT: AsyncRuntime>(waiting: &[Request<RT>], stage: crate::trace::Stage) {
+    for request in waiting {
+        let event = &request.event;
+        let key =
+            crate::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence);
+        crate::trace::record(key, stage);
+    }
+}
+
 /// Answers each publisher of an applied (or abandoned) batch; runs inside
 /// the state machine's apply.
 fn answer<RT: AsyncRuntime>(result: Option<WriteResult<RT>>, waiting: Vec<Request<RT>>) {
     #[cfg(feature = "stage-trace")]
-    for request in &waiting {
-        crate::stage!(
-            crate::trace::stamp_key(
-                request.event.producer.id,
-                request.event.partition,
-                request.event.producer.sequence
-            ),
-            Applied
-        );
-    }
+    trace_all(&waiting, crate::trace::Stage::Applied);
     let outcomes = match result {
         Some(Ok(written)) => match written.data {
             Response::Published(outcomes) if outcomes.len() == waiting.len() => Ok(outcomes),

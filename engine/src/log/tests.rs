@@ -608,6 +608,15 @@ fn chain_off_writes_zeros() {
     assert!(read_all(&log).iter().all(|r| r.hash == frame::GENESIS));
 }
 
+/// A log on `disk` written to enough to want a spare: three segments.
+fn written_to(disk: &CrashDisk) -> Log<CrashDisk> {
+    let mut log = open(disk);
+    while log.segments().len() < 3 {
+        append(&mut log, 3, PersistMode::SyncData);
+    }
+    log
+}
+
 /// Runs a spare job from `log` to the end and hands it back.
 fn make_spare(log: &mut Log<CrashDisk>) {
     let mut job = log.spare_job().expect("the log wants a spare");
@@ -691,10 +700,7 @@ fn a_spare_becomes_the_next_segment_and_its_zeros_are_a_clean_end() {
 #[test]
 fn a_torn_frame_over_a_spares_zeros_is_cut_and_reported() {
     let disk = CrashDisk::new(22);
-    let mut log = open(&disk);
-    while log.segments().len() < 3 {
-        append(&mut log, 3, PersistMode::SyncData);
-    }
+    let mut log = written_to(&disk);
     make_spare(&mut log);
     append(&mut log, 2, PersistMode::SyncData);
     let synced = log.next_index();
@@ -718,10 +724,7 @@ fn a_torn_frame_over_a_spares_zeros_is_cut_and_reported() {
 #[test]
 fn a_spare_that_fails_is_given_up_and_the_log_goes_on() {
     let disk = CrashDisk::new(23);
-    let mut log = open(&disk);
-    while log.segments().len() < 3 {
-        append(&mut log, 3, PersistMode::SyncData);
-    }
+    let mut log = written_to(&disk);
     let job = log.spare_job().unwrap();
     log.complete_spare(job, Err(std::io::Error::other("no space left on device")));
     assert!(!log.spare_ready());

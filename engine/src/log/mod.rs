@@ -304,6 +304,8 @@ pub struct Log<D: Disk = OsDisk> {
     spare: spare::State<D::File>,
     /// Bytes appended since open, until a spare is wanted.
     appended: u64,
+    /// Bytes of frames written since open.
+    written: u64,
 }
 
 impl<D: Disk> Log<D> {
@@ -543,6 +545,12 @@ impl<D: Disk> Log<D> {
         PREWRITE_AFTER_BYTES.min(self.options.segment_size)
     }
 
+    /// Bytes of frames written since open: how fast the log fills, for
+    /// pacing the spare's zeros.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Whether a finished spare waits for the next roll.
     pub fn spare_ready(&self) -> bool {
         matches!(self.spare, spare::State::Ready(_))
@@ -589,6 +597,7 @@ impl<D: Disk> Log<D> {
         self.poison_on_error(written, "write", &self.active.name.clone())?;
         self.active.offsets.extend_from_slice(&self.pending);
         self.active.size += self.buffer.len() as u64;
+        self.written += self.buffer.len() as u64;
         if matches!(self.spare, spare::State::Off) && self.options.prewrite {
             self.appended += self.buffer.len() as u64;
             if self.appended >= self.prewrite_after() {

@@ -123,6 +123,7 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         report,
         spare: super::spare::State::Off,
         appended: 0,
+        written: 0,
     })
 }
 

@@ -36,8 +36,10 @@ use crate::io::DiskFile;
 /// The spare segment's file name.
 pub const NAME: &str = "log.spare";
 
-/// Zeros written (and synced) per [`SpareJob::step`].
-pub const STEP_BYTES: u64 = 1024 * 1024;
+/// Zeros written (and synced) per [`SpareJob::step`]: small, so that a
+/// publish's sync that queues behind one waits little (256 KiB is about
+/// 130 µs of this disk's 2 GB/s).
+pub const STEP_BYTES: u64 = 256 * 1024;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 

@@ -447,32 +447,49 @@ async fn flush_loop<RT: AsyncRuntime, D: Disk>(
     }
 }
 
-/// How fast spare segments are written out with zeros. The zeros share
-/// the disk with the syncs that acknowledge publishes; unpaced, they
-/// queue ahead of those syncs for tens of milliseconds (measured with a
-/// probe on this machine: sync p99 9 ms under an unpaced writer of zeros,
-/// unchanged from the quiet disk at 16 to 64 MB/s). 32 MiB/s readies a
-/// 64 MiB segment in 2 s, ahead of a writer at up to 32 MiB/s; a faster
-/// writer rolls onto an ordinary segment when no spare is ready yet.
-const PREWRITE_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+/// How fast spare segments are written out with zeros: twice the rate
+/// the log fills, so the spare is ready before the active segment is full,
+/// within these bounds. The zeros share the disk with the syncs that
+/// acknowledge publishes; unpaced, they queue ahead of those syncs for tens
+/// of milliseconds (measured with a probe on this machine: sync p99 9 ms
+/// under an unpaced writer of zeros, unchanged from the quiet disk at 16 to
+/// 64 MB/s). A log that fills faster than half the ceiling rolls onto an
+/// ordinary segment when no spare is ready yet.
+const PREWRITE_BYTES_PER_SEC_MIN: f64 = 4.0 * 1024.0 * 1024.0;
+const PREWRITE_BYTES_PER_SEC_MAX: f64 = 64.0 * 1024.0 * 1024.0;
 
 /// How often an idle prewriter asks the log whether it wants a spare.
 const PREWRITE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Writes the spare segments the log asks for (`log/spare.rs`), paced, off
-/// the log's lock and off the runtime's threads.
+/// Writes the spare segments the log asks for (`log/spare.rs`), paced to
+/// the rate the log fills, off the log's lock and off the runtime's
+/// threads.
 async fn prewrite_loop<RT: AsyncRuntime, D: Disk>(shared: std::sync::Weak<RwLock<Inner<D>>>) {
-    let pause = std::time::Duration::from_secs_f64(
-        log::SPARE_STEP_BYTES as f64 / PREWRITE_BYTES_PER_SEC as f64,
-    );
+    use openraft::Instant as _;
+    // The log's fill rate: bytes written over the last poll or step.
+    let mut sampled = (TypeConfig::<RT>::now(), 0u64);
+    let mut rate = 0.0f64;
+    let mut observe = |written: u64| {
+        let now = TypeConfig::<RT>::now();
+        let elapsed = now.saturating_duration_since(sampled.0).as_secs_f64();
+        if elapsed > 0.0 {
+            let recent = written.saturating_sub(sampled.1) as f64 / elapsed;
+            // Smoothed, so that one burst does not set the pace.
+            rate = 0.5 * rate + 0.5 * recent;
+        }
+        sampled = (now, written);
+        let pace = (2.0 * rate).clamp(PREWRITE_BYTES_PER_SEC_MIN, PREWRITE_BYTES_PER_SEC_MAX);
+        std::time::Duration::from_secs_f64(log::SPARE_STEP_BYTES as f64 / pace)
+    };
     loop {
-        let job = {
+        let (job, written) = {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
             let mut inner = shared.write().expect("log lock");
-            inner.log.spare_job()
+            (inner.log.spare_job(), inner.log.written())
         };
+        let mut pause = observe(written);
         let Some(mut job) = job else {
             TypeConfig::<RT>::sleep(PREWRITE_POLL).await;
             continue;
@@ -494,9 +511,11 @@ async fn prewrite_loop<RT: AsyncRuntime, D: Disk>(shared: std::sync::Weak<RwLock
                 Ok(false) => TypeConfig::<RT>::sleep(pause).await,
                 Err(error) => break Err(error),
             }
-            if shared.strong_count() == 0 {
+            let Some(shared) = shared.upgrade() else {
                 return;
-            }
+            };
+            let written = shared.read().expect("log lock").log.written();
+            pause = observe(written);
         };
         let Some(shared) = shared.upgrade() else {
             return;

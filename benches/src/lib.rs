@@ -140,8 +140,8 @@ impl Latency {
     }
 }
 
-/// A histogram of nanoseconds from 1 ns to 100 s, 3 significant digits.
-/// The flags every report binary takes.
+// The flags every report binary takes (a plain comment: clap would show
+// a doc comment here as each binary's description).
 #[derive(Debug, clap::Parser)]
 pub struct ReportArgs {
     /// Shorter runs, for a smoke test.
@@ -152,6 +152,27 @@ pub struct ReportArgs {
     pub json: bool,
 }
 
+// `--only TEXT`, for a report binary whose rows have descriptions (a
+// plain comment: clap would take a doc comment here as the binary's about).
+#[derive(Debug, clap::Args)]
+pub struct RowFilter {
+    /// Run only the rows whose description (as the table prints it, with
+    /// the durability) contains this text, e.g. "16 producers" or
+    /// "durable".
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+impl RowFilter {
+    /// Whether the row described by `description` runs.
+    pub fn wants(&self, description: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|text| description.contains(text.as_str()))
+    }
+}
+
+/// A histogram of nanoseconds from 1 ns to 100 s, 3 significant digits.
 pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
 }

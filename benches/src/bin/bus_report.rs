@@ -35,7 +35,7 @@ use hdrhistogram::Histogram;
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe, scratch};
+use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe, scratch};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -79,10 +79,8 @@ const TOPIC: &str = "bench";
 struct Args {
     #[command(flatten)]
     report: ReportArgs,
-    /// Run only the rows whose load or durability contains this text
-    /// (e.g. "16 producers, closed", "offered", "durable").
-    #[arg(long)]
-    only: Option<String>,
+    #[command(flatten)]
+    filter: RowFilter,
     /// Spare segments written out ahead of the log (production default:
     /// on), off, or both (every row twice, off first).
     #[arg(long, value_enum, default_value = "on")]
@@ -92,7 +90,7 @@ struct Args {
 fn main() -> Result<(), Box<dyn Error>> {
     let Args {
         report: args,
-        only,
+        filter,
         prewrite,
     } = Args::parse();
     let prewrites: &[bool] = match prewrite {
@@ -101,13 +99,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         Prewrite::Both => &[false, true],
     };
     let wanted = |load: Load, durability: Durability| {
-        only.as_ref().is_none_or(|text| {
-            let durability = match durability {
-                Durability::Sync => "durable",
-                Durability::Buffer => "buffer-only",
-            };
-            format!("{} {durability}", describe(load)).contains(text.as_str())
-        })
+        let durability = match durability {
+            Durability::Sync => "durable",
+            Durability::Buffer => "buffer-only",
+        };
+        filter.wants(&format!("{} {durability}", describe(load)))
     };
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };

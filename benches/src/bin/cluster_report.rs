@@ -37,7 +37,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use sluice::event::Headers;
 use sluice::raft::Durability;
-use sluice_benches::{ReportArgs, bench_root, latency_histogram, probe};
+use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe};
 use sluice_net::client::RemoteProducer;
 use sluice_net::protocol::PublishOutcome;
 
@@ -75,14 +75,15 @@ type Outcome<T> = Result<T, Box<dyn Error + Send + Sync>>;
 struct Args {
     #[command(flatten)]
     report: ReportArgs,
-    /// Run only the rows whose description contains this text, e.g.
-    /// "1 node, 16 producers" or "3 nodes, 64 producers × 64 in flight, durable".
-    #[arg(long)]
-    only: Option<String>,
+    #[command(flatten)]
+    filter: RowFilter,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let Args { report: args, only } = Args::parse();
+    let Args {
+        report: args,
+        filter,
+    } = Args::parse();
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -101,11 +102,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     for durability in [Durability::Sync, Durability::Buffer] {
         for nodes in [1, 3] {
             for load in loads {
-                let text = describe(nodes, load, durability);
-                if only
-                    .as_ref()
-                    .is_some_and(|only| !text.contains(only.as_str()))
-                {
+                if !filter.wants(&describe(nodes, load, durability)) {
                     continue;
                 }
                 let row = runtime.block_on(run(&root, nodes, load, durability, seconds));

@@ -302,9 +302,8 @@ pub struct Log<D: Disk = OsDisk> {
     pending: Vec<u32>,
     report: RecoveryReport,
     spare: spare::State<D::File>,
-    /// Bytes appended since open, until a spare is wanted.
-    appended: u64,
-    /// Bytes of frames written since open.
+    /// Bytes of frames written since open: whether a spare is wanted
+    /// yet, and how fast the log fills.
     written: u64,
 }
 
@@ -598,11 +597,11 @@ impl<D: Disk> Log<D> {
         self.active.offsets.extend_from_slice(&self.pending);
         self.active.size += self.buffer.len() as u64;
         self.written += self.buffer.len() as u64;
-        if matches!(self.spare, spare::State::Off) && self.options.prewrite {
-            self.appended += self.buffer.len() as u64;
-            if self.appended >= self.prewrite_after() {
-                self.spare = spare::State::Wanted;
-            }
+        if matches!(self.spare, spare::State::Off)
+            && self.options.prewrite
+            && self.written >= self.prewrite_after()
+        {
+            self.spare = spare::State::Wanted;
         }
         if let Some(&last) = self.pending.last() {
             let at = (last as u64 - (self.active.size - self.buffer.len() as u64)) as usize;
@@ -839,7 +838,7 @@ impl<D: Disk> Log<D> {
         if matches!(self.spare, spare::State::Off | spare::State::Failed) && self.options.prewrite {
             // Used, or failed before: ask for the next one. A log never
             // written to since open still waits for `PREWRITE_AFTER_BYTES`.
-            self.spare = if self.appended >= self.prewrite_after() {
+            self.spare = if self.written >= self.prewrite_after() {
                 spare::State::Wanted
             } else {
                 spare::State::Off

@@ -122,7 +122,6 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         pending: Vec::new(),
         report,
         spare: super::spare::State::Off,
-        appended: 0,
         written: 0,
     })
 }

@@ -251,6 +251,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             requests,
             config.batch_events_max,
             config.chain == crate::log::ChainMode::Sha256,
+            config.durability == Durability::Sync,
         )));
         let (relay_released, _) = TypeConfig::<RT>::watch_channel(0u64);
         let inner = Inner {

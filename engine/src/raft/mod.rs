@@ -200,6 +200,30 @@ pub(crate) async fn yield_now() {
     Yield(false).await
 }
 
+/// Sleeps for `duration`, precisely even below a millisecond.
+///
+/// tokio's timer wheel ticks once a millisecond, so its `sleep(150 µs)`
+/// lasts one to two milliseconds. Under [`OsRuntime`](crate::io::os::OsRuntime)
+/// a short sleep therefore runs on a blocking-pool thread (`nanosleep`,
+/// which overshoots by the kernel's timer slack, about 50 µs by default);
+/// any other runtime (the simulator's, whose time is virtual) sleeps with
+/// its own timer.
+pub(crate) async fn sleep_precise<RT: openraft_rt::AsyncRuntime>(duration: std::time::Duration) {
+    use openraft::type_config::TypeConfigExt;
+    let tokio_tick = std::time::Duration::from_millis(1);
+    if duration < tokio_tick
+        && std::any::TypeId::of::<RT>() == std::any::TypeId::of::<crate::io::os::OsRuntime>()
+    {
+        // A thread that sleeps costs no CPU while it waits; if the pool is
+        // gone (runtime shutting down), the sleep just ends early.
+        #[allow(clippy::disallowed_methods)]
+        let slept = TypeConfig::<RT>::spawn_blocking(move || std::thread::sleep(duration));
+        let _ = slept.await;
+    } else {
+        TypeConfig::<RT>::sleep(duration).await;
+    }
+}
+
 /// Rounds of [`yield_now`] a gather phase takes at most, so a steady
 /// stream of arrivals cannot postpone a sync forever.
 pub(crate) const GATHER_ROUNDS_MAX: usize = 64;

@@ -110,7 +110,7 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
         }
         let missing = last_batch.saturating_sub(waiting.len());
         if !closed && missing > 0 {
-            if turns.in_flight() == 0 && gather.wants_wait(missing) {
+            if turns.in_flight() == 0 && gather.wants_wait() {
                 // Wait for the rest of a group, when it is likely to come soon.
                 let mut timer = std::pin::pin!(crate::raft::sleep_precise::<RT>(GATHER_WAIT_MAX));
                 while waiting.len() < last_batch {
@@ -209,10 +209,10 @@ impl Gather {
         }
     }
 
-    /// Whether a batch missing `missing` events of the last one's size
-    /// waits for them (else it only yields a few times: `raft::gather`).
-    fn wants_wait(&mut self, missing: usize) -> bool {
-        if !self.durable || missing == 0 {
+    /// Whether a batch smaller than the last one waits for the rest (else
+    /// it only yields a few times: `raft::gather`).
+    fn wants_wait(&mut self) -> bool {
+        if !self.durable {
             return false;
         }
         if self.score > 0 {
@@ -276,10 +276,10 @@ impl<RT: AsyncRuntime> Queued<RT> {
         self.requests.is_empty()
     }
 
-    /// Takes every request, leaving the queue empty.
-    fn take(&mut self) -> Vec<Request<RT>> {
+    /// Takes every request, leaving the queue empty (and its buffer kept).
+    fn take(&mut self) -> std::vec::Drain<'_, Request<RT>> {
         self.bytes = 0;
-        std::mem::take(&mut self.requests)
+        self.requests.drain(..)
     }
 }
 

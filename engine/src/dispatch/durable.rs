@@ -375,9 +375,13 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
             let mut records = Vec::with_capacity(deliveries.len());
             for delivery in &deliveries {
                 self.read_cancellations()?;
-                let first_ms = wall_unix_ms(&*self.shared.clock);
+                let taken_ms = wall_unix_ms(&*self.shared.clock);
                 let attempts = self.deliver(delivery).await;
                 let last_ms = wall_unix_ms(&*self.shared.clock);
+                // When the first attempt started (read once: a clock read
+                // before it can fall in the millisecond before), or when the
+                // delivery was taken if no attempt ran.
+                let first_ms = attempts.started_ms.first().copied().unwrap_or(taken_ms);
                 self.account(delivery, &attempts, last_ms);
                 records.push((attempts, first_ms, last_ms));
             }

@@ -100,12 +100,18 @@ impl<RT: AsyncRuntime> Gauge<RT> {
     }
 
     pub(crate) fn release(&self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.release_n(1);
+    }
+
+    /// Frees `n` slots with one wake-up of the producer waiting for room
+    /// (an answered batch frees all of a producer's slots in it at once).
+    pub(crate) fn release_n(&self, n: usize) {
+        self.count.fetch_sub(n, Ordering::AcqRel);
         self.released
             .lock()
             .expect("gauge lock")
-            .send_if_modified(|n| {
-                *n += 1;
+            .send_if_modified(|released| {
+                *released += n as u64;
                 true
             });
     }

@@ -613,9 +613,35 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
+    /// Whether appending entries with these payload sizes would roll a
+    /// segment: they do not fit in what is left of the active one (or in a
+    /// whole one), or a written-out spare is ready while the active
+    /// segment grows. A caller that must not block on a roll's syncs (the
+    /// Raft core's task) appends such entries on a thread that may, after
+    /// [`Log::roll`], so that they go whole into the next segment.
+    pub fn roll_due(&self, payload_sizes: impl IntoIterator<Item = usize>) -> bool {
+        let bytes: u64 = payload_sizes
+            .into_iter()
+            .map(|size| frame::frame_size(size) as u64)
+            .sum();
+        if self.active.offsets.is_empty() {
+            // An empty segment takes entries first; only more than a whole
+            // segment rolls it.
+            return bytes > self.options.segment_size;
+        }
+        (matches!(self.spare, spare::State::Ready(_)) && self.active.capacity == 0)
+            || self.active.size + bytes > self.options.segment_size
+    }
+
     /// Seals the active segment (trimmed to its frames and synced first)
-    /// and starts a new one.
-    fn roll(&mut self) -> Result<()> {
+    /// and starts a new one (the ready spare renamed in, or a new file; the
+    /// directory synced): two syncs and a directory sync, blocking. An
+    /// empty active segment is left as it is.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_poison()?;
+        if self.active.offsets.is_empty() {
+            return Ok(());
+        }
         if self.active.capacity > self.active.size {
             // A sealed segment holds exactly its frames: drop the zeros.
             let name = self.active.name.clone();

@@ -229,7 +229,8 @@ impl<D: Disk> Inner<D> {
         super::state_machine::store_snapshot(self.log.disk(), &core).map_err(|e| io("replace", e))
     }
 
-    fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> log::Result<()> {
+    /// Encodes `entries` into frame payloads, for [`Inner::write_encoded`].
+    fn encode(&mut self, entries: impl IntoIterator<Item = Entry>) {
         self.payloads.clear();
         self.frames.clear();
         for entry in entries {
@@ -245,6 +246,26 @@ impl<D: Disk> Inner<D> {
             ));
             self.last_log = Some(id);
         }
+    }
+
+    /// Whether writing the encoded entries would roll the active segment
+    /// first.
+    fn roll_due(&self) -> bool {
+        let mut start = 0;
+        self.log.roll_due(self.frames.iter().map(|&(end, ..)| {
+            let size = end - start;
+            start = end;
+            size
+        }))
+    }
+
+    /// Writes the entries [`Inner::encode`] encoded into the log; returns
+    /// the sync handle that covers them when a sync is due (always with
+    /// [`Durability::Sync`], every [`BUFFER_WRITEBACK_BYTES`] without).
+    fn write_encoded(
+        &mut self,
+        durability: Durability,
+    ) -> log::Result<Option<SyncHandle<D::File>>> {
         // An empty log may begin anywhere (a fresh store, or right after a
         // snapshot): rebase it to the first index appended.
         if let Some(&(_, _, _, first, _, _)) = self.frames.first() {
@@ -269,7 +290,15 @@ impl<D: Disk> Inner<D> {
         self.log.append(&batch, PersistMode::Buffer)?;
         self.unsynced_bytes +=
             (self.payloads.len() + self.frames.len() * log::FRAME_OVERHEAD) as u64;
-        Ok(())
+        let due = match durability {
+            Durability::Sync => true,
+            Durability::Buffer => self.unsynced_bytes >= BUFFER_WRITEBACK_BYTES,
+        };
+        if !due {
+            return Ok(None);
+        }
+        self.unsynced_bytes = 0;
+        self.log.sync_handle().map(Some)
     }
 }
 
@@ -718,18 +747,27 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
         } else {
             durability
         };
-        let handle = {
+        let written = {
             let mut inner = self.shared.write().expect("log lock");
-            inner.append(entries).map_err(to_io)?;
-            let due = match durability {
-                Durability::Sync => true,
-                Durability::Buffer => inner.unsynced_bytes >= BUFFER_WRITEBACK_BYTES,
-            };
-            if due {
-                inner.unsynced_bytes = 0;
-                Some(inner.log.sync_handle().map_err(to_io)?)
-            } else {
+            inner.encode(entries);
+            if inner.roll_due() {
                 None
+            } else {
+                Some(inner.write_encoded(durability).map_err(to_io)?)
+            }
+        };
+        let handle = match written {
+            Some(handle) => handle,
+            // Sealing the full segment and starting the next costs two
+            // syncs and a directory sync (about 1 ms): they run on the
+            // blocking pool, not on the Raft core's worker thread, holding
+            // the log's lock as a roll inside the append did.
+            None => {
+                self.blocking(move |inner| {
+                    inner.log.roll()?;
+                    inner.write_encoded(durability)
+                })
+                .await?
             }
         };
         let callback = match durability {

@@ -9,6 +9,13 @@
 //! hop, the median and 99th percentile of the time since the hop before.
 //! Timestamps come from one process-wide monotonic clock, so the client
 //! and the nodes must run in one process (as `cluster_report` does).
+//!
+//! Hops inside "batch proposed → applied" concern Raft entries, not
+//! events, and are timed where they happen instead ([`span`]): a
+//! replication request from the leader's send to the follower's answer,
+//! the follower's share of it (append and sync), the log's `fdatasync`,
+//! and an append from the Raft core's call to its flush callback. The
+//! report lists each span's percentiles after the table.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -88,6 +95,8 @@ type Buffer = Arc<Mutex<Vec<Rec>>>;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
+/// Durations of the [`span`]s, by name, in the order first seen.
+static SPANS: Mutex<Vec<(&'static str, Vec<u64>)>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LOCAL: RefCell<Option<Buffer>> = const { RefCell::new(None) };
@@ -116,6 +125,22 @@ pub fn record(key: u64, stage: Stage) {
         stage: stage as u8,
         ns: now_ns(),
     });
+}
+
+/// Now, for starting a [`span`].
+pub fn start() -> Instant {
+    Instant::now()
+}
+
+/// Records that the part of the path called `name` took from `started`
+/// until now (feature `stage-trace`; see the module docs).
+pub fn span(name: &'static str, started: Instant) {
+    let nanos = started.elapsed().as_nanos() as u64;
+    let mut spans = SPANS.lock().unwrap();
+    match spans.iter_mut().find(|(known, _)| *known == name) {
+        Some((_, durations)) => durations.push(nanos),
+        None => spans.push((name, vec![nanos])),
+    }
 }
 
 /// Records that request `request` carries the event stamped `stamp`.
@@ -175,6 +200,7 @@ pub fn take_report(title: &str) -> String {
             rows.push(times.map(Option::unwrap));
         }
     }
+    let spans = std::mem::take(&mut *SPANS.lock().unwrap());
     let mut out = String::new();
     let _ = writeln!(out, "\nstage trace: {title}: {} requests", rows.len());
     if rows.is_empty() {
@@ -188,6 +214,7 @@ pub fn take_report(title: &str) -> String {
         );
     }
     if rows.is_empty() {
+        write_spans(&mut out, spans);
         return out;
     }
     let _ = writeln!(out, "| hop | p50 µs | p99 µs | mean µs |");
@@ -210,5 +237,30 @@ pub fn take_report(title: &str) -> String {
     }
     let deltas = rows.iter().map(|r| r[12] as i64 - r[0] as i64).collect();
     line("end to end (client call → returns)", deltas);
+    write_spans(&mut out, spans);
     out
+}
+
+/// The spans' percentiles, on every node together.
+fn write_spans(out: &mut String, spans: Vec<(&'static str, Vec<u64>)>) {
+    if spans.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n| span (every node) | count | p50 µs | p99 µs | mean µs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (name, mut durations) in spans {
+        durations.sort_unstable();
+        let at = |q: f64| durations[((durations.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        let mean = durations.iter().sum::<u64>() as f64 / durations.len() as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.1} | {:.1} | {mean:.1} |",
+            durations.len(),
+            at(0.5),
+            at(0.99)
+        );
+    }
 }

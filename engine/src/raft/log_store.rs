@@ -450,8 +450,16 @@ async fn flush_loop<RT: AsyncRuntime, D: Disk>(
             callbacks.len()
         })
         .await;
+        #[cfg(feature = "stage-trace")]
+        let queued = crate::trace::start();
         let synced = TypeConfig::<RT>::spawn_blocking(move || {
+            #[cfg(feature = "stage-trace")]
+            crate::trace::span("log: flusher hands off → sync starts", queued);
+            #[cfg(feature = "stage-trace")]
+            let syncing = crate::trace::start();
             let result = handle.sync();
+            #[cfg(feature = "stage-trace")]
+            crate::trace::span("log: fdatasync", syncing);
             (handle, result)
         })
         .await;

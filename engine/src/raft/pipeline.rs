@@ -186,6 +186,18 @@ where
                         let seq = p.seq;
                         p.seq += 1;
                         let call = client.send_one(stream, seq, rpc, option.clone());
+                        #[cfg(feature = "stage-trace")]
+                        let call = {
+                            let started = crate::trace::start();
+                            async move {
+                                let sent = call.await;
+                                crate::trace::span(
+                                    "replication: leader sends a request → its answer is back",
+                                    started,
+                                );
+                                sent
+                            }
+                        };
                         p.in_flight.push_back(Box::pin(call));
                     }
                     Either::Left(None) => {
@@ -288,6 +300,8 @@ impl<RT: AsyncRuntime> Inbound<RT> {
         source: NodeId,
         request: StreamRequestIn<RT>,
     ) -> Result<StreamAppendResult<TypeConfig<RT>>, HandlerError> {
+        #[cfg(feature = "stage-trace")]
+        let started = crate::trace::start();
         let StreamRequestIn { stream, seq, rpc } = request;
         let shared = self.stream(raft, source, stream)?;
         let (reply, answer) = TypeConfig::<RT>::oneshot();
@@ -321,7 +335,13 @@ impl<RT: AsyncRuntime> Inbound<RT> {
                 waker.wake();
             }
         }
-        match answer.await {
+        let answer = answer.await;
+        #[cfg(feature = "stage-trace")]
+        crate::trace::span(
+            "replication: follower has a request → Raft answers it (append, sync)",
+            started,
+        );
+        match answer {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(fatal)) => Err(HandlerError::new(format!(
                 "this node cannot answer the append request: {fatal}"

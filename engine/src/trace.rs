@@ -219,16 +219,9 @@ pub fn take_report(title: &str) -> String {
     }
     let _ = writeln!(out, "| hop | p50 µs | p99 µs | mean µs |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
-    let mut line = |name: &str, mut deltas: Vec<i64>| {
-        deltas.sort_unstable();
-        let at = |q: f64| deltas[((deltas.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-        let mean = deltas.iter().sum::<i64>() as f64 / deltas.len() as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "| {name} | {:.1} | {:.1} | {mean:.1} |",
-            at(0.5),
-            at(0.99)
-        );
+    let mut line = |name: &str, deltas: Vec<i64>| {
+        let (p50, p99, mean) = summary(deltas);
+        let _ = writeln!(out, "| {name} | {p50:.1} | {p99:.1} | {mean:.1} |");
     };
     for pair in STAGES.windows(2) {
         let (from, to) = (pair[0].0 as usize, pair[1].0 as usize);
@@ -251,16 +244,21 @@ fn write_spans(out: &mut String, spans: Vec<(&'static str, Vec<u64>)>) {
         "\n| span (every node) | count | p50 µs | p99 µs | mean µs |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-    for (name, mut durations) in spans {
-        durations.sort_unstable();
-        let at = |q: f64| durations[((durations.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-        let mean = durations.iter().sum::<u64>() as f64 / durations.len() as f64 / 1000.0;
+    for (name, durations) in spans {
+        let count = durations.len();
+        let (p50, p99, mean) = summary(durations.into_iter().map(|d| d as i64).collect());
         let _ = writeln!(
             out,
-            "| {name} | {} | {:.1} | {:.1} | {mean:.1} |",
-            durations.len(),
-            at(0.5),
-            at(0.99)
+            "| {name} | {count} | {p50:.1} | {p99:.1} | {mean:.1} |"
         );
     }
+}
+
+/// The median, 99th percentile and mean of some nanosecond counts, in µs
+/// (at least one).
+fn summary(mut nanos: Vec<i64>) -> (f64, f64, f64) {
+    nanos.sort_unstable();
+    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    let mean = nanos.iter().sum::<i64>() as f64 / nanos.len() as f64 / 1000.0;
+    (at(0.5), at(0.99), mean)
 }

@@ -248,8 +248,8 @@ impl<D: Disk> Inner<D> {
         }
     }
 
-    /// Whether writing the encoded entries would roll the active segment
-    /// first.
+    /// Whether writing the encoded entries would roll a segment
+    /// ([`Log::roll_due`]).
     fn roll_due(&self) -> bool {
         let mut start = 0;
         self.log.roll_due(self.frames.iter().map(|&(end, ..)| {

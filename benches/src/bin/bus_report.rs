@@ -568,7 +568,10 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: Fs
 
 fn describe(load: Load) -> String {
     match load {
-        Load::Closed { producers } => format!("{producers} producers, closed loop"),
+        Load::Closed { producers } => {
+            let s = if producers == 1 { "" } else { "s" };
+            format!("{producers} producer{s}, closed loop")
+        }
         Load::Pipelined {
             producers,
             inflight,

@@ -320,10 +320,10 @@ async fn pipelined(
 }
 
 /// Offers publishes at a fixed rate from one OS thread, round-robin over
-/// the producers. It wakes at most once every [`PACE_STEP`] and sends
-/// everything that has come due; each publish's latency counts from when it was due,
-/// not when it went out, so pacing lag and stalls are charged to the bus's
-/// figure, never hidden.
+/// the producers. It sleeps at least [`PACE_STEP`] between passes and
+/// sends everything that has come due; each publish's latency counts from
+/// when it was due, not when it went out, so pacing lag and stalls are
+/// charged to the bus's figure, never hidden.
 struct Pacer {
     bus: Bus,
     producers: u64,

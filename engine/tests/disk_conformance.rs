@@ -52,6 +52,7 @@ conformance!(
     set_len_extends_with_zeros_and_shrinks,
     handles_share_content,
     sync_succeeds,
+    write_back_changes_nothing_visible,
     map_returns_content,
     remove_keeps_open_handles,
     rename_moves_content,
@@ -225,6 +226,24 @@ fn sync_succeeds<D: Disk>(disk: &D) {
     disk.sync_dir().unwrap();
     assert_eq!(read_all(&file), b"da");
     assert_eq!(disk.list().unwrap(), ["g"]);
+}
+
+/// Starting a write-back is a hint: it succeeds on written, unwritten
+/// and empty ranges and changes neither content nor length.
+fn write_back_changes_nothing_visible<D: Disk>(disk: &D) {
+    let file = disk.create("f").unwrap();
+    file.start_write_back(0, 0).unwrap();
+    file.write_at(0, &[7; 10_000]).unwrap();
+    file.start_write_back(0, 4096).unwrap();
+    file.start_write_back(4096, 100_000).unwrap();
+    assert_eq!(file.size().unwrap(), 10_000);
+    assert_eq!(read_all(&file), vec![7; 10_000]);
+    file.sync_data().unwrap();
+    assert_eq!(read_all(&file), vec![7; 10_000]);
+    assert_kind(
+        file.start_write_back(u64::MAX, 1),
+        io::ErrorKind::InvalidInput,
+    );
 }
 
 fn map_returns_content<D: Disk>(disk: &D) {

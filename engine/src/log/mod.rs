@@ -44,7 +44,7 @@ use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
 pub use error::{Corruption, CorruptionReason, Error, Result};
 pub use recovery::{RecoveryReport, Repair, TornTail};
 pub(crate) use spare::all_zero;
-pub use spare::{NAME as SPARE_NAME, STEP_BYTES as SPARE_STEP_BYTES, SpareJob};
+pub use spare::{NAME as SPARE_NAME, STEP_BYTES as SPARE_STEP_BYTES, SpareJob, Trickle};
 
 use frame::{GENESIS, Hash, Header};
 use meta::Meta;
@@ -508,9 +508,9 @@ impl<D: Disk> Log<D> {
         }
         match self.disk.create(spare::NAME) {
             Ok(file) => {
-                let file = Arc::new(file);
-                self.spare = spare::State::Preparing(Arc::clone(&file));
-                Some(SpareJob::new(file, self.options.segment_size))
+                let job = SpareJob::new(Arc::new(file), self.options.segment_size);
+                self.spare = spare::State::Preparing(job.trickle());
+                Some(job)
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot create a spare segment; going on without one");
@@ -525,19 +525,29 @@ impl<D: Disk> Log<D> {
     /// roll.
     pub fn complete_spare(&mut self, job: SpareJob<D::File>, result: std::io::Result<()>) {
         let current = match &self.spare {
-            spare::State::Preparing(file) => Arc::ptr_eq(file, &job.file),
+            spare::State::Preparing(trickle) => job.is(trickle),
             _ => false,
         };
         if !current {
             return;
         }
         self.spare = match result {
-            Ok(()) => spare::State::Ready(job.file),
+            Ok(()) => spare::State::Ready(job.into_file()),
             Err(error) => {
                 tracing::warn!(%error, written = job.written(), "writing a spare segment failed; going on without one");
                 spare::State::Failed
             }
         };
+    }
+
+    /// A handle on the spare being written, if one is: the log's flusher
+    /// calls [`Trickle::write_back`] after each sync, so that the spare's
+    /// zeros reach the device a little at a time (`spare.rs`).
+    pub fn spare_trickle(&self) -> Option<Trickle<D::File>> {
+        match &self.spare {
+            spare::State::Preparing(trickle) => Some(trickle.clone()),
+            _ => None,
+        }
     }
 
     fn prewrite_after(&self) -> u64 {

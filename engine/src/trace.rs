@@ -214,6 +214,8 @@ pub fn take_report(title: &str) -> String {
         );
     }
     if rows.is_empty() {
+        // Embedded producers: no client frames, only the stamped hops.
+        write_stamped(&mut out, by_stamp);
         write_spans(&mut out, spans);
         return out;
     }
@@ -232,6 +234,43 @@ pub fn take_report(title: &str) -> String {
     line("end to end (client call → returns)", deltas);
     write_spans(&mut out, spans);
     out
+}
+
+/// The hops of events published in process (no request to link them to):
+/// queued for the batcher → applied.
+fn write_stamped(out: &mut String, by_stamp: HashMap<u64, [Option<u64>; 13]>) {
+    let rows: Vec<[u64; 4]> = by_stamp
+        .values()
+        .filter_map(|times| {
+            let mut row = [0; 4];
+            for (slot, stage) in row.iter_mut().zip(BY_STAMP) {
+                *slot = times[stage as usize]?;
+            }
+            Some(row)
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{} events published in process", rows.len());
+    let _ = writeln!(out, "| hop | p50 µs | p99 µs | mean µs |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    let name = |stage: Stage| {
+        STAGES
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map_or("?", |s| s.1)
+    };
+    for i in 0..BY_STAMP.len() - 1 {
+        let (p50, p99, mean) =
+            summary(rows.iter().map(|r| r[i + 1] as i64 - r[i] as i64).collect());
+        let _ = writeln!(
+            out,
+            "| {} → {} | {p50:.1} | {p99:.1} | {mean:.1} |",
+            name(BY_STAMP[i]),
+            name(BY_STAMP[i + 1])
+        );
+    }
 }
 
 /// The spans' percentiles, on every node together.

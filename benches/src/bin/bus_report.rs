@@ -200,6 +200,9 @@ async fn run(
     };
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let duration = Duration::from_secs_f64(seconds);
+    // Drops what the warm-up recorded.
+    #[cfg(feature = "stage-trace")]
+    let _ = sluice::trace::take_report("warm-up");
     let started = Instant::now();
     let producers = match load {
         Load::Closed { producers }
@@ -248,6 +251,11 @@ async fn run(
         task.await??;
     }
     let elapsed = started.elapsed();
+    #[cfg(feature = "stage-trace")]
+    eprintln!(
+        "{}",
+        sluice::trace::take_report(&format!("{} {durability:?}", describe(load)))
+    );
     bus.close().await?;
     let histogram = histogram.lock().unwrap();
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;

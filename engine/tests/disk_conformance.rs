@@ -244,6 +244,10 @@ fn write_back_changes_nothing_visible<D: Disk>(disk: &D) {
         file.start_write_back(u64::MAX, 1),
         io::ErrorKind::InvalidInput,
     );
+    // A hint that failed leaves the handle usable.
+    file.write_at(0, b"after").unwrap();
+    file.sync_data().unwrap();
+    assert_eq!(&read_all(&file)[..5], b"after");
 }
 
 fn map_returns_content<D: Disk>(disk: &D) {

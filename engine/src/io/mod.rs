@@ -139,7 +139,9 @@ pub trait DiskFile: Send + Sync + fmt::Debug + 'static {
     /// `sync_file_range` with `SYNC_FILE_RANGE_WRITE`). A hint: a later
     /// [`DiskFile::sync_data`] then finds less to write. Implementations
     /// that cannot do this (and the simulator's disks) do nothing. A range
-    /// past the largest file offset is `InvalidInput`.
+    /// past the largest file offset is `InvalidInput`. A failure does not
+    /// poison the handle: a write-back that fails on the device is
+    /// reported by the next [`DiskFile::sync_data`], which does.
     fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
         write_back_range(offset, len).map(|_| ())
     }

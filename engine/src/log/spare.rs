@@ -135,9 +135,11 @@ impl<F> Clone for Trickle<F> {
 
 impl<F: DiskFile> Trickle<F> {
     /// Starts the write-back of the next [`TRICKLE_BYTES`] written and not
-    /// yet started, if any; does not wait for it. An error is the spare's
-    /// alone: it poisons the spare's file, so the job's last sync fails
-    /// and the log goes on without that spare.
+    /// yet started, if any; does not wait for it. An error is only logged:
+    /// a write-back that failed on the device is reported by the file's
+    /// next sync (the job's last one, which then gives the spare up; or,
+    /// if this handle is stale and the spare is already the log's active
+    /// segment, the log's, which is then right to stop).
     pub fn write_back(&self) {
         if let Some((offset, len)) = self.progress.claim(TRICKLE_BYTES) {
             if let Err(error) = self.file.start_write_back(offset, len) {

@@ -164,18 +164,25 @@ impl DiskFile for OsFile {
     fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let (offset, len) = crate::io::write_back_range(offset, len)?;
-        self.mutate(|file| {
-            // SAFETY: a plain system call on a descriptor `file` owns and
-            // keeps open for the call; it reads no user memory.
-            let status = unsafe {
-                libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-            };
-            if status == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        })
+        // A hint: a failure does not poison the handle (a write-back that
+        // fails on the device is reported by the next `fdatasync` of the
+        // file, which does).
+        self.check()?;
+        // SAFETY: a plain system call on a descriptor `self.file` owns and
+        // keeps open for the call; it reads no user memory.
+        let status = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     #[allow(unsafe_code)]

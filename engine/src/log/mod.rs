@@ -463,12 +463,7 @@ impl<D: Disk> Log<D> {
         }
         self.buffer.clear();
         self.pending.clear();
-        if matches!(self.spare, spare::State::Ready(_))
-            && self.active.capacity == 0
-            && !self.active.offsets.is_empty()
-        {
-            // A segment that grows costs every sync a journal commit; move
-            // to the written-out spare as soon as one exists.
+        if self.leaves_growing_segment() && !self.active.offsets.is_empty() {
             self.roll()?;
         }
         for entry in entries {
@@ -639,8 +634,14 @@ impl<D: Disk> Log<D> {
             // segment rolls it.
             return bytes > self.options.segment_size;
         }
-        (matches!(self.spare, spare::State::Ready(_)) && self.active.capacity == 0)
-            || self.active.size + bytes > self.options.segment_size
+        self.leaves_growing_segment() || self.active.size + bytes > self.options.segment_size
+    }
+
+    /// Whether the next append rolls from a growing segment onto a
+    /// written-out spare: a segment that grows costs every sync a journal
+    /// commit, so the log moves to the spare as soon as one is ready.
+    fn leaves_growing_segment(&self) -> bool {
+        self.spare_ready() && self.active.capacity == 0
     }
 
     /// Seals the active segment (trimmed to its frames and synced first)

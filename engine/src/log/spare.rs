@@ -148,11 +148,6 @@ impl<F: DiskFile> Trickle<F> {
             }
         }
     }
-
-    /// Whether `self` and `other` are handles on the same spare.
-    fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.progress, &other.progress)
-    }
 }
 
 /// Writing one spare segment: zeros up to the segment size, synced once
@@ -183,7 +178,7 @@ impl<F: DiskFile> SpareJob<F> {
 
     /// Whether this job writes the spare `trickle` points at.
     pub(super) fn is(&self, trickle: &Trickle<F>) -> bool {
-        self.trickle.same(trickle)
+        Arc::ptr_eq(&self.trickle.progress, &trickle.progress)
     }
 
     /// The spare's file.

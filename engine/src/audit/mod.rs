@@ -6,11 +6,11 @@
 //! - [`checkpoint`]: signed checkpoints of the log's hash chain head (the
 //!   chain itself is computed by the log, `log/FORMAT.md`), proposed by the
 //!   bus through Raft (`Bus::checkpoint`, `Bus::start_checkpoints`);
-//! - [`verify`]: the offline verifier of a data directory, behind
+//! - [`verify`](mod@verify): the offline verifier of a data directory, behind
 //!   `sluice verify`;
 //! - [`signing`]: optional producer signatures on events;
 //! - [`erasure`]: signed erasure tombstones for a subject;
-//! - [`export`]: the audit export by subject and time range;
+//! - [`export`](mod@export): the audit export by subject and time range;
 //! - [`masking`]: field-level masking of payloads at read time by the
 //!   reader's clearance.
 //!

@@ -135,7 +135,7 @@ impl<F> Clone for Trickle<F> {
 }
 
 impl<F: DiskFile> Trickle<F> {
-    /// Starts the write-back of the next [`TRICKLE_BYTES`] written and not
+    /// Starts the write-back of the next `TRICKLE_BYTES` (64 KiB) written and not
     /// yet started, if any; does not wait for it. An error is only logged:
     /// a write-back that failed on the device is reported by the file's
     /// next sync (the job's last one, which then gives the spare up; or,
@@ -188,7 +188,7 @@ impl<F: DiskFile> SpareJob<F> {
 
     /// Writes the next [`STEP_BYTES`] of zeros (fewer at the end), starts
     /// the write-back of its own oldest bytes if the log's syncs have left
-    /// more than [`LAG_MAX`] behind, and syncs the whole file at the last
+    /// more than `LAG_MAX` (1 MiB) behind, and syncs the whole file at the last
     /// step. Returns whether the spare is complete.
     pub fn step(&mut self) -> io::Result<bool> {
         let file = &self.trickle.file;

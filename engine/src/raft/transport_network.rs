@@ -388,7 +388,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         self.append_plain(rpc, option).await
     }
 
-    /// Pipelined replication; see [`pipeline`].
+    /// Pipelined replication; see `raft::pipeline`.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,

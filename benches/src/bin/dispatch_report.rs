@@ -2,10 +2,19 @@
 //! listeners (fan-out, one group each).
 //!
 //! ```sh
-//! cargo run --release -p sluice-benches --bin dispatch_report [-- --quick] [--workers N]
+//! cargo run --release -p sluice-benches --bin dispatch_report [-- --quick] [--workers N] [--layout shared|split|both]
 //! ```
 //!
-//! For each listener count:
+//! Two thread layouts, both by default:
+//! - `split`: the publisher runs on the main thread and the handlers on
+//!   the runtime's `--workers` threads (1 by default: on a 2-core machine,
+//!   one core publishes and one handles);
+//! - `shared`: the publisher and the handlers share one thread (a
+//!   current-thread runtime); while the publisher waits for an event's
+//!   scheduled time it yields, so the handlers run in its gaps. One core
+//!   stays free for everything else on the machine.
+//!
+//! For each layout and listener count:
 //! - saturation: one publisher publishes as fast as back-pressure lets it;
 //!   events/s is events published per second until every listener has
 //!   handled the last one (deliveries/s is that times the listeners);
@@ -17,22 +26,19 @@
 //!   heap allocation in the process during each measured phase (after a
 //!   warm-up), divided by the events published. Events come from a pool
 //!   of prebuilt `Arc`s, so the count is the dispatcher's own.
-//!
-//! The publisher runs on the main thread; handlers run on the runtime's
-//! `--workers` threads (1 by default: on a 2-core machine, one core
-//! publishes and one handles).
 
 #![allow(clippy::disallowed_methods)]
 
 use std::alloc::System;
 use std::error::Error;
-use std::future::{Ready, ready};
+use std::future::{Ready, poll_fn, ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use sluice::dispatch::{
     Context, Dispatcher, DispatcherConfig, HandlerError, LocalTopic, SubscriptionHandle, TypedEvent,
@@ -51,9 +57,12 @@ struct Args {
     /// Shorter runs, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Runtime worker threads (handlers run there).
+    /// Runtime worker threads of the split layout (handlers run there).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Which thread layouts to measure.
+    #[arg(long, value_enum, default_value_t = Layouts::Both)]
+    layout: Layouts,
     /// Offered rate of the fixed-rate phase, events per second.
     #[arg(long, default_value_t = 1_000_000)]
     rate: u64,
@@ -61,6 +70,22 @@ struct Args {
     /// per event), which one handler thread cannot take at `--rate`.
     #[arg(long, default_value_t = 500_000)]
     fanout_rate: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layouts {
+    Shared,
+    Split,
+    Both,
+}
+
+/// Where the publisher and the handlers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// One thread for both (a current-thread runtime).
+    Shared,
+    /// The publisher on the main thread, handlers on the runtime's workers.
+    Split,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -122,6 +147,7 @@ fn handler(
 }
 
 struct Row {
+    layout: Layout,
     listeners: usize,
     saturation: Phase,
     rate: Phase,
@@ -172,9 +198,26 @@ fn setup(dispatcher: &Dispatcher, shared: &Arc<Shared>, listeners: usize) -> Set
     }
 }
 
+/// Lets every other task that is ready on this thread run once, without a
+/// system call. (`tokio::task::yield_now` also polls the I/O driver, an
+/// `epoll_wait` per yield, too coarse for a 1 µs schedule.)
+async fn let_others_run() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 /// Publishes `events` (paced to `rate_per_sec` if given) and waits until
 /// every listener has handled them.
 async fn run_phase(
+    layout: Layout,
     shared: &Shared,
     setup: &Setup,
     events: u64,
@@ -191,7 +234,10 @@ async fn run_phase(
         if let Some(rate) = rate_per_sec {
             let scheduled_ns = start_ns + index * 1_000_000_000 / rate;
             while shared.now_ns() < scheduled_ns {
-                std::hint::spin_loop();
+                match layout {
+                    Layout::Shared => let_others_run().await,
+                    Layout::Split => std::hint::spin_loop(),
+                }
             }
             shared.sent_ns[slot].store(scheduled_ns, Ordering::Release);
         }
@@ -215,21 +261,28 @@ async fn run_phase(
     }
 }
 
-async fn measure(args: &Args, shared: &Arc<Shared>, listeners: usize, offered_per_sec: u64) -> Row {
+async fn measure(
+    args: &Args,
+    layout: Layout,
+    shared: &Arc<Shared>,
+    listeners: usize,
+    offered_per_sec: u64,
+) -> Row {
     let dispatcher: Dispatcher = Dispatcher::new(DispatcherConfig::default());
     let setup = setup(&dispatcher, shared, listeners);
     let scale = if args.quick { 10 } else { 1 };
     let saturation_events = 4_000_000 / scale / listeners as u64;
     let rate_events = offered_per_sec.min(2_000_000) / scale;
     // Warm up: queues, timer wheel, histograms, the allocator's caches.
-    run_phase(shared, &setup, 200_000 / scale, None).await;
-    let saturation = run_phase(shared, &setup, saturation_events, None).await;
-    run_phase(shared, &setup, rate_events / 4, Some(offered_per_sec)).await;
+    run_phase(layout, shared, &setup, 200_000 / scale, None).await;
+    let saturation = run_phase(layout, shared, &setup, saturation_events, None).await;
+    let rate = Some(offered_per_sec);
+    run_phase(layout, shared, &setup, rate_events / 4, rate).await;
     for sink in &setup.sinks {
         sink.latency_ns.lock().unwrap().reset();
     }
     shared.timing.store(true, Ordering::Relaxed);
-    let rate = run_phase(shared, &setup, rate_events, Some(offered_per_sec)).await;
+    let rate = run_phase(layout, shared, &setup, rate_events, rate).await;
     shared.timing.store(false, Ordering::Relaxed);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     for sink in &setup.sinks {
@@ -240,6 +293,7 @@ async fn measure(args: &Args, shared: &Arc<Shared>, listeners: usize, offered_pe
     }
     let us = |q| latency.value_at_quantile(q) as f64 / 1e3;
     Row {
+        layout,
         listeners,
         saturation,
         offered_per_sec,
@@ -252,18 +306,19 @@ async fn measure(args: &Args, shared: &Arc<Shared>, listeners: usize, offered_pe
 
 fn print(args: &Args, rows: &[Row]) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("dispatch_report: {cores} cores\n");
     println!(
-        "dispatch_report: {cores} cores, {} runtime worker thread(s), publisher on the main thread\n",
-        args.workers
+        "| layout | listeners | saturation events/s | deliveries/s | allocs/event (sat.) | offered events/s | achieved events/s | p50 µs | p99 µs | p99.9 µs | allocs/event (rate) | bytes/event (rate) |"
     );
-    println!(
-        "| listeners | saturation events/s | deliveries/s | allocs/event (sat.) | offered events/s | achieved events/s | p50 µs | p99 µs | p99.9 µs | allocs/event (rate) | bytes/event (rate) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let per_event = |phase: &Phase, value: usize| value as f64 / phase.events as f64;
+        let layout = match row.layout {
+            Layout::Shared => "shared: 1 thread".to_string(),
+            Layout::Split => format!("split: main + {} worker(s)", args.workers),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.4} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.4} | {:.2} |",
+            "| {layout} | {} | {:.0} | {:.0} | {:.4} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.4} | {:.2} |",
             row.listeners,
             row.saturation.events_per_sec,
             row.saturation.events_per_sec * row.listeners as f64,
@@ -281,7 +336,7 @@ fn print(args: &Args, rows: &[Row]) {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let split = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers)
         .enable_all()
         .build()?;
@@ -299,17 +354,33 @@ fn main() -> Result<(), Box<dyn Error>> {
         sent_ns: (0..POOL_SIZE).map(|_| AtomicU64::new(0)).collect(),
         timing: AtomicBool::new(false),
     });
-    let rows = runtime.block_on(async {
-        let mut rows = Vec::new();
-        for (listeners, rate) in [(1, args.rate), (8, args.rate), (8, args.fanout_rate)] {
-            rows.push(measure(&args, &shared, listeners, rate).await);
-        }
-        rows
-    });
+    let layouts: &[Layout] = match args.layout {
+        Layouts::Shared => &[Layout::Shared],
+        Layouts::Split => &[Layout::Split],
+        Layouts::Both => &[Layout::Shared, Layout::Split],
+    };
+    let mut rows = Vec::new();
+    for &layout in layouts {
+        let shared_thread;
+        let runtime = match layout {
+            Layout::Shared => {
+                shared_thread = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                &shared_thread
+            }
+            Layout::Split => &split,
+        };
+        runtime.block_on(async {
+            for (listeners, rate) in [(1, args.rate), (8, args.rate), (8, args.fanout_rate)] {
+                rows.push(measure(&args, layout, &shared, listeners, rate).await);
+            }
+        });
+    }
     print(&args, &rows);
     let root = sluice_benches::bench_root()?;
     let fsync = sluice_benches::probe::append_sync_latency(&root, 300, 4096)?;
-    let durable = runtime.block_on(durable_latency(&root, if args.quick { 300 } else { 3000 }))?;
+    let durable = split.block_on(durable_latency(&root, if args.quick { 300 } else { 3000 }))?;
     println!(
         "\ndurable topic (embedded bus, fsync before ack), one producer awaiting each publish, \
          publish → handler: {} events, p50 {:.0} µs, p99 {:.0} µs; the disk's fdatasync p99 in \

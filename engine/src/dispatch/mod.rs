@@ -34,6 +34,14 @@
 //! is queued. Durable delivery is the bus's job (`crate::bus`); the
 //! registry's [`Dispatcher::publish_encoded`] bridges bus deliveries into
 //! local topics.
+//!
+//! Threads: handlers run on the runtime that [`LocalTopic::subscribe`] was
+//! called in. For the lowest latency at a moderate rate, publish from the
+//! same thread as the handlers (a current-thread runtime): a delivery is
+//! then a task switch, not a thread wake-up (on 2 cores, p50 0.5 µs and
+//! p99 under 30 µs at 1 M events/s, against p50 8–10 µs with the handlers
+//! on another thread). For the most events per second, give the handlers
+//! their own worker threads. `dispatch_report` in `benches/` measures both.
 
 pub mod context;
 pub mod durable;

@@ -16,6 +16,12 @@
 //! runtime it measures; it reports how late it sent, and the latency from
 //! each send to its answer (the bus's own share).
 //!
+//! Every row runs on both of tokio's runtimes, the application's choice
+//! when it embeds the bus (`--runtime` picks one): multi-thread (a worker
+//! per core; the producers' tasks and the bus's share them) and
+//! current-thread (the producers and the bus on one thread; `fdatasync`
+//! still runs on the blocking pool's threads, as it does on both).
+//!
 //! Each row runs on a fresh bus. With spare segments on (`--prewrite on`,
 //! the default, as in production) the row first warms up until the log has
 //! moved onto a segment written out with zeros, so that it measures the
@@ -52,6 +58,7 @@ enum Load {
 struct Row {
     load: Load,
     durability: &'static str,
+    runtime: Flavor,
     events: u64,
     events_per_sec: f64,
     p50_us: f64,
@@ -76,6 +83,32 @@ struct PacedFigures {
     send_to_ack_p99_us: f64,
 }
 
+/// The tokio runtime a row runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+enum Flavor {
+    MultiThread,
+    CurrentThread,
+}
+
+impl Flavor {
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::MultiThread => "multi-thread",
+            Flavor::CurrentThread => "current-thread",
+        }
+    }
+
+    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        }
+        .enable_all()
+        .build()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Prewrite {
     On,
@@ -96,6 +129,10 @@ struct Args {
     /// on), off, or both (every row twice, off first).
     #[arg(long, value_enum, default_value = "on")]
     prewrite: Prewrite,
+    /// Run every row on this runtime only (default: both, multi-thread
+    /// first).
+    #[arg(long, value_enum)]
+    runtime: Option<Flavor>,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -103,24 +140,30 @@ fn main() -> Result<(), Box<dyn Error>> {
         report: args,
         filter,
         prewrite,
+        runtime,
     } = Args::parse();
+    let flavors = match runtime {
+        Some(flavor) => vec![flavor],
+        None => vec![Flavor::MultiThread, Flavor::CurrentThread],
+    };
     let prewrites: &[bool] = match prewrite {
         Prewrite::On => &[true],
         Prewrite::Off => &[false],
         Prewrite::Both => &[false, true],
     };
-    let wanted = |load: Load, durability: Durability| {
+    let wanted = |load: Load, durability: Durability, flavor: Flavor| {
         let durability = match durability {
             Durability::Sync => "durable",
             Durability::Buffer => "buffer-only",
         };
-        filter.wants(&format!("{} {durability}", describe(load)))
+        filter.wants(&format!(
+            "{} {durability} {}",
+            describe(load),
+            flavor.name()
+        ))
     };
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let fsync_before = probe::append_sync_latency(&root, 500, 4096)?;
     let overwrite_before = probe::overwrite_sync_latency(&root, 500, 4096)?;
     let loads = [
@@ -132,25 +175,27 @@ fn main() -> Result<(), Box<dyn Error>> {
             inflight: 64,
         },
     ];
-    let mut rows = Vec::new();
-    for durability in [Durability::Sync, Durability::Buffer] {
-        for load in loads {
-            for &prewrite in prewrites {
-                if wanted(load, durability) {
-                    let row = run(&root, load, durability, prewrite, seconds);
-                    rows.push(runtime.block_on(row)?);
-                }
-            }
-        }
-    }
     let rate = Load::Rate {
         producers: 16,
         per_sec: 100_000,
     };
-    for &prewrite in prewrites {
-        if wanted(rate, Durability::Buffer) {
-            let row = run(&root, rate, Durability::Buffer, prewrite, seconds);
-            rows.push(runtime.block_on(row)?);
+    let mut rows = Vec::new();
+    for flavor in flavors {
+        let runtime = flavor.build()?;
+        let mut cells = Vec::new();
+        for durability in [Durability::Sync, Durability::Buffer] {
+            for load in loads {
+                cells.push((load, durability));
+            }
+        }
+        cells.push((rate, Durability::Buffer));
+        for (load, durability) in cells {
+            for &prewrite in prewrites {
+                if wanted(load, durability, flavor) {
+                    let row = run(&root, load, durability, prewrite, seconds, flavor);
+                    rows.push(runtime.block_on(row)?);
+                }
+            }
         }
     }
     let fsync_after = probe::append_sync_latency(&root, 500, 4096)?;
@@ -182,6 +227,7 @@ async fn run(
     durability: Durability,
     prewrite: bool,
     seconds: f64,
+    runtime: Flavor,
 ) -> Result<Row, Box<dyn Error>> {
     let dir = scratch(root, "bus")?;
     let config = BusConfig {
@@ -265,6 +311,7 @@ async fn run(
             Durability::Sync => "durable",
             Durability::Buffer => "buffer-only",
         },
+        runtime,
         events: histogram.len(),
         events_per_sec: histogram.len() as f64 / elapsed.as_secs_f64(),
         p50_us: us(0.5),
@@ -538,9 +585,9 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: Fs
         overwrite.p50_us, overwrite.p99_us
     );
     println!(
-        "| load | durability | spare segments | events/s | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 | p99 / overwrite fsync p99 |"
+        "| load | durability | runtime | spare segments | events/s | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 | p99 / overwrite fsync p99 |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let load = describe(row.load);
         let prewrite = if row.prewrite {
@@ -549,8 +596,9 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: Fs
             "off".to_owned()
         };
         println!(
-            "| {load} | {} | {prewrite} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| {load} | {} | {} | {prewrite} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
             row.durability,
+            row.runtime.name(),
             row.events_per_sec,
             row.p50_us,
             row.p99_us,
@@ -562,9 +610,10 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: Fs
     for row in rows {
         if let (Load::Rate { per_sec, .. }, Some(paced)) = (row.load, &row.paced) {
             println!(
-                "\nAt {per_sec} events/s offered, the load generator itself sent p50 {:.0} µs, \
+                "\nAt {per_sec} events/s offered ({}), the load generator itself sent p50 {:.0} µs, \
                  p99 {:.0} µs late (included above: latency counts from each event's scheduled \
                  time); from send to answer, the bus took p50 {:.0} µs, p99 {:.0} µs.",
+                row.runtime.name(),
                 paced.sender_late_p50_us,
                 paced.sender_late_p99_us,
                 paced.send_to_ack_p50_us,

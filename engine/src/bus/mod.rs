@@ -159,7 +159,13 @@ impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Bus<RT, D> {
 
 impl Bus {
     /// Opens (or creates) a durable bus in `dir` on real files and tokio.
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime, of either flavour: the bus's
+    /// tasks run on the runtime that opens it, and its `fdatasync` on that
+    /// runtime's blocking pool. On a machine with few cores a
+    /// current-thread runtime shared with the producers answers sooner
+    /// (a publish's hand-offs are task switches, not thread wake-ups);
+    /// a multi-thread runtime carries more pipelined load (`bus_report`
+    /// in `benches/` measures both).
     pub async fn open(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
         Bus::open_with_config(dir, BusConfig::default()).await
     }

@@ -59,7 +59,7 @@ pub struct Applied {
     pub index: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     state: State,
     last_applied: Option<LogId>,
@@ -268,7 +268,11 @@ fn install_files<D: Disk + Clone>(
 
 /// Builds a snapshot from a copy of the state taken when it was created.
 pub struct SnapshotBuilder<RT: AsyncRuntime, D: Disk> {
-    bytes: Vec<u8>,
+    /// The state as it was when the builder was made, and the chain hash
+    /// at its last applied index: a clone that shares the partition
+    /// indexes' sealed chunks (`state/runs.rs`), so that making it is
+    /// cheap; encoding it happens on the blocking pool.
+    taken: Option<(Inner, Option<crate::log::frame::Hash>)>,
     meta: Meta,
     disk: D,
     /// The log it was taken from, and the range of bodies it needs.
@@ -279,7 +283,7 @@ pub struct SnapshotBuilder<RT: AsyncRuntime, D: Disk> {
 impl<RT: AsyncRuntime, D: Disk> fmt::Debug for SnapshotBuilder<RT, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnapshotBuilder")
-            .field("bytes", &self.bytes.len())
+            .field("last_applied", &self.meta.last_log_id)
             .finish_non_exhaustive()
     }
 }
@@ -292,11 +296,15 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
     async fn build_snapshot(
         &mut self,
     ) -> io::Result<Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>> {
-        let bytes = std::mem::take(&mut self.bytes);
+        let (inner, chain_head) = self.taken.take().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "snapshot builder used twice")
+        })?;
         let disk = self.disk.clone();
-        let bytes =
-            TypeConfig::<RT>::spawn_blocking(move || store_snapshot(&disk, &bytes).map(|()| bytes))
-                .await??;
+        let bytes = TypeConfig::<RT>::spawn_blocking(move || {
+            let bytes = StateMachineStore::<RT, D>::encode_snapshot(&inner, chain_head);
+            store_snapshot(&disk, &bytes).map(|()| bytes)
+        })
+        .await??;
         let snapshot = match self.tail.take() {
             Some((reader, from, last)) => {
                 SnapshotData::with_tail(bytes, Arc::new(reader), from, last)
@@ -370,7 +378,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
             _ => None,
         };
         SnapshotBuilder {
-            bytes: Self::encode_snapshot(&inner, chain_head),
+            taken: Some((inner.clone(), chain_head)),
             meta: Meta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),

@@ -34,6 +34,7 @@ mod groups;
 mod producers;
 mod publish;
 mod response;
+mod runs;
 mod snapshot;
 mod topics;
 

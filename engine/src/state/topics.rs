@@ -17,7 +17,7 @@
 //! Topics are never deleted and their partition count never changes, so a
 //! topic's id (its creation order) is stable and keys producer sessions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use crate::event::{EventBatch, EventView, check_topic_name};
 
 use super::command::TopicConfig;
 use super::response::{PublishError, StateError};
+use super::runs::Runs;
 use super::{PARTITIONS_MAX, PARTITIONS_TOTAL_MAX, TOPICS_MAX, ensure};
 
 /// A topic's metadata.
@@ -75,6 +76,16 @@ pub struct Run {
 }
 
 impl Run {
+    #[cfg(test)]
+    pub(super) fn new(offset_first: u64, count: u32, log_index: u64, skipped: Box<[u32]>) -> Run {
+        Run {
+            offset_first,
+            count,
+            log_index,
+            skipped,
+        }
+    }
+
     /// The first offset of the run.
     pub fn offset_first(&self) -> u64 {
         self.offset_first
@@ -150,7 +161,7 @@ impl Run {
 pub(super) struct PartitionIndex {
     offset_first: u64,
     offset_next: u64,
-    runs: VecDeque<Run>,
+    runs: Runs,
 }
 
 impl PartitionIndex {
@@ -198,7 +209,10 @@ impl PartitionIndex {
         if offset < self.offset_first || offset >= self.offset_next {
             return None;
         }
-        let run = &self.runs[self.run_at(offset)];
+        let run = self
+            .runs
+            .get(self.run_at(offset))
+            .expect("the offset is held");
         Some(Location {
             log_index: run.log_index,
             position: run.position(offset).expect("the run holds the offset"),
@@ -206,7 +220,7 @@ impl PartitionIndex {
     }
 
     pub(super) fn runs_from(&self, offset: u64) -> impl Iterator<Item = &Run> {
-        self.runs.range(self.run_at(offset)..)
+        self.runs.iter_from(self.run_at(offset))
     }
 
     /// Drops runs in entries below `log_index_before`.
@@ -228,7 +242,7 @@ impl PartitionIndex {
         ensure!(self.offset_next < u64::MAX, "offsets exhausted");
         let mut offset = self.offset_first;
         let mut previous: Option<u64> = None;
-        for run in &self.runs {
+        for run in self.runs.iter() {
             ensure!(run.count > 0, "empty run at index {}", run.log_index);
             ensure!(
                 run.offset_first == offset,

@@ -14,7 +14,10 @@
 //! thread outside the runtime (timer slack 1 ns), which polls the receipts
 //! itself, so the generator adds no task or wake-up per event to the
 //! runtime it measures; it reports how late it sent, and the latency from
-//! each send to its answer (the bus's own share).
+//! each send to its answer (the bus's own share). On the current-thread
+//! runtime the paced row runs a second time with the generator as a task
+//! on the bus's thread, as an application publishing from its own event
+//! loop would.
 //!
 //! Every row runs on both of tokio's runtimes, the application's choice
 //! when it embeds the bus (`--runtime` picks one): multi-thread (a worker
@@ -51,7 +54,11 @@ enum Load {
     /// Each producer keeps `inflight` publishes in flight.
     Pipelined { producers: u64, inflight: usize },
     /// Publishes offered at a fixed total rate.
-    Rate { producers: u64, per_sec: u64 },
+    Rate {
+        producers: u64,
+        per_sec: u64,
+        generator: Generator,
+    },
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -81,6 +88,16 @@ struct PacedFigures {
     sender_late_p99_us: f64,
     send_to_ack_p50_us: f64,
     send_to_ack_p99_us: f64,
+}
+
+/// Where a paced row's load generator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+enum Generator {
+    /// On an OS thread of its own, sleeping between passes.
+    OwnThread,
+    /// As a task on the bus's current-thread runtime, yielding between
+    /// passes (the application's own thread publishing).
+    BusThread,
 }
 
 /// The tokio runtime a row runs on.
@@ -175,9 +192,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             inflight: 64,
         },
     ];
-    let rate = Load::Rate {
+    let rate = |generator| Load::Rate {
         producers: 16,
         per_sec: 100_000,
+        generator,
     };
     let mut rows = Vec::new();
     for flavor in flavors {
@@ -188,7 +206,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 cells.push((load, durability));
             }
         }
-        cells.push((rate, Durability::Buffer));
+        cells.push((rate(Generator::OwnThread), Durability::Buffer));
+        if flavor == Flavor::CurrentThread {
+            cells.push((rate(Generator::BusThread), Durability::Buffer));
+        }
         for (load, durability) in cells {
             for &prewrite in prewrites {
                 if wanted(load, durability, flavor) {
@@ -256,18 +277,26 @@ async fn run(
         | Load::Rate { producers, .. } => producers,
     };
     let mut paced = None;
-    if let Load::Rate { per_sec, .. } = load {
+    if let Load::Rate {
+        per_sec, generator, ..
+    } = load
+    {
         let pacer = Pacer {
             bus: bus.clone(),
             producers,
             interval: Duration::from_secs_f64(1.0 / per_sec as f64),
             until: started + duration,
             histogram: Arc::clone(&histogram),
+            generator,
         };
-        let handle = tokio::runtime::Handle::current();
-        let measured = tokio::task::spawn_blocking(move || pacer.run(&handle))
-            .await?
-            .map_err(|e| -> Box<dyn Error> { e })?;
+        let measured = match generator {
+            Generator::OwnThread => {
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || handle.block_on(pacer.run())).await?
+            }
+            Generator::BusThread => pacer.run().await,
+        };
+        let measured = measured.map_err(|e| -> Box<dyn Error> { e })?;
         let us = |histogram: &Histogram<u64>, q| histogram.value_at_quantile(q) as f64 / 1000.0;
         paced = Some(PacedFigures {
             sender_late_p50_us: us(&measured.late, 0.5),
@@ -289,7 +318,7 @@ async fn run(
                 Load::Pipelined { inflight, .. } => {
                     pipelined(bus, p, inflight, started + duration, histogram).await
                 }
-                Load::Rate { .. } => unreachable!("paced on its own thread"),
+                Load::Rate { .. } => unreachable!("paced by the pacer"),
             }
         }));
     }
@@ -374,9 +403,11 @@ async fn pipelined(
     Ok(())
 }
 
-/// Offers publishes at a fixed rate from one OS thread, round-robin over
-/// the producers. It sleeps at least [`PACE_STEP`] between passes and
-/// sends everything that has come due; each publish's latency counts from
+/// Offers publishes at a fixed rate, round-robin over the producers, from
+/// an OS thread of its own (sleeping at least [`PACE_STEP`] between
+/// passes) or from a task on the bus's current-thread runtime (yielding to
+/// the bus's tasks between passes). Each pass sends everything that has
+/// come due; each publish's latency counts from
 /// when it was due, not when it went out, so pacing lag and stalls are
 /// charged to the bus's figure, never hidden.
 struct Pacer {
@@ -385,6 +416,7 @@ struct Pacer {
     interval: Duration,
     until: Instant,
     histogram: Shared,
+    generator: Generator,
 }
 
 /// How long the pacer sleeps at least between passes. Waking once per
@@ -396,6 +428,22 @@ struct Pacer {
 /// 190–213, 258–646 and 224–266 µs; a pass sends the events that came due
 /// during its sleep, each charged its wait.
 const PACE_STEP: Duration = Duration::from_micros(40);
+
+/// Lets every other task that is ready on this thread (the bus's) run
+/// once, without a system call (`tokio::task::yield_now` also polls the
+/// I/O driver: an `epoll_wait` per yield).
+async fn let_bus_run() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// A publish's receipt, as the pacer polls it.
 type Pending = std::pin::Pin<
@@ -491,17 +539,19 @@ impl InFlight {
 impl Pacer {
     /// Offers the load; returns how late each send was and the bus's share
     /// of each latency.
-    fn run(self, handle: &tokio::runtime::Handle) -> Result<Paced, Box<dyn Error + Send + Sync>> {
-        // Linux stretches a sleep by the thread's timer slack, 50 µs by
-        // default, on top of the pacer's own step.
-        nix::sys::prctl::set_timerslack(1)?;
+    async fn run(self) -> Result<Paced, Box<dyn Error + Send + Sync>> {
+        if self.generator == Generator::OwnThread {
+            // Linux stretches a sleep by the thread's timer slack, 50 µs by
+            // default, on top of the pacer's own step.
+            nix::sys::prctl::set_timerslack(1)?;
+        }
         let mut paced = Paced {
             late: latency_histogram(),
             from_send: latency_histogram(),
         };
         let mut producers = Vec::new();
         for _ in 0..self.producers {
-            producers.push(handle.block_on(self.bus.producer())?);
+            producers.push(self.bus.producer().await?);
         }
         // Receipts are polled here rather than awaited by a task spawned per
         // event, each with a waker that only notes the time: answering them
@@ -537,7 +587,7 @@ impl Pacer {
                 paced.late.saturating_record((sent - due).as_nanos() as u64);
                 let p = turn % producers.len();
                 turn += 1;
-                let receipt = handle.block_on(producers[p].send(message(p as u64)))?;
+                let receipt = producers[p].send(message(p as u64)).await?;
                 let answered = Arc::new(Answered {
                     origin,
                     at: std::sync::atomic::AtomicU64::new(0),
@@ -545,7 +595,12 @@ impl Pacer {
                 let mut in_flight = InFlight {
                     due,
                     sent,
-                    receipt: Box::pin(receipt.wait()),
+                    // Outside tokio's cooperative budget: the pacer polls
+                    // every receipt of a pass within one poll of its own
+                    // future, and a receipt polled past the budget would
+                    // stay pending (the loop hung) and wake its waker,
+                    // noting a false answer time.
+                    receipt: Box::pin(tokio::task::unconstrained(receipt.wait())),
                     waker: std::task::Waker::from(Arc::clone(&answered)),
                     answered,
                 };
@@ -557,7 +612,13 @@ impl Pacer {
                 }
                 due += self.interval;
             }
-            std::thread::sleep(due.saturating_duration_since(Instant::now()).max(PACE_STEP));
+            match self.generator {
+                // Blocks this thread only: it runs nothing but the pacer.
+                Generator::OwnThread => {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()).max(PACE_STEP))
+                }
+                Generator::BusThread => let_bus_run().await,
+            }
         }
         self.histogram
             .lock()
@@ -633,8 +694,16 @@ fn describe(load: Load) -> String {
             producers,
             inflight,
         } => format!("{producers} producers × {inflight} in flight"),
-        Load::Rate { producers, per_sec } => {
-            format!("{producers} producers, {per_sec} events/s offered")
+        Load::Rate {
+            producers,
+            per_sec,
+            generator,
+        } => {
+            let by = match generator {
+                Generator::OwnThread => "",
+                Generator::BusThread => " from the bus's thread",
+            };
+            format!("{producers} producers, {per_sec} events/s offered{by}")
         }
     }
 }

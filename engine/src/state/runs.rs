@@ -149,6 +149,14 @@ mod tests {
         Run::new(offset_first, 1, offset_first + 1, Box::new([]))
     }
 
+    fn three_chunks_and_five() -> Runs {
+        let mut runs = Runs::default();
+        for offset in 0..(3 * CHUNK as u64 + 5) {
+            runs.push_back(run(offset));
+        }
+        runs
+    }
+
     /// Random pushes, purges and lookups against a `VecDeque`, across chunk
     /// boundaries, with clones taken along the way that must not change
     /// when the original does.
@@ -198,10 +206,7 @@ mod tests {
     /// What makes a snapshot cheap: a clone shares every sealed chunk.
     #[test]
     fn clones_share_sealed_chunks() {
-        let mut runs = Runs::default();
-        for offset in 0..(3 * CHUNK as u64 + 5) {
-            runs.push_back(run(offset));
-        }
+        let mut runs = three_chunks_and_five();
         runs.pop_front();
         let clone = runs.clone();
         assert_eq!(clone.sealed.len(), 3);
@@ -213,10 +218,7 @@ mod tests {
 
     #[test]
     fn purging_everything_leaves_it_empty_and_usable() {
-        let mut runs = Runs::default();
-        for offset in 0..(3 * CHUNK as u64 + 5) {
-            runs.push_back(run(offset));
-        }
+        let mut runs = three_chunks_and_five();
         while runs.len() > 0 {
             runs.pop_front();
         }

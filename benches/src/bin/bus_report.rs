@@ -45,7 +45,9 @@ use hdrhistogram::Histogram;
 use sluice::bus::{Bus, BusConfig, Message};
 use sluice::raft::Durability;
 use sluice::state::TopicConfig;
-use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe, scratch};
+use sluice_benches::{
+    ReportArgs, RowFilter, bench_root, latency_histogram, let_others_run, probe, scratch,
+};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -429,22 +431,6 @@ struct Pacer {
 /// during its sleep, each charged its wait.
 const PACE_STEP: Duration = Duration::from_micros(40);
 
-/// Lets every other task that is ready on this thread (the bus's) run
-/// once, without a system call (`tokio::task::yield_now` also polls the
-/// I/O driver: an `epoll_wait` per yield).
-async fn let_bus_run() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// A publish's receipt, as the pacer polls it.
 type Pending = std::pin::Pin<
     Box<
@@ -617,7 +603,7 @@ impl Pacer {
                 Generator::OwnThread => {
                     std::thread::sleep(due.saturating_duration_since(Instant::now()).max(PACE_STEP))
                 }
-                Generator::BusThread => let_bus_run().await,
+                Generator::BusThread => let_others_run().await,
             }
         }
         self.histogram
@@ -669,11 +655,12 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: Fs
         );
     }
     for row in rows {
-        if let (Load::Rate { per_sec, .. }, Some(paced)) = (row.load, &row.paced) {
+        if let Some(paced) = &row.paced {
             println!(
-                "\nAt {per_sec} events/s offered ({}), the load generator itself sent p50 {:.0} µs, \
+                "\n{} ({}): the load generator itself sent p50 {:.0} µs, \
                  p99 {:.0} µs late (included above: latency counts from each event's scheduled \
                  time); from send to answer, the bus took p50 {:.0} µs, p99 {:.0} µs.",
+                describe(row.load),
                 row.runtime.name(),
                 paced.sender_late_p50_us,
                 paced.sender_late_p99_us,

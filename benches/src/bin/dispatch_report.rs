@@ -31,10 +31,9 @@
 
 use std::alloc::System;
 use std::error::Error;
-use std::future::{Ready, poll_fn, ready};
+use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -198,22 +197,6 @@ fn setup(dispatcher: &Dispatcher, shared: &Arc<Shared>, listeners: usize) -> Set
     }
 }
 
-/// Lets every other task that is ready on this thread run once, without a
-/// system call. (`tokio::task::yield_now` also polls the I/O driver, an
-/// `epoll_wait` per yield, too coarse for a 1 µs schedule.)
-async fn let_others_run() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
-}
-
 /// Publishes `events` (paced to `rate_per_sec` if given) and waits until
 /// every listener has handled them.
 async fn run_phase(
@@ -235,7 +218,7 @@ async fn run_phase(
             let scheduled_ns = start_ns + index * 1_000_000_000 / rate;
             while shared.now_ns() < scheduled_ns {
                 match layout {
-                    Layout::Shared => let_others_run().await,
+                    Layout::Shared => sluice_benches::let_others_run().await,
                     Layout::Split => std::hint::spin_loop(),
                 }
             }

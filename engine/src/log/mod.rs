@@ -639,7 +639,9 @@ impl<D: Disk> Log<D> {
 
     /// Whether the next append rolls from a growing segment onto a
     /// written-out spare: a segment that grows costs every sync a journal
-    /// commit, so the log moves to the spare as soon as one is ready.
+    /// commit (on ext4 without a journal, two synchronous metadata writes:
+    /// block allocation), so the log moves to the spare as soon as one is
+    /// ready.
     fn leaves_growing_segment(&self) -> bool {
         self.spare_ready() && self.active.capacity == 0
     }

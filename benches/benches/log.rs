@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use sluice::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
+use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 use sluice_benches::workload::{self, AppendSpec};
 use sluice_benches::{MIB, PersistMode, bench_root, probe, scratch};
 

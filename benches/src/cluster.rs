@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use sluice::raft::Durability;
-use sluice_net::client::{Client, ClientConfig};
-use sluice_net::node::{ClusterNode, NodeConfig};
-use sluice_net::protocol::{ClientRequest, ClientResponse};
+use sluice_core::raft::Durability;
+use sluice_client::client::{Client, ClientConfig};
+use sluice_server::node::{ClusterNode, NodeConfig};
+use sluice_client::protocol::{ClientRequest, ClientResponse};
 
 use crate::{BenchResult, scratch};
 
@@ -68,7 +68,7 @@ pub async fn warm_up(client: &Client, nodes: &[ClusterNode], topic: &str) -> Ben
                 let payload = bytes::Bytes::from(vec![b'w'; 256]);
                 let key = bytes::Bytes::from((p as u64).to_le_bytes().to_vec());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let headers = sluice::event::Headers::default();
+                    let headers = sluice_model::event::Headers::default();
                     let event = producer
                         .stamp(&topic, key.clone(), payload.clone(), headers)
                         .await?;

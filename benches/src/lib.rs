@@ -25,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub use sluice::log::PersistMode;
+pub use sluice_core::log::PersistMode;
 
 /// One mebibyte.
 pub const MIB: u64 = 1024 * 1024;
@@ -207,9 +207,9 @@ pub fn median_by<T: Copy>(values: &[T], key: impl Fn(&T) -> f64) -> T {
 pub const WARMUP_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Whether every bus's log has moved onto a segment written out ahead
-/// (`sluice::log::SegmentInfo::capacity`): the steady state of a log that
+/// (`sluice_core::log::SegmentInfo::capacity`): the steady state of a log that
 /// has been written to for a while.
-pub fn prewritten<'a>(buses: impl IntoIterator<Item = &'a sluice::bus::Bus>) -> bool {
+pub fn prewritten<'a>(buses: impl IntoIterator<Item = &'a sluice_core::bus::Bus>) -> bool {
     buses
         .into_iter()
         .all(|bus| bus.segments().last().is_some_and(|s| s.capacity > 0))
@@ -245,7 +245,7 @@ where
 /// Warms `bus` up for [`warm_up`]: 16 closed-loop producers publish
 /// 256 B events to `topic` (latencies discarded) until its log is on a
 /// segment written out ahead. Returns the seconds it took.
-pub async fn warm_up_bus(bus: &sluice::bus::Bus, topic: &str) -> BenchResult<f64> {
+pub async fn warm_up_bus(bus: &sluice_core::bus::Bus, topic: &str) -> BenchResult<f64> {
     let load = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
         let mut tasks = Vec::new();
         for p in 0u64..16 {
@@ -254,11 +254,11 @@ pub async fn warm_up_bus(bus: &sluice::bus::Bus, topic: &str) -> BenchResult<f64
                 let mut producer = bus.producer().await?;
                 let payload = bytes::Bytes::from(vec![b'w'; 256]);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let message = sluice::bus::Message::new(topic.as_str(), payload.clone())
+                    let message = sluice_core::bus::Message::new(topic.as_str(), payload.clone())
                         .key(p.to_le_bytes().to_vec());
                     producer.publish(message).await?;
                 }
-                Ok::<(), sluice::bus::BusError>(())
+                Ok::<(), sluice_core::bus::BusError>(())
             }));
         }
         for task in tasks {

@@ -41,7 +41,7 @@ fn append_rolls_and_counts() {
     assert_eq!(result.records, spec.record_count());
     assert_eq!(
         result.bytes,
-        spec.record_count() * (256 + sluice::log::FRAME_OVERHEAD as u64)
+        spec.record_count() * (256 + sluice_core::log::FRAME_OVERHEAD as u64)
     );
     assert!(result.segments >= 4);
     let log = workload::open(dir.path(), spec.segment_size).unwrap();

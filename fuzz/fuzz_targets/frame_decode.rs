@@ -1,10 +1,10 @@
 //! Arbitrary bytes through the frame decoder and the segment scan:
-//! `sluice::log::fuzzing::frame_decode` must return for every input.
+//! `sluice_core::log::fuzzing::frame_decode` must return for every input.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    sluice::log::fuzzing::frame_decode(data);
+    sluice_core::log::fuzzing::frame_decode(data);
 });

@@ -1,5 +1,5 @@
 //! Arbitrary bytes as a snapshot received from the leader:
-//! `sluice::raft::snapshot::fuzzing::snapshot_decode` must return for every
+//! `sluice_core::raft::snapshot::fuzzing::snapshot_decode` must return for every
 //! input.
 
 #![no_main]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = sluice::raft::snapshot::fuzzing::snapshot_decode(data);
+    let _ = sluice_core::raft::snapshot::fuzzing::snapshot_decode(data);
 });

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use sluice::io::Clock;
+use sluice_core::io::Clock;
 
 /// Drift is given in parts per million; this bounds it (±10 %), far beyond
 /// any real quartz, so a scenario typo cannot stop time.

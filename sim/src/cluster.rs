@@ -17,12 +17,12 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId as MadsimNodeId;
 use openraft::error::{ClientWriteError, RaftError};
-use sluice::io::transport::NodeId;
-use sluice::raft::{
+use sluice_model::transport::NodeId;
+use sluice_core::raft::{
     Durability, LogStore, LogStoreReader, Node, RaftService, StateMachineStore, StateView,
     TransportNetwork, codec_decode_command,
 };
-use sluice::state::{Command, Response, State};
+use sluice_model::state::{Command, Response, State};
 use sluice_jepsen::Event;
 
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// A Sluice Raft handle in the simulation.
-pub type SimRaft = sluice::raft::Raft<SimRuntime, SimDisk>;
+pub type SimRaft = sluice_core::raft::Raft<SimRuntime, SimDisk>;
 
 /// How often waiting helpers look again (virtual time).
 const POLL: Duration = Duration::from_millis(20);
@@ -76,8 +76,8 @@ pub fn raft_config_with(heartbeat_ms: u64) -> Arc<openraft::Config> {
         // sees the loss. Allowing the reversion lets the run go on, so the
         // checker judges what the bug does to acknowledged writes. Without
         // the bug synced entries never revert, so this changes nothing.
-        allow_log_reversion: Some(sluice::testing::planted::is_planted(
-            sluice::testing::planted::Bug::AckBeforeSync,
+        allow_log_reversion: Some(sluice_model::testing::planted::is_planted(
+            sluice_model::testing::planted::Bug::AckBeforeSync,
         )),
         ..openraft::Config::default()
     };
@@ -285,13 +285,13 @@ impl SimCluster {
         matches!(madsim::time::timeout(limit, barrier).await, Ok(Ok(_)))
     }
 
-    /// Proposes `command` through node `id` (`sluice::raft::propose`), as
+    /// Proposes `command` through node `id` (`sluice_core::raft::propose`), as
     /// a client of that node would, waiting at most `limit`.
     pub async fn propose(&self, id: NodeId, command: Command, limit: Duration) -> Proposal {
         let Some(member) = self.member(id) else {
             return Proposal::Unknown;
         };
-        let proposal = sluice::raft::propose(&member.raft, &member.view, command);
+        let proposal = sluice_core::raft::propose(&member.raft, &member.view, command);
         match madsim::time::timeout(limit, proposal).await {
             Ok(Ok(response)) => Proposal::Done(response),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Proposal::Refused,
@@ -557,13 +557,13 @@ async fn run_node(
     // Small segments (a scenario writes tens of kilobytes per node), so
     // that rolls, spare segments (`log/spare.rs`) and sealing happen under
     // every fault.
-    let options = sluice::log::Options {
+    let options = sluice_core::log::Options {
         segment_size: 8 * 1024,
-        ..sluice::log::Options::default()
+        ..sluice_core::log::Options::default()
     };
     let opened = LogStore::<SimRuntime, SimDisk>::open(
         disk.clone(),
-        clock as Arc<dyn sluice::io::Clock>,
+        clock as Arc<dyn sluice_core::io::Clock>,
         options,
         Durability::Sync,
     );

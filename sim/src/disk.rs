@@ -32,8 +32,8 @@ use bytes::Bytes;
 use madsim::rand::RngCore as _;
 use madsim::runtime::Handle;
 use madsim::task::NodeId as MadsimNodeId;
-use sluice::io::transport::NodeId;
-use sluice::io::{CrashDisk, CrashFile, CrashOutcome, Disk};
+use sluice_model::transport::NodeId;
+use sluice_core::io::{CrashDisk, CrashFile, CrashOutcome, Disk};
 
 /// One node's data directory: a seeded `CrashDisk`. Clones share the disk.
 #[derive(Clone)]
@@ -174,7 +174,7 @@ pub fn read_file(disk: &SimDisk, name: &str) -> io::Result<Bytes> {
 mod tests {
     use std::time::Duration;
 
-    use sluice::io::DiskFile;
+    use sluice_core::io::DiskFile;
 
     use super::*;
 

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::testing::planted::{self, Bug};
+use sluice_model::testing::planted::{self, Bug};
 
 use crate::scenario::{self, Outcome, Scenario};
 

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::rand::seq::SliceRandom as _;
-use sluice::io::transport::NodeId;
-use sluice::io::{Disk as _, FaultOp};
-use sluice::state::{Op, Response, TopicConfig};
+use sluice_model::transport::NodeId;
+use sluice_core::io::{Disk as _, FaultOp};
+use sluice_model::state::{Op, Response, TopicConfig};
 use sluice_jepsen::{FinalReadOp, OpKind, Report};
 
 use crate::SimCluster;

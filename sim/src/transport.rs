@@ -38,7 +38,7 @@ use bytes::Bytes;
 use madsim::net::Endpoint;
 use madsim::rand::Rng as _;
 use openraft_rt::AsyncRuntime;
-use sluice::io::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
 
 use crate::SimRuntime;
 

@@ -34,10 +34,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use madsim::rand::Rng as _;
-use sluice::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
-use sluice::io::Clock as _;
-use sluice::io::transport::NodeId;
-use sluice::state::{Command, EventOutcome, OffsetCommit, Op, Response};
+use sluice_model::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
+use sluice_core::io::Clock as _;
+use sluice_model::transport::NodeId;
+use sluice_model::state::{Command, EventOutcome, OffsetCommit, Op, Response};
 use sluice_jepsen::{CommitOp, HistoryBuilder, PollOp, SendOp, TxnOp, TxnOutput};
 
 use crate::{Proposal, SimCluster};

@@ -1,4 +1,4 @@
-//! Teeth: every planted bug (`sluice::testing::planted`) must be caught by
+//! Teeth: every planted bug (`sluice_model::testing::planted`) must be caught by
 //! the checker within the default seed set of the scenario made to expose
 //! it. A checker that never fails proves nothing.
 //!
@@ -8,7 +8,7 @@
 //! not count as caught: the checker must see the bug.
 #![cfg(madsim)]
 
-use sluice::testing::planted::Bug;
+use sluice_model::testing::planted::Bug;
 use sluice_jepsen::AnomalyClass;
 use sluice_sim::runner::{Seeds, Verdict, replay_command, run_seed};
 use sluice_sim::scenario::Scenario;

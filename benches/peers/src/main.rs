@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice::raft::Durability;
+use sluice_core::raft::Durability;
 use sluice_benches::{latency_histogram, pattern, probe};
 use systems::{Class, Sender, Target};
 

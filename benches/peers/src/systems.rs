@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sluice::bus::{Bus, BusConfig, Message, PendingReceipt, Producer};
-use sluice::event::Headers;
-use sluice::raft::Durability;
-use sluice::state::TopicConfig;
-use sluice_net::client::{Client, RemoteProducer};
-use sluice_net::node::ClusterNode;
-use sluice_net::protocol::PublishOutcome;
+use sluice_core::bus::{Bus, BusConfig, Message, PendingReceipt, Producer};
+use sluice_model::event::Headers;
+use sluice_core::raft::Durability;
+use sluice_model::state::TopicConfig;
+use sluice_client::client::{Client, RemoteProducer};
+use sluice_server::node::ClusterNode;
+use sluice_client::protocol::PublishOutcome;
 
 use crate::Outcome;
 
@@ -44,10 +44,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A system and durability setting, as configured for a run.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// `sluice::bus::Bus`, in this process.
+    /// `sluice_core::bus::Bus`, in this process.
     Embedded(Durability),
     /// Three `ClusterNode`s on loopback in this process, driven through
-    /// `sluice_net::client`.
+    /// `sluice_client::client`.
     Cluster(Durability),
     /// A `redis-server` started by `run.sh`.
     Redis { setting: String, address: String },

@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use sluice::audit::{Checkpoint, KeyPair, VerifyOptions, keys};
-use sluice::bus::{Bus, BusConfig, Message};
-use sluice::log::ChainMode;
-use sluice::log::frame;
-use sluice::raft::Durability;
-use sluice::state::TopicConfig;
+use sluice_audit::{KeyPair, VerifyOptions, VerifySignature as _, keys};
+use sluice_core::bus::{Bus, BusConfig, Message};
+use sluice_core::log::ChainMode;
+use sluice_core::log::frame;
+use sluice_core::raft::Durability;
+use sluice_model::state::TopicConfig;
 use sluice_benches::{bench_root, probe, scratch, workload};
 
 #[derive(Debug, Parser)]
@@ -291,14 +291,14 @@ async fn publish(
     ))
 }
 
-async fn pipelined(bus: Bus, p: u64, until: Instant) -> Result<u64, sluice::bus::BusError> {
+async fn pipelined(bus: Bus, p: u64, until: Instant) -> Result<u64, sluice_core::bus::BusError> {
     let mut producer = bus.producer().await?;
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
     let mut pending = VecDeque::with_capacity(INFLIGHT);
     let mut events = 0;
     while Instant::now() < until {
         if pending.len() >= INFLIGHT {
-            let receipt: sluice::bus::PendingReceipt = pending.pop_front().expect("full");
+            let receipt: sluice_core::bus::PendingReceipt = pending.pop_front().expect("full");
             receipt.wait().await?;
             events += 1;
         }
@@ -359,13 +359,13 @@ fn verifier(root: &Path, dir: &Path) -> Result<(), Box<dyn Error>> {
     let options = VerifyOptions::default();
     let started = Instant::now();
     let cpu_before = cpu_seconds()?;
-    let report = sluice::audit::verify(dir, &options)?;
+    let report = sluice_audit::verify(dir, &options)?;
     let cached = report.segment_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
     let cpu = (cpu_seconds()? - cpu_before).max(0.01);
     let per_cpu = report.segment_bytes as f64 / cpu / 1e6;
     workload::drop_cache(dir).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let report = sluice::audit::verify(dir, &options)?;
+    let report = sluice_audit::verify(dir, &options)?;
     let cold = report.segment_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
     let disk_mb_s = disk.bytes_per_s() / 1e6;
     println!(
@@ -392,7 +392,7 @@ fn checkpoint_cost(
     let started = Instant::now();
     let mut last = None;
     for i in 0..samples {
-        last = Some(Checkpoint::sign(&key, u64::from(i), [i as u8; 32]));
+        last = Some(sluice_audit::checkpoint::sign(&key, u64::from(i), [i as u8; 32]));
     }
     let sign_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(samples);
     let checkpoint = last.expect("samples > 0");

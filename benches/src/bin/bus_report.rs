@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice::bus::{Bus, BusConfig, Message};
-use sluice::raft::Durability;
-use sluice::state::TopicConfig;
+use sluice_core::bus::{Bus, BusConfig, Message};
+use sluice_core::raft::Durability;
+use sluice_model::state::TopicConfig;
 use sluice_benches::{
     ReportArgs, RowFilter, bench_root, latency_histogram, let_others_run, probe, scratch,
 };
@@ -271,7 +271,7 @@ async fn run(
     let duration = Duration::from_secs_f64(seconds);
     // Drops what the warm-up recorded.
     #[cfg(feature = "stage-trace")]
-    let _ = sluice::trace::take_report("warm-up");
+    let _ = sluice_model::trace::take_report("warm-up");
     let started = Instant::now();
     let producers = match load {
         Load::Closed { producers }
@@ -331,7 +331,7 @@ async fn run(
     #[cfg(feature = "stage-trace")]
     eprintln!(
         "{}",
-        sluice::trace::take_report(&format!("{} {durability:?}", describe(load)))
+        sluice_model::trace::take_report(&format!("{} {durability:?}", describe(load)))
     );
     bus.close().await?;
     let histogram = histogram.lock().unwrap();
@@ -366,7 +366,7 @@ async fn closed(
     p: u64,
     until: Instant,
     histogram: Shared,
-) -> Result<(), sluice::bus::BusError> {
+) -> Result<(), sluice_core::bus::BusError> {
     let mut producer = bus.producer().await?;
     let mut local = latency_histogram();
     while Instant::now() < until {
@@ -384,13 +384,13 @@ async fn pipelined(
     inflight: usize,
     until: Instant,
     histogram: Shared,
-) -> Result<(), sluice::bus::BusError> {
+) -> Result<(), sluice_core::bus::BusError> {
     let mut producer = bus.producer().await?;
     let mut local = latency_histogram();
     let mut pending = VecDeque::with_capacity(inflight);
     while Instant::now() < until {
         if pending.len() >= inflight {
-            let (sent, receipt): (Instant, sluice::bus::PendingReceipt) =
+            let (sent, receipt): (Instant, sluice_core::bus::PendingReceipt) =
                 pending.pop_front().expect("full");
             receipt.wait().await?;
             local.saturating_record(sent.elapsed().as_nanos() as u64);
@@ -434,7 +434,7 @@ const PACE_STEP: Duration = Duration::from_micros(40);
 /// A publish's receipt, as the pacer polls it.
 type Pending = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<sluice::bus::Receipt, sluice::bus::BusError>>
+        dyn std::future::Future<Output = Result<sluice_core::bus::Receipt, sluice_core::bus::BusError>>
             + Send,
     >,
 >;

@@ -1,6 +1,6 @@
 //! Cluster benchmark: a 3-node Sluice cluster on loopback beside a 1-node
 //! one, both in this process and driven through the same client protocol
-//! (`sluice_net::client`), with 256 B events, durable and buffer-only,
+//! (`sluice_client::client`), with 256 B events, durable and buffer-only,
 //! printed beside this disk's own `fdatasync` latency from the same run.
 //!
 //! ```sh
@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice::event::Headers;
-use sluice::raft::Durability;
+use sluice_model::event::Headers;
+use sluice_core::raft::Durability;
 use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe};
-use sluice_net::client::RemoteProducer;
-use sluice_net::protocol::PublishOutcome;
+use sluice_client::client::RemoteProducer;
+use sluice_client::protocol::PublishOutcome;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -167,7 +167,7 @@ async fn run(
     #[cfg(feature = "stage-trace")]
     eprintln!(
         "{}",
-        sluice::trace::take_report(&describe(nodes, load, durability))
+        sluice_model::trace::take_report(&describe(nodes, load, durability))
     );
     for member in members {
         member.shutdown().await?;

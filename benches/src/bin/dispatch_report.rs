@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use sluice::dispatch::{
+use sluice_dispatch::DurableBus as _;
+use sluice_dispatch::{
     Context, Dispatcher, DispatcherConfig, HandlerError, LocalTopic, SubscriptionHandle, TypedEvent,
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
@@ -398,8 +399,8 @@ async fn durable_latency(
     root: &std::path::Path,
     events: u64,
 ) -> Result<Histogram<u64>, Box<dyn Error>> {
-    use sluice::bus::Bus;
-    use sluice::dispatch::{Context, Encoding};
+    use sluice_core::bus::Bus;
+    use sluice_dispatch::{Context, Encoding};
     let dir = sluice_benches::scratch(root, "durable-dispatch")?;
     let bus = Bus::open(dir.path()).await?;
     let epoch = Instant::now();

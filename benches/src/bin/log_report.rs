@@ -12,7 +12,7 @@ use std::time::Instant;
 use clap::Parser;
 use serde::Serialize;
 
-use sluice::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
+use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 use sluice_benches::workload::{self, AppendResult, AppendSpec, ReadResult};
 use sluice_benches::{
     Bandwidth, BenchResult, Latency, MIB, Mount, PersistMode, bench_root, median_by, mount_of,

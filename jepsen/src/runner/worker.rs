@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
-use sluice_net::auth::Secret;
-use sluice_net::client::{Client, ClientConfig};
-use sluice_net::protocol::{ClientRequest, ClientResponse, Metadata};
+use sluice_client::auth::Secret;
+use sluice_client::client::{Client, ClientConfig};
+use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
 use tokio::task::JoinSet;
 
 use super::config::{Mode, WorkerConfig};

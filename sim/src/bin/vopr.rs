@@ -28,7 +28,7 @@ fn main() {
 mod vopr {
     use std::time::{Instant, SystemTime};
 
-    use sluice::testing::planted::Bug;
+    use sluice_model::testing::planted::Bug;
     use sluice_sim::runner::{Verdict, replay_command, run_seed};
     use sluice_sim::scenario::Scenario;
 

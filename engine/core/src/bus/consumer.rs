@@ -1,0 +1,509 @@
+//! Consumers in groups, and consume-transform-produce transactions.
+//!
+//! A consumer reads its partitions' events through the state machine's
+//! partition index (offset → log index) and the log (event bodies as
+//! zero-copy slices). Group membership, generations, assignments and
+//! committed offsets live in the replicated state: when a member joins or
+//! leaves, every member sees the new generation and assignment on its next
+//! poll and continues each newly assigned partition from its committed
+//! offset. A commit carrying an old generation is refused (a zombie is
+//! fenced); the events it had processed are delivered again to the new
+//! owner (at-least-once). Exactly-once processing is the transactional
+//! path: outputs and the input offsets commit in one Raft entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::Instant as _;
+use openraft::alias::{InstantOf, WatchReceiverOf};
+use openraft::async_runtime::WatchReceiver;
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+
+use sluice_model::event::{EventBatch, Headers, ProducerStamp};
+use crate::io::Disk;
+use crate::io::os::{OsDisk, OsRuntime};
+use crate::raft::{Applied, TypeConfig, codec_decode_command};
+use sluice_model::state::{OffsetCommit, Op, Response, Run, SESSION_TIMEOUT_MS, State};
+
+use super::producer::{Message, Producer, Receipt};
+use super::{Bus, BusError};
+
+/// One delivered event with its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+    /// Business key.
+    pub key: Bytes,
+    /// Body, a zero-copy slice of the log.
+    pub payload: Bytes,
+    /// Business context.
+    pub headers: Headers,
+    /// Who published it, with which sequence.
+    pub producer: ProducerStamp,
+    /// When the producer published it (its clock).
+    pub timestamp_ms: u64,
+}
+
+type TopicPartition = (String, u32);
+
+/// A member of a consumer group; see the module docs.
+pub struct Consumer<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
+    bus: Bus<RT, D>,
+    group: String,
+    member: String,
+    generation: u64,
+    assignment: Vec<TopicPartition>,
+    /// Next offset to deliver, per assigned partition.
+    positions: BTreeMap<TopicPartition, u64>,
+    cursor: usize,
+    applied: WatchReceiverOf<TypeConfig<RT>, Applied>,
+    /// When this member last told the group it is alive.
+    heartbeat_at: InstantOf<TypeConfig<RT>>,
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Consumer<RT, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group)
+            .field("member", &self.member)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
+    pub(crate) async fn join(
+        bus: Bus<RT, D>,
+        group: &str,
+        member: &str,
+        topics: &[&str],
+    ) -> Result<Self, BusError> {
+        let op = Op::JoinGroup {
+            group: group.to_owned(),
+            member: member.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        match bus.write(op).await? {
+            Response::Joined { .. } => {}
+            Response::Error(error) => return Err(error.into()),
+            other => {
+                return Err(BusError::raft(format!(
+                    "unexpected answer to JoinGroup: {other:?}"
+                )));
+            }
+        }
+        let applied = bus.inner().view.applied();
+        let mut consumer = Consumer {
+            bus,
+            group: group.to_owned(),
+            member: member.to_owned(),
+            generation: 0,
+            assignment: Vec::new(),
+            positions: BTreeMap::new(),
+            cursor: 0,
+            applied,
+            heartbeat_at: TypeConfig::<RT>::now(),
+        };
+        consumer.refresh()?;
+        Ok(consumer)
+    }
+
+    /// The group generation this consumer works in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The partitions assigned to this consumer.
+    pub fn assignment(&self) -> &[TopicPartition] {
+        &self.assignment
+    }
+
+    /// Picks up a new generation: new assignment, positions of newly
+    /// assigned partitions from the committed offsets.
+    fn refresh(&mut self) -> Result<(), BusError> {
+        let state = self.bus.inner().view.read();
+        let group = state
+            .group(&self.group)
+            .ok_or_else(|| BusError::Invalid(format!("group {:?} is gone", self.group)))?;
+        if group.generation == self.generation {
+            return Ok(());
+        }
+        let assignment = group.assignment.get(&self.member).cloned().ok_or_else(|| {
+            BusError::Invalid(format!(
+                "member {:?} is no longer in group {:?}; join again",
+                self.member, self.group
+            ))
+        })?;
+        self.generation = group.generation;
+        self.assignment = assignment;
+        let mut positions = BTreeMap::new();
+        for tp in &self.assignment {
+            let position = match self.positions.get(tp) {
+                Some(&kept) => kept,
+                None => start_position(&state, &self.group, tp),
+            };
+            positions.insert(tp.clone(), position);
+        }
+        self.positions = positions;
+        self.cursor = 0;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for events and returns at most `max` of them,
+    /// in offset order per partition.
+    ///
+    /// Polling is also how the member stays in its group: every third of
+    /// `SESSION_TIMEOUT_MS` a poll sends a heartbeat, and a member that
+    /// neither polls nor commits for longer than the timeout is removed
+    /// (its partitions go to the others; its next poll fails, and it must
+    /// join again), as Kafka's `max.poll.interval.ms` does.
+    pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
+        let started = TypeConfig::<RT>::now();
+        self.heartbeat_if_due().await?;
+        loop {
+            self.refresh()?;
+            let mut out = Vec::new();
+            self.fetch(max, &mut out)?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Ok(out);
+            }
+            match TypeConfig::<RT>::timeout(remaining, self.applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BusError::Closed),
+                Err(_) => return Ok(out),
+            }
+        }
+    }
+
+    async fn heartbeat_if_due(&mut self) -> Result<(), BusError> {
+        let interval = Duration::from_millis(SESSION_TIMEOUT_MS / 3);
+        if self.heartbeat_at.elapsed() < interval {
+            return Ok(());
+        }
+        let op = Op::Heartbeat {
+            group: self.group.clone(),
+            member: self.member.clone(),
+        };
+        match self.bus.write(op).await? {
+            Response::Error(error) => Err(error.into()),
+            _ => {
+                self.heartbeat_at = TypeConfig::<RT>::now();
+                Ok(())
+            }
+        }
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), BusError> {
+        let count = self.assignment.len();
+        for step in 0..count {
+            if out.len() >= max {
+                break;
+            }
+            let tp = self.assignment[(self.cursor + step) % count].clone();
+            let position = self.positions[&tp];
+            let next = read_partition(&self.bus, &tp, position, max - out.len(), out)?;
+            self.positions.insert(tp, next);
+        }
+        if count > 0 {
+            self.cursor = (self.cursor + 1) % count;
+        }
+        Ok(())
+    }
+
+    /// Commits the positions of everything delivered so far.
+    pub async fn commit(&mut self) -> Result<(), BusError> {
+        let commit = self.offset_commit();
+        match self.bus.write(Op::CommitOffsets(commit)).await? {
+            Response::Error(error) => Err(error.into()),
+            _ => {
+                // A commit is a sign of life too.
+                self.heartbeat_at = TypeConfig::<RT>::now();
+                Ok(())
+            }
+        }
+    }
+
+    fn offset_commit(&self) -> OffsetCommit {
+        OffsetCommit {
+            group: self.group.clone(),
+            member: self.member.clone(),
+            generation: self.generation,
+            offsets: self
+                .positions
+                .iter()
+                .map(|((t, p), &o)| (t.clone(), *p, o))
+                .collect(),
+        }
+    }
+
+    /// Picks up the group's current generation and assignment (as `poll`
+    /// does), then moves to the end of every assigned partition: only
+    /// events published from now on are delivered (Kafka's
+    /// `auto.offset.reset=latest`).
+    pub fn seek_to_end(&mut self) -> Result<(), BusError> {
+        self.refresh()?;
+        let state = self.bus.inner().view.read();
+        for ((topic, partition), position) in self.positions.iter_mut() {
+            *position = state
+                .partition_range(topic, *partition)
+                .map_or(0, |(_, next)| next);
+        }
+        Ok(())
+    }
+
+    /// Goes back to the committed offsets (after an aborted transaction).
+    pub fn rewind(&mut self) {
+        let state = self.bus.inner().view.read();
+        for (tp, position) in self.positions.iter_mut() {
+            *position = start_position(&state, &self.group, tp);
+        }
+    }
+
+    /// Leaves the group; its partitions move to the other members.
+    pub async fn leave(self) -> Result<(), BusError> {
+        let op = Op::LeaveGroup {
+            group: self.group.clone(),
+            member: self.member.clone(),
+        };
+        match self.bus.write(op).await? {
+            Response::Error(error) => Err(error.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a consume-transform-produce transaction: outputs published
+    /// through it and this consumer's positions commit together, or not at
+    /// all.
+    pub fn transaction<'a>(
+        &'a mut self,
+        producer: &'a mut Producer<RT, D>,
+    ) -> Transaction<'a, RT, D> {
+        let saved = producer.sequences();
+        Transaction {
+            consumer: self,
+            producer,
+            events: Vec::new(),
+            saved,
+        }
+    }
+}
+
+/// Where a consumer starts in a partition: its group's committed offset,
+/// else the first retained offset.
+impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+    /// Reads up to `max` events of one partition from `offset` on, outside
+    /// any group (a tail, or a node serving a remote consumer). Offsets
+    /// before the first retained one are skipped. Returns the events and
+    /// the offset to read next; no events when `offset` is at the end.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, u64), BusError> {
+        let tp = (topic.to_owned(), partition);
+        {
+            let state = self.inner().view.read();
+            let known = state.topic(topic).ok_or_else(|| BusError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+            if partition >= known.partitions {
+                return Err(BusError::Invalid(format!(
+                    "partition {partition} of topic {topic:?}, which has {}",
+                    known.partitions
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        let next = read_partition(self, &tp, offset, max, &mut out)?;
+        Ok((out, next))
+    }
+
+    /// Waits until this node applies another entry, or `timeout` passes;
+    /// returns whether something was applied. A reader that found nothing
+    /// new waits here instead of polling.
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<bool, BusError> {
+        let mut applied = self.inner().view.applied();
+        match TypeConfig::<RT>::timeout(timeout, applied.changed()).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+fn start_position(state: &State, group: &str, (topic, partition): &TopicPartition) -> u64 {
+    let first = state
+        .partition_range(topic, *partition)
+        .map_or(0, |(first, _)| first);
+    state
+        .committed(group, topic, *partition)
+        .unwrap_or(first)
+        .max(first)
+}
+
+/// Reads up to `max` events of one partition from `position`; returns the
+/// next position.
+fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
+    bus: &Bus<RT, D>,
+    (topic, partition): &TopicPartition,
+    mut position: u64,
+    max: usize,
+    out: &mut Vec<Delivery>,
+) -> Result<u64, BusError> {
+    let inner = bus.inner();
+    let mut erased = None;
+    let runs: Vec<Run> = {
+        let state = inner.view.read();
+        if state.has_erasures() {
+            erased = Some(state.erased_subjects().clone());
+        }
+        let Some((first, next)) = state.partition_range(topic, *partition) else {
+            return Ok(position);
+        };
+        position = position.max(first);
+        if position >= next {
+            return Ok(position);
+        }
+        let mut covered = 0u64;
+        state
+            .runs_from(topic, *partition, position)
+            .take_while(|run| {
+                let take = covered < max as u64;
+                covered += run.offset_next() - run.offset_first().max(position);
+                take
+            })
+            .cloned()
+            .collect()
+    };
+    let mut records = Vec::new();
+    let mut taken = 0;
+    for run in &runs {
+        records.clear();
+        inner
+            .reader
+            .read_records(run.log_index(), run.log_index() + 1, &mut records)?;
+        let record = records
+            .first()
+            .ok_or_else(|| BusError::raft("indexed entry missing from the log"))?;
+        let command = codec_decode_command(&record.payload).map_err(BusError::raft)?;
+        let batch = command.batch().ok_or_else(|| {
+            BusError::raft(format!("index points at a non-event entry: {command}"))
+        })?;
+        for (offset, view) in run.select(topic, *partition, batch) {
+            if offset < position {
+                continue;
+            }
+            if taken >= max {
+                return Ok(position);
+            }
+            let mut delivery = Delivery {
+                topic: topic.clone(),
+                partition: *partition,
+                offset,
+                key: view.key(),
+                payload: view.payload(),
+                headers: view.headers(),
+                producer: view.producer(),
+                timestamp_ms: view.timestamp_ms(),
+            };
+            if let Some(subjects) = &erased {
+                sluice_model::records::mask_erased(
+                    subjects,
+                    &view,
+                    &mut delivery.payload,
+                    &mut delivery.headers,
+                );
+            }
+            out.push(delivery);
+            position = offset + 1;
+            taken += 1;
+        }
+    }
+    Ok(position)
+}
+
+/// A consume-transform-produce transaction; see [`Consumer::transaction`].
+pub struct Transaction<'a, RT: AsyncRuntime, D: Disk + Clone> {
+    consumer: &'a mut Consumer<RT, D>,
+    producer: &'a mut Producer<RT, D>,
+    events: Vec<sluice_model::event::Event>,
+    saved: HashMap<TopicPartition, u64>,
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Transaction<'_, RT, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> Transaction<'_, RT, D> {
+    /// Adds an output event.
+    pub fn publish(&mut self, message: Message) -> Result<(), BusError> {
+        let event = self.producer.stamp(message)?;
+        if let Err(error) = event.validate() {
+            self.producer.unstamp(&event);
+            return Err(error.into());
+        }
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Publishes the outputs and commits the consumer's positions in one
+    /// Raft entry. On refusal nothing is applied, the producer's sequences
+    /// are rolled back and the consumer rewinds to its committed offsets.
+    pub async fn commit(self) -> Result<Vec<Receipt>, BusError> {
+        // Earlier plain publishes of this producer must land first, or the
+        // transaction's sequences would arrive out of order.
+        self.producer.flush().await?;
+        let events = match EventBatch::encode(&self.events) {
+            Ok(events) => events,
+            Err(error) => {
+                self.abort();
+                return Err(error.into());
+            }
+        };
+        let op = Op::Transaction {
+            events,
+            commit: self.consumer.offset_commit(),
+        };
+        let outcome = match self.consumer.bus.write(op).await {
+            Ok(Response::Transaction(Ok(outcomes))) => Ok(outcomes),
+            Ok(Response::Transaction(Err(error))) => Err(BusError::Transaction(error)),
+            Ok(Response::Error(error)) => Err(error.into()),
+            Ok(other) => Err(BusError::raft(format!(
+                "unexpected answer to a transaction: {other:?}"
+            ))),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(outcomes) => outcomes.into_iter().map(super::batcher::receipt).collect(),
+            Err(error) => {
+                self.producer.restore_sequences(self.saved);
+                self.consumer.rewind();
+                Err(error)
+            }
+        }
+    }
+
+    /// Drops the outputs and rewinds the consumer.
+    pub fn abort(self) {
+        self.producer.restore_sequences(self.saved);
+        self.consumer.rewind();
+    }
+}

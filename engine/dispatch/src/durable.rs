@@ -1,0 +1,585 @@
+//! Durable typed subscriptions: the dispatch core over the bus's replicated
+//! topics.
+//!
+//! `bus.subscribe::<T, _>(group, handler)` joins consumer group `group` on
+//! the topic named `T::TYPE_NAME` and runs a task that, for every batch it
+//! polls:
+//!
+//! 1. decodes each event as a `T` (its type and schema version must be
+//!    `T`'s, and its content type a known [`Encoding`]; otherwise the
+//!    event is a dead letter with that cause, never silently dropped);
+//! 2. runs the handler under the delivery's deadline and its business id's
+//!    cancellation, retrying with backoff per the [`RetryPolicy`]; a panic
+//!    is a failed attempt;
+//! 3. commits, in **one** transaction (one Raft entry, all or nothing):
+//!    the group's offsets past the batch, a lifecycle record per delivery
+//!    on [`LIFECYCLE_TOPIC`] (its final state and cause, each attempt's
+//!    start time and error, when it was reported), and a dead letter per failed, timed-out or undecodable
+//!    delivery on [`dead_letter_topic`]`(topic, group)`, carrying the cause
+//!    in its headers.
+//!
+//! So every delivery, retry and dead letter is in the log, exactly once
+//! per committed batch; a crash before the commit delivers the batch again
+//! (at-least-once handling, exactly-once records). Cancellation crosses the
+//! cluster through the log: [`Bus::cancel`] appends the business id to
+//! [`CANCEL_TOPIC`], which every subscription reads. Dead letters are
+//! listed with [`Bus::dead_letters`] and replayed into the source topic
+//! with [`Bus::replay_dead_letters`], itself one transaction per batch
+//! (republish + commit of the replay group's offsets), so a replay that
+//! crashes midway never replays a letter twice.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use openraft::alias::JoinHandleOf;
+use openraft::type_config::TypeConfigExt;
+use openraft_rt::AsyncRuntime;
+
+use super::context::{CancelRegistry, Context, State, SubscriptionShared};
+use super::retry::RetryPolicy;
+use super::sla::SlaClass;
+use super::typed::{Encoding, TypedEvent, to_event};
+use super::worker::Handler;
+use sluice_core::bus::{Bus, BusError, Consumer, Delivery, Message, Producer, Receipt};
+use sluice_model::event::Headers;
+use sluice_core::io::{Disk, wall_unix_ms};
+use sluice_core::raft::TypeConfig;
+use sluice_model::state::TopicConfig;
+
+pub use sluice_model::names::{
+    CANCEL_TOPIC, LIFECYCLE_TOPIC, REPLAY_GROUP, dead_letter_headers, dead_letter_topic,
+};
+
+/// How a durable subscription delivers.
+#[derive(Debug, Clone)]
+pub struct DurableConfig {
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
+    /// Time from a delivery's first attempt until it times out.
+    pub deadline: Duration,
+    /// The class the handler's context reports.
+    pub class: SlaClass,
+    /// Events handled per poll (and per transaction) at most.
+    pub batch_max: usize,
+    /// Partitions of the topic, if the subscription creates it.
+    pub partitions: u32,
+    /// The member name in the group; default `{group}-{process-unique n}`.
+    pub member: Option<String>,
+    /// A local dispatcher whose SLA classes (histograms, budgets, alerts,
+    /// metrics) count these deliveries, publish → reported, and whose
+    /// cancel registry they share; `None`: no SLA accounting.
+    pub dispatcher: Option<super::DispatcherHandle>,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        DurableConfig {
+            retry: RetryPolicy::default(),
+            deadline: Duration::from_secs(30),
+            class: SlaClass::P1,
+            batch_max: 256,
+            partitions: 4,
+            member: None,
+            dispatcher: None,
+        }
+    }
+}
+
+/// A running durable subscription; [`DurableSubscription::unsubscribe`]
+/// stops it after its current batch and leaves the group.
+pub struct DurableSubscription<RT: AsyncRuntime> {
+    group: String,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    task: JoinHandleOf<TypeConfig<RT>, Result<(), BusError>>,
+}
+
+impl<RT: AsyncRuntime> fmt::Debug for DurableSubscription<RT> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableSubscription")
+            .field("group", &self.group)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<RT: AsyncRuntime> DurableSubscription<RT> {
+    /// The topic it consumes.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Stops after the batch in hand (committed as usual), leaves the
+    /// group, and returns how the task ended.
+    pub async fn unsubscribe(self) -> Result<(), BusError> {
+        self.stop.store(true, Ordering::Release);
+        self.task
+            .await
+            .map_err(|error| BusError::raft(format!("the subscription task failed: {error}")))?
+    }
+}
+
+/// What one delivery did: how it ended, when each attempt started and
+/// each failed attempt's error (`errors[i]` is attempt `i + 1`'s).
+#[derive(Debug)]
+struct Attempts {
+    outcome: Outcome,
+    started_ms: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl Attempts {
+    fn count(&self) -> u32 {
+        self.started_ms.len() as u32
+    }
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Processed,
+    Failed(String),
+    TimedOut,
+    Cancelled,
+    /// Not a `T` this subscription can decode.
+    Undecodable(String),
+}
+
+impl Outcome {
+    fn state(&self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::Failed(_) => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Undecodable(_) => "undecodable",
+        }
+    }
+
+    fn cause(&self) -> Option<String> {
+        match self {
+            Outcome::Processed | Outcome::Cancelled => None,
+            Outcome::Failed(error) | Outcome::Undecodable(error) => Some(error.clone()),
+            Outcome::TimedOut => Some("timed out".to_owned()),
+        }
+    }
+}
+
+/// Durable dispatch on a bus: bring this trait into scope and call
+/// these on a `Bus`.
+// Implemented only for `Bus`, so callers always see the concrete futures
+// (which are `Send`); a `Send` bound in the trait would add nothing.
+#[allow(async_fn_in_trait)]
+pub trait DurableBus<RT: AsyncRuntime, D: Disk + Clone> {
+    /// Subscribes `handler` to the durable topic `T::TYPE_NAME` as a member
+    /// of `group`, with default settings; see the module docs.
+    async fn subscribe<T: TypedEvent, H: Handler<T>>(
+        &self,
+        group: &str,
+        handler: H,
+    ) -> Result<DurableSubscription<RT>, BusError>;
+
+    /// [`DurableBus::subscribe`] with settings.
+    async fn subscribe_with<T: TypedEvent, H: Handler<T>>(
+        &self,
+        group: &str,
+        handler: H,
+        config: DurableConfig,
+    ) -> Result<DurableSubscription<RT>, BusError>;
+
+    /// Publishes a typed event to its durable topic (`T::TYPE_NAME`)
+    /// through `producer`, encoded with `encoding`.
+    async fn publish_typed<T: TypedEvent>(
+        &self,
+        producer: &mut Producer<RT, D>,
+        value: &T,
+        encoding: Encoding,
+    ) -> Result<Receipt, BusError>;
+
+    /// Cancels every delivery of `business_id` on every node: appends it to
+    /// [`CANCEL_TOPIC`], which every durable subscription reads before each
+    /// attempt.
+    async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), BusError>;
+
+    /// The dead letters of `group` on `topic` not yet replayed, oldest
+    /// first (at most `max`).
+    fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Publishes every dead letter of `group` on `topic` not yet replayed
+    /// back into `topic` (original key, payload and headers), each batch in
+    /// one transaction with the replay group's offsets; returns how many
+    /// were replayed.
+    async fn replay_dead_letters(&self, topic: &str, group: &str) -> Result<u64, BusError>;
+}
+
+impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
+    async fn subscribe<T: TypedEvent, H: Handler<T>>(
+        &self,
+        group: &str,
+        handler: H,
+    ) -> Result<DurableSubscription<RT>, BusError> {
+        self.subscribe_with(group, handler, DurableConfig::default())
+            .await
+    }
+
+    async fn subscribe_with<T: TypedEvent, H: Handler<T>>(
+        &self,
+        group: &str,
+        handler: H,
+        config: DurableConfig,
+    ) -> Result<DurableSubscription<RT>, BusError> {
+        if config.batch_max == 0 || config.retry.retries_max > super::RETRIES_MAX {
+            return Err(BusError::Invalid(format!(
+                "batch_max must be positive and retries at most {}",
+                super::RETRIES_MAX
+            )));
+        }
+        let topic = T::TYPE_NAME;
+        let dead = dead_letter_topic(topic, group);
+        let default = TopicConfig::default();
+        self.create_topic(topic, config.partitions, default).await?;
+        self.create_topic(&dead, 1, default).await?;
+        self.create_topic(LIFECYCLE_TOPIC, 4, default).await?;
+        self.create_topic(CANCEL_TOPIC, 1, default).await?;
+        let member = config
+            .member
+            .clone()
+            .unwrap_or_else(|| format!("{group}-{}", wall_unix_ms(&**self.clock())));
+        let consumer = self.consumer(group, &member, &[topic]).await?;
+        let producer = self.producer().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let cancel = match &config.dispatcher {
+            Some(handle) => Arc::clone(&handle.0.cancel),
+            None => Arc::new(CancelRegistry::new(super::CANCELLED_IDS_MAX_DEFAULT)),
+        };
+        let runner = Runner::<T, H, RT, D> {
+            bus: self.clone(),
+            handler,
+            config,
+            dead,
+            shared: Arc::new(SubscriptionShared {
+                group: Arc::from(group),
+                cancel,
+                clock: Arc::clone(&self.clock()),
+            }),
+            cancel_position: 0,
+            stop: Arc::clone(&stop),
+            _event: std::marker::PhantomData,
+        };
+        let task = TypeConfig::<RT>::spawn(runner.run(consumer, producer));
+        Ok(DurableSubscription {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            stop,
+            task,
+        })
+    }
+
+    async fn publish_typed<T: TypedEvent>(
+        &self,
+        producer: &mut Producer<RT, D>,
+        value: &T,
+        encoding: Encoding,
+    ) -> Result<Receipt, BusError> {
+        let event = to_event(value, T::TYPE_NAME, encoding)
+            .map_err(|error| BusError::Invalid(error.to_string()))?;
+        let message = Message::new(event.topic, event.payload)
+            .key(event.key)
+            .headers(event.headers);
+        producer.publish(message).await
+    }
+
+    async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), BusError> {
+        self.create_topic(CANCEL_TOPIC, 1, TopicConfig::default())
+            .await?;
+        let mut producer = self.producer().await?;
+        let message = Message::new(CANCEL_TOPIC, Bytes::new()).key(business_id.into());
+        producer.publish(message).await.map(drop)
+    }
+
+    fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let dead = dead_letter_topic(topic, group);
+        let from = self.committed(REPLAY_GROUP, &dead, 0).unwrap_or(0);
+        Ok(self.read(&dead, 0, from, max)?.0)
+    }
+
+    async fn replay_dead_letters(&self, topic: &str, group: &str) -> Result<u64, BusError> {
+        let dead = dead_letter_topic(topic, group);
+        let member = format!("replay-{}", wall_unix_ms(&**self.clock()));
+        let mut consumer = self.consumer(REPLAY_GROUP, &member, &[&dead]).await?;
+        let mut producer = self.producer().await?;
+        let mut replayed = 0;
+        loop {
+            let letters = consumer.poll(1024, Duration::ZERO).await?;
+            if letters.is_empty() {
+                break;
+            }
+            let mut transaction = consumer.transaction(&mut producer);
+            for letter in &letters {
+                let mut headers = letter.headers.clone();
+                headers
+                    .user
+                    .retain(|(name, _)| !name.starts_with("sluice-dlq-"));
+                let message = Message::new(topic, letter.payload.clone())
+                    .key(letter.key.clone())
+                    .headers(headers);
+                transaction.publish(message)?;
+            }
+            transaction.commit().await?;
+            replayed += letters.len() as u64;
+        }
+        consumer.leave().await?;
+        Ok(replayed)
+    }
+}
+
+/// The task of one durable subscription.
+struct Runner<T, H, RT: AsyncRuntime, D: Disk + Clone> {
+    bus: Bus<RT, D>,
+    handler: H,
+    config: DurableConfig,
+    dead: String,
+    shared: Arc<SubscriptionShared>,
+    cancel_position: u64,
+    stop: Arc<AtomicBool>,
+    _event: std::marker::PhantomData<fn() -> T>,
+}
+
+/// How long one poll waits for events, so that a stop is noticed.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, H, RT, D> {
+    async fn run(
+        mut self,
+        mut consumer: Consumer<RT, D>,
+        mut producer: Producer<RT, D>,
+    ) -> Result<(), BusError> {
+        while !self.stop.load(Ordering::Acquire) {
+            let deliveries = consumer.poll(self.config.batch_max, POLL_WAIT).await?;
+            if deliveries.is_empty() {
+                continue;
+            }
+            let mut records = Vec::with_capacity(deliveries.len());
+            for delivery in &deliveries {
+                self.read_cancellations()?;
+                let taken_ms = wall_unix_ms(&*self.shared.clock);
+                let attempts = self.deliver(delivery).await;
+                let last_ms = wall_unix_ms(&*self.shared.clock);
+                // When the first attempt started (read once: a clock read
+                // before it can fall in the millisecond before), or when the
+                // delivery was taken if no attempt ran.
+                let first_ms = attempts.started_ms.first().copied().unwrap_or(taken_ms);
+                self.account(delivery, &attempts, last_ms);
+                records.push((attempts, first_ms, last_ms));
+            }
+            let mut transaction = consumer.transaction(&mut producer);
+            for (delivery, (attempts, first_ms, last_ms)) in deliveries.iter().zip(records) {
+                let record =
+                    lifecycle_record(&self.shared.group, delivery, &attempts, first_ms, last_ms);
+                let lifecycle = Message::new(LIFECYCLE_TOPIC, Bytes::from(record.to_string()))
+                    .key(delivery.key.clone());
+                transaction.publish(lifecycle)?;
+                if let Some(cause) = attempts.outcome.cause() {
+                    let mut headers: Headers = delivery.headers.clone();
+                    let source = format!(
+                        "{}/{}/{}",
+                        delivery.topic, delivery.partition, delivery.offset
+                    );
+                    use dead_letter_headers as h;
+                    for (name, value) in [
+                        (h::CAUSE, cause),
+                        (h::ATTEMPTS, attempts.count().to_string()),
+                        (h::SOURCE, source),
+                        (h::FIRST_MS, first_ms.to_string()),
+                        (h::LAST_MS, last_ms.to_string()),
+                    ] {
+                        headers.user.push((name.to_owned(), Bytes::from(value)));
+                    }
+                    let letter = Message::new(self.dead.clone(), delivery.payload.clone())
+                        .key(delivery.key.clone())
+                        .headers(headers);
+                    transaction.publish(letter)?;
+                }
+            }
+            transaction.commit().await?;
+        }
+        consumer.leave().await
+    }
+
+    /// Counts a finished delivery in the dispatcher's SLA classes, if any.
+    fn account(&self, delivery: &Delivery, attempts: &Attempts, last_ms: u64) {
+        let Some(handle) = &self.config.dispatcher else {
+            return;
+        };
+        let sla = &handle.0.sla;
+        for _ in 1..attempts.count() {
+            sla.record_retry(self.config.class);
+        }
+        let latency = last_ms.saturating_sub(delivery.timestamp_ms);
+        let state = match attempts.outcome {
+            Outcome::Processed => State::Processed,
+            Outcome::TimedOut => State::TimedOut,
+            Outcome::Cancelled => State::Cancelled,
+            Outcome::Failed(_) | Outcome::Undecodable(_) => State::Failed,
+        };
+        sla.record(self.config.class, state, Duration::from_millis(latency));
+    }
+
+    /// Takes the business ids cancelled since the last look.
+    fn read_cancellations(&mut self) -> Result<(), BusError> {
+        loop {
+            let (cancelled, next) = self.bus.read(CANCEL_TOPIC, 0, self.cancel_position, 1024)?;
+            self.cancel_position = next;
+            if cancelled.is_empty() {
+                return Ok(());
+            }
+            for delivery in cancelled {
+                self.shared.cancel.cancel(delivery.key);
+            }
+        }
+    }
+
+    /// Decodes and handles one delivery; returns its outcome, when each
+    /// attempt started and each failed attempt's error.
+    async fn deliver(&self, delivery: &Delivery) -> Attempts {
+        let mut attempts = Attempts {
+            outcome: Outcome::Processed,
+            started_ms: Vec::new(),
+            errors: Vec::new(),
+        };
+        let value = match decode::<T>(delivery) {
+            Ok(value) => Arc::new(value),
+            Err(cause) => {
+                attempts.outcome = Outcome::Undecodable(cause);
+                return attempts;
+            }
+        };
+        let clock = &self.shared.clock;
+        let created_at = clock.monotonic();
+        let deadline = created_at + self.config.deadline;
+        let cancel_epoch = 0;
+        let attempts_max = self.config.retry.attempts_max();
+        for attempt in 1..=attempts_max {
+            if self.shared.cancel.is_cancelled(&delivery.key, cancel_epoch) {
+                attempts.outcome = Outcome::Cancelled;
+                return attempts;
+            }
+            let remaining = deadline.saturating_sub(clock.monotonic());
+            if remaining.is_zero() {
+                attempts.outcome = Outcome::TimedOut;
+                return attempts;
+            }
+            let context = Context {
+                subscription: Arc::clone(&self.shared),
+                business_id: delivery.key.clone(),
+                attempt,
+                created_at,
+                deadline,
+                class: self.config.class,
+                traceparent: delivery.headers.traceparent.as_deref().map(Arc::from),
+                cancel_epoch,
+            };
+            let attempt_future =
+                AssertUnwindSafe(self.handler.handle(Arc::clone(&value), context)).catch_unwind();
+            let span = tracing::debug_span!(
+                "dispatch.durable.deliver",
+                type_name = T::TYPE_NAME,
+                group = &*self.shared.group,
+                partition = delivery.partition,
+                offset = delivery.offset,
+                attempt,
+                traceparent = delivery.headers.traceparent.as_deref(),
+            );
+            let attempt_future = tracing::Instrument::instrument(attempt_future, span);
+            attempts.started_ms.push(wall_unix_ms(&**clock));
+            match TypeConfig::<RT>::timeout(remaining, attempt_future).await {
+                Ok(Ok(Ok(()))) => return attempts,
+                Ok(Ok(Err(error))) => attempts.errors.push(error.to_string()),
+                Ok(Err(_panic)) => attempts.errors.push("the handler panicked".to_owned()),
+                Err(_elapsed) => {
+                    attempts.outcome = Outcome::TimedOut;
+                    return attempts;
+                }
+            }
+            if attempt < attempts_max {
+                let pause = self.config.retry.backoff(attempt);
+                let remaining = deadline.saturating_sub(clock.monotonic());
+                TypeConfig::<RT>::sleep(pause.min(remaining)).await;
+            }
+        }
+        let last = attempts.errors.last().cloned().unwrap_or_default();
+        attempts.outcome = Outcome::Failed(last);
+        attempts
+    }
+}
+
+/// The lifecycle record of one delivery (JSON, on [`LIFECYCLE_TOPIC`]);
+/// the audit export joins it to the event at (topic, partition, offset).
+fn lifecycle_record(
+    group: &str,
+    delivery: &Delivery,
+    attempts: &Attempts,
+    first_ms: u64,
+    last_ms: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "topic": delivery.topic,
+        "partition": delivery.partition,
+        "offset": delivery.offset,
+        "group": group,
+        "type": delivery.headers.event_type,
+        "schema_version": delivery.headers.schema_version,
+        "published_ms": delivery.timestamp_ms,
+        "first_attempt_ms": first_ms,
+        "attempts_ms": attempts.started_ms,
+        "reported_ms": last_ms,
+        "state": attempts.outcome.state(),
+        "attempts": attempts.count(),
+        "errors": attempts.errors,
+        "cause": attempts.outcome.cause(),
+    })
+}
+
+/// Decodes a delivery as a `T`, or says why it cannot be.
+fn decode<T: TypedEvent>(delivery: &Delivery) -> Result<T, String> {
+    let headers = &delivery.headers;
+    if headers.event_type != T::TYPE_NAME {
+        return Err(format!(
+            "event type {:?} is not {:?}, the type this subscription handles",
+            headers.event_type,
+            T::TYPE_NAME
+        ));
+    }
+    if headers.schema_version != T::SCHEMA_VERSION {
+        return Err(format!(
+            "unknown schema version {} of {:?}: this subscription handles version {}",
+            headers.schema_version,
+            T::TYPE_NAME,
+            T::SCHEMA_VERSION
+        ));
+    }
+    let encoding = Encoding::from_content_type(&headers.content_type).ok_or_else(|| {
+        format!(
+            "unknown content type {:?} (known: application/json, application/x-postcard)",
+            headers.content_type
+        )
+    })?;
+    encoding
+        .decode::<T>(&delivery.payload)
+        .map_err(|error| error.to_string())
+}

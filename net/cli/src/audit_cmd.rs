@@ -1,0 +1,338 @@
+//! The audit commands: `sluice verify DIR` (the offline verifier),
+//! `sluice keys gen` (an SM2 key pair in PEM files), `sluice audit export`
+//! (a subject's events as JSON lines) and `sluice audit erase` (a signed
+//! erasure tombstone, through an embedded bus on the directory).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use sluice_audit::{ExportQuery, KeyPair, Report, VerifyError, VerifyOptions, keys};
+
+/// `sluice verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The data directory to check (read only).
+    dir: PathBuf,
+    /// A public key (PEM) trusted to sign checkpoints, on top of the key
+    /// files in the directory; may be repeated.
+    #[arg(long = "trust", value_name = "PEM")]
+    trust: Vec<PathBuf>,
+}
+
+/// `sluice keys`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Generate an SM2 key pair: NAME.key.pem (PKCS#8, mode 0600) and
+    /// NAME.pub.pem (SubjectPublicKeyInfo) in DIR.
+    Gen {
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// File name stem.
+        #[arg(long, default_value = "node")]
+        name: String,
+        /// The distinguishing id (GB/T 32918) the key signs with; printed
+        /// for reference, it is configured where the key is used.
+        #[arg(long, default_value = keys::DISTID_DEFAULT)]
+        distid: String,
+    },
+}
+
+/// Runs `sluice verify`: exit 0 with a summary, or 1 naming the first bad
+/// record and listing every finding.
+pub(crate) fn verify(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut options = VerifyOptions::default();
+    for path in &args.trust {
+        let pem = std::fs::read_to_string(path)?;
+        options.trusted_keys.push(keys::public_key_from_pem(
+            &pem,
+            &path.display().to_string(),
+        )?);
+    }
+    let started = std::time::Instant::now();
+    match sluice_audit::verify(&args.dir, &options) {
+        Ok(report) => {
+            print_summary(&args.dir, &report, started.elapsed());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Tampered { findings, report }) => {
+            eprintln!("TAMPERED: {}", findings[0]);
+            for finding in &findings[1..] {
+                eprintln!("also: {finding}");
+            }
+            eprintln!(
+                "checked before stopping: {} records in {} segments",
+                report.records, report.segments
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn print_summary(dir: &std::path::Path, report: &Report, elapsed: std::time::Duration) {
+    let mib = report.segment_bytes as f64 / (1024.0 * 1024.0);
+    println!("{}: intact", dir.display());
+    println!(
+        "  records {} (indexes {}..{}), batches {}, events {}",
+        report.records, report.first_index, report.next_index, report.batches, report.events
+    );
+    println!(
+        "  checkpoints {}, erasures {}, signatures checked {} ({} by producers), chain start {:?}",
+        report.checkpoints,
+        report.erasures,
+        report.signatures,
+        report.producer_signatures,
+        report.chain_start
+    );
+    println!(
+        "  files {} ({} segments, {:.1} MiB; {} key files), {:.0} MiB/s",
+        report.files.len(),
+        report.segments,
+        mib,
+        report.key_files,
+        mib / elapsed.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  chain head {}",
+        report
+            .head
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    if report.signers_unpinned > 0 {
+        println!(
+            "  warning: {} signatures are by keys no trusted key names; pass --trust PEM",
+            report.signers_unpinned
+        );
+    }
+    if report.checkpoints_unrecomputable > 0 {
+        println!(
+            "  note: {} checkpoints sign purged indexes; their signatures were checked",
+            report.checkpoints_unrecomputable
+        );
+    }
+    for leftover in &report.leftovers {
+        println!("  note: {leftover} is a leftover of an interrupted write (removed on open)");
+    }
+}
+
+/// Runs `sluice keys`.
+pub(crate) fn keys(command: KeysCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match command {
+        KeysCommand::Gen { out, name, distid } => {
+            let key = KeyPair::generate(&distid)?;
+            std::fs::create_dir_all(&out)?;
+            let secret = out.join(format!("{name}.key.pem"));
+            let public = out.join(format!("{name}.pub.pem"));
+            write_new(&secret, key.secret_pem().as_bytes(), 0o600)?;
+            write_new(&public, key.public_pem().as_bytes(), 0o644)?;
+            println!(
+                "wrote {} and {} (key {}, distinguishing id {distid:?})",
+                secret.display(),
+                public.display(),
+                keys::fingerprint(&key.public_key())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes a new file (never over an existing one) with `mode`.
+fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// `sluice audit`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Write every event of a subject published in [FROM, TO] as JSON
+    /// lines: its history in time order (published, appended, each
+    /// durable group's deliveries and retries with their errors and final
+    /// state, dead letter, replay, commits, erasure) and its verification
+    /// status. Read only.
+    Export {
+        /// The data directory.
+        #[arg(long, default_value = "./sluice-data")]
+        dir: PathBuf,
+        /// The subject: the `subject` header, else the event key.
+        #[arg(long)]
+        subject: String,
+        /// Earliest publish time: ms since the epoch or
+        /// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+        #[arg(long, default_value = "0")]
+        from: String,
+        /// Latest publish time, same forms; default: no limit.
+        #[arg(long)]
+        to: Option<String>,
+        /// A public key (PEM) trusted to sign checkpoints; may be repeated.
+        #[arg(long = "trust", value_name = "PEM")]
+        trust: Vec<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Erase a subject: append a tombstone signed with KEY, after which
+    /// reads mask the subject's payloads. Opens the directory as an
+    /// embedded bus (it must not be open elsewhere).
+    Erase {
+        /// The data directory.
+        #[arg(long, default_value = "./sluice-data")]
+        dir: PathBuf,
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// Why (a ticket, a legal basis).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// The signer's secret key (PKCS#8 PEM).
+        #[arg(long, value_name = "PEM")]
+        key: PathBuf,
+        /// The key's distinguishing id.
+        #[arg(long, default_value = keys::DISTID_DEFAULT)]
+        distid: String,
+    },
+}
+
+/// Runs `sluice audit`.
+pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match command {
+        AuditCommand::Export {
+            dir,
+            subject,
+            from,
+            to,
+            trust,
+            out,
+        } => {
+            let query = ExportQuery {
+                subject,
+                from_ms: parse_time(&from)?,
+                to_ms: match to {
+                    Some(to) => parse_time(&to)?,
+                    None => u64::MAX,
+                },
+            };
+            let options = trusted(&trust)?;
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let summary = sluice_audit::export(&dir, &query, &options, &mut sink)?;
+            sink.flush()?;
+            eprintln!(
+                "exported {} events of subject {:?}; directory {}",
+                summary.events,
+                query.subject,
+                match &summary.first_finding {
+                    None => "verified intact".to_owned(),
+                    Some(finding) => format!("NOT intact: {finding}"),
+                }
+            );
+            Ok(if summary.directory_verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Erase {
+            dir,
+            subject,
+            reason,
+            key,
+            distid,
+        } => {
+            let pem = std::fs::read_to_string(&key)?;
+            let key = KeyPair::from_pem(&pem, &distid, &key.display().to_string())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let index = runtime.block_on(async {
+                let bus = sluice_core::bus::Bus::open(&dir).await?;
+                let (_, index) = bus.erase(&key, &subject, &reason).await?;
+                bus.close().await?;
+                Ok::<_, sluice_core::bus::BusError>(index)
+            })?;
+            println!(
+                "erased subject {subject:?}: signed tombstone at log index {index} (key {})",
+                keys::fingerprint(&key.public_key())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn trusted(paths: &[PathBuf]) -> Result<VerifyOptions, Box<dyn std::error::Error>> {
+    let mut options = VerifyOptions::default();
+    for path in paths {
+        let pem = std::fs::read_to_string(path)?;
+        options.trusted_keys.push(keys::public_key_from_pem(
+            &pem,
+            &path.display().to_string(),
+        )?);
+    }
+    Ok(options)
+}
+
+/// Milliseconds since the epoch, or `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC).
+fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("{text:?} is neither ms since the epoch nor YYYY-MM-DDTHH:MM:SS[.fff]Z");
+    let body = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = body.split_once('T').ok_or_else(bad)?;
+    let numbers = |s: &str, sep: char| -> Result<Vec<u64>, String> {
+        s.split(sep)
+            .map(|p| p.parse::<u64>().map_err(|_| bad()))
+            .collect()
+    };
+    let (time, millis) = match time.split_once('.') {
+        Some((t, f)) => (
+            t,
+            format!("{f:0<3}")[..3].parse::<u64>().map_err(|_| bad())?,
+        ),
+        None => (time, 0),
+    };
+    let (d, t) = (numbers(date, '-')?, numbers(time, ':')?);
+    if d.len() != 3 || t.len() != 3 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), year >= 1970.
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468).ok_or_else(bad)?;
+    Ok(((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20.5Z"), Ok(1_700_000_000_500));
+        assert!(parse_time("2023-13-01T00:00:00Z").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! `sluice node`: runs one cluster node in the foreground.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tracing::{error, info};
+
+use sluice_core::raft::Durability;
+use sluice_server::node::{ClusterNode, NodeConfig};
+
+use super::{Outcome, load_secret, runtime};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// This node's id in the cluster (1 or more).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on for peers and clients (IP:PORT).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// File holding the cluster secret every connection must prove.
+    #[arg(long, env = "SLUICE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Acknowledge publishes once in the page cache of a majority instead
+    /// of after fsync.
+    #[arg(long)]
+    buffered: bool,
+    /// Listen on a non-loopback address without a cluster secret.
+    #[arg(long)]
+    insecure: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// The leader's heartbeat interval in milliseconds; across data
+    /// centres, above the round trip by a third (elections take 3 to 6
+    /// intervals). Use the same value on every node.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    heartbeat_ms: u64,
+}
+
+pub(crate) fn run(args: Args) -> Outcome {
+    let secret = load_secret(args.secret_file.as_deref())?;
+    if secret.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without a cluster secret: anyone who reaches it could \
+             read and write the cluster. Pass --secret-file FILE (the same on every node and \
+             client), or --insecure if the network is private",
+            args.listen
+        )
+        .into());
+    }
+    let config = NodeConfig {
+        secret,
+        durability: if args.buffered {
+            Durability::Buffer
+        } else {
+            Durability::Sync
+        },
+        metrics_listen: args.metrics_listen,
+        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
+        ..NodeConfig::new(args.id, args.listen, args.data_dir)
+    };
+    runtime()?.block_on(async move {
+        let node = ClusterNode::start(config).await?;
+        info!(
+            address = %node.local_address(),
+            "serving; initialise a new cluster with `sluice cluster init`, stop with Ctrl-C"
+        );
+        tokio::select! {
+            signalled = wait_for_stop() => {
+                signalled?;
+                info!("stopping");
+                node.shutdown().await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            reason = node.stopped() => {
+                error!(
+                    %reason,
+                    "Raft stopped; the node stops (exit code {EXIT_STORAGE}). If the disk is \
+                     full or failed, fix it and start the node again: it recovers from its log"
+                );
+                let _ = node.shutdown().await;
+                Ok(ExitCode::from(EXIT_STORAGE))
+            }
+        }
+    })
+}
+
+/// The exit code of a node whose Raft core stopped on its own (storage
+/// failure or another fatal error).
+const EXIT_STORAGE: u8 = 3;
+
+/// Returns on Ctrl-C or SIGTERM.
+async fn wait_for_stop() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}

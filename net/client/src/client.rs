@@ -1,0 +1,456 @@
+//! The client: talks to a cluster through any of its nodes, follows the
+//! leader, and fails over on its own.
+//!
+//! A [`Client`] knows a list of node addresses (seeds, plus leaders it
+//! learns of). Each request goes to the node it currently prefers; a
+//! `NotLeader` answer moves it to the leader named, and a node that does
+//! not answer in time, refuses the connection or keeps failing moves it to
+//! the next address. Requests are retried this way until
+//! [`ClientConfig::request_timeout`]: every request of the protocol is safe
+//! to send again (see [`crate::protocol`]), so a failover never loses or
+//! duplicates an acknowledged event.
+//!
+//! [`RemoteProducer`] is the idempotent producer over the network: it
+//! stamps events (id, epoch, per-partition sequence) on the client side,
+//! so the state machine deduplicates a batch resent after a failover.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
+use sluice_model::transport::{NodeId, Request, Transport};
+use sluice_model::state::{Op, Response, TopicConfig};
+
+use crate::auth::Secret;
+use crate::protocol::{
+    CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, KIND_CLIENT, Metadata,
+    PublishOutcome, decode, encode,
+};
+use crate::tcp::{TcpConfig, TcpTransport};
+
+/// How a client reaches a cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Addresses of some of the cluster's nodes (any of them).
+    pub seeds: Vec<SocketAddr>,
+    /// The cluster secret, if the cluster has one.
+    pub secret: Option<Secret>,
+    /// How long one request may take, failovers and retries included.
+    pub request_timeout: Duration,
+    /// How long one attempt at one node may take before the client tries
+    /// another (a fetch's wait is added to it).
+    pub attempt_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A client of the nodes at `seeds`, with default timeouts (30 s per
+    /// request, 2 s per attempt).
+    pub fn new(seeds: Vec<SocketAddr>) -> Self {
+        ClientConfig {
+            seeds,
+            secret: None,
+            request_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No addresses were given.
+    #[error("no node addresses were given; pass at least one (--cluster HOST:PORT,...)")]
+    NoSeeds,
+    /// No node answered usefully within the request timeout.
+    #[error(
+        "no node of the cluster could serve the request within {after:?} (last: {last}); \
+         check that a majority of the nodes run and reach each other"
+    )]
+    Unavailable {
+        /// The request timeout.
+        after: Duration,
+        /// The last failure seen.
+        last: String,
+    },
+    /// The cluster refused the request; sending it again will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A node answered something this client did not expect.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// A connection to a cluster; cheap to clone (clones share connections).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let book = self.inner.book.lock().expect("address book lock");
+        f.debug_struct("Client")
+            .field("addresses", &book.addresses)
+            .field("preferred", &book.preferred)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    transport: TcpTransport,
+    config: ClientConfig,
+    book: Mutex<Book>,
+}
+
+/// The addresses known; address `i` is the transport's node `i + 1`.
+struct Book {
+    addresses: Vec<SocketAddr>,
+    preferred: usize,
+}
+
+impl Client {
+    /// A client of the cluster at `config.seeds`. Connects lazily.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.seeds.is_empty() {
+            return Err(ClientError::NoSeeds);
+        }
+        let tcp = TcpConfig {
+            // The client bounds each attempt itself.
+            call_timeout: Duration::from_secs(3600),
+            connect_timeout: config.attempt_timeout,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            secret: config.secret.clone(),
+            ..TcpConfig::default()
+        };
+        // Clients call themselves node 0.
+        let transport = TcpTransport::new(0, tcp);
+        let mut addresses = Vec::new();
+        for &seed in &config.seeds {
+            if !addresses.contains(&seed) {
+                transport.set_address(addresses.len() as NodeId + 1, seed);
+                addresses.push(seed);
+            }
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                transport,
+                config,
+                book: Mutex::new(Book {
+                    addresses,
+                    preferred: 0,
+                }),
+            }),
+        })
+    }
+
+    /// Sends `request`, following the leader and failing over, until a
+    /// node answers it or the request timeout passes.
+    pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
+        let body = encode(request);
+        let wait = match request {
+            ClientRequest::Fetch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms)),
+            _ => Duration::ZERO,
+        };
+        let timeout = self.inner.config.request_timeout;
+        let deadline = Instant::now() + timeout + wait;
+        let mut last;
+        let mut attempt: u32 = 0;
+        loop {
+            let (id, address) = self.current();
+            let call = self.inner.transport.call(
+                id,
+                Request {
+                    kind: KIND_CLIENT,
+                    group: CLIENT_GROUP,
+                    body: body.clone(),
+                },
+            );
+            let limit = self.inner.config.attempt_timeout + wait;
+            let mut pause = true;
+            match tokio::time::timeout(limit, call).await {
+                Ok(Ok(answer)) => match decode::<ClientResponse>(&answer, "response") {
+                    Ok(ClientResponse::NotLeader {
+                        leader: Some((leader, leader_address)),
+                    }) => {
+                        last = format!("node at {address} named node {leader} as leader");
+                        match leader_address.parse::<SocketAddr>() {
+                            Ok(leader_address) if leader_address != address => {
+                                self.prefer(leader_address);
+                                pause = false;
+                            }
+                            _ => self.rotate(id),
+                        }
+                    }
+                    Ok(ClientResponse::NotLeader { leader: None }) => {
+                        last = format!("node at {address} knows no leader (election under way)");
+                        self.rotate(id);
+                    }
+                    Ok(ClientResponse::Error {
+                        message,
+                        retry: true,
+                    }) => {
+                        last = format!("node at {address}: {message}");
+                        self.rotate(id);
+                    }
+                    Ok(ClientResponse::Error {
+                        message,
+                        retry: false,
+                    }) => return Err(ClientError::Refused(message)),
+                    Ok(response) => return Ok(response),
+                    Err(message) => return Err(ClientError::Unexpected(message)),
+                },
+                Ok(Err(error)) => {
+                    last = error.to_string();
+                    self.rotate(id);
+                }
+                Err(_elapsed) => {
+                    last = format!("node at {address} did not answer within {limit:?}");
+                    self.rotate(id);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable {
+                    after: timeout + wait,
+                    last,
+                });
+            }
+            if pause {
+                attempt = attempt.saturating_add(1);
+                let delay = Duration::from_millis(20 * u64::from(attempt.min(10)));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Asks the node at `address` alone, without failover (for status).
+    pub async fn request_from(
+        &self,
+        address: SocketAddr,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, ClientError> {
+        let id = self.id_of(address);
+        let call = self.inner.transport.call(
+            id,
+            Request {
+                kind: KIND_CLIENT,
+                group: CLIENT_GROUP,
+                body: encode(request),
+            },
+        );
+        let limit = self.inner.config.attempt_timeout;
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(answer)) => decode(&answer, "response").map_err(ClientError::Unexpected),
+            Ok(Err(error)) => Err(ClientError::Unavailable {
+                after: limit,
+                last: error.to_string(),
+            }),
+            Err(_elapsed) => Err(ClientError::Unavailable {
+                after: limit,
+                last: format!("node at {address} did not answer"),
+            }),
+        }
+    }
+
+    /// The cluster as some node sees it (the leader, when reachable).
+    pub async fn metadata(&self) -> Result<Metadata, ClientError> {
+        match self.request(&ClientRequest::Metadata).await? {
+            ClientResponse::Metadata(metadata) => Ok(metadata),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Proposes a state-machine operation through the leader; a refusal by
+    /// the state machine is an error.
+    pub async fn write(&self, op: Op) -> Result<Response, ClientError> {
+        match self.request(&ClientRequest::Write(op)).await? {
+            ClientResponse::Written(Response::Error(error)) => {
+                Err(ClientError::Refused(error.to_string()))
+            }
+            ClientResponse::Written(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates a topic (a no-op if it exists with the same settings).
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<(), ClientError> {
+        self.write(Op::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            config: TopicConfig::default(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// A new idempotent producer.
+    pub async fn producer(&self) -> Result<RemoteProducer, ClientError> {
+        match self.write(Op::InitProducer { name: None }).await? {
+            Response::ProducerInit { id, epoch } => Ok(RemoteProducer {
+                client: self.clone(),
+                id,
+                epoch,
+                sequences: HashMap::new(),
+                partitions: HashMap::new(),
+                next_partition: 0,
+            }),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Reads up to `max` events of a partition from `offset`, waiting up to
+    /// `wait` for a first one. Returns the events, the offset to read next,
+    /// and the partition's (first, next) offsets.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: u32,
+        wait: Duration,
+    ) -> Result<(Vec<FetchedEvent>, u64, (u64, u64)), ClientError> {
+        let request = ClientRequest::Fetch {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            max,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        match self.request(&request).await? {
+            ClientResponse::Fetched {
+                events,
+                next,
+                range,
+            } => Ok((events, next, range)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn current(&self) -> (NodeId, SocketAddr) {
+        let book = self.inner.book.lock().expect("address book lock");
+        (book.preferred as NodeId + 1, book.addresses[book.preferred])
+    }
+
+    /// Moves on from node `id` to the next address, unless another call
+    /// already moved on.
+    fn rotate(&self, id: NodeId) {
+        let mut book = self.inner.book.lock().expect("address book lock");
+        if book.preferred as NodeId + 1 == id {
+            book.preferred = (book.preferred + 1) % book.addresses.len();
+        }
+    }
+
+    fn prefer(&self, address: SocketAddr) {
+        let id = self.id_of(address);
+        let mut book = self.inner.book.lock().expect("address book lock");
+        book.preferred = id as usize - 1;
+    }
+
+    /// The transport id of `address`, learning it if new.
+    fn id_of(&self, address: SocketAddr) -> NodeId {
+        let mut book = self.inner.book.lock().expect("address book lock");
+        if let Some(index) = book.addresses.iter().position(|&a| a == address) {
+            return index as NodeId + 1;
+        }
+        book.addresses.push(address);
+        let id = book.addresses.len() as NodeId;
+        self.inner.transport.set_address(id, address);
+        id
+    }
+}
+
+fn unexpected(response: &ClientResponse) -> ClientError {
+    ClientError::Unexpected(format!("{response:?}"))
+}
+
+/// An idempotent producer over the network; see the module docs.
+#[derive(Debug)]
+pub struct RemoteProducer {
+    client: Client,
+    id: u64,
+    epoch: u32,
+    sequences: HashMap<(String, u32), u64>,
+    partitions: HashMap<String, u32>,
+    next_partition: u32,
+}
+
+impl RemoteProducer {
+    /// This producer's id and epoch.
+    pub fn identity(&self) -> (u64, u32) {
+        (self.id, self.epoch)
+    }
+
+    /// Stamps an event for `topic`: its partition (by key, or in turn when
+    /// the key is empty) and the producer's next sequence there.
+    pub async fn stamp(
+        &mut self,
+        topic: &str,
+        key: Bytes,
+        payload: Bytes,
+        headers: Headers,
+    ) -> Result<Event, ClientError> {
+        let partitions = self.partitions(topic).await?;
+        let partition = if key.is_empty() {
+            self.next_partition = self.next_partition.wrapping_add(1);
+            self.next_partition % partitions
+        } else {
+            partition_for(&key, partitions)
+        };
+        let slot = self
+            .sequences
+            .entry((topic.to_owned(), partition))
+            .or_insert(0);
+        let sequence = *slot;
+        *slot += 1;
+        Ok(Event {
+            topic: topic.to_owned(),
+            key,
+            payload,
+            headers,
+            producer: ProducerStamp {
+                id: self.id,
+                epoch: self.epoch,
+                sequence,
+            },
+            partition,
+            timestamp_ms: 0,
+        })
+    }
+
+    /// Publishes stamped events in one request and waits until each is
+    /// durable (or refused). After a failover the whole request is sent
+    /// again; events already appended come back as duplicates with their
+    /// original offsets. Send one request at a time per producer, in
+    /// stamp order.
+    pub async fn publish(
+        &mut self,
+        events: Vec<Event>,
+    ) -> Result<Vec<PublishOutcome>, ClientError> {
+        let count = events.len();
+        match self.client.request(&ClientRequest::Publish(events)).await? {
+            ClientResponse::Published(outcomes) if outcomes.len() == count => Ok(outcomes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn partitions(&mut self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(&count) = self.partitions.get(topic) {
+            return Ok(count);
+        }
+        let metadata = self.client.metadata().await?;
+        for (name, count) in metadata.topics {
+            self.partitions.insert(name, count);
+        }
+        self.partitions.get(topic).copied().ok_or_else(|| {
+            ClientError::Refused(format!(
+                "unknown topic {topic:?}: create it first (sluice topics create {topic} ...)"
+            ))
+        })
+    }
+}

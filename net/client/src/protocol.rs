@@ -1,0 +1,244 @@
+//! The client protocol: what clients (the CLI, applications, the Jepsen
+//! runner, benchmarks) ask a node, on the same frames as Raft's messages.
+//!
+//! Every client request is one frame of kind [`KIND_CLIENT`], group 0,
+//! carrying a postcard-encoded [`ClientRequest`]; the answer is a
+//! postcard-encoded [`ClientResponse`]. Requests that change the cluster go
+//! through the leader: any other node answers [`ClientResponse::NotLeader`]
+//! with the leader's id and address when it knows them, and the client
+//! follows. Every request is safe to retry after an ambiguous failure:
+//! publishes carry producer stamps the state machine deduplicates, offset
+//! commits are idempotent, and a retried `InitProducer` only wastes an id.
+
+use serde::{Deserialize, Serialize};
+
+use sluice_model::event::{Event, Headers, ProducerStamp};
+use sluice_model::transport::NodeId;
+use sluice_model::state::{Op, Response};
+
+/// The frame kind of client requests (Raft uses 1 to 4, authentication 0).
+pub const KIND_CLIENT: u8 = 16;
+
+/// The Raft group client frames name (one group today).
+pub const CLIENT_GROUP: u32 = 0;
+
+/// Events one fetch returns at most.
+pub const FETCH_EVENTS_MAX: u32 = 10_000;
+
+/// The longest a fetch waits for new events, in milliseconds.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// What a client asks a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Who leads, who is a member, which topics exist; any node answers.
+    Metadata,
+    /// Initialise a new cluster with these voters (id, address); sent to
+    /// one of them, once.
+    Initialize {
+        /// The first members.
+        members: Vec<(NodeId, String)>,
+    },
+    /// Add a node: first as a learner that catches up, then as a voter.
+    AddNode {
+        /// Its id.
+        id: NodeId,
+        /// Its address.
+        address: String,
+    },
+    /// Remove a node from the voters and the cluster.
+    RemoveNode {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Propose one state-machine operation: create a topic, init a
+    /// producer, join or leave a group, a group heartbeat (members that
+    /// send none for `SESSION_TIMEOUT_MS` are removed), commit offsets, or
+    /// a transaction.
+    /// Publishes use [`ClientRequest::Publish`]; internal operations are
+    /// refused.
+    Write(Op),
+    /// Append events stamped by an idempotent producer (id, epoch,
+    /// sequence, partition); the node batches them with everyone else's.
+    Publish(Vec<Event>),
+    /// Read one partition from an offset, waiting up to `wait_ms` for
+    /// events when there are none yet.
+    Fetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The first offset wanted.
+        offset: u64,
+        /// Events wanted at most (capped at [`FETCH_EVENTS_MAX`]).
+        max: u32,
+        /// How long to wait for a first event (capped at
+        /// [`FETCH_WAIT_MS_MAX`]).
+        wait_ms: u32,
+    },
+    /// A group's generation, the member's assignment and the group's
+    /// committed offsets for it.
+    Group {
+        /// Group.
+        group: String,
+        /// Member.
+        member: String,
+    },
+    /// The offset a group committed for a partition, if any.
+    Committed {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The cluster as this node sees it.
+    Metadata(Metadata),
+    /// The request was carried out.
+    Done,
+    /// The state machine's answer to a [`ClientRequest::Write`].
+    Written(Response),
+    /// One outcome per published event, in order.
+    Published(Vec<PublishOutcome>),
+    /// Events of one partition.
+    Fetched {
+        /// The events, in offset order.
+        events: Vec<FetchedEvent>,
+        /// The offset to fetch next.
+        next: u64,
+        /// The partition's first retained and next offsets.
+        range: (u64, u64),
+    },
+    /// A group as it stands.
+    Group {
+        /// Its generation.
+        generation: u64,
+        /// The member's partitions with the group's committed offset for
+        /// each (`None`: nothing committed yet).
+        assignment: Vec<(String, u32, Option<u64>)>,
+    },
+    /// A group's committed offset (`None`: nothing committed).
+    Committed(Option<u64>),
+    /// This node is not the leader; nothing was done. Ask the leader, when
+    /// named, or retry shortly (an election is under way).
+    NotLeader {
+        /// The leader's id and address, when known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The request was refused or failed; `retry` says whether sending it
+    /// again may succeed (to this or another node).
+    Error {
+        /// What went wrong and what to do.
+        message: String,
+        /// Whether a retry may succeed.
+        retry: bool,
+    },
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The node answering.
+    pub node_id: NodeId,
+    /// Its role: leader, follower, candidate, learner, or shutdown.
+    pub role: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader, when known: id and address.
+    pub leader: Option<(NodeId, String)>,
+    /// Members: id, address, and whether it votes.
+    pub members: Vec<(NodeId, String, bool)>,
+    /// Last log index, committed index and applied index on this node.
+    pub log: (Option<u64>, Option<u64>, Option<u64>),
+    /// Topics and their partition counts.
+    pub topics: Vec<(String, u32)>,
+}
+
+/// What became of one published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishOutcome {
+    /// Appended (or found appended before, if `duplicate`).
+    Appended {
+        /// Partition.
+        partition: u32,
+        /// Offset.
+        offset: u64,
+        /// Whether this was a retry of an event already in the log.
+        duplicate: bool,
+    },
+    /// Refused; nothing was appended for it.
+    Refused {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One event read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedEvent {
+    /// Offset in its partition.
+    pub offset: u64,
+    /// Key.
+    pub key: bytes::Bytes,
+    /// Payload.
+    pub payload: bytes::Bytes,
+    /// Headers.
+    pub headers: Headers,
+    /// The producer's stamp.
+    pub producer: ProducerStamp,
+    /// The leader's publish time.
+    pub timestamp_ms: u64,
+}
+
+/// Encodes a message body.
+pub fn encode<M: Serialize>(message: &M) -> bytes::Bytes {
+    bytes::Bytes::from(postcard::to_allocvec(message).expect("messages encode into memory"))
+}
+
+/// Decodes a message body; the error names what was expected.
+pub fn decode<M: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<M, String> {
+    postcard::from_bytes(body).map_err(|error| {
+        format!("a {what} does not decode: {error}; do both sides run the same version?")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let requests = [
+            ClientRequest::Metadata,
+            ClientRequest::Fetch {
+                topic: "t".into(),
+                partition: 2,
+                offset: 7,
+                max: 10,
+                wait_ms: 100,
+            },
+            ClientRequest::Publish(vec![Event {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                ..Event::default()
+            }]),
+        ];
+        for request in requests {
+            let decoded: ClientRequest = decode(&encode(&request), "request").unwrap();
+            assert_eq!(decoded, request);
+        }
+        let response = ClientResponse::NotLeader {
+            leader: Some((2, "127.0.0.1:7002".into())),
+        };
+        let decoded: ClientResponse = decode(&encode(&response), "response").unwrap();
+        assert_eq!(decoded, response);
+        let garbage: Result<ClientRequest, _> = decode(&[0xff, 0xff, 0xff], "request");
+        assert!(garbage.unwrap_err().contains("does not decode"));
+    }
+}

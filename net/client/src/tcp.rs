@@ -1,0 +1,1145 @@
+//! The engine's [`Transport`] over TCP, on tokio: [`TcpTransport`] calls,
+//! [`TcpServer`] serves.
+//!
+//! Each peer gets one connection, reused by every call and shared by calls
+//! in flight: a request carries a request id, unique on its connection, and
+//! its response carries the same id back, so responses may come in any
+//! order. Per connection, at most [`TcpConfig::inflight_per_connection_max`]
+//! calls are in flight; further calls wait for room (within their
+//! timeout). A connection that breaks fails every call waiting on it; the
+//! next call connects again. A failed connection attempt starts a backoff
+//! (doubling from [`TcpConfig::backoff_initial`] up to
+//! [`TcpConfig::backoff_max`]) during which calls to that peer fail at once
+//! with [`TransportError::Unreachable`] instead of piling up on a dead
+//! address.
+//!
+//! The server serves each connection on one task, with no channel per
+//! request: it reads requests, polls the handlers' futures of small ones
+//! beside each other on that task (no task per request), and writes the
+//! responses that are ready together in one write. A request of 8 KiB or
+//! more (a batch of events, a Raft append with entries) is handled on a
+//! task of its own, so that decoding it runs beside the reading; a handler
+//! with long work of its own runs it on a task too (the node does so for
+//! fetches). Reading waits while
+//! [`INFLIGHT_PER_CONNECTION_MAX`] requests are handled or about 1 MiB of
+//! responses waits to be written.
+//!
+//! ### Fault model
+//! - The network may lose, delay or cut anything; every call is bounded by
+//!   [`TcpConfig::call_timeout`], connection attempts by
+//!   [`TcpConfig::connect_timeout`], and nothing waits beyond them.
+//! - TCP does not duplicate or reorder bytes within a connection, but a
+//!   call that fails with `Closed` or `TimedOut` may have been applied, and
+//!   a retry above this layer sends it again: the layer above handles
+//!   duplicates (see `sluice_model::transport`).
+//! - A peer may send anything. The server reads through the wire codec,
+//!   which bounds what it buffers by [`wire::FRAME_SIZE_MAX`]; a malformed,
+//!   truncated, oversized or damaged frame closes that connection with a
+//!   warning naming the peer and the reason, and nothing else is affected.
+//!   A client closes its connection the same way on a bad response.
+//! - A handler that panics leaves its call unanswered: the caller times
+//!   out, and the panic is logged; the connection's other calls carry on.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use sluice_model::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
+
+use crate::auth::{self, AUTH_TIMEOUT, KIND_AUTH, Secret};
+use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
+
+/// Calls in flight on one connection, by default; also the server's bound
+/// on requests it handles at once per connection.
+pub const INFLIGHT_PER_CONNECTION_MAX: usize = 256;
+
+/// How much a connection asks the socket for at a time. The read buffer
+/// never holds more than one frame plus this.
+const READ_CHUNK_SIZE: usize = 64 * 1024;
+
+/// The pause after a failed `accept` (out of file descriptors, say)
+/// before accepting again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Bounds of a [`TcpTransport`].
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// The longest one call may take, from connecting to the response.
+    pub call_timeout: Duration,
+    /// The longest one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The pause after the first failed connection attempt to a peer.
+    pub backoff_initial: Duration,
+    /// The longest pause between connection attempts to a peer.
+    pub backoff_max: Duration,
+    /// Calls in flight on one connection at most.
+    pub inflight_per_connection_max: usize,
+    /// The cluster secret to answer nodes' challenges with; `None` for a
+    /// cluster that runs without one (see [`crate::auth`]).
+    pub secret: Option<Secret>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX,
+            secret: None,
+        }
+    }
+}
+
+/// The pause before the next connection attempt after `failures`
+/// consecutive failed ones: doubling, capped at `backoff_max`.
+fn backoff_delay(config: &TcpConfig, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    config
+        .backoff_initial
+        .saturating_mul(1 << exponent)
+        .min(config.backoff_max)
+}
+
+/// Calls other nodes over TCP. Cheap to clone; clones share connections.
+/// Calls must run inside a tokio runtime (with the `time` driver), which
+/// also runs each connection's reader and writer task.
+#[derive(Debug, Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: NodeId,
+    config: TcpConfig,
+    peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Peer>>>>,
+}
+
+/// What the transport knows about one peer. Its async mutex is held while
+/// connecting, so concurrent calls make one attempt, not many.
+#[derive(Debug)]
+struct Peer {
+    address: SocketAddr,
+    connection: Option<Arc<Connection>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl TcpTransport {
+    /// A transport for node `source` (the id its requests carry), knowing
+    /// no peers yet.
+    ///
+    /// # Panics
+    /// If `config.inflight_per_connection_max` is 0.
+    pub fn new(source: NodeId, config: TcpConfig) -> Self {
+        assert!(config.inflight_per_connection_max > 0);
+        TcpTransport {
+            inner: Arc::new(Inner {
+                source,
+                config,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sets the address of node `node`. A changed address drops the old
+    /// connection (calls already on it finish there) and its backoff.
+    pub fn set_address(&self, node: NodeId, address: SocketAddr) {
+        let mut peers = self.inner.peers.lock().expect("peer map lock poisoned");
+        if let Some(peer) = peers.get(&node) {
+            if peer.try_lock().is_ok_and(|peer| peer.address == address) {
+                return;
+            }
+        }
+        let peer = Peer {
+            address,
+            connection: None,
+            failures: 0,
+            retry_at: None,
+        };
+        peers.insert(node, Arc::new(tokio::sync::Mutex::new(peer)));
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, TransportError>> + Send {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            if request.body.len() > BODY_SIZE_MAX {
+                return Err(TransportError::FrameTooLarge {
+                    size_bytes: request.body.len() as u64,
+                    size_bytes_max: BODY_SIZE_MAX as u64,
+                });
+            }
+            let after = inner.config.call_timeout;
+            match tokio::time::timeout(after, inner.call(target, request)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(TransportError::TimedOut { target, after }),
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn call(&self, target: NodeId, request: Request) -> Result<Bytes, TransportError> {
+        let connection = self.connection(target).await?;
+        connection.call(self.source, target, request).await
+    }
+
+    /// The live connection to `target`, connecting if there is none.
+    async fn connection(&self, target: NodeId) -> Result<Arc<Connection>, TransportError> {
+        let unreachable = |source: io::Error| TransportError::Unreachable {
+            target,
+            source: Arc::new(source),
+        };
+        let peer = self
+            .peers
+            .lock()
+            .expect("peer map lock poisoned")
+            .get(&target)
+            .cloned();
+        let Some(peer) = peer else {
+            return Err(unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no address is known for node {target}; set one with set_address"),
+            )));
+        };
+        let mut peer = peer.lock().await;
+        if let Some(connection) = &peer.connection {
+            if !connection.shared.is_closed() {
+                return Ok(Arc::clone(connection));
+            }
+        }
+        peer.connection = None;
+        let now = Instant::now();
+        if let Some(retry_at) = peer.retry_at.filter(|&at| now < at) {
+            return Err(unreachable(io::Error::other(format!(
+                "{} connection attempts to {} failed; the next one is in {:?}",
+                peer.failures,
+                peer.address,
+                retry_at - now
+            ))));
+        }
+        let connected = match self.connect(peer.address).await {
+            Ok(mut stream) => match &self.config.secret {
+                Some(secret) => {
+                    let limit = self.config.connect_timeout.max(Duration::from_secs(1));
+                    let answered = answer_challenge(&mut stream, self.source, secret);
+                    match tokio::time::timeout(limit, answered).await {
+                        Ok(Ok(())) => Ok(stream),
+                        Ok(Err(error)) => Err(error),
+                        Err(_elapsed) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "{} sent no authentication challenge within {limit:?}; \
+                                 is it a node running without a cluster secret?",
+                                peer.address
+                            ),
+                        )),
+                    }
+                }
+                None => Ok(stream),
+            },
+            Err(error) => Err(error),
+        };
+        match connected {
+            Ok(stream) => {
+                peer.failures = 0;
+                peer.retry_at = None;
+                let connection = Connection::start(stream, &self.config);
+                peer.connection = Some(Arc::clone(&connection));
+                Ok(connection)
+            }
+            Err(error) => {
+                peer.failures = peer.failures.saturating_add(1);
+                peer.retry_at = Some(Instant::now() + backoff_delay(&self.config, peer.failures));
+                Err(unreachable(error))
+            }
+        }
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
+        let limit = self.config.connect_timeout;
+        let stream = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("cannot connect to {address}: {error}"),
+                ));
+            }
+            Err(_elapsed) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {address} took longer than {limit:?}"),
+                ));
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// One client connection: a writer task fed through `outgoing`, a reader
+/// that hands responses to the calls waiting in `shared`.
+#[derive(Debug)]
+struct Connection {
+    outgoing: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+    inflight: Semaphore,
+    request_id_next: AtomicU64,
+}
+
+/// The calls waiting for responses and, once the connection has closed,
+/// why. One lock, so that no call registers after the close.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+}
+
+#[derive(Debug, Default)]
+struct SharedState {
+    pending: HashMap<u64, oneshot::Sender<Frame>>,
+    closed: Option<Arc<io::Error>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.state.lock().expect("connection state lock poisoned")
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    fn register(
+        &self,
+        request_id: u64,
+        waiter: oneshot::Sender<Frame>,
+    ) -> Result<(), Arc<io::Error>> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(Arc::clone(reason));
+        }
+        let previous = state.pending.insert(request_id, waiter);
+        assert!(previous.is_none(), "request id {request_id} reused");
+        Ok(())
+    }
+
+    fn forget(&self, request_id: u64) {
+        self.lock().pending.remove(&request_id);
+    }
+
+    /// Hands `frame` to the call waiting for it; a call that gave up has
+    /// left no waiter, and its late response is dropped.
+    fn complete(&self, frame: Frame) {
+        let waiter = self.lock().pending.remove(&frame.header.request_id);
+        match waiter {
+            Some(waiter) => drop(waiter.send(frame)),
+            None => debug!(
+                request_id = frame.header.request_id,
+                "late response dropped"
+            ),
+        }
+    }
+
+    /// Records why the connection closed and fails every waiting call.
+    fn close(&self, reason: io::Error) {
+        let mut state = self.lock();
+        state.closed.get_or_insert(Arc::new(reason));
+        state.pending.clear();
+    }
+
+    fn reason(&self) -> Arc<io::Error> {
+        let closed = self.lock().closed.clone();
+        closed.unwrap_or_else(|| Arc::new(io::Error::other("the connection is closing")))
+    }
+}
+
+/// Removes a call's waiter when the call ends in any way, including by
+/// being dropped at its timeout.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    request_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.request_id);
+    }
+}
+
+impl Connection {
+    fn start(stream: TcpStream, config: &TcpConfig) -> Arc<Connection> {
+        let peer = stream.peer_addr().ok();
+        let (read, write) = stream.into_split();
+        let (outgoing, frames) = mpsc::channel(config.inflight_per_connection_max);
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(run_client(read, write, frames, Arc::clone(&shared), peer));
+        Arc::new(Connection {
+            outgoing,
+            shared,
+            inflight: Semaphore::new(config.inflight_per_connection_max),
+            request_id_next: AtomicU64::new(0),
+        })
+    }
+
+    async fn call(
+        &self,
+        source: NodeId,
+        target: NodeId,
+        request: Request,
+    ) -> Result<Bytes, TransportError> {
+        let closed = |source: Arc<io::Error>| TransportError::Closed { target, source };
+        let _permit = self.inflight.acquire().await.expect("never closed");
+        let request_id = self.request_id_next.fetch_add(1, Ordering::Relaxed);
+        let (waiter, response) = oneshot::channel();
+        let _traced = request.kind == crate::protocol::KIND_CLIENT;
+        if _traced {
+            sluice_model::stage!(request_id, ClientCall);
+        }
+        self.shared.register(request_id, waiter).map_err(closed)?;
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            request_id,
+        };
+        let header = Header {
+            role: Role::Request,
+            kind: request.kind,
+            group: request.group,
+            request_id,
+            source,
+        };
+        let mut frame = BytesMut::new();
+        wire::encode_into(&mut frame, &header, &request.body);
+        if self.outgoing.send(frame.freeze()).await.is_err() {
+            return Err(closed(self.shared.reason()));
+        }
+        let Ok(frame) = response.await else {
+            return Err(closed(self.shared.reason()));
+        };
+        if _traced {
+            sluice_model::stage!(request_id, ClientDone);
+        }
+        match frame.header.role {
+            Role::Response => Ok(frame.body),
+            Role::Failure => Err(TransportError::Remote {
+                target,
+                message: String::from_utf8_lossy(&frame.body).into_owned(),
+            }),
+            Role::Request => unreachable!("the client read loop refuses requests"),
+        }
+    }
+}
+
+/// Runs one client connection until either direction fails or the
+/// transport drops it, then fails the calls still waiting.
+async fn run_client(
+    read: impl AsyncRead + Unpin,
+    write: impl AsyncWrite + Unpin,
+    frames: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+    peer: Option<SocketAddr>,
+) {
+    let result = tokio::select! {
+        result = write_loop(write, frames) => result.map(|()| "this node dropped the connection"),
+        result = client_read_loop(read, &shared) => result.map(|()| "the peer closed the connection"),
+    };
+    let reason = match result {
+        Ok(why) => io::Error::new(io::ErrorKind::ConnectionAborted, why),
+        Err(error) => {
+            warn!(peer = ?peer, reason = %error, "closing the connection");
+            error
+        }
+    };
+    shared.close(reason);
+}
+
+/// Reads responses until the stream ends or breaks. A failure is recorded
+/// as the connection's close reason before this returns, so that a call
+/// whose send fails once the writer is dropped (right after) reports it.
+async fn client_read_loop(read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
+    let result = client_read_frames(read, shared).await;
+    if let Err(error) = &result {
+        shared.close(io::Error::new(error.kind(), error.to_string()));
+    }
+    result
+}
+
+async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = read_frame(&mut read, &mut buf).await? {
+        if frame.header.role == Role::Request && frame.header.kind == KIND_AUTH {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the node requires authentication: configure the cluster secret \
+                 (--secret-file) on this side too",
+            ));
+        }
+        if frame.header.role == Role::Request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server sent a request on a client connection; it is not a Sluice node",
+            ));
+        }
+        if frame.header.kind == crate::protocol::KIND_CLIENT {
+            sluice_model::stage!(frame.header.request_id, ClientRead);
+        }
+        shared.complete(frame);
+    }
+    Ok(())
+}
+
+/// Writes each frame from `frames`, whole, until the senders are gone;
+/// the frames already queued when it wakes go out together, small ones
+/// copied into one write. Frames are never cut: a call that gives up has
+/// handed over its frame already or not at all.
+async fn write_loop(
+    mut write: impl AsyncWrite + Unpin,
+    mut frames: mpsc::Receiver<Bytes>,
+) -> io::Result<()> {
+    let mut batch = BytesMut::new();
+    while let Some(mut frame) = frames.recv().await {
+        loop {
+            if frame.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+                write.write_all(&frame).await?;
+                #[cfg(feature = "stage-trace")]
+                trace_written(&frame);
+            } else {
+                batch.extend_from_slice(&frame);
+            }
+            if batch.len() >= COALESCE_BYTES_MAX {
+                flush(&mut write, &mut batch).await?;
+            }
+            match frames.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        flush(&mut write, &mut batch).await?;
+    }
+    Ok(())
+}
+
+/// Frames from this size on are written on their own, not copied into a
+/// batch; a batch is written once it reaches it.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+async fn flush(write: &mut (impl AsyncWrite + Unpin), batch: &mut BytesMut) -> io::Result<()> {
+    if !batch.is_empty() {
+        write.write_all(batch).await?;
+        #[cfg(feature = "stage-trace")]
+        trace_written(batch);
+        batch.clear();
+    }
+    Ok(())
+}
+
+#[cfg(feature = "stage-trace")]
+tokio::task_local! {
+    /// The request id of the client request a handler serves.
+    pub(crate) static TRACE_REQUEST: u64;
+}
+
+/// Records the client frames in `frames` (whole frames, back to back) as
+/// written.
+#[cfg(feature = "stage-trace")]
+fn trace_written(mut frames: &[u8]) {
+    while frames.len() >= wire::HEADER_SIZE {
+        let length = u32::from_le_bytes(frames[4..8].try_into().unwrap()) as usize;
+        if frames[13] == crate::protocol::KIND_CLIENT {
+            let request_id = u64::from_le_bytes(frames[20..28].try_into().unwrap());
+            if frames[14] == 0 {
+                sluice_model::stage!(request_id, ClientWritten);
+            } else {
+                sluice_model::stage!(request_id, ServerWritten);
+            }
+        }
+        frames = &frames[(wire::HEADER_SIZE + length).min(frames.len())..];
+    }
+}
+
+/// Reads the next frame; `None` at a clean end of the stream (between
+/// frames). A stream cut inside a frame, or a frame the codec refuses, is
+/// an error that names the reason.
+async fn read_frame(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> io::Result<Option<Frame>> {
+    loop {
+        let decoded =
+            wire::decode(buf).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        if let Some(frame) = decoded {
+            return Ok(Some(frame));
+        }
+        buf.reserve(READ_CHUNK_SIZE);
+        if read.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "truncated frame: the peer closed the connection after {} bytes of a frame",
+                    buf.len()
+                ),
+            ));
+        }
+    }
+}
+
+/// The largest body of a handshake frame: a proof and a challenge.
+const AUTH_BODY_MAX: usize = 2 * auth::NONCE_SIZE;
+
+/// [`read_frame`] for the authentication handshake: a frame that declares a
+/// body larger than [`AUTH_BODY_MAX`] is refused before its body is read,
+/// so a peer that has proved nothing cannot make a node buffer a large
+/// frame.
+async fn read_auth_frame(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> io::Result<Option<Frame>> {
+    while wire::declared_body_size(buf).is_none() {
+        buf.reserve(64);
+        if read.read_buf(buf).await? == 0 {
+            break;
+        }
+    }
+    if let Some(size) = wire::declared_body_size(buf).filter(|&size| size > AUTH_BODY_MAX) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the peer's handshake frame declares a body of {size} bytes; one has at most \
+                 {AUTH_BODY_MAX}: it has no cluster secret configured, or speaks another \
+                 version"
+            ),
+        ));
+    }
+    read_frame(read, buf).await
+}
+
+/// Serves a [`Handler`] on a listener until shut down or dropped; dropping
+/// it closes the listener and every connection.
+#[derive(Debug)]
+pub struct TcpServer {
+    local_address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpServer {
+    /// Starts serving `handler` on `listener` as node `node` (the id its
+    /// responses carry). Must be called inside a tokio runtime.
+    pub fn serve<H: Handler>(listener: TcpListener, node: NodeId, handler: H) -> io::Result<Self> {
+        TcpServer::serve_secured(listener, node, handler, None)
+    }
+
+    /// [`TcpServer::serve`], admitting only connections that answer a
+    /// challenge with `secret` when one is given (see [`crate::auth`]).
+    pub fn serve_secured<H: Handler>(
+        listener: TcpListener,
+        node: NodeId,
+        handler: H,
+        secret: Option<Secret>,
+    ) -> io::Result<Self> {
+        let local_address = listener.local_addr()?;
+        let secret = secret.map(Arc::new);
+        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler), secret));
+        Ok(TcpServer {
+            local_address,
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Stops accepting, closes every connection and returns once they are
+    /// closed. Calls in flight on them fail with `Closed` at the caller.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        if let Err(error) = (&mut self.task).await {
+            log_task_end(&error);
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn log_task_end(error: &JoinError) {
+    if error.is_panic() {
+        warn!(%error, "a server task panicked");
+    }
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    node: NodeId,
+    handler: Arc<H>,
+    secret: Option<Arc<Secret>>,
+) {
+    // Dropping the set (when this task is aborted) aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let handler = Arc::clone(&handler);
+                    connections.spawn(serve_connection(stream, peer, node, handler, secret.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed; retrying after {ACCEPT_RETRY_DELAY:?}");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                }
+            },
+            Some(Err(error)) = connections.join_next(), if !connections.is_empty() => {
+                log_task_end(&error);
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: NodeId,
+    handler: Arc<H>,
+    secret: Option<Arc<Secret>>,
+) {
+    let mut stream = stream;
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let mut buf = BytesMut::new();
+    if let Some(secret) = secret {
+        let challenged = challenge_peer(&mut stream, &mut buf, node, &secret);
+        let refused = match tokio::time::timeout(AUTH_TIMEOUT, challenged).await {
+            Ok(Ok(source)) => {
+                debug!(%peer, source, "the peer authenticated");
+                None
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_elapsed) => Some(format!(
+                "no answer to the challenge within {AUTH_TIMEOUT:?}"
+            )),
+        };
+        if let Some(reason) = refused {
+            warn!(%peer, %reason, "refused a connection that did not authenticate");
+            // Close gracefully: a close with the peer's request still
+            // unread would reset the connection, and the peer could lose
+            // the challenge that tells it why it was refused.
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            return;
+        }
+    }
+    let (read, write) = stream.into_split();
+    let result = serve_requests(read, write, buf, node, &handler).await;
+    match result {
+        Ok(()) => debug!(%peer, "the peer closed the connection"),
+        Err(error) => warn!(%peer, reason = %error, "closing the connection"),
+    }
+}
+
+/// Serves one connection's requests in this one task: reads frames, runs
+/// each request's handler here (its future polled beside the others, no
+/// task per request), and writes responses as they are ready, all that
+/// are ready in one write. Reading waits while
+/// [`INFLIGHT_PER_CONNECTION_MAX`] requests are being handled or more than
+/// [`RESPONSE_BYTES_SOFT_MAX`] of responses wait to be written (a peer
+/// that sends but does not read is not answered into unbounded memory).
+async fn serve_requests<H: Handler>(
+    mut read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
+    mut buf: BytesMut,
+    node: NodeId,
+    handler: &Arc<H>,
+) -> io::Result<()> {
+    // Dropping the set (when the connection ends) drops unfinished calls
+    // (and aborts the spawned ones).
+    let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
+    // Responses encoded and not yet written, whole frames back to back.
+    let mut out = BytesMut::new();
+    loop {
+        let reading =
+            calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
+        tokio::select! {
+            // Answers first, then writing them, then more requests: a
+            // burst of answers goes out in one write.
+            biased;
+            Some(response) = calls.next(), if !calls.is_empty() => {
+                if let Some(response) = response {
+                    encode_response(&mut out, node, response);
+                }
+            }
+            written = write.write(&out), if !out.is_empty() => {
+                let written = written?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                #[cfg(feature = "stage-trace")]
+                trace_written(&out[..written]);
+                out.advance(written);
+            }
+            frame = read_frame(&mut read, &mut buf), if reading => {
+                let Some(frame) = frame? else {
+                    return Ok(());
+                };
+                if frame.header.role != Role::Request {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a {:?} frame arrived on a server connection",
+                            frame.header.role
+                        ),
+                    ));
+                }
+                if frame.header.kind == crate::protocol::KIND_CLIENT {
+                    sluice_model::stage!(frame.header.request_id, ServerRead);
+                }
+                if frame.body.len() < SPAWN_BODY_BYTES_MIN {
+                    calls.push(Box::pin(answer(&**handler, frame)));
+                } else {
+                    // Decoding a large request is work another worker
+                    // can do while this task reads on.
+                    let handler = Arc::clone(handler);
+                    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
+                    calls.push(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
+                        Ok(answered) => answered,
+                        Err(error) => {
+                            log_task_end(&error);
+                            None
+                        }
+                    })));
+                }
+            }
+        }
+    }
+}
+
+/// Requests with a body of this size or more (batches of events, Raft
+/// appends carrying entries) are handled on a task of their own; smaller
+/// ones on the connection's task.
+const SPAWN_BODY_BYTES_MIN: usize = 8 * 1024;
+
+/// A spawned task, aborted when dropped unfinished.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Bytes of responses waiting to be written above which a connection
+/// reads no further requests until they are written.
+const RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
+
+/// Sends a challenge, checks the answer, and proves this node to the peer
+/// in turn (see [`crate::auth`]); returns the node id the peer proved.
+/// Bytes the peer sent after its answer stay in `buf`.
+async fn challenge_peer(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    node: NodeId,
+    secret: &Secret,
+) -> io::Result<NodeId> {
+    let challenge = auth::challenge()?;
+    let header = Header {
+        role: Role::Request,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: 0,
+        source: node,
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &challenge);
+    stream.write_all(&frame).await?;
+    let Some(answer) = read_auth_frame(stream, buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection instead of answering the challenge",
+        ));
+    };
+    if answer.header.kind != KIND_AUTH || answer.header.role != Role::Response {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer sent a {:?} of kind {} instead of answering the challenge; \
+                 it has no cluster secret configured",
+                answer.header.role, answer.header.kind
+            ),
+        ));
+    }
+    let source = answer.header.source;
+    if answer.body.len() != 2 * auth::NONCE_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer (claiming node {source}) answered the challenge with {} bytes, not \
+                 its proof and a challenge of its own ({} bytes); is it an older version?",
+                answer.body.len(),
+                2 * auth::NONCE_SIZE
+            ),
+        ));
+    }
+    let (proof, theirs) = answer.body.split_at(auth::NONCE_SIZE);
+    if !secret.verify(&challenge, source, proof) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer (claiming node {source}) answered with a wrong proof: its cluster secret differs"
+            ),
+        ));
+    }
+    let header = Header {
+        role: Role::Response,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: answer.header.request_id,
+        source: node,
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &secret.node_proof(theirs, node));
+    stream.write_all(&frame).await?;
+    Ok(source)
+}
+
+/// Reads a node's challenge, answers it as node `source` with a challenge
+/// of its own, and checks the node's proof: nothing is sent on a
+/// connection to a node that has not proved it holds the secret.
+async fn answer_challenge(
+    stream: &mut TcpStream,
+    source: NodeId,
+    secret: &Secret,
+) -> io::Result<()> {
+    let address = stream
+        .peer_addr()
+        .map_or_else(|_| "the node".to_owned(), |a| a.to_string());
+    let mut buf = BytesMut::new();
+    let Some(challenge) = read_auth_frame(stream, &mut buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the node closed the connection before sending its challenge",
+        ));
+    };
+    if challenge.header.kind != KIND_AUTH
+        || challenge.header.role != Role::Request
+        || challenge.body.len() != auth::NONCE_SIZE
+        || !buf.is_empty()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the node's first frame is not an authentication challenge",
+        ));
+    }
+    let node = challenge.header.source;
+    let ours = auth::challenge()?;
+    let header = Header {
+        role: Role::Response,
+        kind: KIND_AUTH,
+        group: 0,
+        request_id: challenge.header.request_id,
+        source,
+    };
+    let mut body = Vec::with_capacity(2 * auth::NONCE_SIZE);
+    body.extend_from_slice(&secret.proof(&challenge.body, source));
+    body.extend_from_slice(&ours);
+    let mut frame = BytesMut::new();
+    wire::encode_into(&mut frame, &header, &body);
+    stream.write_all(&frame).await?;
+    let Some(proof) = read_auth_frame(stream, &mut buf).await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{address} closed the connection after our proof: it refused it; does our \
+                 cluster secret match the cluster's?"
+            ),
+        ));
+    };
+    let proved = proof.header.kind == KIND_AUTH
+        && proof.header.role == Role::Response
+        && proof.header.source == node
+        && buf.is_empty()
+        && secret.verify_node(&ours, node, &proof.body);
+    if !proved {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{address} (claiming node {node}) did not prove it holds the cluster secret; \
+                 nothing was sent to it. Is the address right, and does it run with this \
+                 cluster's secret?"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A handled request: its header and the handler's result.
+type Answered = (Header, Result<Bytes, HandlerError>);
+
+/// Runs the handler on one request. `None` if the handler panicked: the
+/// panic is logged and the call left unanswered (the caller times out);
+/// the connection and its other calls carry on.
+async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
+    let header = frame.header;
+    let request = Request {
+        kind: header.kind,
+        group: header.group,
+        body: frame.body,
+    };
+    if header.kind == crate::protocol::KIND_CLIENT {
+        sluice_model::stage!(header.request_id, HandlerStart);
+    }
+    let handled = AssertUnwindSafe(handler.handle(header.source, request)).catch_unwind();
+    #[cfg(feature = "stage-trace")]
+    let handled = TRACE_REQUEST.scope(header.request_id, handled);
+    match handled.await {
+        Ok(result) => Some((header, result)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(
+                kind = header.kind,
+                request_id = header.request_id,
+                source = header.source,
+                %message,
+                "a request handler panicked; the request is left unanswered"
+            );
+            None
+        }
+    }
+}
+
+/// Appends the response frame of a handled request to `out`.
+fn encode_response(out: &mut BytesMut, node: NodeId, (request, result): Answered) {
+    let (role, body) = match result {
+        Ok(body) if body.len() <= BODY_SIZE_MAX => (Role::Response, body),
+        Ok(body) => (
+            Role::Failure,
+            Bytes::from(format!(
+                "the response of {} bytes exceeds the frame bound of {BODY_SIZE_MAX} bytes; \
+                 ask for less at once",
+                body.len()
+            )),
+        ),
+        Err(error) => (Role::Failure, Bytes::from(error.message)),
+    };
+    let body = body.slice(..body.len().min(BODY_SIZE_MAX));
+    let header = Header {
+        role,
+        kind: request.kind,
+        group: request.group,
+        request_id: request.request_id,
+        source: node,
+    };
+    wire::encode_into(out, &header, &body);
+    if request.kind == crate::protocol::KIND_CLIENT {
+        sluice_model::stage!(request.request_id, ResponseQueued);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Records every write it is given, whole.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_together_in_order_and_large_ones_alone() {
+        let (sender, frames) = mpsc::channel(16);
+        let large = Bytes::from(vec![9u8; COALESCE_BYTES_MAX]);
+        for frame in [
+            Bytes::from_static(b"one"),
+            Bytes::from_static(b"two"),
+            large.clone(),
+            Bytes::from_static(b"three"),
+        ] {
+            sender.send(frame).await.unwrap();
+        }
+        drop(sender);
+        let mut writes = Writes::default();
+        write_loop(&mut writes, frames).await.unwrap();
+        let expected: Vec<Vec<u8>> = vec![b"onetwo".to_vec(), large.to_vec(), b"three".to_vec()];
+        assert_eq!(writes.0, expected);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = TcpConfig {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            ..TcpConfig::default()
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|failures| backoff_delay(&config, failures).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 100, 100]);
+        assert_eq!(backoff_delay(&config, u32::MAX), config.backoff_max);
+    }
+}

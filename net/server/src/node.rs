@@ -1,0 +1,617 @@
+//! A Sluice node: the embedded bus as one member of a replicated cluster,
+//! serving Raft's messages and the client protocol on one TCP port.
+//!
+//! ```text
+//!  peers ──Raft frames (kinds 1-4)──┐
+//!                                   ├─► TcpServer ─► NodeService ─► RaftService ─► Raft
+//!  clients ─client frames (kind 16)─┘                     │
+//!                                                         └─► Bus (batcher, state, log)
+//! ```
+//!
+//! The node learns where its peers listen from the Raft membership (each
+//! member's address is part of it): a task watches the membership and
+//! tells the transport every address it names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use sluice_core::bus::{Bus, BusConfig, BusError};
+use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
+use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
+use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
+
+use sluice_client::auth::Secret;
+use sluice_client::protocol::{
+    ClientRequest, ClientResponse, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, KIND_CLIENT,
+    Metadata, PublishOutcome, decode, encode,
+};
+use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Its id in the cluster (not 0: clients call themselves 0).
+    pub id: NodeId,
+    /// Where it listens for peers and clients.
+    pub listen: SocketAddr,
+    /// Its data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// The cluster secret every connection must prove, if any.
+    pub secret: Option<Secret>,
+    /// When publishes are acknowledged: after fsync (default) or once in
+    /// the page cache of a majority.
+    pub durability: Durability,
+    /// Bounds of the connections to peers.
+    pub tcp: TcpConfig,
+    /// Where to serve `GET /metrics` (Prometheus text), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The leader's heartbeat interval (see `BusConfig::heartbeat_interval`):
+    /// above the round trip between nodes by a third.
+    pub heartbeat_interval: Duration,
+}
+
+impl NodeConfig {
+    /// A node with defaults: durable, no secret.
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            id,
+            listen,
+            data_dir: data_dir.into(),
+            secret: None,
+            durability: Durability::Sync,
+            tcp: TcpConfig::default(),
+            metrics_listen: None,
+            heartbeat_interval: BusConfig::default().heartbeat_interval,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The id is 0, which clients use.
+    #[error("node id 0 is reserved for clients; use 1 or more")]
+    ZeroId,
+    /// The data directory or the listening socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bus did not open.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// A running node. Dropping it without [`ClusterNode::shutdown`] stops
+/// serving but leaves Raft to stop with the runtime.
+pub struct ClusterNode {
+    bus: Bus,
+    server: TcpServer,
+    addresses: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("id", &self.bus.node_id())
+            .field("address", &self.server.local_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// Opens the data directory, starts Raft and serves on
+    /// `config.listen`. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<ClusterNode, NodeError> {
+        if config.id == 0 {
+            return Err(NodeError::ZeroId);
+        }
+        let io = |what: String| move |source| NodeError::Io { what, source };
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )))?;
+        let disk = OsDisk::open(&config.data_dir).map_err(io(format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(io(format!("cannot listen on {}", config.listen)))?;
+        let tcp = TcpConfig {
+            secret: config.secret.clone(),
+            ..config.tcp.clone()
+        };
+        let transport = TcpTransport::new(config.id, tcp);
+        let network = TransportNetwork::new(config.id, Arc::new(transport.clone()));
+        let bus_config = BusConfig {
+            node_id: config.id,
+            durability: config.durability,
+            heartbeat_interval: config.heartbeat_interval,
+            // A node verifies producer signatures and erasure requests
+            // with SM2, as an embedded bus opened through `sluice` does.
+            signatures: Arc::new(sluice_audit::Sm2Signatures),
+            ..BusConfig::default()
+        };
+        let bus = Bus::<OsRuntime, OsDisk>::open_member(
+            disk,
+            Arc::new(OsClock::new()),
+            bus_config,
+            network,
+        )
+        .await?;
+        let metrics = match config.metrics_listen {
+            Some(address) => {
+                let listener = crate::metrics_http::bind(address)
+                    .await
+                    .map_err(io(format!("cannot serve metrics on {address}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(io("metrics address".to_owned()))?;
+                Some((bound, crate::metrics_http::serve(listener, bus.clone())))
+            }
+            None => None,
+        };
+        let addresses = tokio::spawn(follow_addresses(bus.clone(), transport.clone()));
+        let service = NodeService {
+            raft: RaftService::new(bus.raft().clone()),
+            bus: bus.clone(),
+            transport,
+        };
+        let server = TcpServer::serve_secured(listener, config.id, service, config.secret)
+            .map_err(io("cannot serve".to_owned()))?;
+        info!(
+            id = config.id,
+            address = %server.local_address(),
+            data_dir = %config.data_dir.display(),
+            "node started"
+        );
+        Ok(ClusterNode {
+            bus,
+            server,
+            addresses,
+            metrics,
+        })
+    }
+
+    /// Where the node listens.
+    pub fn local_address(&self) -> SocketAddr {
+        self.server.local_address()
+    }
+
+    /// Where the node serves `GET /metrics`, if it does.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(address, _)| *address)
+    }
+
+    /// The node's bus (its Raft handle, state and log).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Resolves when this node's Raft core stops on its own, with why:
+    /// storage failed (a full disk, a failed `fdatasync`, which poisons the
+    /// log for good) or another fatal error. Such a node serves nothing
+    /// any more; its process should stop with this reason, as `sluice node`
+    /// does, and be restarted once the cause is fixed.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.bus.raft().metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".to_owned();
+            }
+        }
+    }
+
+    /// Stops serving, then stops Raft; the data stays.
+    pub async fn shutdown(self) -> Result<(), BusError> {
+        self.server.shutdown().await;
+        self.addresses.abort();
+        if let Some((_, task)) = self.metrics {
+            task.abort();
+        }
+        self.bus.close().await
+    }
+}
+
+/// Tells the transport the address of every member the membership names,
+/// whenever it changes.
+async fn follow_addresses(bus: Bus, transport: TcpTransport) {
+    let mut metrics = bus.raft().metrics();
+    loop {
+        let membership = Arc::clone(&metrics.borrow_watched().membership_config);
+        for (&id, node) in membership.membership().nodes() {
+            match node.addr.parse::<SocketAddr>() {
+                Ok(address) => transport.set_address(id, address),
+                Err(error) => warn!(
+                    id,
+                    address = %node.addr,
+                    %error,
+                    "a member's address in the membership is not IP:PORT; it cannot be reached"
+                ),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers Raft's messages and clients' requests.
+struct NodeService {
+    raft: RaftService<OsRuntime, OsDisk>,
+    bus: Bus,
+    transport: TcpTransport,
+}
+
+impl Handler for NodeService {
+    fn handle(
+        &self,
+        source: NodeId,
+        request: Request,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        self.serve(source, request)
+    }
+}
+
+impl NodeService {
+    async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
+        if request.kind != KIND_CLIENT {
+            return self.raft.handle(source, request).await;
+        }
+        let response = match decode::<ClientRequest>(&request.body, "client request") {
+            Ok(ClientRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max,
+                wait_ms,
+            }) => {
+                // Reading and encoding up to FETCH_EVENTS_MAX events takes
+                // a while: on a task of its own, so that the requests
+                // sharing this connection (served on its task) go on.
+                let bus = self.bus.clone();
+                let fetched = tokio::spawn(async move {
+                    let fetched = fetch(&bus, &topic, partition, offset, max, wait_ms).await;
+                    encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
+                });
+                return fetched.await.map_err(|error| {
+                    HandlerError::new(format!("the fetch failed on this node: {error}"))
+                });
+            }
+            Ok(request) => self.client(request).await,
+            Err(message) => ClientResponse::Error {
+                message,
+                retry: false,
+            },
+        };
+        Ok(encode(&response))
+    }
+
+    async fn client(&self, request: ClientRequest) -> ClientResponse {
+        let result = match request {
+            ClientRequest::Metadata => Ok(ClientResponse::Metadata(self.metadata())),
+            ClientRequest::Initialize { members } => self.initialize(members).await,
+            ClientRequest::AddNode { id, address } => self.add_node(id, address).await,
+            ClientRequest::RemoveNode { id } => self.remove_node(id).await,
+            ClientRequest::Write(op) => self.bus.propose(op).await.map(ClientResponse::Written),
+            ClientRequest::Publish(events) => self.publish(events).await,
+            ClientRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max,
+                wait_ms,
+            } => fetch(&self.bus, &topic, partition, offset, max, wait_ms).await,
+            ClientRequest::Group { group, member } => Ok(self.group(&group, &member)),
+            ClientRequest::Committed {
+                group,
+                topic,
+                partition,
+            } => Ok(ClientResponse::Committed(
+                self.bus.committed(&group, &topic, partition),
+            )),
+        };
+        result.unwrap_or_else(|error| refusal(&self.bus, error))
+    }
+
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let receiver = self.bus.raft().metrics();
+        let metrics = receiver.borrow_watched();
+        let id = metrics.current_leader?;
+        let address = metrics.membership_config.membership().get_node(&id)?;
+        Some((id, address.addr.clone()))
+    }
+
+    /// Refuses with `NotLeader` unless this node leads. Runs for every
+    /// publish: it reads the metrics in place rather than copying them.
+    fn ensure_leader(&self) -> Result<(), BusError> {
+        let leads =
+            self.bus.raft().metrics().borrow_watched().current_leader == Some(self.bus.node_id());
+        if leads {
+            return Ok(());
+        }
+        let leader = self.leader();
+        if leader.as_ref().map(|(id, _)| *id) == Some(self.bus.node_id()) {
+            return Ok(());
+        }
+        Err(BusError::NotLeader {
+            leader_id: leader.as_ref().map(|(id, _)| *id),
+            leader_address: leader.map(|(_, address)| address),
+        })
+    }
+
+    fn metadata(&self) -> Metadata {
+        let metrics = self.bus.raft().metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(&id, node)| (id, node.addr.clone(), voters.contains(&id)))
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let topics = self
+            .bus
+            .state()
+            .topics()
+            .map(|topic| (topic.name.clone(), topic.partitions))
+            .collect();
+        Metadata {
+            node_id: self.bus.node_id(),
+            role: role.to_owned(),
+            term: metrics.current_term,
+            leader: self.leader(),
+            members,
+            log: (
+                metrics.last_log_index,
+                metrics.local_committed.map(|id| id.index),
+                metrics.last_applied.map(|id| id.index),
+            ),
+            topics,
+        }
+    }
+
+    async fn initialize(&self, members: Vec<(NodeId, String)>) -> Result<ClientResponse, BusError> {
+        let mut nodes = BTreeMap::new();
+        for (id, address) in members {
+            let parsed = parse_address(id, &address)?;
+            self.transport.set_address(id, parsed);
+            nodes.insert(id, RaftNode::new(address));
+        }
+        if !nodes.contains_key(&self.bus.node_id()) {
+            return Err(BusError::Invalid(format!(
+                "the members must include node {}, which is asked to initialise them",
+                self.bus.node_id()
+            )));
+        }
+        self.bus.initialize(nodes).await?;
+        Ok(ClientResponse::Done)
+    }
+
+    async fn add_node(&self, id: NodeId, address: String) -> Result<ClientResponse, BusError> {
+        self.ensure_leader()?;
+        let parsed = parse_address(id, &address)?;
+        self.transport.set_address(id, parsed);
+        let raft = self.bus.raft();
+        raft.add_learner(id, RaftNode::new(address), true)
+            .await
+            .map_err(map_membership_error)?;
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_membership_error)?;
+        Ok(ClientResponse::Done)
+    }
+
+    async fn remove_node(&self, id: NodeId) -> Result<ClientResponse, BusError> {
+        self.ensure_leader()?;
+        let raft = self.bus.raft();
+        raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_membership_error)?;
+        Ok(ClientResponse::Done)
+    }
+
+    async fn publish(&self, events: Vec<sluice_model::event::Event>) -> Result<ClientResponse, BusError> {
+        self.ensure_leader()?;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            #[cfg(feature = "stage-trace")]
+            let _ = sluice_client::tcp::TRACE_REQUEST.try_with(|&request| {
+                let stamp = sluice_model::trace::stamp_key(
+                    event.producer.id,
+                    event.partition,
+                    event.producer.sequence,
+                );
+                sluice_model::trace::link(request, stamp);
+            });
+            pending.push(self.bus.send_stamped(event).await);
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for sent in pending {
+            let outcome = match sent {
+                Ok(receipt) => match receipt.wait().await {
+                    Ok(receipt) => {
+                        #[cfg(feature = "stage-trace")]
+                        let _ = sluice_client::tcp::TRACE_REQUEST.try_with(|&request| {
+                            sluice_model::trace::record(request, sluice_model::trace::Stage::Woken)
+                        });
+                        PublishOutcome::Appended {
+                            partition: receipt.partition,
+                            offset: receipt.offset,
+                            duplicate: receipt.duplicate,
+                        }
+                    }
+                    // A definite refusal by the state machine: nothing was
+                    // appended for this event.
+                    Err(error @ (BusError::Publish(_) | BusError::Event(_))) => {
+                        PublishOutcome::Refused {
+                            message: error.to_string(),
+                        }
+                    }
+                    // Anything else (leadership lost, the bus closing, a
+                    // storage failure) leaves the outcome unknown: the
+                    // client sends the whole request again, here or to
+                    // another node, and the stamps deduplicate.
+                    Err(error) => return Err(error),
+                },
+                Err(error) => PublishOutcome::Refused {
+                    message: error.to_string(),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        Ok(ClientResponse::Published(outcomes))
+    }
+
+    fn group(&self, group: &str, member: &str) -> ClientResponse {
+        let state = self.bus.state();
+        let Some(info) = state.group(group) else {
+            return ClientResponse::Error {
+                message: format!("group {group:?} does not exist; join it first"),
+                retry: false,
+            };
+        };
+        let Some(assignment) = info.assignment.get(member) else {
+            return ClientResponse::Error {
+                message: format!("member {member:?} is not in group {group:?}; join again"),
+                retry: false,
+            };
+        };
+        let assignment = assignment
+            .iter()
+            .map(|(topic, partition)| {
+                let committed = state.committed(group, topic, *partition);
+                (topic.clone(), *partition, committed)
+            })
+            .collect();
+        ClientResponse::Group {
+            generation: info.generation,
+            assignment,
+        }
+    }
+}
+
+/// The answer to a failed request: where the leader is, or why.
+fn refusal(bus: &Bus, error: BusError) -> ClientResponse {
+    match error {
+        BusError::NotLeader {
+            leader_id,
+            leader_address,
+        } => {
+            let leader = match (leader_id, leader_address) {
+                (Some(id), Some(address)) => Some((id, address)),
+                (Some(id), None) => address_of(bus, id).map(|address| (id, address)),
+                _ => None,
+            };
+            ClientResponse::NotLeader { leader }
+        }
+        error => {
+            let retry = matches!(
+                error,
+                BusError::Raft(_) | BusError::Timeout(_) | BusError::Closed | BusError::Storage(_)
+            );
+            ClientResponse::Error {
+                message: error.to_string(),
+                retry,
+            }
+        }
+    }
+}
+
+fn address_of(bus: &Bus, id: NodeId) -> Option<String> {
+    let metrics = bus.raft().metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    membership.get_node(&id).map(|node| node.addr.clone())
+}
+
+/// Reads a partition from `offset`, waiting up to `wait_ms` for a first
+/// event.
+async fn fetch(
+    bus: &Bus,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max: u32,
+    wait_ms: u32,
+) -> Result<ClientResponse, BusError> {
+    let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
+    let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (deliveries, next) = bus.read(topic, partition, offset, max)?;
+        let now = tokio::time::Instant::now();
+        if !deliveries.is_empty() || now >= deadline {
+            let range = bus
+                .state()
+                .partition_range(topic, partition)
+                .unwrap_or((0, 0));
+            let events = deliveries
+                .into_iter()
+                .map(|delivery| FetchedEvent {
+                    offset: delivery.offset,
+                    key: delivery.key,
+                    payload: delivery.payload,
+                    headers: delivery.headers,
+                    producer: delivery.producer,
+                    timestamp_ms: delivery.timestamp_ms,
+                })
+                .collect();
+            return Ok(ClientResponse::Fetched {
+                events,
+                next,
+                range,
+            });
+        }
+        bus.wait_applied(deadline - now).await?;
+    }
+}
+
+fn parse_address(id: NodeId, address: &str) -> Result<SocketAddr, BusError> {
+    address.parse().map_err(|error| {
+        BusError::Invalid(format!(
+            "node {id}'s address {address:?} is not IP:PORT ({error})"
+        ))
+    })
+}
+
+/// Membership changes fail like writes: not the leader, or unknown.
+fn map_membership_error(
+    error: openraft::error::RaftError<
+        sluice_core::raft::TypeConfig,
+        openraft::error::ClientWriteError<sluice_core::raft::TypeConfig>,
+    >,
+) -> BusError {
+    match error.forward_to_leader() {
+        Some(forward) => BusError::NotLeader {
+            leader_id: forward.leader_id,
+            leader_address: forward.leader_node.as_ref().map(|node| node.addr.clone()),
+        },
+        None => BusError::Invalid(format!("the membership change failed: {error}")),
+    }
+}

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 use sluice_benches::workload::{self, AppendSpec};
 use sluice_benches::{MIB, PersistMode, bench_root, probe, scratch};
+use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 
 /// Bytes written by each iteration of a streaming benchmark.
 const STREAM_SIZE: u64 = 32 * MIB;

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use sluice_core::raft::Durability;
 use sluice_client::client::{Client, ClientConfig};
-use sluice_server::node::{ClusterNode, NodeConfig};
 use sluice_client::protocol::{ClientRequest, ClientResponse};
+use sluice_core::raft::Durability;
+use sluice_server::node::{ClusterNode, NodeConfig};
 
 use crate::{BenchResult, scratch};
 

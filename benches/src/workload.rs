@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_model::constants::SEGMENT_SIZE_DEFAULT;
 use sluice_core::io::os::{OsClock, OsDisk};
 use sluice_core::log::{Entry, FRAME_OVERHEAD, Log, Options, PersistMode, Record, frame};
+use sluice_model::constants::SEGMENT_SIZE_DEFAULT;
 
 use crate::{BenchResult, Latency, latency_histogram, pattern};
 

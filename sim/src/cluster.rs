@@ -17,21 +17,20 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId as MadsimNodeId;
 use openraft::error::{ClientWriteError, RaftError};
-use sluice_model::transport::NodeId;
 use sluice_core::raft::{
     Durability, LogStore, LogStoreReader, Node, RaftService, StateMachineStore, StateView,
     TransportNetwork, codec_decode_command,
 };
-use sluice_model::state::{Command, Response, State};
 use sluice_jepsen::Event;
+use sluice_model::state::{Command, Response, State};
+use sluice_model::transport::NodeId;
 
 use crate::{
-    LinkFaults, SimClock, SimDisk, SimDisks, SimRuntime, SimServer, SimTransport,
-    SimTransportConfig,
+    LinkFaults, SimClock, SimDisk, SimDisks, SimEnv, SimServer, SimTransport, SimTransportConfig,
 };
 
 /// A Sluice Raft handle in the simulation.
-pub type SimRaft = sluice_core::raft::Raft<SimRuntime, SimDisk>;
+pub type SimRaft = sluice_core::raft::Raft<SimEnv>;
 
 /// How often waiting helpers look again (virtual time).
 const POLL: Duration = Duration::from_millis(20);
@@ -88,7 +87,7 @@ pub fn raft_config_with(heartbeat_ms: u64) -> Arc<openraft::Config> {
 #[derive(Clone)]
 struct Member {
     raft: SimRaft,
-    view: StateView<SimRuntime>,
+    view: StateView<SimEnv>,
     reader: LogStoreReader<SimDisk>,
 }
 
@@ -561,7 +560,7 @@ async fn run_node(
         segment_size: 8 * 1024,
         ..sluice_core::log::Options::default()
     };
-    let opened = LogStore::<SimRuntime, SimDisk>::open(
+    let opened = LogStore::<SimEnv>::open(
         disk.clone(),
         clock as Arc<dyn sluice_core::io::Clock>,
         options,
@@ -577,7 +576,7 @@ async fn run_node(
         }
     };
     let reader = store.reader();
-    let mut machine = StateMachineStore::<SimRuntime, SimDisk>::new(disk);
+    let mut machine = StateMachineStore::<SimEnv>::new(disk);
     // As the bus does: snapshots carry the hash chain's head, and a node
     // installing one anchors its chain there.
     machine.link_chain(reader.clone());

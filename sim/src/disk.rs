@@ -32,8 +32,8 @@ use bytes::Bytes;
 use madsim::rand::RngCore as _;
 use madsim::runtime::Handle;
 use madsim::task::NodeId as MadsimNodeId;
-use sluice_model::transport::NodeId;
 use sluice_core::io::{CrashDisk, CrashFile, CrashOutcome, Disk};
+use sluice_model::transport::NodeId;
 
 /// One node's data directory: a seeded `CrashDisk`. Clones share the disk.
 #[derive(Clone)]

@@ -5,6 +5,7 @@
 //!
 //! | real | simulated | what the simulation adds |
 //! |---|---|---|
+//! | `OsEnv` | [`SimEnv`] | bundles the three below |
 //! | `OsRuntime` (tokio) | [`SimRuntime`] | one thread, a seeded scheduler, virtual time |
 //! | `OsClock` | [`SimClock`] | madsim's virtual time, per-node offset and drift |
 //! | `OsDisk` | [`SimDisk`] | `CrashDisk` per node, crashed when madsim kills the node |
@@ -33,6 +34,6 @@ pub mod workload;
 pub use clock::SimClock;
 pub use cluster::{Proposal, SimCluster, SimRaft, raft_config, raft_config_with};
 pub use disk::{SimDisk, SimDisks, read_file};
-pub use runtime::{SimElapsed, SimRng, SimRuntime, SimTimeout};
+pub use runtime::{SimElapsed, SimEnv, SimRng, SimRuntime, SimTimeout};
 pub use transport::{LinkFaults, SimServer, SimTransport, SimTransportConfig, node_address};
 pub use watch::{SimWatch, SimWatchReceiver, SimWatchSender};

@@ -243,3 +243,22 @@ mod tests {
         timeout.await.expect("ready at once");
     }
 }
+
+impl sluice_core::io::Runtime for SimRuntime {
+    /// Virtual time has no timer wheel to round up to: the simulator's own
+    /// sleep is already exact.
+    fn sleep_precise(duration: Duration) -> impl Future<Output = ()> + Send {
+        Self::sleep(duration)
+    }
+}
+
+/// The simulated environment: madsim's scheduler, a crash-faithful disk per
+/// node, and a per-node virtual clock.
+#[derive(Debug)]
+pub struct SimEnv;
+
+impl sluice_core::io::Env for SimEnv {
+    type Runtime = SimRuntime;
+    type Disk = crate::SimDisk;
+    type Clock = crate::SimClock;
+}

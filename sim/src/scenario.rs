@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::rand::seq::SliceRandom as _;
-use sluice_model::transport::NodeId;
 use sluice_core::io::{Disk as _, FaultOp};
-use sluice_model::state::{Op, Response, TopicConfig};
 use sluice_jepsen::{FinalReadOp, OpKind, Report};
+use sluice_model::state::{Op, Response, TopicConfig};
+use sluice_model::transport::NodeId;
 
 use crate::SimCluster;
 use crate::workload::{

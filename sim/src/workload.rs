@@ -34,11 +34,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use madsim::rand::Rng as _;
-use sluice_model::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
 use sluice_core::io::Clock as _;
-use sluice_model::transport::NodeId;
-use sluice_model::state::{Command, EventOutcome, OffsetCommit, Op, Response};
 use sluice_jepsen::{CommitOp, HistoryBuilder, PollOp, SendOp, TxnOp, TxnOutput};
+use sluice_model::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
+use sluice_model::state::{Command, EventOutcome, OffsetCommit, Op, Response};
+use sluice_model::transport::NodeId;
 
 use crate::{Proposal, SimCluster};
 

@@ -8,8 +8,8 @@
 //! not count as caught: the checker must see the bug.
 #![cfg(madsim)]
 
-use sluice_model::testing::planted::Bug;
 use sluice_jepsen::AnomalyClass;
+use sluice_model::testing::planted::Bug;
 use sluice_sim::runner::{Seeds, Verdict, replay_command, run_seed};
 use sluice_sim::scenario::Scenario;
 

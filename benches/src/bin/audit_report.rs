@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use sluice_audit::{KeyPair, VerifyOptions, VerifySignature as _, keys};
+use sluice_benches::{bench_root, probe, scratch, workload};
 use sluice_core::bus::{Bus, BusConfig, Message};
 use sluice_core::log::ChainMode;
 use sluice_core::log::frame;
 use sluice_core::raft::Durability;
 use sluice_model::state::TopicConfig;
-use sluice_benches::{bench_root, probe, scratch, workload};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -392,7 +392,11 @@ fn checkpoint_cost(
     let started = Instant::now();
     let mut last = None;
     for i in 0..samples {
-        last = Some(sluice_audit::checkpoint::sign(&key, u64::from(i), [i as u8; 32]));
+        last = Some(sluice_audit::checkpoint::sign(
+            &key,
+            u64::from(i),
+            [i as u8; 32],
+        ));
     }
     let sign_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(samples);
     let checkpoint = last.expect("samples > 0");

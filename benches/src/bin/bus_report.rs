@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice_core::bus::{Bus, BusConfig, Message};
-use sluice_core::raft::Durability;
-use sluice_model::state::TopicConfig;
 use sluice_benches::{
     ReportArgs, RowFilter, bench_root, latency_histogram, let_others_run, probe, scratch,
 };
+use sluice_core::bus::{Bus, BusConfig, Message};
+use sluice_core::raft::Durability;
+use sluice_model::state::TopicConfig;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {
@@ -434,8 +434,9 @@ const PACE_STEP: Duration = Duration::from_micros(40);
 /// A publish's receipt, as the pacer polls it.
 type Pending = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<sluice_core::bus::Receipt, sluice_core::bus::BusError>>
-            + Send,
+        dyn std::future::Future<
+                Output = Result<sluice_core::bus::Receipt, sluice_core::bus::BusError>,
+            > + Send,
     >,
 >;
 

@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice_model::event::Headers;
-use sluice_core::raft::Durability;
 use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe};
 use sluice_client::client::RemoteProducer;
 use sluice_client::protocol::PublishOutcome;
+use sluice_core::raft::Durability;
+use sluice_model::event::Headers;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 enum Load {

@@ -12,12 +12,12 @@ use std::time::Instant;
 use clap::Parser;
 use serde::Serialize;
 
-use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 use sluice_benches::workload::{self, AppendResult, AppendSpec, ReadResult};
 use sluice_benches::{
     Bandwidth, BenchResult, Latency, MIB, Mount, PersistMode, bench_root, median_by, mount_of,
     probe, scratch,
 };
+use sluice_model::constants::{SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX};
 
 /// Measure the disk's limits and the log's workloads, and print the ratios.
 #[derive(Debug, Parser)]

@@ -66,14 +66,14 @@ use serde_json::{Value, json};
 use super::erasure::subject_of;
 use super::signing::{self, Signed};
 use super::verify::{VerifyError, VerifyOptions, verify_disk};
-use sluice_model::constants::{FRAME_HEADER_SIZE, FRAME_SIZE_MAX};
-use sluice_model::names::{LIFECYCLE_TOPIC, REPLAY_GROUP, dead_letter_headers};
-use sluice_model::event::{EventBatch, EventView};
 use sluice_core::io::os::OsDisk;
 use sluice_core::io::{Disk, DiskFile};
 use sluice_core::log::frame;
 use sluice_core::log::{Record, meta, segment};
 use sluice_core::raft::codec;
+use sluice_model::constants::{FRAME_HEADER_SIZE, FRAME_SIZE_MAX};
+use sluice_model::event::{EventBatch, EventView};
+use sluice_model::names::{LIFECYCLE_TOPIC, REPLAY_GROUP, dead_letter_headers};
 use sluice_model::state::{Command, EventOutcome, OffsetCommit, Op, Response, State};
 
 /// Which events to export.
@@ -559,7 +559,8 @@ impl Replay {
                     }
                 }
             } else if let Some((source, cause)) = dead_letter_of(&view) {
-                if view.topic() != sluice_model::names::dead_letter_topic(&source.0, &commit.group) {
+                if view.topic() != sluice_model::names::dead_letter_topic(&source.0, &commit.group)
+                {
                     continue;
                 }
                 let Some(&line) = self.by_offset.get(&source) else {

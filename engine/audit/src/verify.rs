@@ -38,12 +38,12 @@ use super::checkpoint::Checkpoint;
 use super::keys::{self, KeyPair};
 use super::signing;
 use crate::VerifySignature as _;
-use sluice_model::constants::FRAME_HEADER_SIZE;
 use sluice_core::io::os::OsDisk;
 use sluice_core::io::{Disk, DiskFile};
 use sluice_core::log::frame::{self, FrameError, GENESIS, Hash};
 use sluice_core::log::{Record, meta, segment};
 use sluice_core::raft::codec;
+use sluice_model::constants::FRAME_HEADER_SIZE;
 use sluice_model::state::Op;
 
 /// What the verifier is told besides the directory.

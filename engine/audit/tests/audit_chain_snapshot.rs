@@ -10,7 +10,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use sluice_audit::verify::ChainStart;
 use sluice_audit::{VerifyOptions, verify};
 use sluice_core::bus::{Bus, BusConfig, Message};
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::log::{Entry, Log, Options, PersistMode};
 use sluice_core::raft::{Durability, LogStore, StateMachineStore};
 use sluice_model::state::TopicConfig;
@@ -48,8 +48,7 @@ async fn an_installed_snapshot_anchors_the_chain_like_the_sender() {
     }
     drop(producer);
     bus.close().await.unwrap();
-    let mut machine =
-        StateMachineStore::<OsRuntime, OsDisk>::new(OsDisk::open(source.path()).unwrap());
+    let mut machine = StateMachineStore::<OsEnv>::new(OsDisk::open(source.path()).unwrap());
     let snapshot = machine.get_current_snapshot().await.unwrap().unwrap();
     let last = snapshot.meta.last_log_id.unwrap();
     let sender = Log::open(
@@ -68,14 +67,14 @@ async fn an_installed_snapshot_anchors_the_chain_like_the_sender() {
     let target = tempfile::tempdir().unwrap();
     {
         let disk = OsDisk::open(target.path()).unwrap();
-        let mut store = LogStore::<OsRuntime, OsDisk>::open(
+        let mut store = LogStore::<OsEnv>::open(
             disk.clone(),
             Arc::new(OsClock::new()),
             Options::default(),
             Durability::Sync,
         )
         .unwrap();
-        let mut receiver = StateMachineStore::<OsRuntime, OsDisk>::new(disk);
+        let mut receiver = StateMachineStore::<OsEnv>::new(disk);
         receiver.link_chain(store.reader());
         receiver
             .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())

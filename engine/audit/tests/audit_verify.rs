@@ -12,10 +12,10 @@ use sluice_audit::{
     Checkpoint, Finding, FindingReason, KeyPair, Report, VerifyError, VerifyOptions, keys, verify,
 };
 use sluice_core::bus::{Bus, BusConfig, Message};
-use sluice_model::constants::FRAME_HEADER_SIZE;
 use sluice_core::io::os::{OsClock, OsDisk};
 use sluice_core::log::frame::{self, FrameError};
 use sluice_core::log::{Entry, Log, Options, PersistMode, SPARE_NAME};
+use sluice_model::constants::FRAME_HEADER_SIZE;
 use sluice_model::state::TopicConfig;
 
 const DISTID: &str = "node-1@sluice.test";
@@ -431,12 +431,14 @@ fn a_checkpoint_signed_by_an_untrusted_key_is_named() {
     let fixture = fixture();
     let target = frame_at(&fixture.path, fixture.checkpoint_index);
     let forger = KeyPair::generate(DISTID).unwrap();
-    let forged = sluice_audit::checkpoint::sign(&forger, fixture.checkpoint.index, fixture.checkpoint.head);
+    let forged =
+        sluice_audit::checkpoint::sign(&forger, fixture.checkpoint.index, fixture.checkpoint.head);
     edit(&target.file, |b| {
         let size = target.header.size as usize;
         let payload = &b[target.offset + FRAME_HEADER_SIZE..target.offset + size];
         let command =
-            sluice_core::raft::codec_decode_command(&bytes::Bytes::copy_from_slice(payload)).unwrap();
+            sluice_core::raft::codec_decode_command(&bytes::Bytes::copy_from_slice(payload))
+                .unwrap();
         let command = sluice_model::state::Command {
             op: sluice_model::state::Op::Checkpoint(forged),
             ..command

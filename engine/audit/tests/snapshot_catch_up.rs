@@ -23,10 +23,10 @@ use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use sluice_audit::{VerifyOptions, verify};
 use sluice_core::bus::{Bus, BusConfig, Message};
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
-use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Node, RaftService, TransportNetwork};
 use sluice_model::state::TopicConfig;
+use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
 
 const IDS: [NodeId; 3] = [1, 2, 3];
 const TOPIC: &str = "orders";
@@ -34,7 +34,7 @@ const PARTITIONS: u32 = 2;
 /// Small segments, so retention (whole sealed segments) has some to drop.
 const SEGMENT_SIZE: u64 = 4096;
 
-type Service = RaftService<OsRuntime, OsDisk>;
+type Service = RaftService<OsEnv>;
 
 /// Rewrites a request on its way to a node (tests plant damage with it).
 type Tamper = Box<dyn Fn(NodeId, Request) -> Request + Send + Sync>;
@@ -103,7 +103,7 @@ impl Transport for MemTransport {
 /// Three running nodes.
 struct Cluster {
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
-    buses: BTreeMap<NodeId, Bus<OsRuntime, OsDisk>>,
+    buses: BTreeMap<NodeId, Bus<OsEnv>>,
     net: Arc<Net>,
 }
 
@@ -181,7 +181,7 @@ impl Cluster {
     }
 }
 
-async fn open(id: NodeId, dir: &Path, net: &Arc<Net>) -> Bus<OsRuntime, OsDisk> {
+async fn open(id: NodeId, dir: &Path, net: &Arc<Net>) -> Bus<OsEnv> {
     let transport = MemTransport {
         source: id,
         net: Arc::clone(net),
@@ -223,7 +223,7 @@ async fn publish(
 
 /// Every retained event of node `id`, by (partition, offset), with the log
 /// index that holds it.
-fn read_all(bus: &Bus<OsRuntime, OsDisk>) -> BTreeMap<(u32, u64), (u64, Bytes)> {
+fn read_all(bus: &Bus<OsEnv>) -> BTreeMap<(u32, u64), (u64, Bytes)> {
     let mut events = BTreeMap::new();
     let description = bus.describe_topic(TOPIC).unwrap();
     for (partition, &(first, next)) in description.partitions.iter().enumerate() {

@@ -18,7 +18,10 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
 use sluice_audit::VerifyOptions;
 use sluice_audit::verify::verify_disk;
+/// Tokio over a crash-faithful disk, timed by the system clock.
+type CrashEnv = Assembled<OsRuntime, CrashDisk, OsClock>;
 use sluice_core::bus::{Bus, BusConfig, Message};
+use sluice_core::io::Assembled;
 use sluice_core::io::os::{OsClock, OsRuntime};
 use sluice_core::io::{CrashDisk, Disk, DiskFile};
 use sluice_core::log::{Options, Record};
@@ -193,7 +196,7 @@ struct Sent {
     tail: Vec<Record>,
 }
 
-async fn publish(bus: &Bus<OsRuntime, CrashDisk>, tag: &str, count: usize) {
+async fn publish(bus: &Bus<CrashEnv>, tag: &str, count: usize) {
     let mut producer = bus.producer().await.unwrap();
     for i in 0..count {
         let payload = format!("{tag}-{i:04}-{}", "x".repeat(40));
@@ -234,13 +237,9 @@ async fn sender() -> Sent {
     assert_eq!(*range.start(), point);
     assert_eq!(*range.end(), last.index);
     bus.close().await.unwrap();
-    let store = LogStore::<OsRuntime, CrashDisk>::open(
-        disk,
-        Arc::new(OsClock::new()),
-        options(),
-        Durability::Sync,
-    )
-    .unwrap();
+    let store =
+        LogStore::<CrashEnv>::open(disk, Arc::new(OsClock::new()), options(), Durability::Sync)
+            .unwrap();
     let mut tail = Vec::new();
     store
         .reader()
@@ -268,7 +267,7 @@ async fn receiver_files() -> (Vec<(String, Vec<u8>)>, LogId) {
     publish(&bus, "old", 60).await;
     let last = bus.raft().metrics().borrow_watched().last_log_index;
     bus.close().await.unwrap();
-    let store = LogStore::<OsRuntime, CrashDisk>::open(
+    let store = LogStore::<CrashEnv>::open(
         disk.clone(),
         Arc::new(OsClock::new()),
         options(),
@@ -290,15 +289,18 @@ async fn receiver_files() -> (Vec<(String, Vec<u8>)>, LogId) {
 /// machine as openraft does on start.
 async fn reopen<D: Disk + Clone>(
     disk: D,
-) -> (LogStore<OsRuntime, D>, StateMachineStore<OsRuntime, D>) {
-    let mut store = LogStore::<OsRuntime, D>::open(
+) -> (
+    LogStore<Assembled<OsRuntime, D, OsClock>>,
+    StateMachineStore<Assembled<OsRuntime, D, OsClock>>,
+) {
+    let mut store = LogStore::<Assembled<OsRuntime, D, OsClock>>::open(
         disk.clone(),
         Arc::new(OsClock::new()),
         options(),
         Durability::Sync,
     )
     .unwrap_or_else(|e| panic!("the log does not open after the crash: {e}"));
-    let mut machine = StateMachineStore::<OsRuntime, D>::new(disk);
+    let mut machine = StateMachineStore::<Assembled<OsRuntime, D, OsClock>>::new(disk);
     machine.link_chain(store.get_log_reader().await);
     if let Some(snapshot) = machine.get_current_snapshot().await.unwrap() {
         machine
@@ -322,14 +324,15 @@ async fn a_crash_anywhere_in_an_install_recovers_to_old_or_new() {
         }
         let stopping = Stopping::new(disk.clone());
         let completed = {
-            let mut store = LogStore::<OsRuntime, Stopping>::open(
+            let mut store = LogStore::<Assembled<OsRuntime, Stopping, OsClock>>::open(
                 stopping.clone(),
                 Arc::new(OsClock::new()),
                 options(),
                 Durability::Sync,
             )
             .unwrap();
-            let mut machine = StateMachineStore::<OsRuntime, Stopping>::new(stopping.clone());
+            let mut machine =
+                StateMachineStore::<Assembled<OsRuntime, Stopping, OsClock>>::new(stopping.clone());
             machine.link_chain(store.reader());
             stopping.allow(changes);
             let data = SnapshotData::from_bytes(sent.bytes.clone());
@@ -368,7 +371,7 @@ async fn a_crash_anywhere_in_an_install_recovers_to_old_or_new() {
             );
             let mut reader = store.get_log_reader().await;
             let entries =
-                RaftLogReader::<sluice_core::raft::TypeConfig<OsRuntime>>::try_get_log_entries(
+                RaftLogReader::<sluice_core::raft::TypeConfig<CrashEnv>>::try_get_log_entries(
                     &mut reader,
                     0..,
                 )

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use sluice_core::bus::{Bus, BusConfig, BusError, Consumer, Message};
-use sluice_core::io::os::OsRuntime;
-use sluice_core::io::{CrashDisk, CrashPolicy, Disk, ManualClock};
+use sluice_core::io::CrashEnv;
+use sluice_core::io::{CrashDisk, CrashPolicy, Disk, Env, ManualClock};
 use sluice_model::state::{CommitError, PublishError, StateError, TopicConfig, TxnError};
 
-type CrashBus = Bus<OsRuntime, CrashDisk>;
+type CrashBus = Bus<CrashEnv>;
 
 const WAIT: Duration = Duration::from_millis(200);
 
@@ -28,7 +28,7 @@ async fn open_crash(disk: &CrashDisk) -> CrashBus {
 }
 
 /// Reads everything the group has not committed, from `topic`.
-async fn drain(consumer: &mut Consumer<OsRuntime, CrashDisk>) -> Vec<(u32, u64, Vec<u8>)> {
+async fn drain(consumer: &mut Consumer<CrashEnv>) -> Vec<(u32, u64, Vec<u8>)> {
     let mut out = Vec::new();
     loop {
         let deliveries = consumer.poll(1000, WAIT).await.expect("poll");
@@ -513,7 +513,7 @@ async fn transactions_are_all_or_nothing_across_crashes() {
 }
 
 /// The last Raft log index of `bus` (every entry: batches, topics, …).
-fn last_log_index<D: Disk + Clone>(bus: &Bus<OsRuntime, D>) -> u64 {
+fn last_log_index<E: Env>(bus: &Bus<E>) -> u64 {
     use openraft::async_runtime::WatchReceiver;
     let metrics = bus.raft().metrics();
     let last = metrics.borrow_watched().last_log_index;

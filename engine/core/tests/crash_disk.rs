@@ -7,8 +7,8 @@
 
 use std::io;
 
-use sluice_model::constants::SECTOR_SIZE;
 use sluice_core::io::{CrashDisk, CrashFile, CrashOutcome, CrashPolicy, Disk, DiskFile, FaultOp};
+use sluice_model::constants::SECTOR_SIZE;
 
 const POLICIES: [CrashPolicy; 3] = [
     CrashPolicy::Random,

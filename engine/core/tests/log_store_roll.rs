@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::log::{Log, Options, Record};
 use sluice_core::raft::{Durability, Entry, LogStore, log_id};
 
@@ -26,7 +26,7 @@ async fn a_batch_that_does_not_fit_goes_whole_into_the_next_segment() {
             prewrite,
             ..Options::default()
         };
-        let mut store = LogStore::<OsRuntime, OsDisk>::open(
+        let mut store = LogStore::<OsEnv>::open(
             OsDisk::open(dir.path()).unwrap(),
             Arc::new(OsClock::new()),
             options.clone(),

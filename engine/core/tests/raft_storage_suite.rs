@@ -7,33 +7,22 @@ use std::time::UNIX_EPOCH;
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
-use sluice_core::io::{CrashDisk, Disk, ManualClock};
+use sluice_core::io::CrashEnv;
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
+use sluice_core::io::{CrashDisk, Env, ManualClock};
 use sluice_core::log::Options;
 use sluice_core::raft::{Durability, LogStore, StateMachineStore, TypeConfig};
 
-type C = TypeConfig<OsRuntime>;
+type C = TypeConfig<OsEnv>;
+type Crash = TypeConfig<CrashEnv>;
 
 struct OsBuilder;
 
-impl
-    StoreBuilder<
-        C,
-        LogStore<OsRuntime, OsDisk>,
-        StateMachineStore<OsRuntime, OsDisk>,
-        tempfile::TempDir,
-    > for OsBuilder
-{
+impl StoreBuilder<C, LogStore<OsEnv>, StateMachineStore<OsEnv>, tempfile::TempDir> for OsBuilder {
     async fn build(
         &self,
-    ) -> Result<
-        (
-            tempfile::TempDir,
-            LogStore<OsRuntime, OsDisk>,
-            StateMachineStore<OsRuntime, OsDisk>,
-        ),
-        StorageError<C>,
-    > {
+    ) -> Result<(tempfile::TempDir, LogStore<OsEnv>, StateMachineStore<OsEnv>), StorageError<C>>
+    {
         let dir = tempfile::tempdir().expect("temporary directory");
         let disk = OsDisk::open(dir.path()).expect("data directory");
         let (store, machine) = build(disk, Arc::new(OsClock::new()));
@@ -43,29 +32,20 @@ impl
 
 struct CrashBuilder;
 
-impl StoreBuilder<C, LogStore<OsRuntime, CrashDisk>, StateMachineStore<OsRuntime, CrashDisk>>
-    for CrashBuilder
-{
+impl StoreBuilder<Crash, LogStore<CrashEnv>, StateMachineStore<CrashEnv>> for CrashBuilder {
     async fn build(
         &self,
-    ) -> Result<
-        (
-            (),
-            LogStore<OsRuntime, CrashDisk>,
-            StateMachineStore<OsRuntime, CrashDisk>,
-        ),
-        StorageError<C>,
-    > {
+    ) -> Result<((), LogStore<CrashEnv>, StateMachineStore<CrashEnv>), StorageError<Crash>> {
         let clock = Arc::new(ManualClock::new(UNIX_EPOCH));
         let (store, machine) = build(CrashDisk::new(7), clock);
         Ok(((), store, machine))
     }
 }
 
-fn build<D: Disk + Clone>(
-    disk: D,
+fn build<E: Env>(
+    disk: E::Disk,
     clock: Arc<dyn sluice_core::io::Clock>,
-) -> (LogStore<OsRuntime, D>, StateMachineStore<OsRuntime, D>) {
+) -> (LogStore<E>, StateMachineStore<E>) {
     let options = Options {
         segment_size: 4096,
         ..Options::default()
@@ -82,5 +62,5 @@ fn openraft_suite_on_os_disk() {
 
 #[test]
 fn openraft_suite_on_crash_disk() {
-    C::run(Suite::test_all(CrashBuilder)).expect("suite passes");
+    Crash::run(Suite::test_all(CrashBuilder)).expect("suite passes");
 }

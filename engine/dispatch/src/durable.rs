@@ -28,6 +28,7 @@
 //! (republish + commit of the replay group's offsets), so a replay that
 //! crashes midway never replays a letter twice.
 
+use sluice_core::io::Env;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -38,7 +39,6 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use openraft::alias::JoinHandleOf;
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
 use super::context::{CancelRegistry, Context, State, SubscriptionShared};
 use super::retry::RetryPolicy;
@@ -46,9 +46,9 @@ use super::sla::SlaClass;
 use super::typed::{Encoding, TypedEvent, to_event};
 use super::worker::Handler;
 use sluice_core::bus::{Bus, BusError, Consumer, Delivery, Message, Producer, Receipt};
-use sluice_model::event::Headers;
-use sluice_core::io::{Disk, wall_unix_ms};
+use sluice_core::io::wall_unix_ms;
 use sluice_core::raft::TypeConfig;
+use sluice_model::event::Headers;
 use sluice_model::state::TopicConfig;
 
 pub use sluice_model::names::{
@@ -92,14 +92,14 @@ impl Default for DurableConfig {
 
 /// A running durable subscription; [`DurableSubscription::unsubscribe`]
 /// stops it after its current batch and leaves the group.
-pub struct DurableSubscription<RT: AsyncRuntime> {
+pub struct DurableSubscription<E: Env> {
     group: String,
     topic: String,
     stop: Arc<AtomicBool>,
-    task: JoinHandleOf<TypeConfig<RT>, Result<(), BusError>>,
+    task: JoinHandleOf<TypeConfig<E>, Result<(), BusError>>,
 }
 
-impl<RT: AsyncRuntime> fmt::Debug for DurableSubscription<RT> {
+impl<E: Env> fmt::Debug for DurableSubscription<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DurableSubscription")
             .field("group", &self.group)
@@ -108,7 +108,7 @@ impl<RT: AsyncRuntime> fmt::Debug for DurableSubscription<RT> {
     }
 }
 
-impl<RT: AsyncRuntime> DurableSubscription<RT> {
+impl<E: Env> DurableSubscription<E> {
     /// The topic it consumes.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -175,14 +175,14 @@ impl Outcome {
 // Implemented only for `Bus`, so callers always see the concrete futures
 // (which are `Send`); a `Send` bound in the trait would add nothing.
 #[allow(async_fn_in_trait)]
-pub trait DurableBus<RT: AsyncRuntime, D: Disk + Clone> {
+pub trait DurableBus<E: Env> {
     /// Subscribes `handler` to the durable topic `T::TYPE_NAME` as a member
     /// of `group`, with default settings; see the module docs.
     async fn subscribe<T: TypedEvent, H: Handler<T>>(
         &self,
         group: &str,
         handler: H,
-    ) -> Result<DurableSubscription<RT>, BusError>;
+    ) -> Result<DurableSubscription<E>, BusError>;
 
     /// [`DurableBus::subscribe`] with settings.
     async fn subscribe_with<T: TypedEvent, H: Handler<T>>(
@@ -190,13 +190,13 @@ pub trait DurableBus<RT: AsyncRuntime, D: Disk + Clone> {
         group: &str,
         handler: H,
         config: DurableConfig,
-    ) -> Result<DurableSubscription<RT>, BusError>;
+    ) -> Result<DurableSubscription<E>, BusError>;
 
     /// Publishes a typed event to its durable topic (`T::TYPE_NAME`)
     /// through `producer`, encoded with `encoding`.
     async fn publish_typed<T: TypedEvent>(
         &self,
-        producer: &mut Producer<RT, D>,
+        producer: &mut Producer<E>,
         value: &T,
         encoding: Encoding,
     ) -> Result<Receipt, BusError>;
@@ -208,12 +208,8 @@ pub trait DurableBus<RT: AsyncRuntime, D: Disk + Clone> {
 
     /// The dead letters of `group` on `topic` not yet replayed, oldest
     /// first (at most `max`).
-    fn dead_letters(
-        &self,
-        topic: &str,
-        group: &str,
-        max: usize,
-    ) -> Result<Vec<Delivery>, BusError>;
+    fn dead_letters(&self, topic: &str, group: &str, max: usize)
+    -> Result<Vec<Delivery>, BusError>;
 
     /// Publishes every dead letter of `group` on `topic` not yet replayed
     /// back into `topic` (original key, payload and headers), each batch in
@@ -222,12 +218,12 @@ pub trait DurableBus<RT: AsyncRuntime, D: Disk + Clone> {
     async fn replay_dead_letters(&self, topic: &str, group: &str) -> Result<u64, BusError>;
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
+impl<E: Env> DurableBus<E> for Bus<E> {
     async fn subscribe<T: TypedEvent, H: Handler<T>>(
         &self,
         group: &str,
         handler: H,
-    ) -> Result<DurableSubscription<RT>, BusError> {
+    ) -> Result<DurableSubscription<E>, BusError> {
         self.subscribe_with(group, handler, DurableConfig::default())
             .await
     }
@@ -237,7 +233,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
         group: &str,
         handler: H,
         config: DurableConfig,
-    ) -> Result<DurableSubscription<RT>, BusError> {
+    ) -> Result<DurableSubscription<E>, BusError> {
         if config.batch_max == 0 || config.retry.retries_max > super::RETRIES_MAX {
             return Err(BusError::Invalid(format!(
                 "batch_max must be positive and retries at most {}",
@@ -262,7 +258,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
             Some(handle) => Arc::clone(&handle.0.cancel),
             None => Arc::new(CancelRegistry::new(super::CANCELLED_IDS_MAX_DEFAULT)),
         };
-        let runner = Runner::<T, H, RT, D> {
+        let runner = Runner::<T, H, E> {
             bus: self.clone(),
             handler,
             config,
@@ -276,7 +272,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
             stop: Arc::clone(&stop),
             _event: std::marker::PhantomData,
         };
-        let task = TypeConfig::<RT>::spawn(runner.run(consumer, producer));
+        let task = TypeConfig::<E>::spawn(runner.run(consumer, producer));
         Ok(DurableSubscription {
             group: group.to_owned(),
             topic: topic.to_owned(),
@@ -287,7 +283,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
 
     async fn publish_typed<T: TypedEvent>(
         &self,
-        producer: &mut Producer<RT, D>,
+        producer: &mut Producer<E>,
         value: &T,
         encoding: Encoding,
     ) -> Result<Receipt, BusError> {
@@ -349,8 +345,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> DurableBus<RT, D> for Bus<RT, D> {
 }
 
 /// The task of one durable subscription.
-struct Runner<T, H, RT: AsyncRuntime, D: Disk + Clone> {
-    bus: Bus<RT, D>,
+struct Runner<T, H, E: Env> {
+    bus: Bus<E>,
     handler: H,
     config: DurableConfig,
     dead: String,
@@ -363,11 +359,11 @@ struct Runner<T, H, RT: AsyncRuntime, D: Disk + Clone> {
 /// How long one poll waits for events, so that a stop is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
-impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, H, RT, D> {
+impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
     async fn run(
         mut self,
-        mut consumer: Consumer<RT, D>,
-        mut producer: Producer<RT, D>,
+        mut consumer: Consumer<E>,
+        mut producer: Producer<E>,
     ) -> Result<(), BusError> {
         while !self.stop.load(Ordering::Acquire) {
             let deliveries = consumer.poll(self.config.batch_max, POLL_WAIT).await?;
@@ -507,7 +503,7 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
             );
             let attempt_future = tracing::Instrument::instrument(attempt_future, span);
             attempts.started_ms.push(wall_unix_ms(&**clock));
-            match TypeConfig::<RT>::timeout(remaining, attempt_future).await {
+            match TypeConfig::<E>::timeout(remaining, attempt_future).await {
                 Ok(Ok(Ok(()))) => return attempts,
                 Ok(Ok(Err(error))) => attempts.errors.push(error.to_string()),
                 Ok(Err(_panic)) => attempts.errors.push("the handler panicked".to_owned()),
@@ -519,7 +515,7 @@ impl<T: TypedEvent, H: Handler<T>, RT: AsyncRuntime, D: Disk + Clone> Runner<T, 
             if attempt < attempts_max {
                 let pause = self.config.retry.backoff(attempt);
                 let remaining = deadline.saturating_sub(clock.monotonic());
-                TypeConfig::<RT>::sleep(pause.min(remaining)).await;
+                TypeConfig::<E>::sleep(pause.min(remaining)).await;
             }
         }
         let last = attempts.errors.last().cloned().unwrap_or_default();

@@ -53,6 +53,7 @@ pub mod topic;
 pub mod typed;
 pub mod worker;
 
+use sluice_core::io::Env;
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -62,11 +63,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft_rt::AsyncRuntime;
-
-use sluice_model::event::EventView;
 use sluice_core::io::Clock;
-use sluice_core::io::os::{OsClock, OsRuntime};
+use sluice_core::io::os::{OsClock, OsEnv};
+use sluice_model::event::EventView;
 
 pub use context::{CancelRegistry, Context, Observer, State, Transition};
 pub use durable::{
@@ -147,7 +146,7 @@ trait ErasedTopic: Send + Sync {
 
 type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<usize, DispatchError>> + Send + 'a>>;
 
-impl<T: TypedEvent, RT: AsyncRuntime> ErasedTopic for LocalTopic<T, RT> {
+impl<T: TypedEvent, E: Env> ErasedTopic for LocalTopic<T, E> {
     fn publish_encoded(&self, encoded: &Encoded<'_>) -> Result<PublishFuture<'_>, DispatchError> {
         let encoding = Encoding::from_content_type(encoded.content_type).ok_or_else(|| {
             CodecError::UnknownContentType {
@@ -206,7 +205,7 @@ struct Registered {
 
 #[derive(Default)]
 struct Topics {
-    /// The typed topics, `LocalTopic<T, RT>` behind `Any`.
+    /// The typed topics, `LocalTopic<T, E>` behind `Any`.
     by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     /// Type name, then schema version.
     by_name: HashMap<&'static str, BTreeMap<u32, Registered>>,
@@ -214,14 +213,14 @@ struct Topics {
 
 /// Local topics of many event types, sharing one clock, cancel registry,
 /// SLA monitor and observer.
-pub struct Dispatcher<RT = OsRuntime> {
+pub struct Dispatcher<E = OsEnv> {
     core: Arc<Core>,
     topic_default: TopicConfig,
     topics: Mutex<Topics>,
-    runtime: PhantomData<fn() -> RT>,
+    runtime: PhantomData<fn() -> E>,
 }
 
-impl<RT> fmt::Debug for Dispatcher<RT> {
+impl<E> fmt::Debug for Dispatcher<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let topics = self.topics.lock().expect("topics poisoned");
         let names: Vec<_> = topics
@@ -248,14 +247,14 @@ impl fmt::Debug for DispatcherHandle {
     }
 }
 
-impl<RT: AsyncRuntime> Dispatcher<RT> {
+impl<E: Env> Dispatcher<E> {
     /// A handle for durable subscriptions; see [`DispatcherHandle`].
     pub fn handle(&self) -> DispatcherHandle {
         DispatcherHandle(Arc::clone(&self.core))
     }
 
     /// A dispatcher with no topics.
-    pub fn new(config: DispatcherConfig) -> Dispatcher<RT> {
+    pub fn new(config: DispatcherConfig) -> Dispatcher<E> {
         let core = Core {
             clock: config.clock,
             cancel: Arc::new(CancelRegistry::new(config.cancelled_ids_max)),
@@ -275,7 +274,7 @@ impl<RT: AsyncRuntime> Dispatcher<RT> {
     /// # Panics
     /// If another Rust type is registered with `T`'s type name and schema
     /// version: that is a bug in the program, not a runtime condition.
-    pub fn topic<T: TypedEvent>(&self) -> LocalTopic<T, RT> {
+    pub fn topic<T: TypedEvent>(&self) -> LocalTopic<T, E> {
         let mut topics = self.topics.lock().expect("topics poisoned");
         if let Some(topic) = Self::find::<T>(&topics) {
             return topic;
@@ -291,7 +290,7 @@ impl<RT: AsyncRuntime> Dispatcher<RT> {
     pub fn register<T: TypedEvent>(
         &self,
         config: TopicConfig,
-    ) -> Result<LocalTopic<T, RT>, RegistryError> {
+    ) -> Result<LocalTopic<T, E>, RegistryError> {
         let mut topics = self.topics.lock().expect("topics poisoned");
         if Self::find::<T>(&topics).is_some() {
             let (type_name, version) = (T::TYPE_NAME, T::SCHEMA_VERSION);
@@ -300,9 +299,9 @@ impl<RT: AsyncRuntime> Dispatcher<RT> {
         self.insert::<T>(&mut topics, config)
     }
 
-    fn find<T: TypedEvent>(topics: &Topics) -> Option<LocalTopic<T, RT>> {
+    fn find<T: TypedEvent>(topics: &Topics) -> Option<LocalTopic<T, E>> {
         let topic = topics.by_type.get(&TypeId::of::<T>())?;
-        let topic = topic.downcast_ref::<LocalTopic<T, RT>>();
+        let topic = topic.downcast_ref::<LocalTopic<T, E>>();
         Some(
             topic
                 .expect("by_type maps each TypeId to its own topic type")
@@ -314,13 +313,13 @@ impl<RT: AsyncRuntime> Dispatcher<RT> {
         &self,
         topics: &mut Topics,
         config: TopicConfig,
-    ) -> Result<LocalTopic<T, RT>, RegistryError> {
+    ) -> Result<LocalTopic<T, E>, RegistryError> {
         let versions = topics.by_name.entry(T::TYPE_NAME).or_default();
         if versions.contains_key(&T::SCHEMA_VERSION) {
             let (type_name, version) = (T::TYPE_NAME, T::SCHEMA_VERSION);
             return Err(RegistryError::Duplicate { type_name, version });
         }
-        let topic = LocalTopic::<T, RT>::new(Arc::clone(&self.core), config);
+        let topic = LocalTopic::<T, E>::new(Arc::clone(&self.core), config);
         let registered = Registered {
             type_id: TypeId::of::<T>(),
             topic: Arc::new(topic.clone()),
@@ -337,14 +336,14 @@ impl<RT: AsyncRuntime> Dispatcher<RT> {
         &self,
         group: &str,
         handler: H,
-    ) -> Result<SubscriptionHandle<T, RT>, DispatchError> {
+    ) -> Result<SubscriptionHandle<T, E>, DispatchError> {
         self.topic::<T>().subscribe(group, handler)
     }
 
     /// Ends a subscription; see [`LocalTopic::unsubscribe`].
     pub async fn unsubscribe<T: TypedEvent>(
         &self,
-        handle: SubscriptionHandle<T, RT>,
+        handle: SubscriptionHandle<T, E>,
     ) -> Result<(), DispatchError> {
         self.topic::<T>().unsubscribe(handle).await
     }

@@ -30,6 +30,7 @@
 //! to one member in publish order; across a membership change, an event may
 //! reach a new member before the old member has drained its queue.
 
+use sluice_core::io::Env;
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
@@ -49,8 +50,8 @@ use super::sla::SlaClass;
 use super::typed::TypedEvent;
 use super::worker::{self, Handler};
 use super::{Core, QUEUE_CAPACITY_MAX};
+use sluice_core::io::os::OsEnv;
 use sluice_model::event::{check_topic_name, check_traceparent, key_hash};
-use sluice_core::io::os::OsRuntime;
 
 /// How one local topic behaves.
 #[derive(Debug, Clone)]
@@ -232,12 +233,12 @@ struct TopicInner<T> {
 /// An in-process, non-durable topic of events of type `T`.
 ///
 /// Cheap to clone; clones share the topic.
-pub struct LocalTopic<T, RT = OsRuntime> {
+pub struct LocalTopic<T, E = OsEnv> {
     inner: Arc<TopicInner<T>>,
-    runtime: PhantomData<fn() -> RT>,
+    runtime: PhantomData<fn() -> E>,
 }
 
-impl<T, RT> Clone for LocalTopic<T, RT> {
+impl<T, E> Clone for LocalTopic<T, E> {
     fn clone(&self) -> Self {
         LocalTopic {
             inner: Arc::clone(&self.inner),
@@ -246,7 +247,7 @@ impl<T, RT> Clone for LocalTopic<T, RT> {
     }
 }
 
-impl<T: TypedEvent, RT> fmt::Debug for LocalTopic<T, RT> {
+impl<T: TypedEvent, E> fmt::Debug for LocalTopic<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let listeners = self.inner.listeners.load();
         let groups: Vec<_> = listeners
@@ -265,21 +266,21 @@ impl<T: TypedEvent, RT> fmt::Debug for LocalTopic<T, RT> {
 /// A live subscription; give it back to [`LocalTopic::unsubscribe`].
 ///
 /// Dropping it leaves the subscription running until the topic is dropped.
-pub struct SubscriptionHandle<T, RT: AsyncRuntime = OsRuntime> {
+pub struct SubscriptionHandle<T, E: Env = OsEnv> {
     id: u64,
     group: Arc<str>,
-    worker: RT::JoinHandle<()>,
+    worker: <E::Runtime as AsyncRuntime>::JoinHandle<()>,
     event: PhantomData<fn() -> T>,
 }
 
-impl<T, RT: AsyncRuntime> SubscriptionHandle<T, RT> {
+impl<T, E: Env> SubscriptionHandle<T, E> {
     /// The subscription's group.
     pub fn group(&self) -> &str {
         &self.group
     }
 }
 
-impl<T: TypedEvent, RT: AsyncRuntime> fmt::Debug for SubscriptionHandle<T, RT> {
+impl<T: TypedEvent, E: Env> fmt::Debug for SubscriptionHandle<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubscriptionHandle")
             .field("type_name", &T::TYPE_NAME)
@@ -289,8 +290,8 @@ impl<T: TypedEvent, RT: AsyncRuntime> fmt::Debug for SubscriptionHandle<T, RT> {
     }
 }
 
-impl<T: TypedEvent, RT: AsyncRuntime> LocalTopic<T, RT> {
-    pub(super) fn new(core: Arc<Core>, config: TopicConfig) -> LocalTopic<T, RT> {
+impl<T: TypedEvent, E: Env> LocalTopic<T, E> {
+    pub(super) fn new(core: Arc<Core>, config: TopicConfig) -> LocalTopic<T, E> {
         config.check();
         let dead_letters = DeadLetterSink::new(config.dead_letters_max);
         let shared = Arc::new(TopicShared {
@@ -317,7 +318,7 @@ impl<T: TypedEvent, RT: AsyncRuntime> LocalTopic<T, RT> {
         &self,
         group: &str,
         handler: H,
-    ) -> Result<SubscriptionHandle<T, RT>, DispatchError> {
+    ) -> Result<SubscriptionHandle<T, E>, DispatchError> {
         check_topic_name(group.as_bytes())?;
         let group: Arc<str> = Arc::from(group);
         let shared = &self.inner.shared;
@@ -326,9 +327,8 @@ impl<T: TypedEvent, RT: AsyncRuntime> LocalTopic<T, RT> {
             .inner
             .subscription_id_next
             .fetch_add(1, Ordering::Relaxed);
-        let job =
-            worker::run::<T, H, RT>(Arc::clone(shared), Arc::clone(&group), handler, receiver);
-        let worker = RT::spawn(job);
+        let job = worker::run::<T, H, E>(Arc::clone(shared), Arc::clone(&group), handler, receiver);
+        let worker = E::Runtime::spawn(job);
         self.swap(|listeners| listeners.with(&group, Member { id, sender }));
         Ok(SubscriptionHandle {
             id,
@@ -341,10 +341,7 @@ impl<T: TypedEvent, RT: AsyncRuntime> LocalTopic<T, RT> {
     /// Ends a subscription: it leaves the listener set at once (publishes
     /// already in flight keep their snapshot), then its worker handles
     /// what is queued and stops; this returns when it has.
-    pub async fn unsubscribe(
-        &self,
-        handle: SubscriptionHandle<T, RT>,
-    ) -> Result<(), DispatchError> {
+    pub async fn unsubscribe(&self, handle: SubscriptionHandle<T, E>) -> Result<(), DispatchError> {
         let SubscriptionHandle {
             id, group, worker, ..
         } = handle;

@@ -11,6 +11,7 @@
 //! - The common path (handler ready at its first poll, nothing cancelled)
 //!   arms no timer, takes no lock and allocates nothing.
 
+use sluice_core::io::Env;
 use std::any::Any;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -61,7 +62,7 @@ where
 }
 
 /// The worker task of one subscription.
-pub(super) async fn run<T, H, RT>(
+pub(super) async fn run<T, H, E>(
     shared: Arc<TopicShared<T>>,
     group: Arc<str>,
     handler: H,
@@ -69,7 +70,7 @@ pub(super) async fn run<T, H, RT>(
 ) where
     T: TypedEvent,
     H: Handler<T>,
-    RT: AsyncRuntime,
+    E: Env,
 {
     let subscription = Arc::new(SubscriptionShared {
         group,
@@ -98,7 +99,7 @@ pub(super) async fn run<T, H, RT>(
                 traceparent = delivery.envelope.meta.traceparent.as_deref(),
             );
             let outcome = delivery
-                .run::<H, RT>(&handler, now)
+                .run::<H, E>(&handler, now)
                 .instrument(span.clone())
                 .await;
             now = span.in_scope(|| delivery.report(outcome));
@@ -143,11 +144,7 @@ struct Delivery<'a, T> {
 
 impl<T: TypedEvent> Delivery<'_, T> {
     /// Runs the attempts; `now` is a recent reading of the clock.
-    async fn run<H: Handler<T>, RT: AsyncRuntime>(
-        &mut self,
-        handler: &H,
-        mut now: Duration,
-    ) -> Outcome {
+    async fn run<H: Handler<T>, E: Env>(&mut self, handler: &H, mut now: Duration) -> Outcome {
         let policy = self.shared.config.retry;
         loop {
             let Some(remaining) = self.remaining(now) else {
@@ -160,10 +157,7 @@ impl<T: TypedEvent> Delivery<'_, T> {
             let event = Arc::clone(&self.envelope.event);
             let attempt = handler.handle(event, self.context());
             let span = tracing::trace_span!("dispatch.attempt", attempt = self.attempt);
-            let error = match self
-                .race::<_, RT>(attempt.instrument(span), remaining)
-                .await
-            {
+            let error = match self.race::<_, E>(attempt.instrument(span), remaining).await {
                 Race::Done(Ok(())) => return Outcome::Processed,
                 Race::Done(Err(error)) => error.to_string(),
                 Race::Panicked(message) => format!("handler panicked: {message}"),
@@ -182,7 +176,10 @@ impl<T: TypedEvent> Delivery<'_, T> {
                 return self.stopped();
             };
             let backoff = policy.backoff(self.attempt).min(remaining);
-            match self.race::<_, RT>(RT::sleep(backoff), remaining).await {
+            match self
+                .race::<_, E>(E::Runtime::sleep(backoff), remaining)
+                .await
+            {
                 Race::Done(()) | Race::TimedOut => now = self.shared.core.clock.monotonic(),
                 Race::Cancelled => return Outcome::Cancelled,
                 Race::Panicked(message) => {
@@ -232,11 +229,7 @@ impl<T: TypedEvent> Delivery<'_, T> {
     /// Awaits `future` until it finishes, `remaining` passes or the
     /// delivery is cancelled. The timer and the cancel wake-up are armed
     /// only if the future is not ready at its first poll.
-    async fn race<F: Future, RT: AsyncRuntime>(
-        &self,
-        future: F,
-        remaining: Duration,
-    ) -> Race<F::Output> {
+    async fn race<F: Future, E: Env>(&self, future: F, remaining: Duration) -> Race<F::Output> {
         let mut future = pin!(future);
         if let Poll::Ready(race) =
             poll_fn(|cx| Poll::Ready(poll_guarded(future.as_mut(), cx))).await
@@ -250,7 +243,7 @@ impl<T: TypedEvent> Delivery<'_, T> {
         if self.is_cancelled() {
             return Race::Cancelled;
         }
-        let mut sleep = pin!(RT::sleep(remaining));
+        let mut sleep = pin!(E::Runtime::sleep(remaining));
         poll_fn(|cx| {
             if let Poll::Ready(race) = poll_guarded(future.as_mut(), cx) {
                 return Poll::Ready(race);

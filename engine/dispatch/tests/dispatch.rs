@@ -9,11 +9,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sluice_core::io::ManualClock;
 use sluice_dispatch::{
     Cause, Context, DispatchError, Dispatcher, DispatcherConfig, Encoded, Encoding, Publish,
     RegistryError, RetryPolicy, SlaAlert, SlaClass, SlaConfig, State, TopicConfig, TypedEvent,
 };
-use sluice_core::io::ManualClock;
 use tokio::sync::Semaphore;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -42,4 +42,3 @@ pub mod dead_letter_headers {
 pub fn dead_letter_topic(topic: &str, group: &str) -> String {
     format!("{topic}.dlq.{group}")
 }
-

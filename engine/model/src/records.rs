@@ -56,7 +56,6 @@ impl Checkpoint {
         out.extend_from_slice(head);
         out
     }
-
 }
 
 /// A signed request to erase a subject; see the module docs.
@@ -88,7 +87,6 @@ impl Erasure {
         out.extend_from_slice(&requested_ms.to_le_bytes());
         out
     }
-
 }
 
 /// The parts of an event a signature covers.
@@ -141,4 +139,3 @@ pub fn mask_erased(
             .push((HEADER_ERASED.to_owned(), bytes::Bytes::from_static(b"1")));
     }
 }
-

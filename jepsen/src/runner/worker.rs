@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
 use sluice_client::auth::Secret;
 use sluice_client::client::{Client, ClientConfig};
 use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
+use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
 use tokio::task::JoinSet;
 
 use super::config::{Mode, WorkerConfig};

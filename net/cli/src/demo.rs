@@ -297,7 +297,9 @@ async fn consume(
 /// Commits what was delivered. A rebalance in between (another member
 /// joined) refuses the commit; the consumer then picks up the new
 /// generation, as a poll does, and commits what it still owns.
-async fn commit(consumer: &mut sluice_core::bus::Consumer) -> Result<(), sluice_core::bus::BusError> {
+async fn commit(
+    consumer: &mut sluice_core::bus::Consumer,
+) -> Result<(), sluice_core::bus::BusError> {
     loop {
         match consumer.commit().await {
             Err(sluice_core::bus::BusError::State(sluice_model::state::StateError::Commit(

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sluice_client::client::{Client, ClientConfig};
+use sluice_client::protocol::{ClientRequest, ClientResponse};
 use sluice_dispatch::DurableBus as _;
 use sluice_dispatch::{Context, DurableConfig, Encoding, RetryPolicy, TypedEvent};
 use sluice_model::event::Headers;
-use sluice_client::client::{Client, ClientConfig};
 use sluice_server::node::{ClusterNode, NodeConfig};
-use sluice_client::protocol::{ClientRequest, ClientResponse};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 

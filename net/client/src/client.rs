@@ -24,8 +24,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
-use sluice_model::transport::{NodeId, Request, Transport};
 use sluice_model::state::{Op, Response, TopicConfig};
+use sluice_model::transport::{NodeId, Request, Transport};
 
 use crate::auth::Secret;
 use crate::protocol::{

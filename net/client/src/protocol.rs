@@ -13,8 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 use sluice_model::event::{Event, Headers, ProducerStamp};
-use sluice_model::transport::NodeId;
 use sluice_model::state::{Op, Response};
+use sluice_model::transport::NodeId;
 
 /// The frame kind of client requests (Raft uses 1 to 4, authentication 0).
 pub const KIND_CLIENT: u8 = 16;

@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
 use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
 use sluice_client::wire::{self, BODY_SIZE_MAX, Header, Role};
+use sluice_model::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
 
 const CLIENT: NodeId = 1;
 const SERVER: NodeId = 2;

@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use sluice_core::bus::{Bus, BusConfig, BusError};
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
+use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
 
 use sluice_client::auth::Secret;
 use sluice_client::protocol::{
@@ -150,13 +150,8 @@ impl ClusterNode {
             signatures: Arc::new(sluice_audit::Sm2Signatures),
             ..BusConfig::default()
         };
-        let bus = Bus::<OsRuntime, OsDisk>::open_member(
-            disk,
-            Arc::new(OsClock::new()),
-            bus_config,
-            network,
-        )
-        .await?;
+        let bus =
+            Bus::<OsEnv>::open_member(disk, Arc::new(OsClock::new()), bus_config, network).await?;
         let metrics = match config.metrics_listen {
             Some(address) => {
                 let listener = crate::metrics_http::bind(address)
@@ -259,7 +254,7 @@ async fn follow_addresses(bus: Bus, transport: TcpTransport) {
 
 /// Answers Raft's messages and clients' requests.
 struct NodeService {
-    raft: RaftService<OsRuntime, OsDisk>,
+    raft: RaftService<OsEnv>,
     bus: Bus,
     transport: TcpTransport,
 }
@@ -437,7 +432,10 @@ impl NodeService {
         Ok(ClientResponse::Done)
     }
 
-    async fn publish(&self, events: Vec<sluice_model::event::Event>) -> Result<ClientResponse, BusError> {
+    async fn publish(
+        &self,
+        events: Vec<sluice_model::event::Event>,
+    ) -> Result<ClientResponse, BusError> {
         self.ensure_leader()?;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {

@@ -13,17 +13,17 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
-use sluice_model::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
-use sluice_core::io::os::{OsClock, OsDisk, OsRuntime};
+use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
+use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{
     Durability, LogStore, Node, NodeId, RaftService, SNAPSHOT_CHUNK_SIZE, StateMachineStore,
     StateView, TransportNetwork,
 };
+use sluice_model::event::{BatchBuilder, Event, EventBatch, ProducerStamp};
 use sluice_model::state::{Command, EventOutcome, Op, Response, State, TopicConfig};
-use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
 
-type Raft = sluice_core::raft::Raft<OsRuntime, OsDisk>;
-type View = StateView<OsRuntime>;
+type Raft = sluice_core::raft::Raft<OsEnv>;
+type View = StateView<OsEnv>;
 
 const IDS: [NodeId; 3] = [1, 2, 3];
 const TOPIC: &str = "orders";
@@ -80,11 +80,10 @@ impl Member {
         let disk = OsDisk::open(dir).expect("open data directory");
         let clock = Arc::new(OsClock::new());
         let options = sluice_core::log::Options::default();
-        let store =
-            LogStore::<OsRuntime, OsDisk>::open(disk.clone(), clock, options, Durability::Sync)
-                .expect("open log store");
+        let store = LogStore::<OsEnv>::open(disk.clone(), clock, options, Durability::Sync)
+            .expect("open log store");
         let (_, log_next_on_open) = store.reader().bounds();
-        let machine = StateMachineStore::<OsRuntime, OsDisk>::new(disk);
+        let machine = StateMachineStore::<OsEnv>::new(disk);
         let view = machine.view();
         let network =
             TransportNetwork::new(id, Arc::new(transport.clone())).with_snapshot_chunk_size(chunk);

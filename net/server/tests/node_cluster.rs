@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use sluice_model::event::Headers;
-use sluice_model::transport::NodeId;
 use sluice_client::auth::Secret;
 use sluice_client::client::{Client, ClientConfig, ClientError};
-use sluice_server::node::{ClusterNode, NodeConfig};
 use sluice_client::protocol::{ClientRequest, ClientResponse, PublishOutcome};
 use sluice_client::tcp::TcpConfig;
+use sluice_model::event::Headers;
+use sluice_model::transport::NodeId;
+use sluice_server::node::{ClusterNode, NodeConfig};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: u32 = 3;

@@ -12,17 +12,17 @@
 //! stays in the log (a checkpoint of an uncommitted entry could name a hash
 //! a leader change later removes).
 
+use crate::io::Env;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
-use sluice_model::records::{HEADER_SIGNATURE, HEADER_SIGNER, Hash, SignedParts};
-use crate::io::{Disk, wall_unix_ms};
+use crate::io::wall_unix_ms;
 use crate::raft::TypeConfig;
+use sluice_model::records::{HEADER_SIGNATURE, HEADER_SIGNER, Hash, SignedParts};
 use sluice_model::state::{Command, Op};
 
 pub use sluice_model::records::{Checkpoint, Erasure};
@@ -92,7 +92,9 @@ pub struct SignatureRefused(pub Box<dyn std::error::Error + Send + Sync>);
 pub struct NoSignatureCheck;
 
 #[derive(Debug, thiserror::Error)]
-#[error("this bus has no signature verifier (open it through the `sluice` crate, or set BusConfig::signatures)")]
+#[error(
+    "this bus has no signature verifier (open it through the `sluice` crate, or set BusConfig::signatures)"
+)]
 struct NoVerifier;
 
 impl SignatureCheck for NoSignatureCheck {
@@ -115,10 +117,14 @@ pub(crate) fn check_event(
         .user
         .iter()
         .any(|(name, _)| name == HEADER_SIGNATURE || name == HEADER_SIGNER);
-    if signed { check.check_event(parts) } else { Ok(()) }
+    if signed {
+        check.check_event(parts)
+    } else {
+        Ok(())
+    }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// Signs the chain head at the last applied entry with `signer` and
     /// appends it as an `Op::Checkpoint` entry; returns the checkpoint and
     /// the index of the entry that holds it.
@@ -178,20 +184,16 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         );
         let weak = Arc::downgrade(&self.inner);
         // Detached: ends once every clone of the bus is dropped.
-        drop(TypeConfig::<RT>::spawn(run(weak, signer, policy)));
+        drop(TypeConfig::<E>::spawn(run(weak, signer, policy)));
     }
 }
 
-async fn run<RT: AsyncRuntime, D: Disk + Clone>(
-    bus: Weak<Inner<RT, D>>,
-    signer: Arc<dyn Signer>,
-    policy: CheckpointPolicy,
-) {
+async fn run<E: Env>(bus: Weak<Inner<E>>, signer: Arc<dyn Signer>, policy: CheckpointPolicy) {
     let tick = policy.interval.min(CHECKPOINT_TICK_MAX);
     let mut last_entry = None::<u64>;
     let mut last_at = None::<Duration>;
     loop {
-        TypeConfig::<RT>::sleep(tick).await;
+        TypeConfig::<E>::sleep(tick).await;
         let Some(inner) = bus.upgrade() else { return };
         let bus = Bus { inner };
         let applied = bus.inner().view.applied().borrow_watched().index;

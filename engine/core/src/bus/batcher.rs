@@ -23,18 +23,18 @@
 //! one pass over the batch's bytes then runs here, beside the Raft core,
 //! instead of on it under the log's lock.
 
+use crate::io::Env;
 use std::sync::Arc;
 
 use openraft::alias::{MpscReceiverOf, OneshotSenderOf, WatchReceiverOf, WatchSenderOf};
 use openraft::async_runtime::{MpscReceiver, OneshotSender, WatchReceiver, WatchSender};
 use openraft::raft::ClientWriteResponse;
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 use openraft_rt::Select2;
 
-use sluice_model::event::{BatchBuilder, Event, EventError};
-use crate::io::{Clock, Disk, wall_unix_ms};
+use crate::io::{Clock, wall_unix_ms};
 use crate::raft::{FnResponder, Raft, StateView, TypeConfig};
+use sluice_model::event::{BatchBuilder, Event, EventError};
 use sluice_model::state::{Command, EventOutcome, Op, Response};
 
 use super::BusError;
@@ -44,20 +44,20 @@ use super::producer::{Gauge, Receipt};
 pub(crate) const QUEUE_MAX: usize = 65_536;
 
 /// One event waiting to be batched.
-pub(crate) struct Request<RT: AsyncRuntime> {
+pub(crate) struct Request<E: Env> {
     pub(crate) event: Event,
-    pub(crate) reply: OneshotSenderOf<TypeConfig<RT>, Result<Receipt, BusError>>,
-    pub(crate) gauge: Arc<Gauge<RT>>,
+    pub(crate) reply: OneshotSenderOf<TypeConfig<E>, Result<Receipt, BusError>>,
+    pub(crate) gauge: Arc<Gauge<E>>,
 }
 
-type WriteResult<RT> =
-    Result<ClientWriteResponse<TypeConfig<RT>>, openraft::error::ClientWriteError<TypeConfig<RT>>>;
+type WriteResult<E> =
+    Result<ClientWriteResponse<TypeConfig<E>>, openraft::error::ClientWriteError<TypeConfig<E>>>;
 
-pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
-    raft: Raft<RT, D>,
-    view: StateView<RT>,
+pub(crate) async fn run<E: Env>(
+    raft: Raft<E>,
+    view: StateView<E>,
     clock: Arc<dyn Clock>,
-    mut requests: MpscReceiverOf<TypeConfig<RT>, Request<RT>>,
+    mut requests: MpscReceiverOf<TypeConfig<E>, Request<E>>,
     batch_events_max: usize,
     digests: bool,
     durable: bool,
@@ -70,13 +70,13 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
     };
     let mut builder = BatchBuilder::new();
     let mut pending = Vec::new();
-    let mut turns = Turns::<RT>::new();
+    let mut turns = Turns::<E>::new();
     let mut waiting = Queued::default();
     let mut last_batch: usize = 1;
     let mut gather = Gather::new(durable);
     let mut closed = false;
-    let drain = |waiting: &mut Queued<RT>,
-                 requests: &mut MpscReceiverOf<TypeConfig<RT>, Request<RT>>| {
+    let drain = |waiting: &mut Queued<E>,
+                 requests: &mut MpscReceiverOf<TypeConfig<E>, Request<E>>| {
         while waiting.len() < batch_events_max {
             match requests.try_recv() {
                 Ok(next) => waiting.push(next),
@@ -101,7 +101,7 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
             || waiting.bytes >= TURN_BYPASS_BYTES;
         if turns.in_flight() > 0 && !full && !closed {
             // A small batch waits for its turn: see `Turns`.
-            match TypeConfig::<RT>::select2(turns.released(), requests.recv()).await {
+            match TypeConfig::<E>::select2(turns.released(), requests.recv()).await {
                 Select2::First(()) => {}
                 Select2::Second(Some(next)) => waiting.push(next),
                 Select2::Second(None) => closed = true,
@@ -112,9 +112,11 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
         if !closed && missing > 0 {
             if turns.in_flight() == 0 && gather.wants_wait() {
                 // Wait for the rest of a group, when it is likely to come soon.
-                let mut timer = std::pin::pin!(crate::raft::sleep_precise::<RT>(GATHER_WAIT_MAX));
+                let mut timer = std::pin::pin!(<E::Runtime as crate::io::Runtime>::sleep_precise(
+                    GATHER_WAIT_MAX
+                ));
                 while waiting.len() < last_batch {
-                    match TypeConfig::<RT>::select2(requests.recv(), timer.as_mut()).await {
+                    match TypeConfig::<E>::select2(requests.recv(), timer.as_mut()).await {
                         Select2::First(Some(next)) => {
                             waiting.push(next);
                             drain(&mut waiting, &mut requests);
@@ -130,7 +132,7 @@ pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
             } else {
                 // A few yields for publishes already on their way, as the
                 // flusher gathers (at most 60 µs).
-                crate::raft::gather::<RT>(last_batch, || drain(&mut waiting, &mut requests)).await;
+                crate::raft::gather::<E>(last_batch, || drain(&mut waiting, &mut requests)).await;
             }
         }
         last_batch = waiting.len().clamp(1, batch_events_max);
@@ -248,12 +250,12 @@ const TURN_BYPASS_EVENTS: usize = 256;
 const TURN_BYPASS_BYTES: usize = 64 * 1024;
 
 /// Requests waiting to be batched, with the bytes of their keys and payloads.
-struct Queued<RT: AsyncRuntime> {
-    requests: Vec<Request<RT>>,
+struct Queued<E: Env> {
+    requests: Vec<Request<E>>,
     bytes: usize,
 }
 
-impl<RT: AsyncRuntime> Default for Queued<RT> {
+impl<E: Env> Default for Queued<E> {
     fn default() -> Self {
         Queued {
             requests: Vec::new(),
@@ -262,8 +264,8 @@ impl<RT: AsyncRuntime> Default for Queued<RT> {
     }
 }
 
-impl<RT: AsyncRuntime> Queued<RT> {
-    fn push(&mut self, request: Request<RT>) {
+impl<E: Env> Queued<E> {
+    fn push(&mut self, request: Request<E>) {
         self.bytes += request.event.key.len() + request.event.payload.len();
         self.requests.push(request);
     }
@@ -277,7 +279,7 @@ impl<RT: AsyncRuntime> Queued<RT> {
     }
 
     /// Takes every request, leaving the queue empty (and its buffer kept).
-    fn take(&mut self) -> std::vec::Drain<'_, Request<RT>> {
+    fn take(&mut self) -> std::vec::Drain<'_, Request<E>> {
         self.bytes = 0;
         self.requests.drain(..)
     }
@@ -296,15 +298,15 @@ impl<RT: AsyncRuntime> Queued<RT> {
 /// p50 about two fsyncs). Waiting for the turn merges every producer that
 /// is back into one entry, as one sync covers them all anyway; under a
 /// pipelined load a batch reaches the bypass size at once and never waits.
-struct Turns<RT: AsyncRuntime> {
+struct Turns<E: Env> {
     proposed: u64,
-    applied: WatchSenderOf<TypeConfig<RT>, u64>,
-    seen: WatchReceiverOf<TypeConfig<RT>, u64>,
+    applied: WatchSenderOf<TypeConfig<E>, u64>,
+    seen: WatchReceiverOf<TypeConfig<E>, u64>,
 }
 
-impl<RT: AsyncRuntime> Turns<RT> {
+impl<E: Env> Turns<E> {
     fn new() -> Self {
-        let (applied, seen) = TypeConfig::<RT>::watch_channel(0u64);
+        let (applied, seen) = TypeConfig::<E>::watch_channel(0u64);
         Turns {
             proposed: 0,
             applied,
@@ -339,19 +341,19 @@ impl<RT: AsyncRuntime> Turns<RT> {
 /// Proposes the built batch as one entry, with its payload digest when
 /// `digests` (the log chains); its publishers are answered when it is
 /// applied. Returns false once Raft has stopped.
-struct Proposer<'a, RT: AsyncRuntime, D: Disk + Clone> {
-    raft: &'a Raft<RT, D>,
-    view: &'a StateView<RT>,
+struct Proposer<'a, E: Env> {
+    raft: &'a Raft<E>,
+    view: &'a StateView<E>,
     clock: &'a dyn Clock,
     digests: bool,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Proposer<'_, RT, D> {
+impl<E: Env> Proposer<'_, E> {
     async fn submit(
         &self,
-        turns: &mut Turns<RT>,
+        turns: &mut Turns<E>,
         builder: &mut BatchBuilder,
-        pending: &mut Vec<Request<RT>>,
+        pending: &mut Vec<Request<E>>,
     ) -> bool {
         let Proposer {
             raft,
@@ -373,8 +375,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Proposer<'_, RT, D> {
             crate::raft::codec::prepare_digest(&mut command);
         }
         #[cfg(feature = "planted-bugs")]
-        if sluice_model::testing::planted::is_planted(sluice_model::testing::planted::Bug::AckBeforeCommit)
-            && raft.is_leader()
+        if sluice_model::testing::planted::is_planted(
+            sluice_model::testing::planted::Bug::AckBeforeCommit,
+        ) && raft.is_leader()
         {
             // The planted bug: answer from a scratch apply of the current
             // state, before any quorum has the entry.
@@ -404,8 +407,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Proposer<'_, RT, D> {
         let _ = view;
         let applied = turns.propose();
         // Called once, applied or dropped unanswered: the turn always returns.
-        let responder = FnResponder::new(move |result: Option<WriteResult<RT>>| {
-            answer::<RT>(result, waiting);
+        let responder = FnResponder::new(move |result: Option<WriteResult<E>>| {
+            answer::<E>(result, waiting);
             applied();
         });
         match raft.client_write_ff(command, Some(responder)).await {
@@ -419,18 +422,21 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Proposer<'_, RT, D> {
 
 /// Records `stage` for every publish of a batch (feature `stage-trace`).
 #[cfg(feature = "stage-trace")]
-fn trace_all<RT: AsyncRuntime>(waiting: &[Request<RT>], stage: sluice_model::trace::Stage) {
+fn trace_all<E: Env>(waiting: &[Request<E>], stage: sluice_model::trace::Stage) {
     for request in waiting {
         let event = &request.event;
-        let key =
-            sluice_model::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence);
+        let key = sluice_model::trace::stamp_key(
+            event.producer.id,
+            event.partition,
+            event.producer.sequence,
+        );
         sluice_model::trace::record(key, stage);
     }
 }
 
 /// Answers each publisher of an applied (or abandoned) batch; runs inside
 /// the state machine's apply.
-fn answer<RT: AsyncRuntime>(result: Option<WriteResult<RT>>, waiting: Vec<Request<RT>>) {
+fn answer<E: Env>(result: Option<WriteResult<E>>, waiting: Vec<Request<E>>) {
     #[cfg(feature = "stage-trace")]
     trace_all(&waiting, sluice_model::trace::Stage::Applied);
     let outcomes = match result {
@@ -489,8 +495,8 @@ pub(super) fn receipt(outcome: EventOutcome) -> Result<Receipt, BusError> {
 }
 
 /// Frees the requests' in-flight slots, then answers each.
-fn finish<RT: AsyncRuntime>(
-    waiting: Vec<Request<RT>>,
+fn finish<E: Env>(
+    waiting: Vec<Request<E>>,
     mut answer: impl FnMut(&Event) -> Result<Receipt, BusError>,
 ) {
     release(&waiting);
@@ -505,8 +511,8 @@ fn finish<RT: AsyncRuntime>(
 /// through a watch (a lock and a notify), which cost about 8 % of the
 /// CPU of a pipelined load (64 producers × 64 in flight, perf) when paid
 /// per event.
-fn release<RT: AsyncRuntime>(waiting: &[Request<RT>]) {
-    let mut gauges: Vec<(&Arc<Gauge<RT>>, usize)> = Vec::new();
+fn release<E: Env>(waiting: &[Request<E>]) {
+    let mut gauges: Vec<(&Arc<Gauge<E>>, usize)> = Vec::new();
     for request in waiting {
         match gauges
             .iter_mut()

@@ -11,6 +11,8 @@
 //! owner (at-least-once). Exactly-once processing is the transactional
 //! path: outputs and the input offsets commit in one Raft entry.
 
+use crate::io::Env;
+use crate::io::os::OsEnv;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
@@ -20,12 +22,9 @@ use openraft::Instant as _;
 use openraft::alias::{InstantOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
-use sluice_model::event::{EventBatch, Headers, ProducerStamp};
-use crate::io::Disk;
-use crate::io::os::{OsDisk, OsRuntime};
 use crate::raft::{Applied, TypeConfig, codec_decode_command};
+use sluice_model::event::{EventBatch, Headers, ProducerStamp};
 use sluice_model::state::{OffsetCommit, Op, Response, Run, SESSION_TIMEOUT_MS, State};
 
 use super::producer::{Message, Producer, Receipt};
@@ -55,8 +54,8 @@ pub struct Delivery {
 type TopicPartition = (String, u32);
 
 /// A member of a consumer group; see the module docs.
-pub struct Consumer<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
-    bus: Bus<RT, D>,
+pub struct Consumer<E: Env = OsEnv> {
+    bus: Bus<E>,
     group: String,
     member: String,
     generation: u64,
@@ -64,12 +63,12 @@ pub struct Consumer<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
     /// Next offset to deliver, per assigned partition.
     positions: BTreeMap<TopicPartition, u64>,
     cursor: usize,
-    applied: WatchReceiverOf<TypeConfig<RT>, Applied>,
+    applied: WatchReceiverOf<TypeConfig<E>, Applied>,
     /// When this member last told the group it is alive.
-    heartbeat_at: InstantOf<TypeConfig<RT>>,
+    heartbeat_at: InstantOf<TypeConfig<E>>,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Consumer<RT, D> {
+impl<E: Env> fmt::Debug for Consumer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("group", &self.group)
@@ -79,9 +78,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Consumer<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
+impl<E: Env> Consumer<E> {
     pub(crate) async fn join(
-        bus: Bus<RT, D>,
+        bus: Bus<E>,
         group: &str,
         member: &str,
         topics: &[&str],
@@ -110,7 +109,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
             positions: BTreeMap::new(),
             cursor: 0,
             applied,
-            heartbeat_at: TypeConfig::<RT>::now(),
+            heartbeat_at: TypeConfig::<E>::now(),
         };
         consumer.refresh()?;
         Ok(consumer)
@@ -166,7 +165,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
     /// (its partitions go to the others; its next poll fails, and it must
     /// join again), as Kafka's `max.poll.interval.ms` does.
     pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
-        let started = TypeConfig::<RT>::now();
+        let started = TypeConfig::<E>::now();
         self.heartbeat_if_due().await?;
         loop {
             self.refresh()?;
@@ -179,7 +178,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
             if remaining.is_zero() {
                 return Ok(out);
             }
-            match TypeConfig::<RT>::timeout(remaining, self.applied.changed()).await {
+            match TypeConfig::<E>::timeout(remaining, self.applied.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(BusError::Closed),
                 Err(_) => return Ok(out),
@@ -199,7 +198,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
         match self.bus.write(op).await? {
             Response::Error(error) => Err(error.into()),
             _ => {
-                self.heartbeat_at = TypeConfig::<RT>::now();
+                self.heartbeat_at = TypeConfig::<E>::now();
                 Ok(())
             }
         }
@@ -229,7 +228,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
             Response::Error(error) => Err(error.into()),
             _ => {
                 // A commit is a sign of life too.
-                self.heartbeat_at = TypeConfig::<RT>::now();
+                self.heartbeat_at = TypeConfig::<E>::now();
                 Ok(())
             }
         }
@@ -286,10 +285,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
     /// Starts a consume-transform-produce transaction: outputs published
     /// through it and this consumer's positions commit together, or not at
     /// all.
-    pub fn transaction<'a>(
-        &'a mut self,
-        producer: &'a mut Producer<RT, D>,
-    ) -> Transaction<'a, RT, D> {
+    pub fn transaction<'a>(&'a mut self, producer: &'a mut Producer<E>) -> Transaction<'a, E> {
         let saved = producer.sequences();
         Transaction {
             consumer: self,
@@ -302,7 +298,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Consumer<RT, D> {
 
 /// Where a consumer starts in a partition: its group's committed offset,
 /// else the first retained offset.
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// Reads up to `max` events of one partition from `offset` on, outside
     /// any group (a tail, or a node serving a remote consumer). Offsets
     /// before the first retained one are skipped. Returns the events and
@@ -337,7 +333,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     /// new waits here instead of polling.
     pub async fn wait_applied(&self, timeout: Duration) -> Result<bool, BusError> {
         let mut applied = self.inner().view.applied();
-        match TypeConfig::<RT>::timeout(timeout, applied.changed()).await {
+        match TypeConfig::<E>::timeout(timeout, applied.changed()).await {
             Ok(Ok(())) => Ok(true),
             Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => Ok(false),
@@ -357,8 +353,8 @@ fn start_position(state: &State, group: &str, (topic, partition): &TopicPartitio
 
 /// Reads up to `max` events of one partition from `position`; returns the
 /// next position.
-fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
-    bus: &Bus<RT, D>,
+fn read_partition<E: Env>(
+    bus: &Bus<E>,
     (topic, partition): &TopicPartition,
     mut position: u64,
     max: usize,
@@ -437,14 +433,14 @@ fn read_partition<RT: AsyncRuntime, D: Disk + Clone>(
 }
 
 /// A consume-transform-produce transaction; see [`Consumer::transaction`].
-pub struct Transaction<'a, RT: AsyncRuntime, D: Disk + Clone> {
-    consumer: &'a mut Consumer<RT, D>,
-    producer: &'a mut Producer<RT, D>,
+pub struct Transaction<'a, E: Env> {
+    consumer: &'a mut Consumer<E>,
+    producer: &'a mut Producer<E>,
     events: Vec<sluice_model::event::Event>,
     saved: HashMap<TopicPartition, u64>,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Transaction<'_, RT, D> {
+impl<E: Env> fmt::Debug for Transaction<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transaction")
             .field("events", &self.events.len())
@@ -452,7 +448,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Transaction<'_, RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Transaction<'_, RT, D> {
+impl<E: Env> Transaction<'_, E> {
     /// Adds an output event.
     pub fn publish(&mut self, message: Message) -> Result<(), BusError> {
         let event = self.producer.stamp(message)?;

@@ -1,16 +1,14 @@
 //! The bus's metrics in the Prometheus text format (version 0.0.4).
 
+use crate::io::Env;
 use std::fmt::Write as _;
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use openraft_rt::AsyncRuntime;
-
-use crate::io::Disk;
 
 use super::Bus;
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// This node's Raft position and every partition's offsets and every
     /// group's generation and committed offsets, as Prometheus text.
     pub fn metrics_text(&self) -> String {

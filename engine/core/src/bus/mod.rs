@@ -20,6 +20,8 @@ mod metrics;
 mod producer;
 mod retention;
 
+use crate::io::Env;
+use crate::io::os::OsEnv;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -29,10 +31,9 @@ use std::time::Duration;
 use openraft::alias::MpscSenderOf;
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
-use crate::io::os::{OsClock, OsDisk, OsRuntime};
-use crate::io::{Clock, Disk, wall_unix_ms};
+use crate::io::os::{OsClock, OsDisk};
+use crate::io::{Clock, wall_unix_ms};
 use crate::raft::{
     Durability, LogStore, LogStoreReader, Node, NodeId, Raft, SingleNodeNetwork, StateMachineStore,
     StateView, TypeConfig,
@@ -40,7 +41,8 @@ use crate::raft::{
 use sluice_model::state::{Command, Op, Response, TopicConfig};
 
 pub use audit::{
-    Checkpoint, CheckpointPolicy, Erasure, NoSignatureCheck, SignatureCheck, SignatureRefused, Signer,
+    Checkpoint, CheckpointPolicy, Erasure, NoSignatureCheck, SignatureCheck, SignatureRefused,
+    Signer,
 };
 pub use consumer::{Consumer, Delivery, Transaction};
 pub use error::BusError;
@@ -131,24 +133,24 @@ pub struct TopicDescription {
     pub partitions: Vec<(u64, u64)>,
 }
 
-pub(crate) struct Inner<RT: AsyncRuntime, D: Disk + Clone> {
-    pub(crate) raft: Raft<RT, D>,
-    pub(crate) reader: LogStoreReader<D>,
-    pub(crate) view: StateView<RT>,
+pub(crate) struct Inner<E: Env> {
+    pub(crate) raft: Raft<E>,
+    pub(crate) reader: LogStoreReader<E::Disk>,
+    pub(crate) view: StateView<E>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) batcher: MpscSenderOf<TypeConfig<RT>, batcher::Request<RT>>,
+    pub(crate) batcher: MpscSenderOf<TypeConfig<E>, batcher::Request<E>>,
     /// Counts events relayed for remote producers ([`Bus::send_stamped`]);
     /// their in-flight bound is the connection's, not this gauge's.
-    pub(crate) relay: Arc<producer::Gauge<RT>>,
+    pub(crate) relay: Arc<producer::Gauge<E>>,
     pub(crate) config: BusConfig,
 }
 
 /// The embedded event bus; cheap to clone (all clones share one node).
-pub struct Bus<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
-    inner: Arc<Inner<RT, D>>,
+pub struct Bus<E: Env = OsEnv> {
+    inner: Arc<Inner<E>>,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Clone for Bus<RT, D> {
+impl<E: Env> Clone for Bus<E> {
     fn clone(&self) -> Self {
         Bus {
             inner: Arc::clone(&self.inner),
@@ -156,7 +158,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Clone for Bus<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Bus<RT, D> {
+impl<E: Env> fmt::Debug for Bus<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("node_id", &self.inner.config.node_id)
@@ -191,12 +193,12 @@ impl Bus {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// Opens a bus on any disk, clock and runtime: a one-member Raft
     /// cluster, initialised on first use, replayed on later opens.
     pub async fn open_on(
-        disk: D,
-        clock: Arc<dyn Clock>,
+        disk: E::Disk,
+        clock: Arc<E::Clock>,
         config: BusConfig,
     ) -> Result<Self, BusError> {
         let bus = Bus::open_inner(disk, clock, config, SingleNodeNetwork::default()).await?;
@@ -211,27 +213,27 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     /// leader fail with [`BusError::NotLeader`], naming the leader when
     /// known.
     pub async fn open_member<N>(
-        disk: D,
-        clock: Arc<dyn Clock>,
+        disk: E::Disk,
+        clock: Arc<E::Clock>,
         config: BusConfig,
         network: N,
     ) -> Result<Self, BusError>
     where
-        N: RaftNetworkFactory<TypeConfig<RT>>,
-        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = crate::raft::SnapshotData>,
+        N: RaftNetworkFactory<TypeConfig<E>>,
+        N::Network: NetSnapshot<TypeConfig<E>, SnapshotData = crate::raft::SnapshotData>,
     {
         Bus::open_inner(disk, clock, config, network).await
     }
 
     async fn open_inner<N>(
-        disk: D,
+        disk: E::Disk,
         clock: Arc<dyn Clock>,
         config: BusConfig,
         network: N,
     ) -> Result<Self, BusError>
     where
-        N: RaftNetworkFactory<TypeConfig<RT>>,
-        N::Network: NetSnapshot<TypeConfig<RT>, SnapshotData = crate::raft::SnapshotData>,
+        N: RaftNetworkFactory<TypeConfig<E>>,
+        N::Network: NetSnapshot<TypeConfig<E>, SnapshotData = crate::raft::SnapshotData>,
     {
         if config.inflight_per_producer_max == 0 || config.batch_events_max == 0 {
             return Err(BusError::Invalid(
@@ -245,9 +247,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             ..crate::log::Options::default()
         };
         let store =
-            LogStore::<RT, D>::open(disk.clone(), clock.clone(), log_options, config.durability)?;
+            LogStore::<E>::open(disk.clone(), clock.clone(), log_options, config.durability)?;
         let reader = store.reader();
-        let mut machine = StateMachineStore::<RT, D>::new(disk);
+        let mut machine = StateMachineStore::<E>::new(disk);
         machine.link_chain(reader.clone());
         let view = machine.view();
         let raft_config = raft_config(config.heartbeat_interval);
@@ -255,9 +257,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let raft = openraft::Raft::new(config.node_id, raft_config, network, store, machine)
             .await
             .map_err(BusError::raft)?;
-        let (batcher, requests) = TypeConfig::<RT>::mpsc(batcher::QUEUE_MAX);
+        let (batcher, requests) = TypeConfig::<E>::mpsc(batcher::QUEUE_MAX);
         // Detached: the batcher ends when the last sender (the bus) drops.
-        drop(TypeConfig::<RT>::spawn(batcher::run::<RT, D>(
+        drop(TypeConfig::<E>::spawn(batcher::run::<E>(
             raft.clone(),
             view.clone(),
             clock.clone(),
@@ -266,7 +268,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             config.chain == crate::log::ChainMode::Sha256,
             config.durability == Durability::Sync,
         )));
-        let (relay_released, _) = TypeConfig::<RT>::watch_channel(0u64);
+        let (relay_released, _) = TypeConfig::<E>::watch_channel(0u64);
         let inner = Inner {
             raft,
             reader,
@@ -279,7 +281,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         let inner = Arc::new(inner);
         if let Some(interval) = inner.config.retention_interval {
             // Detached: ends once every clone of the bus is dropped.
-            drop(TypeConfig::<RT>::spawn(retention::run(
+            drop(TypeConfig::<E>::spawn(retention::run(
                 Arc::downgrade(&inner),
                 interval,
             )));
@@ -368,13 +370,13 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     }
 
     /// A new idempotent producer with a fresh id.
-    pub async fn producer(&self) -> Result<Producer<RT, D>, BusError> {
+    pub async fn producer(&self) -> Result<Producer<E>, BusError> {
         Producer::init(self.clone(), None).await
     }
 
     /// A producer with a stable name: opening it again fences the previous
     /// instance (its later publishes fail with `ProducerFenced`).
-    pub async fn producer_named(&self, name: &str) -> Result<Producer<RT, D>, BusError> {
+    pub async fn producer_named(&self, name: &str) -> Result<Producer<E>, BusError> {
         Producer::init(self.clone(), Some(name.to_owned())).await
     }
 
@@ -384,7 +386,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         group: &str,
         member: &str,
         topics: &[&str],
-    ) -> Result<Consumer<RT, D>, BusError> {
+    ) -> Result<Consumer<E>, BusError> {
         Consumer::join(self.clone(), group, member, topics).await
     }
 
@@ -400,11 +402,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     }
 
     /// The Raft handle, for metrics and management.
-    pub fn raft(&self) -> &Raft<RT, D> {
+    pub fn raft(&self) -> &Raft<E> {
         &self.inner.raft
     }
 
-    pub(crate) fn inner(&self) -> &Inner<RT, D> {
+    pub(crate) fn inner(&self) -> &Inner<E> {
         &self.inner
     }
 
@@ -467,9 +469,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
 
 /// Initialises the one-member cluster on first open; otherwise waits to be
 /// leader and to have applied everything in the log.
-async fn start<RT: AsyncRuntime, D: Disk + Clone>(
-    raft: &Raft<RT, D>,
-    reader: &LogStoreReader<D>,
+async fn start<E: Env>(
+    raft: &Raft<E>,
+    reader: &LogStoreReader<E::Disk>,
     config: &BusConfig,
 ) -> Result<(), BusError> {
     let id = config.node_id;

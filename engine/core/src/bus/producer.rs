@@ -7,6 +7,8 @@
 //! with the original offset. In-flight publishes are bounded per producer:
 //! `send` waits for room (back-pressure).
 
+use crate::io::Env;
+use crate::io::os::OsEnv;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -16,12 +18,10 @@ use bytes::Bytes;
 use openraft::alias::{OneshotReceiverOf, WatchReceiverOf, WatchSenderOf};
 use openraft::async_runtime::{MpscSender, WatchReceiver, WatchSender};
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
-use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
-use crate::io::os::{OsDisk, OsRuntime};
-use crate::io::{Disk, wall_unix_ms};
+use crate::io::wall_unix_ms;
 use crate::raft::TypeConfig;
+use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
 use sluice_model::state::{Op, Response};
 
 use super::batcher::Request;
@@ -85,14 +85,14 @@ pub struct Receipt {
 }
 
 /// Counts a producer's publishes in flight and wakes it when one ends.
-pub(crate) struct Gauge<RT: AsyncRuntime> {
+pub(crate) struct Gauge<E: Env> {
     count: AtomicUsize,
     // The runtime's watch sender need not be Sync; the gauge is shared.
-    released: std::sync::Mutex<WatchSenderOf<TypeConfig<RT>, u64>>,
+    released: std::sync::Mutex<WatchSenderOf<TypeConfig<E>, u64>>,
 }
 
-impl<RT: AsyncRuntime> Gauge<RT> {
-    pub(crate) fn new(released: WatchSenderOf<TypeConfig<RT>, u64>) -> Self {
+impl<E: Env> Gauge<E> {
+    pub(crate) fn new(released: WatchSenderOf<TypeConfig<E>, u64>) -> Self {
         Gauge {
             count: AtomicUsize::new(0),
             released: std::sync::Mutex::new(released),
@@ -118,12 +118,12 @@ impl<RT: AsyncRuntime> Gauge<RT> {
 }
 
 /// A publish on its way; `.wait()` for its receipt.
-pub struct PendingReceipt<RT: AsyncRuntime = OsRuntime> {
-    reply: OneshotReceiverOf<TypeConfig<RT>, Result<Receipt, BusError>>,
+pub struct PendingReceipt<E: Env = OsEnv> {
+    reply: OneshotReceiverOf<TypeConfig<E>, Result<Receipt, BusError>>,
     event: Event,
 }
 
-impl<RT: AsyncRuntime> fmt::Debug for PendingReceipt<RT> {
+impl<E: Env> fmt::Debug for PendingReceipt<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingReceipt")
             .field("producer", &self.event.producer)
@@ -131,7 +131,7 @@ impl<RT: AsyncRuntime> fmt::Debug for PendingReceipt<RT> {
     }
 }
 
-impl<RT: AsyncRuntime> PendingReceipt<RT> {
+impl<E: Env> PendingReceipt<E> {
     /// Waits until the event is durable (or refused).
     pub async fn wait(self) -> Result<Receipt, BusError> {
         self.reply
@@ -146,17 +146,17 @@ impl<RT: AsyncRuntime> PendingReceipt<RT> {
 }
 
 /// An idempotent producer; see the module docs.
-pub struct Producer<RT: AsyncRuntime = OsRuntime, D: Disk + Clone = OsDisk> {
-    bus: Bus<RT, D>,
+pub struct Producer<E: Env = OsEnv> {
+    bus: Bus<E>,
     id: u64,
     epoch: u32,
     sequences: HashMap<(String, u32), u64>,
     next_partition: u32,
-    gauge: Arc<Gauge<RT>>,
-    released: WatchReceiverOf<TypeConfig<RT>, u64>,
+    gauge: Arc<Gauge<E>>,
+    released: WatchReceiverOf<TypeConfig<E>, u64>,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Producer<RT, D> {
+impl<E: Env> fmt::Debug for Producer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
             .field("id", &self.id)
@@ -165,8 +165,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for Producer<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
-    pub(crate) async fn init(bus: Bus<RT, D>, name: Option<String>) -> Result<Self, BusError> {
+impl<E: Env> Producer<E> {
+    pub(crate) async fn init(bus: Bus<E>, name: Option<String>) -> Result<Self, BusError> {
         let (id, epoch) = match bus.write(Op::InitProducer { name }).await? {
             Response::ProducerInit { id, epoch } => (id, epoch),
             Response::Error(error) => return Err(error.into()),
@@ -176,7 +176,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
                 )));
             }
         };
-        let (released, receiver) = TypeConfig::<RT>::watch_channel(0u64);
+        let (released, receiver) = TypeConfig::<E>::watch_channel(0u64);
         Ok(Producer {
             bus,
             id,
@@ -200,15 +200,18 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
 
     /// Queues an event (waiting for room if too many are in flight) and
     /// returns at once with a pending receipt: publishes pipeline.
-    pub async fn send(&mut self, message: Message) -> Result<PendingReceipt<RT>, BusError> {
+    pub async fn send(&mut self, message: Message) -> Result<PendingReceipt<E>, BusError> {
         // A producer signature, if the message carries one, must verify
         // before anything is queued (`audit::signing`).
-        super::audit::check_event(&*self.bus.inner().config.signatures, &sluice_model::records::SignedParts {
-            topic: &message.topic,
-            key: &message.key,
-            payload: &message.payload,
-            headers: &message.headers,
-        })?;
+        super::audit::check_event(
+            &*self.bus.inner().config.signatures,
+            &sluice_model::records::SignedParts {
+                topic: &message.topic,
+                key: &message.key,
+                payload: &message.payload,
+                headers: &message.headers,
+            },
+        )?;
         let event = self.stamp(message)?;
         if let Err(error) = event.validate() {
             self.unstamp(&event);
@@ -219,11 +222,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
 
     /// Sends an event again exactly as first sent (same producer stamp),
     /// after an ambiguous failure; the bus appends it at most once.
-    pub async fn resend(&mut self, event: Event) -> Result<PendingReceipt<RT>, BusError> {
+    pub async fn resend(&mut self, event: Event) -> Result<PendingReceipt<E>, BusError> {
         self.enqueue(event).await
     }
 
-    async fn enqueue(&mut self, event: Event) -> Result<PendingReceipt<RT>, BusError> {
+    async fn enqueue(&mut self, event: Event) -> Result<PendingReceipt<E>, BusError> {
         let max = self.bus.inner().config.inflight_per_producer_max;
         while self.gauge.count.load(Ordering::Acquire) >= max {
             self.released
@@ -232,7 +235,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
                 .map_err(|_| BusError::Closed)?;
         }
         self.gauge.count.fetch_add(1, Ordering::AcqRel);
-        let (reply, receiver) = TypeConfig::<RT>::oneshot();
+        let (reply, receiver) = TypeConfig::<E>::oneshot();
         let request = Request {
             event: event.clone(),
             reply,
@@ -243,7 +246,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
             return Err(BusError::Closed);
         }
         sluice_model::stage!(
-            sluice_model::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence),
+            sluice_model::trace::stamp_key(
+                event.producer.id,
+                event.partition,
+                event.producer.sequence
+            ),
             Enqueued
         );
         Ok(PendingReceipt {
@@ -334,7 +341,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Producer<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// Queues an event a remote producer stamped itself (producer id, epoch,
     /// sequence and partition), as a node does for its network clients.
     /// The state machine deduplicates and orders it exactly as a local
@@ -342,7 +349,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
     /// offset. The caller bounds how many it has in flight. The event's
     /// timestamp is replaced by this node's clock. A producer signature,
     /// if the event carries one, must verify (`BusError::Signature`).
-    pub async fn send_stamped(&self, mut event: Event) -> Result<PendingReceipt<RT>, BusError> {
+    pub async fn send_stamped(&self, mut event: Event) -> Result<PendingReceipt<E>, BusError> {
         let inner = self.inner();
         {
             let state = inner.view.read();
@@ -360,16 +367,19 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         }
         // A remote producer's signature is checked here, on the leader,
         // before anything is queued (`audit::signing`).
-        super::audit::check_event(&*self.inner().config.signatures, &sluice_model::records::SignedParts {
-            topic: &event.topic,
-            key: &event.key,
-            payload: &event.payload,
-            headers: &event.headers,
-        })?;
+        super::audit::check_event(
+            &*self.inner().config.signatures,
+            &sluice_model::records::SignedParts {
+                topic: &event.topic,
+                key: &event.key,
+                payload: &event.payload,
+                headers: &event.headers,
+            },
+        )?;
         event.timestamp_ms = wall_unix_ms(&*inner.clock);
         event.validate()?;
         inner.relay.count.fetch_add(1, Ordering::AcqRel);
-        let (reply, receiver) = TypeConfig::<RT>::oneshot();
+        let (reply, receiver) = TypeConfig::<E>::oneshot();
         let request = Request {
             event: event.clone(),
             reply,
@@ -380,7 +390,11 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
             return Err(BusError::Closed);
         }
         sluice_model::stage!(
-            sluice_model::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence),
+            sluice_model::trace::stamp_key(
+                event.producer.id,
+                event.partition,
+                event.producer.sequence
+            ),
             Enqueued
         );
         Ok(PendingReceipt {

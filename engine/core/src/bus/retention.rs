@@ -17,12 +17,11 @@
 //! (`LogStoreReader::purge_bodies_before`), since openraft no longer knows
 //! them.
 
+use crate::io::Env;
 use std::time::Duration;
 
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 
-use crate::io::Disk;
 use crate::log::Retention;
 use crate::raft::TypeConfig;
 use sluice_model::state::{Op, Response, State};
@@ -52,7 +51,7 @@ pub(crate) fn policy(state: &State) -> Option<Retention> {
     })
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
+impl<E: Env> Bus<E> {
     /// Applies the topics' retention now (it also runs every
     /// `BusConfig::retention_interval`); returns the first log index kept.
     /// The leader decides the point and proposes it through the log; every
@@ -113,7 +112,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
         }
         if point <= inner.reader.raft_first() {
             let reader = inner.reader.clone();
-            TypeConfig::<RT>::spawn_blocking(move || reader.purge_bodies_before(point))
+            TypeConfig::<E>::spawn_blocking(move || reader.purge_bodies_before(point))
                 .await
                 .map_err(BusError::raft)??;
             return Ok(());
@@ -142,12 +141,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> Bus<RT, D> {
 }
 
 /// Runs retention every `interval` while the bus is open.
-pub(crate) async fn run<RT: AsyncRuntime, D: Disk + Clone>(
-    bus: std::sync::Weak<super::Inner<RT, D>>,
-    interval: Duration,
-) {
+pub(crate) async fn run<E: Env>(bus: std::sync::Weak<super::Inner<E>>, interval: Duration) {
     loop {
-        TypeConfig::<RT>::sleep(interval).await;
+        TypeConfig::<E>::sleep(interval).await;
         let Some(inner) = bus.upgrade() else { return };
         let bus = Bus { inner };
         if let Err(error) = bus.enforce_retention().await {

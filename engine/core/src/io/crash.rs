@@ -57,8 +57,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use sluice_model::constants::SECTOR_SIZE;
 use crate::io::{Disk, DiskFile, check_name, poisoned};
+use sluice_model::constants::SECTOR_SIZE;
 
 /// Largest file size a write or `set_len` may produce. Files live in memory,
 /// so a request near this is a bug in the caller, not a test of the disk.

@@ -17,8 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+mod env;
 pub mod os;
 
+pub use env::{Assembled, Env, Runtime};
 
 #[cfg(feature = "testing")]
 mod crash;
@@ -29,6 +31,10 @@ mod manual_clock;
 pub use crash::{CrashDisk, CrashFile, CrashOutcome, CrashPolicy, FaultOp};
 #[cfg(feature = "testing")]
 pub use manual_clock::ManualClock;
+
+/// Tokio over a [`CrashDisk`] and a [`ManualClock`]: the engine's tests' environment.
+#[cfg(feature = "testing")]
+pub type CrashEnv = Assembled<os::OsRuntime, CrashDisk, ManualClock>;
 
 /// A source of time, as an object so that each simulated node can drift on
 /// its own.

@@ -6,8 +6,8 @@
 //! whole. A checksum mismatch is therefore never a torn write: it is
 //! corruption, reported as such.
 
-use sluice_model::constants::META_SIZE_MAX;
 use crate::io::{Disk, DiskFile};
+use sluice_model::constants::META_SIZE_MAX;
 
 use super::error::{CorruptionReason, Error, Result};
 use super::frame::Hash;

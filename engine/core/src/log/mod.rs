@@ -34,12 +34,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::io::os::OsDisk;
+use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
 use sluice_model::constants::{
     APPEND_ENTRIES_MAX, FRAME_HEADER_SIZE, PAYLOAD_SIZE_MAX, SEGMENT_SIZE_DEFAULT,
     SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
 };
-use crate::io::os::OsDisk;
-use crate::io::{Clock, Disk, DiskFile, wall_unix_ms};
 
 pub use error::{Corruption, CorruptionReason, Error, Result};
 pub use recovery::{RecoveryReport, Repair, TornTail};

@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 
-use sluice_model::constants::FRAME_HEADER_SIZE;
 use crate::io::DiskFile;
+use sluice_model::constants::FRAME_HEADER_SIZE;
 
 use super::error::{CorruptionReason, Error, Result};
 use super::frame::{self, FrameError, Hash, Header};

@@ -496,7 +496,8 @@ fn every_flipped_bit_in_a_stored_record_is_detected() {
         // The second record of the segment; in the active segment later
         // records prove it was durable, so damage there is not a torn tail.
         let index = target.first + 1;
-        let offset = (sluice_model::constants::FRAME_HEADER_SIZE + payload(target.first).len()) as u64;
+        let offset =
+            (sluice_model::constants::FRAME_HEADER_SIZE + payload(target.first).len()) as u64;
         let size = (sluice_model::constants::FRAME_HEADER_SIZE + payload(index).len()) as u64;
         let name = target.name.clone();
         drop(log);

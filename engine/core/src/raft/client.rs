@@ -7,10 +7,9 @@
 //! from a scratch apply of its current state without waiting for the
 //! quorum.
 
+use crate::io::Env;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft_rt::AsyncRuntime;
 
-use crate::io::Disk;
 use sluice_model::state::{Command, Response};
 
 use super::{Raft, StateView, TypeConfig};
@@ -19,7 +18,7 @@ use sluice_model::testing::planted::{self, Bug};
 
 /// Why a proposal got no answer: openraft's client write error (not the
 /// leader, a fatal error of the node).
-pub type ProposeError<RT> = RaftError<TypeConfig<RT>, ClientWriteError<TypeConfig<RT>>>;
+pub type ProposeError<E> = RaftError<TypeConfig<E>, ClientWriteError<TypeConfig<E>>>;
 
 /// Proposes `command` through `raft` and returns its response: after a
 /// quorum committed the entry and this node applied it. `view` is the
@@ -29,11 +28,11 @@ pub type ProposeError<RT> = RaftError<TypeConfig<RT>, ClientWriteError<TypeConfi
 /// on the caller's task, for the log's hash chain (`raft::codec`); with a
 /// log whose chain is off (`ChainMode::Off`, for measurements) that pass
 /// is wasted.
-pub async fn propose<RT: AsyncRuntime, D: Disk + Clone>(
-    raft: &Raft<RT, D>,
-    view: &StateView<RT>,
+pub async fn propose<E: Env>(
+    raft: &Raft<E>,
+    view: &StateView<E>,
     mut command: Command,
-) -> Result<Response, ProposeError<RT>> {
+) -> Result<Response, ProposeError<E>> {
     super::codec::prepare_digest(&mut command);
     #[cfg(feature = "planted-bugs")]
     if planted::is_planted(Bug::AckBeforeCommit)

@@ -27,10 +27,10 @@ use std::io;
 use bytes::Bytes;
 use openraft::EntryPayload;
 
-use sluice_model::event::EventBatch;
 use crate::log::Record;
 use crate::log::frame::Hash;
 use crate::raft::{Entry, log_id};
+use sluice_model::event::EventBatch;
 use sluice_model::state::{Command, OffsetCommit, Op};
 
 pub const KIND_BLANK: u8 = 1;
@@ -190,8 +190,8 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
-    use sluice_model::event::Event;
     use crate::log::frame::payload_digest;
+    use sluice_model::event::Event;
 
     fn batch(events: usize) -> EventBatch {
         let events: Vec<Event> = (0..events)

@@ -28,6 +28,7 @@
 //! Fault model: a failed sync poisons the log; every later call fails and
 //! openraft stops the node. A failed sync is never retried.
 
+use crate::io::Env;
 use std::fmt;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -38,13 +39,12 @@ use openraft::alias::MpscSenderOf;
 use openraft::async_runtime::{MpscReceiver, MpscSender, OneshotSender};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 use serde::{Deserialize, Serialize};
 
-use sluice_model::constants::APPEND_ENTRIES_MAX;
 use crate::io::{Clock, Disk};
 use crate::log::frame::Hash;
 use crate::log::{self, Log, PersistMode, SyncHandle};
+use sluice_model::constants::APPEND_ENTRIES_MAX;
 
 use super::snapshot::{self, Tail, TailSource};
 use super::{Entry, LogId, TypeConfig, Vote, codec, log_id, to_io};
@@ -303,19 +303,19 @@ impl<D: Disk> Inner<D> {
 }
 
 /// One append waiting for its sync.
-struct FlushRequest<RT: AsyncRuntime, D: Disk> {
-    handle: SyncHandle<D::File>,
-    callback: IOFlushed<TypeConfig<RT>>,
+struct FlushRequest<E: Env> {
+    handle: SyncHandle<<E::Disk as Disk>::File>,
+    callback: IOFlushed<TypeConfig<E>>,
 }
 
 /// Sluice's Raft log storage; see the module docs.
-pub struct LogStore<RT: AsyncRuntime, D: Disk> {
-    shared: Arc<RwLock<Inner<D>>>,
-    flusher: MpscSenderOf<TypeConfig<RT>, FlushRequest<RT, D>>,
+pub struct LogStore<E: Env> {
+    shared: Arc<RwLock<Inner<E::Disk>>>,
+    flusher: MpscSenderOf<TypeConfig<E>, FlushRequest<E>>,
     durability: Durability,
 }
 
-impl<RT: AsyncRuntime, D: Disk> fmt::Debug for LogStore<RT, D> {
+impl<E: Env> fmt::Debug for LogStore<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogStore").finish_non_exhaustive()
     }
@@ -341,11 +341,11 @@ impl<D: Disk> fmt::Debug for LogStoreReader<D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
+impl<E: Env> LogStore<E> {
     /// Opens the log in `disk` and, for [`Durability::Sync`], spawns the
-    /// flusher task on `RT` (so this must run inside the runtime).
+    /// flusher task on `E` (so this must run inside the runtime).
     pub fn open(
-        disk: D,
+        disk: E::Disk,
         clock: Arc<dyn Clock>,
         options: log::Options,
         durability: Durability,
@@ -391,17 +391,17 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
         };
         inner.last_log = physical_last.max(inner.last_purged);
         let shared = Arc::new(RwLock::new(inner));
-        let (flusher, requests) = TypeConfig::<RT>::mpsc(FLUSH_QUEUE_MAX);
+        let (flusher, requests) = TypeConfig::<E>::mpsc(FLUSH_QUEUE_MAX);
         // Detached: the loop ends when the store (the sender) drops.
-        drop(TypeConfig::<RT>::spawn(flush_loop::<RT, D>(
+        drop(TypeConfig::<E>::spawn(flush_loop::<E>(
             Arc::clone(&shared),
             requests,
         )));
         if prewrite {
             // Detached: ends once the store and its readers are gone.
-            drop(TypeConfig::<RT>::spawn(prewrite_loop::<RT, D>(
-                Arc::downgrade(&shared),
-            )));
+            drop(TypeConfig::<E>::spawn(prewrite_loop::<E>(Arc::downgrade(
+                &shared,
+            ))));
         }
         Ok(LogStore {
             shared,
@@ -411,7 +411,7 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
     }
 
     /// A reader sharing this store's log.
-    pub fn reader(&self) -> LogStoreReader<D> {
+    pub fn reader(&self) -> LogStoreReader<E::Disk> {
         LogStoreReader {
             shared: Arc::clone(&self.shared),
         }
@@ -420,10 +420,10 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
     /// Runs `f` on the log's inner state on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Inner<D>) -> log::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Inner<E::Disk>) -> log::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let shared = Arc::clone(&self.shared);
-        let joined = TypeConfig::<RT>::spawn_blocking(move || {
+        let joined = TypeConfig::<E>::spawn_blocking(move || {
             let mut inner = shared.write().expect("log lock");
             f(&mut inner)
         });
@@ -432,18 +432,18 @@ impl<RT: AsyncRuntime, D: Disk> LogStore<RT, D> {
 }
 
 /// The group-commit loop: one sync for everything queued meanwhile.
-async fn flush_loop<RT: AsyncRuntime, D: Disk>(
-    shared: Arc<RwLock<Inner<D>>>,
-    mut requests: openraft::alias::MpscReceiverOf<TypeConfig<RT>, FlushRequest<RT, D>>,
+async fn flush_loop<E: Env>(
+    shared: Arc<RwLock<Inner<E::Disk>>>,
+    mut requests: openraft::alias::MpscReceiverOf<TypeConfig<E>, FlushRequest<E>>,
 ) {
     let mut last_group = 1;
     // The spare being written, if any, as of the last sync: after each sync
     // a little more of its zeros goes to the device (`log/spare.rs`).
-    let mut trickle: Option<log::Trickle<D::File>> = None;
+    let mut trickle: Option<log::Trickle<<E::Disk as Disk>::File>> = None;
     while let Some(first) = requests.recv().await {
         let mut handle = first.handle;
         let mut callbacks = vec![first.callback];
-        last_group = super::gather::<RT>(last_group, || {
+        last_group = super::gather::<E>(last_group, || {
             while let Ok(next) = requests.try_recv() {
                 // The newest handle covers every earlier append: same file,
                 // a higher end, or a newer segment (rolling synced the old).
@@ -456,10 +456,10 @@ async fn flush_loop<RT: AsyncRuntime, D: Disk>(
         #[cfg(feature = "stage-trace")]
         let queued = sluice_model::trace::start();
         let trickle_now = trickle.take();
-        let (answer, answered) = TypeConfig::<RT>::oneshot();
+        let (answer, answered) = TypeConfig::<E>::oneshot();
         // Detached: it answers before it starts the spare's write-back, so
         // that the write-back is off the publishes' path.
-        drop(TypeConfig::<RT>::spawn_blocking(move || {
+        drop(TypeConfig::<E>::spawn_blocking(move || {
             #[cfg(feature = "stage-trace")]
             sluice_model::trace::span("log: flusher hands off → sync starts", queued);
             #[cfg(feature = "stage-trace")]
@@ -518,13 +518,13 @@ const PREWRITE_POLL: std::time::Duration = std::time::Duration::from_millis(100)
 /// Writes the spare segments the log asks for (`log/spare.rs`), paced to
 /// the rate the log fills, off the log's lock and off the runtime's
 /// threads.
-async fn prewrite_loop<RT: AsyncRuntime, D: Disk>(shared: std::sync::Weak<RwLock<Inner<D>>>) {
+async fn prewrite_loop<E: Env>(shared: std::sync::Weak<RwLock<Inner<E::Disk>>>) {
     use openraft::Instant as _;
     // The log's fill rate: bytes written over the last poll or step.
-    let mut sampled = (TypeConfig::<RT>::now(), 0u64);
+    let mut sampled = (TypeConfig::<E>::now(), 0u64);
     let mut rate = 0.0f64;
     let mut observe = |written: u64| {
-        let now = TypeConfig::<RT>::now();
+        let now = TypeConfig::<E>::now();
         let elapsed = now.saturating_duration_since(sampled.0).as_secs_f64();
         if elapsed > 0.0 {
             let recent = written.saturating_sub(sampled.1) as f64 / elapsed;
@@ -545,11 +545,11 @@ async fn prewrite_loop<RT: AsyncRuntime, D: Disk>(shared: std::sync::Weak<RwLock
         };
         let mut pause = observe(written);
         let Some(mut job) = job else {
-            TypeConfig::<RT>::sleep(PREWRITE_POLL).await;
+            TypeConfig::<E>::sleep(PREWRITE_POLL).await;
             continue;
         };
         let result = loop {
-            let stepped = TypeConfig::<RT>::spawn_blocking(move || {
+            let stepped = TypeConfig::<E>::spawn_blocking(move || {
                 let done = job.step();
                 (job, done)
             })
@@ -562,7 +562,7 @@ async fn prewrite_loop<RT: AsyncRuntime, D: Disk>(shared: std::sync::Weak<RwLock
             job = returned;
             match done {
                 Ok(true) => break Ok(()),
-                Ok(false) => TypeConfig::<RT>::sleep(pause).await,
+                Ok(false) => TypeConfig::<E>::sleep(pause).await,
                 Err(error) => break Err(error),
             }
             let Some(shared) = shared.upgrade() else {
@@ -713,7 +713,7 @@ impl<D: Disk> TailSource for LogStoreReader<D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk> RaftLogReader<TypeConfig<RT>> for LogStoreReader<D> {
+impl<E: Env> RaftLogReader<TypeConfig<E>> for LogStoreReader<E::Disk> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -733,10 +733,10 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogReader<TypeConfig<RT>> for LogStoreReader
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, D> {
-    type LogReader = LogStoreReader<D>;
+impl<E: Env> RaftLogStorage<TypeConfig<E>> for LogStore<E> {
+    type LogReader = LogStoreReader<E::Disk>;
 
-    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig<RT>>> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig<E>>> {
         let inner = self.shared.read().expect("log lock");
         Ok(LogState {
             last_purged_log_id: inner.last_purged,
@@ -757,7 +757,7 @@ impl<RT: AsyncRuntime, D: Disk> RaftLogStorage<TypeConfig<RT>> for LogStore<RT, 
         .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig<RT>>) -> io::Result<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig<E>>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -10,14 +10,13 @@
 //! `OsRuntime` maps to tokio's blocking pool, so an fsync never stalls the
 //! runtime's worker threads.
 
+use crate::io::Env;
 use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
 
 use openraft::{OptionalSend, RaftTypeConfig};
-use openraft_rt::AsyncRuntime;
 
-use crate::io::os::OsRuntime;
 use sluice_model::state::{Command, Response};
 
 mod client;
@@ -51,13 +50,12 @@ pub type Node = openraft::impls::BasicNode;
 ///
 /// Standard Raft leader ids (one leader per term), so a log id is
 /// (term, index) and the term is all a log frame needs to store.
-pub struct TypeConfig<RT = OsRuntime>(PhantomData<fn() -> RT>);
+pub struct TypeConfig<E = crate::io::os::OsEnv>(PhantomData<fn() -> E>);
 
 /// The Raft handle of a Sluice node.
-pub type Raft<RT = OsRuntime, D = crate::io::os::OsDisk> =
-    openraft::Raft<TypeConfig<RT>, StateMachineStore<RT, D>>;
+pub type Raft<E = crate::io::os::OsEnv> = openraft::Raft<TypeConfig<E>, StateMachineStore<E>>;
 
-impl<RT: AsyncRuntime> RaftTypeConfig for TypeConfig<RT> {
+impl<E: Env> RaftTypeConfig for TypeConfig<E> {
     type D = Command;
     type R = Response;
     type NodeId = NodeId;
@@ -67,7 +65,7 @@ impl<RT: AsyncRuntime> RaftTypeConfig for TypeConfig<RT> {
     type Vote = Vote;
     type Payload = Payload;
     type Entry = Entry;
-    type AsyncRuntime = RT;
+    type AsyncRuntime = E::Runtime;
     type Responder<T>
         = FnResponder<T>
     where
@@ -121,34 +119,34 @@ impl<T> Drop for FnResponder<T> {
 
 // The marker carries no data, so every comparison is equality; written by
 // hand because derives would demand the same traits of the runtime.
-impl<RT> fmt::Debug for TypeConfig<RT> {
+impl<E> fmt::Debug for TypeConfig<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TypeConfig")
     }
 }
-impl<RT> Clone for TypeConfig<RT> {
+impl<E> Clone for TypeConfig<E> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<RT> Copy for TypeConfig<RT> {}
-impl<RT> Default for TypeConfig<RT> {
+impl<E> Copy for TypeConfig<E> {}
+impl<E> Default for TypeConfig<E> {
     fn default() -> Self {
         TypeConfig(PhantomData)
     }
 }
-impl<RT> PartialEq for TypeConfig<RT> {
+impl<E> PartialEq for TypeConfig<E> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
-impl<RT> Eq for TypeConfig<RT> {}
-impl<RT> PartialOrd for TypeConfig<RT> {
+impl<E> Eq for TypeConfig<E> {}
+impl<E> PartialOrd for TypeConfig<E> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<RT> Ord for TypeConfig<RT> {
+impl<E> Ord for TypeConfig<E> {
     fn cmp(&self, _: &Self) -> Ordering {
         Ordering::Equal
     }
@@ -200,30 +198,6 @@ pub(crate) async fn yield_now() {
     Yield(false).await
 }
 
-/// Sleeps for `duration`, precisely even below a millisecond.
-///
-/// tokio's timer wheel ticks once a millisecond, so its `sleep(150 µs)`
-/// lasts one to two milliseconds. Under [`OsRuntime`](crate::io::os::OsRuntime)
-/// a short sleep therefore runs on a blocking-pool thread (`nanosleep`,
-/// which overshoots by the kernel's timer slack, about 50 µs by default);
-/// any other runtime (the simulator's, whose time is virtual) sleeps with
-/// its own timer.
-pub(crate) async fn sleep_precise<RT: openraft_rt::AsyncRuntime>(duration: std::time::Duration) {
-    use openraft::type_config::TypeConfigExt;
-    let tokio_tick = std::time::Duration::from_millis(1);
-    if duration < tokio_tick
-        && std::any::TypeId::of::<RT>() == std::any::TypeId::of::<crate::io::os::OsRuntime>()
-    {
-        // A thread that sleeps costs no CPU while it waits; if the pool is
-        // gone (runtime shutting down), the sleep just ends early.
-        #[allow(clippy::disallowed_methods)]
-        let slept = TypeConfig::<RT>::spawn_blocking(move || std::thread::sleep(duration));
-        let _ = slept.await;
-    } else {
-        TypeConfig::<RT>::sleep(duration).await;
-    }
-}
-
 /// Rounds of [`yield_now`] a gather phase takes at most, so a steady
 /// stream of arrivals cannot postpone a sync forever.
 pub(crate) const GATHER_ROUNDS_MAX: usize = 64;
@@ -237,13 +211,10 @@ pub(crate) const GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::fro
 /// the fan-out of the previous group; waiting (briefly, and only while the
 /// group is smaller than the last one) keeps them in one sync instead of
 /// splitting them into groups that each wait out the other's sync.
-pub(crate) async fn gather<RT: openraft_rt::AsyncRuntime>(
-    last_group: usize,
-    mut drain: impl FnMut() -> usize,
-) -> usize {
+pub(crate) async fn gather<E: Env>(last_group: usize, mut drain: impl FnMut() -> usize) -> usize {
     use openraft::Instant as _;
     use openraft::type_config::TypeConfigExt;
-    let started = TypeConfig::<RT>::now();
+    let started = TypeConfig::<E>::now();
     let mut size = drain();
     for _ in 0..GATHER_ROUNDS_MAX {
         let waited = started.elapsed();

@@ -5,6 +5,7 @@
 //! Until one is configured, every attempt to reach another node fails with
 //! `Unreachable`, naming what to do.
 
+use crate::io::Env;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -18,20 +19,19 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
-use openraft_rt::AsyncRuntime;
 
 use super::{CommittedLeaderId, Node, NodeId, TypeConfig, Vote};
 
 /// A network factory for a single-member cluster.
-pub struct SingleNodeNetwork<RT>(PhantomData<fn() -> RT>);
+pub struct SingleNodeNetwork<E>(PhantomData<fn() -> E>);
 
-impl<RT> Default for SingleNodeNetwork<RT> {
+impl<E> Default for SingleNodeNetwork<E> {
     fn default() -> Self {
         SingleNodeNetwork(PhantomData)
     }
 }
 
-impl<RT> fmt::Debug for SingleNodeNetwork<RT> {
+impl<E> fmt::Debug for SingleNodeNetwork<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SingleNodeNetwork")
     }
@@ -39,13 +39,13 @@ impl<RT> fmt::Debug for SingleNodeNetwork<RT> {
 
 /// The connection to a node that cannot be reached.
 #[derive(Debug)]
-pub struct NoConnection<RT> {
+pub struct NoConnection<E> {
     target: NodeId,
-    _runtime: PhantomData<fn() -> RT>,
+    _runtime: PhantomData<fn() -> E>,
 }
 
-impl<RT: AsyncRuntime> RaftNetworkFactory<TypeConfig<RT>> for SingleNodeNetwork<RT> {
-    type Network = NoConnection<RT>;
+impl<E: Env> RaftNetworkFactory<TypeConfig<E>> for SingleNodeNetwork<E> {
+    type Network = NoConnection<E>;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Self::Network {
         NoConnection {
@@ -55,7 +55,7 @@ impl<RT: AsyncRuntime> RaftNetworkFactory<TypeConfig<RT>> for SingleNodeNetwork<
     }
 }
 
-impl<RT: AsyncRuntime> NoConnection<RT> {
+impl<E: Env> NoConnection<E> {
     fn message(&self) -> String {
         format!(
             "node {} is not reachable: this bus runs without a network transport; \
@@ -64,27 +64,27 @@ impl<RT: AsyncRuntime> NoConnection<RT> {
         )
     }
 
-    fn unreachable(&self) -> RPCError<TypeConfig<RT>> {
+    fn unreachable(&self) -> RPCError<TypeConfig<E>> {
         RPCError::Unreachable(Unreachable::from_string(self.message()))
     }
 }
 
-impl<RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for NoConnection<RT> {
+impl<E: Env> RaftNetworkV2<TypeConfig<E>> for NoConnection<E> {
     type SnapshotData = crate::raft::SnapshotData;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        _rpc: AppendEntriesRequest<TypeConfig<E>>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         Err(self.unreachable())
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig<RT>>,
+        _rpc: VoteRequest<TypeConfig<E>>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<VoteResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         Err(self.unreachable())
     }
 
@@ -94,7 +94,7 @@ impl<RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for NoConnection<RT> {
         _snapshot: Snapshot<CommittedLeaderId, NodeId, Node, crate::raft::SnapshotData>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {
+    ) -> Result<SnapshotResponse<TypeConfig<E>>, StreamingError<TypeConfig<E>>> {
         Err(StreamingError::Unreachable(Unreachable::from_string(
             self.message(),
         )))

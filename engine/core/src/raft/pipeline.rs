@@ -30,6 +30,7 @@
 //! AppendEntries call (which sends the largest prefix that fits) once
 //! every earlier request of the stream is answered, and ends the stream.
 
+use crate::io::Env;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -43,11 +44,9 @@ use openraft::error::RPCError;
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Raft, TypeConfig};
-use crate::io::Disk;
 use sluice_model::transport::HandlerError;
 
 /// Request kind: one AppendEntries of a pipelined stream.
@@ -81,55 +80,55 @@ pub struct StreamId {
 /// What one request carries (the sending side borrows the request).
 #[derive(Serialize)]
 #[serde(bound = "")]
-pub(crate) struct StreamRequestOut<'a, RT: AsyncRuntime> {
+pub(crate) struct StreamRequestOut<'a, E: Env> {
     pub(crate) stream: StreamId,
     pub(crate) seq: u64,
-    pub(crate) rpc: &'a AppendEntriesRequest<TypeConfig<RT>>,
+    pub(crate) rpc: &'a AppendEntriesRequest<TypeConfig<E>>,
 }
 
 /// What one request carries (the receiving side).
 #[derive(Deserialize)]
 #[serde(bound = "")]
-pub(crate) struct StreamRequestIn<RT: AsyncRuntime> {
+pub(crate) struct StreamRequestIn<E: Env> {
     pub(crate) stream: StreamId,
     pub(crate) seq: u64,
-    pub(crate) rpc: AppendEntriesRequest<TypeConfig<RT>>,
+    pub(crate) rpc: AppendEntriesRequest<TypeConfig<E>>,
 }
 
-type Rpc<RT> = AppendEntriesRequest<TypeConfig<RT>>;
-type Item<RT> = Result<StreamAppendResult<TypeConfig<RT>>, RPCError<TypeConfig<RT>>>;
+type Rpc<E> = AppendEntriesRequest<TypeConfig<E>>;
+type Item<E> = Result<StreamAppendResult<TypeConfig<E>>, RPCError<TypeConfig<E>>>;
 
 /// How one request of a stream ended, as its call reports it.
-pub(crate) enum Sent<RT: AsyncRuntime> {
+pub(crate) enum Sent<E: Env> {
     /// Answered (or failed): yield it; anything but a success ends the
     /// stream.
-    Answer(Item<RT>),
+    Answer(Item<E>),
     /// Too large for one frame: send it the plain way, in order.
-    TooLarge(Rpc<RT>),
+    TooLarge(Rpc<E>),
 }
 
 /// The calls a stream needs from the client it runs on.
-pub(crate) trait StreamClient<RT: AsyncRuntime>: Sync {
+pub(crate) trait StreamClient<E: Env>: Sync {
     /// Sends request `seq` of `stream`.
     fn send_one(
         &self,
         stream: StreamId,
         seq: u64,
-        rpc: Rpc<RT>,
+        rpc: Rpc<E>,
         option: RPCOption,
-    ) -> impl Future<Output = Sent<RT>> + Send;
+    ) -> impl Future<Output = Sent<E>> + Send;
 
     /// Sends `rpc` as one plain AppendEntries (shortened to fit if need
     /// be) and converts the answer to a stream result.
-    fn send_plain(&self, rpc: Rpc<RT>, option: RPCOption) -> impl Future<Output = Item<RT>> + Send;
+    fn send_plain(&self, rpc: Rpc<E>, option: RPCOption) -> impl Future<Output = Item<E>> + Send;
 }
 
-struct Pipeline<'s, RT: AsyncRuntime, S> {
+struct Pipeline<'s, E: Env, S> {
     /// Set from the first request: its leader's term names the stream.
     stream: Option<StreamId>,
     input: S,
     input_done: bool,
-    in_flight: FuturesOrdered<BoxFuture<'s, Sent<RT>>>,
+    in_flight: FuturesOrdered<BoxFuture<'s, Sent<E>>>,
     seq: u64,
     stopped: bool,
 }
@@ -137,19 +136,19 @@ struct Pipeline<'s, RT: AsyncRuntime, S> {
 /// The client side: sends `input` as stream `number` of client
 /// `client_number` through `client`, [`STREAM_INFLIGHT_MAX`] requests at a
 /// time, and yields the answers in order.
-pub(crate) fn send<'s, RT, C, S>(
+pub(crate) fn send<'s, E, C, S>(
     client: &'s C,
     client_number: u64,
     number: u64,
     input: S,
     option: RPCOption,
-) -> BoxStream<'s, Item<RT>>
+) -> BoxStream<'s, Item<E>>
 where
-    RT: AsyncRuntime,
-    C: StreamClient<RT>,
-    S: Stream<Item = Rpc<RT>> + Send + Unpin + 'static,
+    E: Env,
+    C: StreamClient<E>,
+    S: Stream<Item = Rpc<E>> + Send + Unpin + 'static,
 {
-    let pipeline = Pipeline::<RT, S> {
+    let pipeline = Pipeline::<E, S> {
         stream: None,
         input,
         input_done: false,
@@ -225,21 +224,20 @@ where
     }))
 }
 
-type Reply<RT> =
-    OneshotSenderOf<TypeConfig<RT>, Result<StreamAppendResult<TypeConfig<RT>>, String>>;
+type Reply<E> = OneshotSenderOf<TypeConfig<E>, Result<StreamAppendResult<TypeConfig<E>>, String>>;
 
 /// One stream on the server: requests waiting for their turn, requests
 /// handed to Raft and not yet taken, and the replies owed, in order.
-struct Shared<RT: AsyncRuntime> {
+struct Shared<E: Env> {
     next_seq: u64,
-    parked: BTreeMap<u64, (Rpc<RT>, Reply<RT>)>,
-    ready: VecDeque<Rpc<RT>>,
-    replies: VecDeque<Reply<RT>>,
+    parked: BTreeMap<u64, (Rpc<E>, Reply<E>)>,
+    ready: VecDeque<Rpc<E>>,
+    replies: VecDeque<Reply<E>>,
     closed: bool,
     waker: Option<Waker>,
 }
 
-impl<RT: AsyncRuntime> Shared<RT> {
+impl<E: Env> Shared<E> {
     /// Ends the stream: its input ends, and every request not yet answered
     /// fails (dropping a reply tells its waiting handler).
     fn close(&mut self) {
@@ -252,12 +250,12 @@ impl<RT: AsyncRuntime> Shared<RT> {
 }
 
 /// The input Raft reads a stream's requests from, in order.
-struct Input<RT: AsyncRuntime>(Arc<Mutex<Shared<RT>>>);
+struct Input<E: Env>(Arc<Mutex<Shared<E>>>);
 
-impl<RT: AsyncRuntime> Stream for Input<RT> {
-    type Item = Rpc<RT>;
+impl<E: Env> Stream for Input<E> {
+    type Item = Rpc<E>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Rpc<RT>>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Rpc<E>>> {
         let mut shared = self.0.lock().expect("stream lock");
         if let Some(rpc) = shared.ready.pop_front() {
             return Poll::Ready(Some(rpc));
@@ -272,19 +270,19 @@ impl<RT: AsyncRuntime> Stream for Input<RT> {
 
 /// A stream on the server, shared by its requests' handlers and its Raft
 /// side.
-type StreamRef<RT> = Arc<Mutex<Shared<RT>>>;
+type StreamRef<E> = Arc<Mutex<Shared<E>>>;
 
 /// The server's streams: by (source node, client), the current stream and
 /// when it was last used (a tick of [`Inbound`]).
-type Streams<RT> = HashMap<(NodeId, u64), (StreamId, StreamRef<RT>, u64)>;
+type Streams<E> = HashMap<(NodeId, u64), (StreamId, StreamRef<E>, u64)>;
 
 /// The server side: every inbound stream, by source node and client.
-pub(crate) struct Inbound<RT: AsyncRuntime> {
-    streams: Mutex<Streams<RT>>,
+pub(crate) struct Inbound<E: Env> {
+    streams: Mutex<Streams<E>>,
     ticks: std::sync::atomic::AtomicU64,
 }
 
-impl<RT: AsyncRuntime> Inbound<RT> {
+impl<E: Env> Inbound<E> {
     pub(crate) fn new() -> Self {
         Inbound {
             streams: Mutex::new(HashMap::new()),
@@ -294,17 +292,17 @@ impl<RT: AsyncRuntime> Inbound<RT> {
 
     /// Takes request `seq` of a stream from `source` and waits for Raft's
     /// answer to it (after the follower's sync).
-    pub(crate) async fn serve<D: Disk + Clone>(
+    pub(crate) async fn serve(
         &self,
-        raft: &Raft<RT, D>,
+        raft: &Raft<E>,
         source: NodeId,
-        request: StreamRequestIn<RT>,
-    ) -> Result<StreamAppendResult<TypeConfig<RT>>, HandlerError> {
+        request: StreamRequestIn<E>,
+    ) -> Result<StreamAppendResult<TypeConfig<E>>, HandlerError> {
         #[cfg(feature = "stage-trace")]
         let started = sluice_model::trace::start();
         let StreamRequestIn { stream, seq, rpc } = request;
         let shared = self.stream(raft, source, stream)?;
-        let (reply, answer) = TypeConfig::<RT>::oneshot();
+        let (reply, answer) = TypeConfig::<E>::oneshot();
         {
             let mut shared = shared.lock().expect("stream lock");
             if shared.closed {
@@ -355,12 +353,12 @@ impl<RT: AsyncRuntime> Inbound<RT> {
 
     /// The stream `stream` of `source`: the current one, or a new one that
     /// replaces an older stream of the same client.
-    fn stream<D: Disk + Clone>(
+    fn stream(
         &self,
-        raft: &Raft<RT, D>,
+        raft: &Raft<E>,
         source: NodeId,
         stream: StreamId,
-    ) -> Result<StreamRef<RT>, HandlerError> {
+    ) -> Result<StreamRef<E>, HandlerError> {
         let now = self
             .ticks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -403,7 +401,7 @@ impl<RT: AsyncRuntime> Inbound<RT> {
         }));
         streams.insert(key, (stream, Arc::clone(&shared), now));
         let output = raft.stream_append(Input(Arc::clone(&shared)));
-        drop(TypeConfig::<RT>::spawn(answer_in_order::<RT>(
+        drop(TypeConfig::<E>::spawn(answer_in_order::<E>(
             output,
             Arc::clone(&shared),
         )));
@@ -414,12 +412,12 @@ impl<RT: AsyncRuntime> Inbound<RT> {
 /// Hands each of Raft's answers to the request it answers, in order; once
 /// Raft ends the stream (a conflict, a higher vote, or it stopped), the
 /// stream is closed and the requests still waiting fail.
-async fn answer_in_order<RT: AsyncRuntime>(
+async fn answer_in_order<E: Env>(
     output: impl Stream<
-        Item = Result<StreamAppendResult<TypeConfig<RT>>, openraft::error::Fatal<TypeConfig<RT>>>,
+        Item = Result<StreamAppendResult<TypeConfig<E>>, openraft::error::Fatal<TypeConfig<E>>>,
     > + Send
     + 'static,
-    shared: Arc<Mutex<Shared<RT>>>,
+    shared: Arc<Mutex<Shared<E>>>,
 ) {
     let mut output = std::pin::pin!(output);
     while let Some(item) = output.next().await {

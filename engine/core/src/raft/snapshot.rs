@@ -64,8 +64,8 @@ use std::sync::Arc;
 use openraft::StoredMembership;
 use serde::{Deserialize, Serialize};
 
-use sluice_model::constants::PAYLOAD_SIZE_MAX;
 use crate::log::frame::{self, GENESIS, Hash};
+use sluice_model::constants::PAYLOAD_SIZE_MAX;
 use sluice_model::state::State;
 
 use super::{CommittedLeaderId, LogId, Node, NodeId};

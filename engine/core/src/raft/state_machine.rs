@@ -29,6 +29,7 @@
 //! Applying is a pure function of the state and the entry: the timestamp
 //! comes from the command, stamped by the leader.
 
+use crate::io::Env;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -41,7 +42,6 @@ use openraft::storage::{
 };
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use openraft_rt::AsyncRuntime;
 
 use crate::io::{Disk, DiskFile};
 use sluice_model::state::{Response, State};
@@ -67,12 +67,12 @@ struct Inner {
 }
 
 /// Read access to the applied state, shared with the bus.
-pub struct StateView<RT: AsyncRuntime> {
+pub struct StateView<E: Env> {
     inner: Arc<RwLock<Inner>>,
-    applied: WatchReceiverOf<TypeConfig<RT>, Applied>,
+    applied: WatchReceiverOf<TypeConfig<E>, Applied>,
 }
 
-impl<RT: AsyncRuntime> Clone for StateView<RT> {
+impl<E: Env> Clone for StateView<E> {
     fn clone(&self) -> Self {
         StateView {
             inner: Arc::clone(&self.inner),
@@ -81,7 +81,7 @@ impl<RT: AsyncRuntime> Clone for StateView<RT> {
     }
 }
 
-impl<RT: AsyncRuntime> fmt::Debug for StateView<RT> {
+impl<E: Env> fmt::Debug for StateView<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateView").finish_non_exhaustive()
     }
@@ -99,40 +99,40 @@ impl std::ops::Deref for StateGuard<'_> {
     }
 }
 
-impl<RT: AsyncRuntime> StateView<RT> {
+impl<E: Env> StateView<E> {
     /// The applied state, read-locked.
     pub fn read(&self) -> StateGuard<'_> {
         StateGuard(self.inner.read().expect("state lock"))
     }
 
     /// A receiver that changes whenever an entry is applied.
-    pub fn applied(&self) -> WatchReceiverOf<TypeConfig<RT>, Applied> {
+    pub fn applied(&self) -> WatchReceiverOf<TypeConfig<E>, Applied> {
         self.applied.clone()
     }
 }
 
 /// The state machine store; see the module docs.
-pub struct StateMachineStore<RT: AsyncRuntime, D: Disk> {
+pub struct StateMachineStore<E: Env> {
     inner: Arc<RwLock<Inner>>,
     // The runtime's watch sender need not be Sync; the store must be.
-    applied: std::sync::Mutex<WatchSenderOf<TypeConfig<RT>, Applied>>,
-    view: StateView<RT>,
-    disk: D,
-    chain: Option<LogStoreReader<D>>,
+    applied: std::sync::Mutex<WatchSenderOf<TypeConfig<E>, Applied>>,
+    view: StateView<E>,
+    disk: E::Disk,
+    chain: Option<LogStoreReader<E::Disk>>,
 }
 
-impl<RT: AsyncRuntime, D: Disk> fmt::Debug for StateMachineStore<RT, D> {
+impl<E: Env> fmt::Debug for StateMachineStore<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateMachineStore").finish_non_exhaustive()
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
+impl<E: Env> StateMachineStore<E> {
     /// An empty state machine keeping its snapshot in `disk`. openraft
     /// installs the last snapshot, if any, when the node starts.
-    pub fn new(disk: D) -> Self {
+    pub fn new(disk: E::Disk) -> Self {
         let inner = Arc::new(RwLock::new(Inner::default()));
-        let (applied, receiver) = TypeConfig::<RT>::watch_channel(Applied::default());
+        let (applied, receiver) = TypeConfig::<E>::watch_channel(Applied::default());
         let view = StateView {
             inner: Arc::clone(&inner),
             applied: receiver,
@@ -147,13 +147,13 @@ impl<RT: AsyncRuntime, D: Disk + Clone> StateMachineStore<RT, D> {
     }
 
     /// Read access for the bus.
-    pub fn view(&self) -> StateView<RT> {
+    pub fn view(&self) -> StateView<E> {
         self.view.clone()
     }
 
     /// Links the store to its log, so snapshots carry the chain hash at
     /// their index and an installed snapshot anchors the log's chain.
-    pub fn link_chain(&mut self, reader: LogStoreReader<D>) {
+    pub fn link_chain(&mut self, reader: LogStoreReader<E::Disk>) {
         self.chain = Some(reader);
     }
 
@@ -267,20 +267,20 @@ fn install_files<D: Disk + Clone>(
 }
 
 /// Builds a snapshot from a copy of the state taken when it was created.
-pub struct SnapshotBuilder<RT: AsyncRuntime, D: Disk> {
+pub struct SnapshotBuilder<E: Env> {
     /// The state as it was when the builder was made, and the chain hash
     /// at its last applied index: a clone that shares the partition
     /// indexes' sealed chunks (`state/runs.rs`), so that making it is
     /// cheap; encoding it happens on the blocking pool.
     taken: Option<(Inner, Option<crate::log::frame::Hash>)>,
     meta: Meta,
-    disk: D,
+    disk: E::Disk,
     /// The log it was taken from, and the range of bodies it needs.
-    tail: Option<(LogStoreReader<D>, u64, u64)>,
-    _runtime: std::marker::PhantomData<fn() -> RT>,
+    tail: Option<(LogStoreReader<E::Disk>, u64, u64)>,
+    _runtime: std::marker::PhantomData<fn() -> E>,
 }
 
-impl<RT: AsyncRuntime, D: Disk> fmt::Debug for SnapshotBuilder<RT, D> {
+impl<E: Env> fmt::Debug for SnapshotBuilder<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnapshotBuilder")
             .field("last_applied", &self.meta.last_log_id)
@@ -288,9 +288,7 @@ impl<RT: AsyncRuntime, D: Disk> fmt::Debug for SnapshotBuilder<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
-    for SnapshotBuilder<RT, D>
-{
+impl<E: Env> RaftSnapshotBuilder<TypeConfig<E>> for SnapshotBuilder<E> {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(
@@ -300,8 +298,8 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
             io::Error::new(io::ErrorKind::InvalidInput, "snapshot builder used twice")
         })?;
         let disk = self.disk.clone();
-        let bytes = TypeConfig::<RT>::spawn_blocking(move || {
-            let bytes = StateMachineStore::<RT, D>::encode_snapshot(&inner, chain_head);
+        let bytes = TypeConfig::<E>::spawn_blocking(move || {
+            let bytes = StateMachineStore::<E>::encode_snapshot(&inner, chain_head);
             store_snapshot(&disk, &bytes).map(|()| bytes)
         })
         .await??;
@@ -318,11 +316,9 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftSnapshotBuilder<TypeConfig<RT>>
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
-    for StateMachineStore<RT, D>
-{
+impl<E: Env> RaftStateMachine<TypeConfig<E>> for StateMachineStore<E> {
     type SnapshotData = SnapshotData;
-    type SnapshotBuilder = SnapshotBuilder<RT, D>;
+    type SnapshotBuilder = SnapshotBuilder<E>;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, Membership)> {
         let inner = self.inner.read().expect("state lock");
@@ -331,7 +327,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
-        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig<RT>>>> + Unpin + OptionalSend,
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig<E>>>> + Unpin + OptionalSend,
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
@@ -396,7 +392,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
         let disk = self.disk.clone();
         let reader = self.chain.clone();
         let meta_last = meta.last_log_id;
-        let (core, state) = TypeConfig::<RT>::spawn_blocking(move || {
+        let (core, state) = TypeConfig::<E>::spawn_blocking(move || {
             install_files(&disk, reader.as_ref(), &bytes, meta_last)
         })
         .await??;
@@ -425,7 +421,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftStateMachine<TypeConfig<RT>>
         &mut self,
     ) -> io::Result<Option<Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>>> {
         let disk = self.disk.clone();
-        let Some(bytes) = TypeConfig::<RT>::spawn_blocking(move || load_snapshot(&disk)).await??
+        let Some(bytes) = TypeConfig::<E>::spawn_blocking(move || load_snapshot(&disk)).await??
         else {
             return Ok(None);
         };

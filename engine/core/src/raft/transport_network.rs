@@ -52,6 +52,7 @@
 //! - The server decodes every body before touching Raft; a body that does
 //!   not decode is refused with a message and changes nothing.
 
+use crate::io::Env;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -74,14 +75,12 @@ use openraft::raft::{
 };
 use openraft::storage::{Snapshot, SnapshotMeta};
 use openraft::type_config::TypeConfigExt;
-use openraft_rt::AsyncRuntime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::snapshot::{self, SnapshotData};
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
 use super::{codec, pipeline};
-use crate::io::Disk;
 use sluice_model::transport::{Handler, HandlerError, Request, Transport, TransportError};
 
 /// Request kind: openraft's AppendEntries (replication and heartbeats).
@@ -161,16 +160,16 @@ struct ChunkAck {
 
 /// openraft's network factory over a [`Transport`]: one client per peer,
 /// all sharing the transport.
-pub struct TransportNetwork<RT, T: Transport> {
+pub struct TransportNetwork<E, T: Transport> {
     source: NodeId,
     transport: Arc<T>,
     snapshot_chunk_size: usize,
     /// Clients made so far; numbers each client's append streams.
     clients: u64,
-    _runtime: PhantomData<fn() -> RT>,
+    _runtime: PhantomData<fn() -> E>,
 }
 
-impl<RT, T: Transport> TransportNetwork<RT, T> {
+impl<E, T: Transport> TransportNetwork<E, T> {
     /// The network of node `source`, sending through `transport` (which
     /// must know the peers' addresses).
     pub fn new(source: NodeId, transport: Arc<T>) -> Self {
@@ -192,7 +191,7 @@ impl<RT, T: Transport> TransportNetwork<RT, T> {
     }
 }
 
-impl<RT, T: Transport> fmt::Debug for TransportNetwork<RT, T> {
+impl<E, T: Transport> fmt::Debug for TransportNetwork<E, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportNetwork")
             .field("source", &self.source)
@@ -201,10 +200,8 @@ impl<RT, T: Transport> fmt::Debug for TransportNetwork<RT, T> {
     }
 }
 
-impl<RT: AsyncRuntime, T: Transport> RaftNetworkFactory<TypeConfig<RT>>
-    for TransportNetwork<RT, T>
-{
-    type Network = TransportClient<RT, T>;
+impl<E: Env, T: Transport> RaftNetworkFactory<TypeConfig<E>> for TransportNetwork<E, T> {
+    type Network = TransportClient<E, T>;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Self::Network {
         self.clients += 1;
@@ -221,7 +218,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkFactory<TypeConfig<RT>>
 }
 
 /// The client of one peer: sends that peer openraft's RPCs.
-pub struct TransportClient<RT, T: Transport> {
+pub struct TransportClient<E, T: Transport> {
     source: NodeId,
     target: NodeId,
     transport: Arc<T>,
@@ -230,10 +227,10 @@ pub struct TransportClient<RT, T: Transport> {
     number: u64,
     /// Append streams started so far.
     streams: u64,
-    _runtime: PhantomData<fn() -> RT>,
+    _runtime: PhantomData<fn() -> E>,
 }
 
-impl<RT, T: Transport> fmt::Debug for TransportClient<RT, T> {
+impl<E, T: Transport> fmt::Debug for TransportClient<E, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportClient")
             .field("source", &self.source)
@@ -242,7 +239,7 @@ impl<RT, T: Transport> fmt::Debug for TransportClient<RT, T> {
     }
 }
 
-impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
+impl<E: Env, T: Transport> TransportClient<E, T> {
     /// One RPC: encodes `message`, calls the peer (within `ttl`, if given,
     /// besides the transport's bound), decodes the response.
     async fn call<Q: Serialize, P: DeserializeOwned>(
@@ -251,7 +248,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         action: RPCTypes,
         message: &Q,
         ttl: Option<Duration>,
-    ) -> Result<P, RPCError<TypeConfig<RT>>> {
+    ) -> Result<P, RPCError<TypeConfig<E>>> {
         let response = self
             .exchange(kind, message, ttl)
             .await
@@ -274,7 +271,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         };
         let call = self.transport.call(self.target, request);
         match ttl {
-            Some(ttl) => match TypeConfig::<RT>::timeout(ttl, call).await {
+            Some(ttl) => match TypeConfig::<E>::timeout(ttl, call).await {
                 Ok(response) => response.map_err(Failure::Transport),
                 Err(_elapsed) => Err(Failure::Elapsed(ttl)),
             },
@@ -289,9 +286,9 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
     /// fails.
     async fn append_plain(
         &self,
-        mut rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        mut rpc: AppendEntriesRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         // A heartbeat is bounded by openraft's time-to-live; replication of
         // entries only by the transport (see the module docs).
         let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
@@ -308,7 +305,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
                 }
                 Err(failure) => return Err(self.failure_error(failure, action)),
                 Ok(response) => {
-                    let response: AppendEntriesResponse<TypeConfig<RT>> =
+                    let response: AppendEntriesResponse<TypeConfig<E>> =
                         self.decode(&response, action)?;
                     return Ok(match response {
                         AppendEntriesResponse::Success if shortened => {
@@ -322,7 +319,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         }
     }
 
-    fn failure_error(&self, failure: Failure, action: RPCTypes) -> RPCError<TypeConfig<RT>> {
+    fn failure_error(&self, failure: Failure, action: RPCTypes) -> RPCError<TypeConfig<E>> {
         match failure {
             Failure::Transport(error) => self.rpc_error(error, action),
             Failure::Elapsed(after) => self.timeout(action, after),
@@ -333,7 +330,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         &self,
         response: &[u8],
         action: RPCTypes,
-    ) -> Result<P, RPCError<TypeConfig<RT>>> {
+    ) -> Result<P, RPCError<TypeConfig<E>>> {
         postcard::from_bytes(response).map_err(|error| {
             RPCError::Unreachable(Unreachable::from_string(format!(
                 "node {} answered a {action} request with a body that does not decode: \
@@ -343,7 +340,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
         })
     }
 
-    fn timeout(&self, action: RPCTypes, after: Duration) -> RPCError<TypeConfig<RT>> {
+    fn timeout(&self, action: RPCTypes, after: Duration) -> RPCError<TypeConfig<E>> {
         RPCError::Timeout(Timeout {
             action,
             id: self.source,
@@ -353,7 +350,7 @@ impl<RT: AsyncRuntime, T: Transport> TransportClient<RT, T> {
     }
 
     /// Maps a transport failure to openraft's error; see the module docs.
-    fn rpc_error(&self, error: TransportError, action: RPCTypes) -> RPCError<TypeConfig<RT>> {
+    fn rpc_error(&self, error: TransportError, action: RPCTypes) -> RPCError<TypeConfig<E>> {
         match error {
             TransportError::Unreachable { .. }
             | TransportError::Closed { .. }
@@ -375,16 +372,16 @@ enum Failure {
     Elapsed(Duration),
 }
 
-impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for TransportClient<RT, T> {
+impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T> {
     type SnapshotData = SnapshotData;
 
     /// One AppendEntries (openraft's probes; replication streams go through
     /// [`Self::stream_append`]); see `append_plain`.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        rpc: AppendEntriesRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         self.append_plain(rpc, option).await
     }
 
@@ -393,9 +390,9 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem<RT>>, RPCError<TypeConfig<RT>>>>
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem<E>>, RPCError<TypeConfig<E>>>>
     where
-        S: Stream<Item = AppendEntriesRequest<TypeConfig<RT>>> + OptionalSend + Unpin + 'static,
+        S: Stream<Item = AppendEntriesRequest<TypeConfig<E>>> + OptionalSend + Unpin + 'static,
     {
         self.streams += 1;
         let (client, number) = (self.number, self.streams);
@@ -405,18 +402,18 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<TypeConfig<RT>>,
+        rpc: VoteRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<VoteResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         let ttl = Some(option.soft_ttl());
         self.call(KIND_VOTE, RPCTypes::Vote, &rpc, ttl).await
     }
 
     async fn pre_vote(
         &mut self,
-        rpc: VoteRequest<TypeConfig<RT>>,
+        rpc: VoteRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    ) -> Result<VoteResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         let ttl = Some(option.soft_ttl());
         self.call(KIND_PRE_VOTE, RPCTypes::Vote, &rpc, ttl).await
     }
@@ -432,7 +429,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         snapshot: FullSnapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig<RT>>, StreamingError<TypeConfig<RT>>> {
+    ) -> Result<SnapshotResponse<TypeConfig<E>>, StreamingError<TypeConfig<E>>> {
         let action = RPCTypes::InstallSnapshot;
         let mut cancel = pin!(cancel);
         // The tail (the bodies the follower will need) is read from the log
@@ -440,8 +437,7 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
         // tries again with the snapshot current then.
         let meta = snapshot.meta;
         let data = snapshot.snapshot;
-        let data = match TypeConfig::<RT>::spawn_blocking(move || data.into_transfer_bytes()).await
-        {
+        let data = match TypeConfig::<E>::spawn_blocking(move || data.into_transfer_bytes()).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(error)) | Err(error) => {
                 return Err(StreamingError::Unreachable(Unreachable::from_string(
@@ -512,20 +508,20 @@ impl<RT: AsyncRuntime, T: Transport> RaftNetworkV2<TypeConfig<RT>> for Transport
     }
 }
 
-type StreamItem<RT> = Result<StreamAppendResult<TypeConfig<RT>>, RPCError<TypeConfig<RT>>>;
+type StreamItem<E> = Result<StreamAppendResult<TypeConfig<E>>, RPCError<TypeConfig<E>>>;
 
-impl<RT: AsyncRuntime, T: Transport> pipeline::StreamClient<RT> for TransportClient<RT, T> {
+impl<E: Env, T: Transport> pipeline::StreamClient<E> for TransportClient<E, T> {
     async fn send_one(
         &self,
         stream: pipeline::StreamId,
         seq: u64,
-        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        rpc: AppendEntriesRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> pipeline::Sent<RT> {
+    ) -> pipeline::Sent<E> {
         // Heartbeats are bounded by openraft's time-to-live, entries only
         // by the transport (see the module docs).
         let ttl = rpc.entries.is_empty().then(|| option.soft_ttl());
-        let message = pipeline::StreamRequestOut::<RT> {
+        let message = pipeline::StreamRequestOut::<E> {
             stream,
             seq,
             rpc: &rpc,
@@ -545,9 +541,9 @@ impl<RT: AsyncRuntime, T: Transport> pipeline::StreamClient<RT> for TransportCli
 
     async fn send_plain(
         &self,
-        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+        rpc: AppendEntriesRequest<TypeConfig<E>>,
         option: RPCOption,
-    ) -> StreamItem<RT> {
+    ) -> StreamItem<E> {
         let prev = rpc.prev_log_id;
         let last = rpc.entries.last().map(|entry| entry.log_id).or(prev);
         let response = self.append_plain(rpc, option).await?;
@@ -557,10 +553,10 @@ impl<RT: AsyncRuntime, T: Transport> pipeline::StreamClient<RT> for TransportCli
 
 /// Serves openraft's RPCs to this node's [`Raft`]: the [`Handler`] a
 /// node's server runs.
-pub struct RaftService<RT: AsyncRuntime, D: Disk + Clone> {
-    raft: Raft<RT, D>,
+pub struct RaftService<E: Env> {
+    raft: Raft<E>,
     /// Pipelined append streams from the leader(s).
-    inbound: pipeline::Inbound<RT>,
+    inbound: pipeline::Inbound<E>,
     /// The snapshot being received in pieces, if any.
     assembly: std::sync::Mutex<Option<Assembly>>,
     /// Whether received entries get their payload digests here (the log
@@ -576,13 +572,13 @@ struct Assembly {
     data: Vec<u8>,
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
+impl<E: Env> RaftService<E> {
     /// A service answering for `raft`. It computes the payload digest of
     /// every received entry that carries an event batch, on the handler's
     /// task after decoding, so the hash chain's pass over the bytes runs
     /// off the Raft core (`raft::codec`); see
     /// [`RaftService::without_payload_digests`].
-    pub fn new(raft: Raft<RT, D>) -> Self {
+    pub fn new(raft: Raft<E>) -> Self {
         RaftService {
             raft,
             inbound: pipeline::Inbound::new(),
@@ -658,7 +654,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
     ) -> Result<Bytes, HandlerError> {
         // Hashing the tail takes a while for a large one: off the runtime.
         let last = meta.last_log_id;
-        let checked = TypeConfig::<RT>::spawn_blocking(move || {
+        let checked = TypeConfig::<E>::spawn_blocking(move || {
             let result = snapshot::check(&data, last).map(drop);
             (data, result)
         })
@@ -693,7 +689,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
         let body = &request.body;
         match request.kind {
             KIND_APPEND_ENTRIES => {
-                let mut rpc: AppendEntriesRequest<TypeConfig<RT>> =
+                let mut rpc: AppendEntriesRequest<TypeConfig<E>> =
                     decode(body, "append entries", source)?;
                 if self.digests {
                     codec::prepare_digests(&mut rpc.entries);
@@ -701,7 +697,7 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
                 answer(self.raft.append_entries(rpc).await, "append entries")
             }
             pipeline::KIND_APPEND_STREAM => {
-                let mut request: pipeline::StreamRequestIn<RT> =
+                let mut request: pipeline::StreamRequestIn<E> =
                     decode(body, "append stream", source)?;
                 if self.digests {
                     codec::prepare_digests(&mut request.rpc.entries);
@@ -741,13 +737,13 @@ impl<RT: AsyncRuntime, D: Disk + Clone> RaftService<RT, D> {
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> fmt::Debug for RaftService<RT, D> {
+impl<E: Env> fmt::Debug for RaftService<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RaftService").finish_non_exhaustive()
     }
 }
 
-impl<RT: AsyncRuntime, D: Disk + Clone> Handler for RaftService<RT, D> {
+impl<E: Env> Handler for RaftService<E> {
     fn handle(
         &self,
         source: NodeId,
@@ -792,10 +788,10 @@ mod tests {
     use openraft::StoredMembership;
 
     use super::*;
-    use crate::io::os::OsRuntime;
+    use crate::io::os::OsEnv;
     use crate::raft::log_id;
 
-    type C = TypeConfig<OsRuntime>;
+    type C = TypeConfig<OsEnv>;
 
     /// Answers every call the same way.
     #[derive(Debug)]
@@ -815,7 +811,7 @@ mod tests {
         }
     }
 
-    fn client(transport: Scripted) -> TransportClient<OsRuntime, Scripted> {
+    fn client(transport: Scripted) -> TransportClient<OsEnv, Scripted> {
         TransportClient {
             source: 1,
             target: 2,
@@ -968,7 +964,7 @@ mod tests {
             max: two,
             sent: std::sync::Mutex::new(Vec::new()),
         };
-        let mut client = TransportClient::<OsRuntime, Bounded> {
+        let mut client = TransportClient::<OsEnv, Bounded> {
             source: 1,
             target: 2,
             transport: Arc::new(bounded),
@@ -1023,7 +1019,7 @@ mod tests {
                 return Ok(Bytes::from(postcard::to_allocvec(&success).unwrap()));
             }
             assert_eq!(request.kind, pipeline::KIND_APPEND_STREAM);
-            let message: pipeline::StreamRequestIn<OsRuntime> =
+            let message: pipeline::StreamRequestIn<OsEnv> =
                 postcard::from_bytes(&request.body).unwrap();
             let (answer, answered) = tokio::sync::oneshot::channel();
             self.held.lock().unwrap().push((message.seq, answer));
@@ -1034,7 +1030,7 @@ mod tests {
         }
     }
 
-    fn gate(max: usize) -> TransportClient<OsRuntime, Gate> {
+    fn gate(max: usize) -> TransportClient<OsEnv, Gate> {
         TransportClient {
             source: 1,
             target: 2,
@@ -1165,7 +1161,7 @@ mod tests {
             entries: big.entries[..4].to_vec(),
             ..big.clone()
         };
-        let first = pipeline::StreamRequestOut::<OsRuntime> {
+        let first = pipeline::StreamRequestOut::<OsEnv> {
             stream: pipeline::StreamId {
                 term: 1,
                 client: 1,

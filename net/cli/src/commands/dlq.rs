@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use sluice_model::names::{REPLAY_GROUP, dead_letter_topic};
-use sluice_model::event::EventBatch;
-use sluice_model::state::{OffsetCommit, Op, Response};
 use sluice_client::client::{Client, ClientError};
 use sluice_client::protocol::{ClientRequest, ClientResponse, FetchedEvent};
+use sluice_model::event::EventBatch;
+use sluice_model::names::{REPLAY_GROUP, dead_letter_topic};
+use sluice_model::state::{OffsetCommit, Op, Response};
 
 use super::{ClusterArgs, Outcome, runtime};
 

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 
-use sluice_model::event::Headers;
 use sluice_client::protocol::PublishOutcome;
+use sluice_model::event::Headers;
 
 use super::{ClusterArgs, Outcome, runtime};
 

@@ -10,3 +10,13 @@ mod runtime;
 pub use clock::OsClock;
 pub use disk::{OsDisk, OsFile};
 pub use runtime::OsRuntime;
+
+/// The production environment: tokio, real files, the system clock.
+#[derive(Debug)]
+pub struct OsEnv;
+
+impl super::Env for OsEnv {
+    type Runtime = OsRuntime;
+    type Disk = OsDisk;
+    type Clock = OsClock;
+}

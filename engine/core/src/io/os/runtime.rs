@@ -93,3 +93,23 @@ impl AsyncRuntime for OsRuntime {
         async move { handle.await.map_err(io::Error::other) }
     }
 }
+
+impl crate::io::Runtime for OsRuntime {
+    /// tokio's timer wheel ticks once a millisecond, so its `sleep(150 µs)`
+    /// lasts one to two milliseconds. A short sleep therefore runs on a
+    /// blocking-pool thread (`nanosleep`, which overshoots by the kernel's
+    /// timer slack, about 50 µs by default); longer ones use the timer.
+    fn sleep_precise(duration: Duration) -> impl Future<Output = ()> + Send {
+        const TOKIO_TICK: Duration = Duration::from_millis(1);
+        async move {
+            if duration < TOKIO_TICK {
+                // A thread that sleeps costs no CPU while it waits; if the
+                // pool is gone (runtime shutting down), the sleep just ends
+                // early.
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(duration)).await;
+            } else {
+                Tokio::sleep(duration).await;
+            }
+        }
+    }
+}

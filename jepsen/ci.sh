@@ -15,7 +15,7 @@ if ! command -v iptables >/dev/null 2>&1 \
   apt-get install -y -qq iptables nftables faketime >/dev/null
 fi
 
-cargo build --release -p sluice-net --bin sluice -p sluice-jepsen
+cargo build --release -p sluice-cli --bin sluice -p sluice-jepsen
 cargo run --release -p sluice-jepsen -- cleanup
 cargo run --release -p sluice-jepsen -- \
   --nodes 5 --time-limit 60 --seed "${SLUICE_JEPSEN_SEED:-1}" --nemesis all

@@ -5,7 +5,7 @@
 //! its response; a [`Handler`] answers the requests a node receives. The
 //! seam is a message pipe and nothing more: it knows node ids, a message
 //! kind, a group id and opaque bodies, not Raft. It names no async runtime,
-//! so the TCP transport (`sluice-net`, on tokio) and the simulated one
+//! so the TCP transport (`sluice-client`, on tokio) and the simulated one
 //! (`SimTransport`, on madsim) implement the same traits.
 //!
 //! ### Fault model

@@ -293,10 +293,10 @@ fn locate_sluice(given: Option<&Path>) -> Result<PathBuf, String> {
     if beside.exists() {
         return Ok(beside);
     }
-    eprintln!("building the sluice binary (cargo build --release -p sluice-net --bin sluice)");
+    eprintln!("building the sluice binary (cargo build --release -p sluice-cli --bin sluice)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "sluice-net", "--bin", "sluice"])
+        .args(["build", "--release", "-p", "sluice-cli", "--bin", "sluice"])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .status()
         .map_err(|error| format!("cannot run cargo: {error}"))?;
@@ -304,7 +304,7 @@ fn locate_sluice(given: Option<&Path>) -> Result<PathBuf, String> {
         Ok(beside)
     } else {
         Err(format!(
-            "no sluice binary at {}; build it with cargo build --release -p sluice-net, \
+            "no sluice binary at {}; build it with cargo build --release -p sluice-cli, \
              or pass --sluice PATH",
             beside.display()
         ))

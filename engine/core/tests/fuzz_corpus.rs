@@ -28,7 +28,7 @@ const SNAPSHOT_DECODE: &str = "snapshot_decode";
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("../../fuzz/corpus")
         .join(target)
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::sla::SlaClass;
+use super::class::SlaClass;
 use sluice_core::io::Clock;
 
 /// Where a delivery is in its lifecycle.

@@ -42,7 +42,7 @@ use openraft::type_config::TypeConfigExt;
 
 use super::context::{CancelRegistry, Context, State, SubscriptionShared};
 use super::retry::RetryPolicy;
-use super::sla::SlaClass;
+use super::class::SlaClass;
 use super::typed::{Encoding, TypedEvent, to_event};
 use super::worker::Handler;
 use sluice_core::bus::{Bus, BusError, Consumer, Delivery, Message, Producer, Receipt};

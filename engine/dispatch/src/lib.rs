@@ -43,10 +43,12 @@
 //! on another thread). For the most events per second, give the handlers
 //! their own worker threads. `dispatch_report` in `benches/` measures both.
 
-pub mod context;
+mod class;
+mod context;
 pub mod durable;
 pub mod error;
 mod queue;
+mod shared;
 pub mod retry;
 pub mod sla;
 pub mod topic;
@@ -74,7 +76,8 @@ pub use durable::{
 };
 pub use error::{DispatchError, RegistryError};
 pub use retry::{AttemptError, Cause, DeadLetter, RETRIES_MAX, RetryPolicy};
-pub use sla::{AlertFn, SlaAlert, SlaClass, SlaConfig};
+pub use class::SlaClass;
+pub use sla::{AlertFn, SlaAlert, SlaConfig};
 pub use topic::{LocalTopic, Publish, ReplayReport, SubscriptionHandle, TopicConfig};
 pub use typed::{CodecError, Encoding, TypedEvent, to_event};
 pub use worker::{Handler, HandlerError};

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::sla::SlaClass;
+use super::class::SlaClass;
 
 /// Most retries a policy may ask for.
 pub const RETRIES_MAX: u32 = 16;

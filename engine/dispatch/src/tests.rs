@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use super::context::CancelRegistry;
 use super::retry::RetryPolicy;
-use super::sla::{SlaClass, SlaConfig, SlaMonitor};
+use super::class::SlaClass;
+use super::sla::{SlaConfig, SlaMonitor};
 use super::{Encoding, State};
 
 #[test]

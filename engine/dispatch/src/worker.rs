@@ -27,7 +27,7 @@ use super::RECV_BATCH_MAX;
 use super::context::{CancelRegistry, Context, State, SubscriptionShared};
 use super::queue::Receiver;
 use super::retry::{AttemptError, Cause, DeadLetter};
-use super::topic::{Envelope, TopicShared};
+use super::shared::{Envelope, TopicShared};
 use super::typed::TypedEvent;
 use sluice_core::io::wall_unix_ms;
 

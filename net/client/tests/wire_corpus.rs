@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use sluice_client::wire::{self, Header, Role, fuzzing};
 
 fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wire_frame")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire_frame")
 }
 
 /// Every file of the corpus, sorted by name.

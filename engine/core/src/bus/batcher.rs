@@ -38,7 +38,7 @@ use sluice_model::event::{BatchBuilder, Event, EventError};
 use sluice_model::state::{Command, EventOutcome, Op, Response};
 
 use super::BusError;
-use super::producer::{Gauge, Receipt};
+use super::inflight::{Gauge, Receipt};
 
 /// Publishes queued for the batcher, across all producers.
 pub(crate) const QUEUE_MAX: usize = 65_536;

@@ -16,6 +16,7 @@ mod audit;
 mod batcher;
 mod consumer;
 mod error;
+mod inflight;
 mod metrics;
 mod producer;
 mod retention;

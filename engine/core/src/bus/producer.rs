@@ -12,11 +12,11 @@ use crate::io::os::OsEnv;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{Ordering};
 
 use bytes::Bytes;
-use openraft::alias::{OneshotReceiverOf, WatchReceiverOf, WatchSenderOf};
-use openraft::async_runtime::{MpscSender, WatchReceiver, WatchSender};
+use openraft::alias::{OneshotReceiverOf, WatchReceiverOf};
+use openraft::async_runtime::{MpscSender, WatchReceiver};
 use openraft::type_config::TypeConfigExt;
 
 use crate::io::wall_unix_ms;
@@ -25,6 +25,8 @@ use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
 use sluice_model::state::{Op, Response};
 
 use super::batcher::Request;
+pub(crate) use super::inflight::Gauge;
+pub use super::inflight::Receipt;
 use super::{Bus, BusError};
 
 /// What to publish.
@@ -69,51 +71,6 @@ impl Message {
     pub fn partition(mut self, partition: u32) -> Self {
         self.partition = Some(partition);
         self
-    }
-}
-
-/// Where a published event landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    /// Its partition.
-    pub partition: u32,
-    /// Its offset in that partition.
-    pub offset: u64,
-    /// Whether this was a retry of an event already in the log (the offset
-    /// is the original one).
-    pub duplicate: bool,
-}
-
-/// Counts a producer's publishes in flight and wakes it when one ends.
-pub(crate) struct Gauge<E: Env> {
-    count: AtomicUsize,
-    // The runtime's watch sender need not be Sync; the gauge is shared.
-    released: std::sync::Mutex<WatchSenderOf<TypeConfig<E>, u64>>,
-}
-
-impl<E: Env> Gauge<E> {
-    pub(crate) fn new(released: WatchSenderOf<TypeConfig<E>, u64>) -> Self {
-        Gauge {
-            count: AtomicUsize::new(0),
-            released: std::sync::Mutex::new(released),
-        }
-    }
-
-    pub(crate) fn release(&self) {
-        self.release_n(1);
-    }
-
-    /// Frees `n` slots with one wake-up of the producer waiting for room
-    /// (an answered batch frees all of a producer's slots in it at once).
-    pub(crate) fn release_n(&self, n: usize) {
-        self.count.fetch_sub(n, Ordering::AcqRel);
-        self.released
-            .lock()
-            .expect("gauge lock")
-            .send_if_modified(|released| {
-                *released += n as u64;
-                true
-            });
     }
 }
 

@@ -53,7 +53,8 @@ pub use response::{
     TxnError,
 };
 pub use snapshot::SNAPSHOT_VERSION;
-pub use topics::{Location, Run, TopicInfo};
+pub use runs::Run;
+pub use topics::{Location, TopicInfo};
 
 use groups::Groups;
 use producers::Producers;

@@ -25,7 +25,7 @@ use crate::event::{EventBatch, EventView, check_topic_name};
 
 use super::command::TopicConfig;
 use super::response::{PublishError, StateError};
-use super::runs::Runs;
+use super::runs::{Run, Runs};
 use super::{PARTITIONS_MAX, PARTITIONS_TOTAL_MAX, TOPICS_MAX, ensure};
 
 /// A topic's metadata.
@@ -63,96 +63,6 @@ impl Location {
             .iter()
             .filter(|view| view.partition() == partition && view.topic() == topic)
             .nth(self.position as usize)
-    }
-}
-
-/// Consecutive offsets of one partition that live in one log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Run {
-    offset_first: u64,
-    count: u32,
-    log_index: u64,
-    skipped: Box<[u32]>,
-}
-
-impl Run {
-    #[cfg(test)]
-    pub(super) fn new(offset_first: u64, count: u32, log_index: u64, skipped: Box<[u32]>) -> Run {
-        Run {
-            offset_first,
-            count,
-            log_index,
-            skipped,
-        }
-    }
-
-    /// The first offset of the run.
-    pub fn offset_first(&self) -> u64 {
-        self.offset_first
-    }
-
-    /// One past the last offset of the run.
-    pub fn offset_next(&self) -> u64 {
-        self.offset_first + u64::from(self.count)
-    }
-
-    /// Number of offsets (appended events) in the run.
-    pub fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// The entry holding the events.
-    pub fn log_index(&self) -> u64 {
-        self.log_index
-    }
-
-    /// Positions (among this partition's events in the entry) of events
-    /// that were not appended, ascending.
-    pub fn skipped(&self) -> &[u32] {
-        &self.skipped
-    }
-
-    /// The position of `offset` among this partition's events in the
-    /// entry, if the run holds it.
-    pub fn position(&self, offset: u64) -> Option<u32> {
-        if offset < self.offset_first || offset >= self.offset_next() {
-            return None;
-        }
-        // The k-th appended event sits after every skipped position that
-        // precedes it.
-        let mut position = (offset - self.offset_first) as u32;
-        for &skipped in self.skipped.iter() {
-            if skipped > position {
-                break;
-            }
-            position += 1;
-        }
-        Some(position)
-    }
-
-    /// The run's events with their offsets, picked out of the entry's
-    /// batch (zero-copy views).
-    pub fn select<'a>(
-        &'a self,
-        topic: &'a str,
-        partition: u32,
-        batch: &'a EventBatch,
-    ) -> impl Iterator<Item = (u64, EventView<'a>)> + 'a {
-        let mut skipped = self.skipped.iter().copied().peekable();
-        batch
-            .iter()
-            .filter(move |view| view.partition() == partition && view.topic() == topic)
-            .enumerate()
-            .filter(move |&(position, _)| {
-                let is_skipped = skipped.peek() == Some(&(position as u32));
-                if is_skipped {
-                    skipped.next();
-                }
-                !is_skipped
-            })
-            .take(self.count as usize)
-            .zip(self.offset_first..)
-            .map(|((_, view), offset)| (offset, view))
     }
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""File-level import cycles in the workspace's crates.
+"""Import cycles in the workspace's crates: between files, and between
+each crate's top-level modules (its layers).
 
 For every crate (a directory with Cargo.toml and src/), each .rs file under
 src/ is a node. An edge a -> b means a names an item of b's module through
@@ -7,9 +8,10 @@ src/ is a node. An edge a -> b means a names an item of b's module through
 tree itself is not an edge: a parent file declaring `mod child;` and
 re-exporting `pub use child::X;` is how Rust spells a module, and a child
 naming its parent's items (`super::Inner`) is a child depending on its
-parent. What counts is two files that, through their own code, need each
-other: siblings (bus/batcher.rs <-> bus/producer.rs), or a parent whose code
-(not its declarations) uses a child that uses the parent back.
+parent, so edges between a file and its own ancestors are not counted.
+Every other edge is: between siblings (bus/batcher.rs <-> bus/producer.rs),
+cousins, and top-level modules (state -> audit -> state), so two files
+that need each other must share a third that both import.
 
 Prints every cycle found (as strongly connected components) and exits 1 if
 there is any. Usage: .ci/import_cycles.py [ROOT]
@@ -125,8 +127,8 @@ def scan_crate(src):
                     break
             if target == mod or target not in files:
                 continue
-            # The module tree: a parent re-exporting its descendants.
-            if is_pub and target[: len(mod)] == mod:
+            # The module tree: edges between a file and its ancestors.
+            if target[: len(mod)] == mod or mod[: len(target)] == target:
                 continue
             edges[mod].add(target)
     return files, edges
@@ -158,6 +160,19 @@ def sccs(graph):
 found = 0
 for src in sorted(crates(os.path.abspath(ROOT))):
     files, edges = scan_crate(src)
+    # Layers: the same graph collapsed to each crate's top-level modules.
+    layers = {}
+    for m, targets in edges.items():
+        if not m:
+            continue
+        layers.setdefault(m[:1], set())
+        for t in targets:
+            if t and t[:1] != m[:1]:
+                layers[m[:1]].add(t[:1])
+                layers.setdefault(t[:1], set())
+    for comp in sccs(layers):
+        found += 1
+        print("layer cycle in", os.path.relpath(src, ROOT) + ":", " <-> ".join(sorted("::".join(m) for m in comp)))
     for comp in sccs(edges):
         found += 1
         names = sorted(os.path.relpath(files[m], ROOT) for m in comp)

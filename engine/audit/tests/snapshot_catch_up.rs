@@ -368,8 +368,8 @@ async fn a_snapshot_whose_tail_does_not_chain_is_refused() {
 }
 
 async fn refuse_a_broken_tail() {
-    use sluice_core::raft::KIND_FULL_SNAPSHOT;
     use sluice_core::raft::snapshot::testing::{corrupt_tail_record, tail_indexes};
+    use sluice_model::transport::MessageKind;
 
     let (mut cluster, leader, follower, other) = cut_off_follower().await;
     publish(&cluster, leader, "a", 150).await;
@@ -388,7 +388,7 @@ async fn refuse_a_broken_tail() {
     let damaged = Arc::new(Mutex::new(None::<u64>));
     let record = Arc::clone(&damaged);
     *cluster.net.tamper.lock().unwrap() = Some(Box::new(move |target, mut request| {
-        if target != follower || request.kind != KIND_FULL_SNAPSHOT {
+        if target != follower || request.kind != MessageKind::FullSnapshot as u8 {
             return request;
         }
         let mut wire: FullSnapshotWire = postcard::from_bytes(&request.body).unwrap();

@@ -40,9 +40,9 @@ use futures_util::FutureExt;
 use openraft::alias::JoinHandleOf;
 use openraft::type_config::TypeConfigExt;
 
+use super::class::SlaClass;
 use super::context::{CancelRegistry, Context, State, SubscriptionShared};
 use super::retry::RetryPolicy;
-use super::class::SlaClass;
 use super::typed::{Encoding, TypedEvent, to_event};
 use super::worker::Handler;
 use sluice_core::bus::{Bus, BusError, Consumer, Delivery, Message, Producer, Receipt};

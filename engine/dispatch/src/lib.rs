@@ -48,8 +48,8 @@ mod context;
 pub mod durable;
 pub mod error;
 mod queue;
-mod shared;
 pub mod retry;
+mod shared;
 pub mod sla;
 pub mod topic;
 pub mod typed;
@@ -69,6 +69,7 @@ use sluice_core::io::Clock;
 use sluice_core::io::os::{OsClock, OsEnv};
 use sluice_model::event::EventView;
 
+pub use class::SlaClass;
 pub use context::{CancelRegistry, Context, Observer, State, Transition};
 pub use durable::{
     CANCEL_TOPIC, DurableBus, DurableConfig, DurableSubscription, LIFECYCLE_TOPIC, REPLAY_GROUP,
@@ -76,7 +77,6 @@ pub use durable::{
 };
 pub use error::{DispatchError, RegistryError};
 pub use retry::{AttemptError, Cause, DeadLetter, RETRIES_MAX, RetryPolicy};
-pub use class::SlaClass;
 pub use sla::{AlertFn, SlaAlert, SlaConfig};
 pub use topic::{LocalTopic, Publish, ReplayReport, SubscriptionHandle, TopicConfig};
 pub use typed::{CodecError, Encoding, TypedEvent, to_event};

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Core, QUEUE_CAPACITY_MAX};
 use super::class::SlaClass;
 use super::context::{State, Transition};
 use super::retry::{DeadLetterSink, RetryPolicy};
 use super::typed::TypedEvent;
+use super::{Core, QUEUE_CAPACITY_MAX};
 
 /// How one local topic behaves.
 #[derive(Debug, Clone)]

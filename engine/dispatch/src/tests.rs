@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::class::SlaClass;
 use super::context::CancelRegistry;
 use super::retry::RetryPolicy;
-use super::class::SlaClass;
 use super::sla::{SlaConfig, SlaMonitor};
 use super::{Encoding, State};
 

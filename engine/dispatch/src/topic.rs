@@ -42,16 +42,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use openraft_rt::AsyncRuntime;
 
-use super::context::{State};
+use super::Core;
+use super::class::SlaClass;
+use super::context::State;
 use super::error::DispatchError;
 use super::queue::{self, TrySendError};
 use super::retry::{DeadLetter, DeadLetterSink};
-use super::typed::TypedEvent;
-use super::class::SlaClass;
-use super::shared::{Envelope, Meta, TopicShared};
 pub use super::shared::TopicConfig;
+use super::shared::{Envelope, Meta, TopicShared};
+use super::typed::TypedEvent;
 use super::worker::{self, Handler};
-use super::{Core};
 use sluice_core::io::os::OsEnv;
 use sluice_model::event::{check_topic_name, check_traceparent, key_hash};
 

@@ -38,13 +38,69 @@ pub type NodeId = u64;
 /// and a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// What the message is (append entries, vote, ...); chosen by the layer
-    /// above.
+    /// What the message is: a [`MessageKind`] as its wire byte, chosen
+    /// and interpreted by the layer above.
     pub kind: u8,
     /// The Raft group the message belongs to (one group today).
     pub group: u32,
     /// The encoded message.
     pub body: Bytes,
+}
+
+/// What a message between nodes, or between a client and a node, is. The
+/// transport carries the kind as one byte and does not interpret it; the
+/// layers above dispatch on it. Values are fixed: they are on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// The cluster-secret challenge and answer opening a connection.
+    Auth = 0,
+    /// Raft append entries (heartbeats, and replication without a stream).
+    AppendEntries = 1,
+    /// A Raft vote request.
+    Vote = 2,
+    /// A whole Raft snapshot in one message.
+    FullSnapshot = 3,
+    /// A Raft pre-vote request.
+    PreVote = 4,
+    /// One piece of a snapshot too large for one message.
+    SnapshotChunk = 5,
+    /// Pipelined replication: one request of an append stream.
+    AppendStream = 6,
+    /// A client protocol request.
+    Client = 16,
+}
+
+impl MessageKind {
+    /// Every kind, in wire order.
+    pub const ALL: [MessageKind; 8] = [
+        MessageKind::Auth,
+        MessageKind::AppendEntries,
+        MessageKind::Vote,
+        MessageKind::FullSnapshot,
+        MessageKind::PreVote,
+        MessageKind::SnapshotChunk,
+        MessageKind::AppendStream,
+        MessageKind::Client,
+    ];
+}
+
+impl From<MessageKind> for u8 {
+    fn from(kind: MessageKind) -> u8 {
+        kind as u8
+    }
+}
+
+impl TryFrom<u8> for MessageKind {
+    type Error = u8;
+
+    /// The kind with this wire value; the value back if there is none.
+    fn try_from(value: u8) -> Result<MessageKind, u8> {
+        MessageKind::ALL
+            .into_iter()
+            .find(|kind| *kind as u8 == value)
+            .ok_or(value)
+    }
 }
 
 /// Sends requests to other nodes. See the module docs for the fault model.

@@ -4,7 +4,7 @@
 //! file). Both ends of a connection prove they hold it, before any request:
 //!
 //! 1. The node that accepts the connection sends a challenge: a frame of
-//!    kind [`KIND_AUTH`] carrying 32 fresh random bytes.
+//!    kind [`MessageKind::Auth`](sluice_model::transport::MessageKind::Auth) carrying 32 fresh random bytes.
 //! 2. The connecting side answers with its proof (HMAC-SHA256 over a
 //!    context string, the challenge and the node id it claims) followed by
 //!    a challenge of its own. Anything else, a wrong proof, or no answer
@@ -30,10 +30,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use sluice_model::transport::NodeId;
-
-/// The message kind of the challenge and its answer; no other layer uses
-/// kind 0.
-pub const KIND_AUTH: u8 = 0;
 
 /// How long a node waits for the answer to its challenge.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -25,12 +25,12 @@ use tokio::time::Instant;
 
 use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
 use sluice_model::state::{Op, Response, TopicConfig};
-use sluice_model::transport::{NodeId, Request, Transport};
+use sluice_model::transport::{MessageKind, NodeId, Request, Transport};
 
 use crate::auth::Secret;
 use crate::protocol::{
-    CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, KIND_CLIENT, Metadata,
-    PublishOutcome, decode, encode,
+    CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, Metadata, PublishOutcome, decode,
+    encode,
 };
 use crate::tcp::{TcpConfig, TcpTransport};
 
@@ -167,7 +167,7 @@ impl Client {
             let call = self.inner.transport.call(
                 id,
                 Request {
-                    kind: KIND_CLIENT,
+                    kind: MessageKind::Client as u8,
                     group: CLIENT_GROUP,
                     body: body.clone(),
                 },
@@ -239,7 +239,7 @@ impl Client {
         let call = self.inner.transport.call(
             id,
             Request {
-                kind: KIND_CLIENT,
+                kind: MessageKind::Client as u8,
                 group: CLIENT_GROUP,
                 body: encode(request),
             },

@@ -1,7 +1,7 @@
 //! The client protocol: what clients (the CLI, applications, the Jepsen
 //! runner, benchmarks) ask a node, on the same frames as Raft's messages.
 //!
-//! Every client request is one frame of kind [`KIND_CLIENT`], group 0,
+//! Every client request is one frame of kind [`MessageKind::Client`](sluice_model::transport::MessageKind::Client), group 0,
 //! carrying a postcard-encoded [`ClientRequest`]; the answer is a
 //! postcard-encoded [`ClientResponse`]. Requests that change the cluster go
 //! through the leader: any other node answers [`ClientResponse::NotLeader`]
@@ -15,9 +15,6 @@ use serde::{Deserialize, Serialize};
 use sluice_model::event::{Event, Headers, ProducerStamp};
 use sluice_model::state::{Op, Response};
 use sluice_model::transport::NodeId;
-
-/// The frame kind of client requests (Raft uses 1 to 4, authentication 0).
-pub const KIND_CLIENT: u8 = 16;
 
 /// The Raft group client frames name (one group today).
 pub const CLIENT_GROUP: u32 = 0;

@@ -59,9 +59,11 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{
+    Handler, HandlerError, MessageKind, NodeId, Request, Transport, TransportError,
+};
 
-use crate::auth::{self, AUTH_TIMEOUT, KIND_AUTH, Secret};
+use crate::auth::{self, AUTH_TIMEOUT, Secret};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
 
 /// Calls in flight on one connection, by default; also the server's bound
@@ -415,7 +417,7 @@ impl Connection {
         let _permit = self.inflight.acquire().await.expect("never closed");
         let request_id = self.request_id_next.fetch_add(1, Ordering::Relaxed);
         let (waiter, response) = oneshot::channel();
-        let _traced = request.kind == crate::protocol::KIND_CLIENT;
+        let _traced = request.kind == MessageKind::Client as u8;
         if _traced {
             sluice_model::stage!(request_id, ClientCall);
         }
@@ -490,7 +492,7 @@ async fn client_read_loop(read: impl AsyncRead + Unpin, shared: &Shared) -> io::
 async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -> io::Result<()> {
     let mut buf = BytesMut::new();
     while let Some(frame) = read_frame(&mut read, &mut buf).await? {
-        if frame.header.role == Role::Request && frame.header.kind == KIND_AUTH {
+        if frame.header.role == Role::Request && frame.header.kind == MessageKind::Auth as u8 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the node requires authentication: configure the cluster secret \
@@ -503,7 +505,7 @@ async fn client_read_frames(mut read: impl AsyncRead + Unpin, shared: &Shared) -
                 "the server sent a request on a client connection; it is not a Sluice node",
             ));
         }
-        if frame.header.kind == crate::protocol::KIND_CLIENT {
+        if frame.header.kind == MessageKind::Client as u8 {
             sluice_model::stage!(frame.header.request_id, ClientRead);
         }
         shared.complete(frame);
@@ -569,7 +571,7 @@ tokio::task_local! {
 fn trace_written(mut frames: &[u8]) {
     while frames.len() >= wire::HEADER_SIZE {
         let length = u32::from_le_bytes(frames[4..8].try_into().unwrap()) as usize;
-        if frames[13] == crate::protocol::KIND_CLIENT {
+        if frames[13] == MessageKind::Client as u8 {
             let request_id = u64::from_le_bytes(frames[20..28].try_into().unwrap());
             if frames[14] == 0 {
                 sluice_model::stage!(request_id, ClientWritten);
@@ -824,7 +826,7 @@ async fn serve_requests<H: Handler>(
                         ),
                     ));
                 }
-                if frame.header.kind == crate::protocol::KIND_CLIENT {
+                if frame.header.kind == MessageKind::Client as u8 {
                     sluice_model::stage!(frame.header.request_id, ServerRead);
                 }
                 if frame.body.len() < SPAWN_BODY_BYTES_MIN {
@@ -888,7 +890,7 @@ async fn challenge_peer(
     let challenge = auth::challenge()?;
     let header = Header {
         role: Role::Request,
-        kind: KIND_AUTH,
+        kind: MessageKind::Auth as u8,
         group: 0,
         request_id: 0,
         source: node,
@@ -902,7 +904,7 @@ async fn challenge_peer(
             "the peer closed the connection instead of answering the challenge",
         ));
     };
-    if answer.header.kind != KIND_AUTH || answer.header.role != Role::Response {
+    if answer.header.kind != MessageKind::Auth as u8 || answer.header.role != Role::Response {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -935,7 +937,7 @@ async fn challenge_peer(
     }
     let header = Header {
         role: Role::Response,
-        kind: KIND_AUTH,
+        kind: MessageKind::Auth as u8,
         group: 0,
         request_id: answer.header.request_id,
         source: node,
@@ -964,7 +966,7 @@ async fn answer_challenge(
             "the node closed the connection before sending its challenge",
         ));
     };
-    if challenge.header.kind != KIND_AUTH
+    if challenge.header.kind != MessageKind::Auth as u8
         || challenge.header.role != Role::Request
         || challenge.body.len() != auth::NONCE_SIZE
         || !buf.is_empty()
@@ -978,7 +980,7 @@ async fn answer_challenge(
     let ours = auth::challenge()?;
     let header = Header {
         role: Role::Response,
-        kind: KIND_AUTH,
+        kind: MessageKind::Auth as u8,
         group: 0,
         request_id: challenge.header.request_id,
         source,
@@ -998,7 +1000,7 @@ async fn answer_challenge(
             ),
         ));
     };
-    let proved = proof.header.kind == KIND_AUTH
+    let proved = proof.header.kind == MessageKind::Auth as u8
         && proof.header.role == Role::Response
         && proof.header.source == node
         && buf.is_empty()
@@ -1029,7 +1031,7 @@ async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
         group: header.group,
         body: frame.body,
     };
-    if header.kind == crate::protocol::KIND_CLIENT {
+    if header.kind == MessageKind::Client as u8 {
         sluice_model::stage!(header.request_id, HandlerStart);
     }
     let handled = AssertUnwindSafe(handler.handle(header.source, request)).catch_unwind();
@@ -1078,7 +1080,7 @@ fn encode_response(out: &mut BytesMut, node: NodeId, (request, result): Answered
         source: node,
     };
     wire::encode_into(out, &header, &body);
-    if request.kind == crate::protocol::KIND_CLIENT {
+    if request.kind == MessageKind::Client as u8 {
         sluice_model::stage!(request.request_id, ResponseQueued);
     }
 }

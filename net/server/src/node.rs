@@ -30,12 +30,12 @@ use tracing::{info, warn};
 use sluice_core::bus::{Bus, BusConfig, BusError};
 use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
+use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Request};
 
 use sluice_client::auth::Secret;
 use sluice_client::protocol::{
-    ClientRequest, ClientResponse, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, KIND_CLIENT,
-    Metadata, PublishOutcome, decode, encode,
+    ClientRequest, ClientResponse, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, Metadata,
+    PublishOutcome, decode, encode,
 };
 use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
 
@@ -271,7 +271,7 @@ impl Handler for NodeService {
 
 impl NodeService {
     async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
-        if request.kind != KIND_CLIENT {
+        if request.kind != MessageKind::Client as u8 {
             return self.raft.handle(source, request).await;
         }
         let response = match decode::<ClientRequest>(&request.body, "client request") {

@@ -4,6 +4,7 @@
 //! acknowledged event is readable exactly once at the offset it was
 //! acknowledged with. Also: membership add and remove, and authentication.
 
+use sluice_model::transport::MessageKind;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -365,7 +366,7 @@ async fn a_node_that_cannot_prove_the_secret_gets_no_request() {
             let (mut stream, _) = listener.accept().await.unwrap();
             let header = |role| Header {
                 role,
-                kind: sluice_client::auth::KIND_AUTH,
+                kind: MessageKind::Auth as u8,
                 group: 0,
                 request_id: 0,
                 source: 9,

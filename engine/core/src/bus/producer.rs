@@ -12,7 +12,7 @@ use crate::io::os::OsEnv;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use openraft::alias::{OneshotReceiverOf, WatchReceiverOf};

@@ -33,9 +33,26 @@ use crate::raft::{Entry, log_id};
 use sluice_model::event::EventBatch;
 use sluice_model::state::{Command, OffsetCommit, Op};
 
-pub const KIND_BLANK: u8 = 1;
-pub const KIND_NORMAL: u8 = 2;
-pub const KIND_MEMBERSHIP: u8 = 3;
+/// What a Raft entry's log frame holds: the frame's kind byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A blank entry (a new leader's first).
+    Blank = 1,
+    /// A command of the state machine.
+    Normal = 2,
+    /// A membership change.
+    Membership = 3,
+}
+
+impl EntryKind {
+    /// The kind with this frame byte, if any.
+    pub fn of(kind: u8) -> Option<EntryKind> {
+        [EntryKind::Blank, EntryKind::Normal, EntryKind::Membership]
+            .into_iter()
+            .find(|known| *known as u8 == kind)
+    }
+}
 
 const TAG_PUBLISH: u8 = 1;
 const TAG_TRANSACTION: u8 = 2;
@@ -47,14 +64,14 @@ const TAG_OTHER: u8 = 3;
 /// and the payload's digest when [`prepare_digest`] computed it.
 pub fn encode(entry: &Entry, out: &mut Vec<u8>) -> (u8, u64, Option<Hash>) {
     match &entry.payload {
-        EntryPayload::Blank => (KIND_BLANK, 0, None),
+        EntryPayload::Blank => (EntryKind::Blank as u8, 0, None),
         EntryPayload::Normal(command) => {
             let digest = encode_command(command, out);
-            (KIND_NORMAL, command.timestamp_ms, digest)
+            (EntryKind::Normal as u8, command.timestamp_ms, digest)
         }
         EntryPayload::Membership(membership) => {
             postcard::to_io(membership, &mut *out).expect("membership encodes into memory");
-            (KIND_MEMBERSHIP, 0, None)
+            (EntryKind::Membership as u8, 0, None)
         }
     }
 }
@@ -124,13 +141,16 @@ fn encode_command(command: &Command, out: &mut Vec<u8>) -> Option<Hash> {
 
 /// Decodes a log record back into a Raft entry.
 pub fn decode(record: &Record) -> io::Result<Entry> {
-    let payload = match record.kind {
-        KIND_BLANK => EntryPayload::Blank,
-        KIND_NORMAL => EntryPayload::Normal(decode_command(&record.payload)?),
-        KIND_MEMBERSHIP => EntryPayload::Membership(
+    let payload = match EntryKind::of(record.kind) {
+        Some(EntryKind::Blank) => EntryPayload::Blank,
+        Some(EntryKind::Normal) => EntryPayload::Normal(decode_command(&record.payload)?),
+        Some(EntryKind::Membership) => EntryPayload::Membership(
             postcard::from_bytes(&record.payload).map_err(|e| invalid(record.index, e))?,
         ),
-        kind => return Err(invalid(record.index, format!("unknown frame kind {kind}"))),
+        None => {
+            let kind = record.kind;
+            return Err(invalid(record.index, format!("unknown frame kind {kind}")));
+        }
     };
     Ok(Entry {
         log_id: log_id(record.term, record.index),
@@ -244,7 +264,10 @@ mod tests {
             let mut prepared = Vec::new();
             let (kind, timestamp_ms, digest) = encode(&entry(command.clone()), &mut prepared);
             assert_eq!(prepared, out, "preparing changes no byte");
-            assert_eq!((kind, timestamp_ms), (KIND_NORMAL, command.timestamp_ms));
+            assert_eq!(
+                (kind, timestamp_ms),
+                (EntryKind::Normal as u8, command.timestamp_ms)
+            );
             assert_eq!(digest, Some(payload_digest(&prepared)));
         }
         let mut other = Command {

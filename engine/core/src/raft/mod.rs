@@ -32,11 +32,10 @@ pub use client::{ProposeError, propose};
 pub use codec::decode_command as codec_decode_command;
 pub use log_store::{Durability, LogStore, LogStoreReader};
 pub use network::SingleNodeNetwork;
-pub use pipeline::{KIND_APPEND_STREAM, STREAM_INFLIGHT_MAX, StreamId};
+pub use pipeline::{STREAM_INFLIGHT_MAX, StreamId};
 pub use snapshot::{SnapshotData, SnapshotError};
 pub use state_machine::{Applied, SnapshotBuilder, StateGuard, StateMachineStore, StateView};
 pub use transport_network::{
-    KIND_APPEND_ENTRIES, KIND_FULL_SNAPSHOT, KIND_PRE_VOTE, KIND_SNAPSHOT_CHUNK, KIND_VOTE,
     RAFT_GROUP, RaftService, SNAPSHOT_CHUNK_SIZE, TransportClient, TransportNetwork,
 };
 

@@ -10,7 +10,7 @@
 //! its Raft core in order and its group commit covers several at once.
 //!
 //! **Client** ([`send`]): every request of a stream is one transport call
-//! of kind [`KIND_APPEND_STREAM`] carrying its [`StreamId`] and sequence
+//! of kind [`MessageKind::AppendStream`](sluice_model::transport::MessageKind::AppendStream) carrying its [`StreamId`] and sequence
 //! number. Answers are yielded in request order (openraft requires it);
 //! the stream ends after the first answer that is not a success, since
 //! the follower ends its side there too.
@@ -48,9 +48,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Raft, TypeConfig};
 use sluice_model::transport::HandlerError;
-
-/// Request kind: one AppendEntries of a pipelined stream.
-pub const KIND_APPEND_STREAM: u8 = 6;
 
 /// Requests a stream keeps in flight to one follower.
 pub const STREAM_INFLIGHT_MAX: usize = 8;

@@ -11,11 +11,11 @@
 //!
 //! | kind | request body | response body |
 //! |---|---|---|
-//! | [`KIND_APPEND_ENTRIES`] | `AppendEntriesRequest` | `AppendEntriesResponse` |
-//! | [`KIND_VOTE`] | `VoteRequest` | `VoteResponse` |
-//! | [`KIND_FULL_SNAPSHOT`] | the leader's `Vote`, the `SnapshotMeta`, the snapshot bytes (a postcard byte sequence), in that order | `SnapshotResponse` |
-//! | [`KIND_PRE_VOTE`] | `VoteRequest` | `VoteResponse` (only sent when openraft's pre-vote is enabled) |
-//! | [`KIND_APPEND_STREAM`](super::KIND_APPEND_STREAM) | `StreamId`, sequence number, `AppendEntriesRequest` | `StreamAppendResult` (replication; see [`pipeline`]) |
+//! | [`MessageKind::AppendEntries`] | `AppendEntriesRequest` | `AppendEntriesResponse` |
+//! | [`MessageKind::Vote`] | `VoteRequest` | `VoteResponse` |
+//! | [`MessageKind::FullSnapshot`] | the leader's `Vote`, the `SnapshotMeta`, the snapshot bytes (a postcard byte sequence), in that order | `SnapshotResponse` |
+//! | [`MessageKind::PreVote`] | `VoteRequest` | `VoteResponse` (only sent when openraft's pre-vote is enabled) |
+//! | [`MessageKind::AppendStream`] | `StreamId`, sequence number, `AppendEntriesRequest` | `StreamAppendResult` (replication; see [`pipeline`]) |
 //!
 //! Node addresses are the transport's business: the factory ignores the
 //! `Node` openraft passes and addresses peers by node id only.
@@ -44,7 +44,7 @@
 //!   `raft/snapshot.rs`), read from the sender's log when it is sent; a
 //!   failed read ends the attempt as `Unreachable`, and openraft tries
 //!   again with the snapshot current then. A snapshot over
-//!   [`SNAPSHOT_CHUNK_SIZE`] goes in pieces of [`KIND_SNAPSHOT_CHUNK`];
+//!   [`SNAPSHOT_CHUNK_SIZE`] goes in pieces of [`MessageKind::SnapshotChunk`];
 //!   its transfer stops when openraft cancels it (`ReplicationClosed`).
 //! - The receiver checks a whole snapshot (checksum, and the tail's hash
 //!   chain against the snapshot's chain head) before Raft sees it; a
@@ -81,18 +81,9 @@ use serde::de::DeserializeOwned;
 use super::snapshot::{self, SnapshotData};
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
 use super::{codec, pipeline};
-use sluice_model::transport::{Handler, HandlerError, Request, Transport, TransportError};
-
-/// Request kind: openraft's AppendEntries (replication and heartbeats).
-pub const KIND_APPEND_ENTRIES: u8 = 1;
-/// Request kind: a RequestVote.
-pub const KIND_VOTE: u8 = 2;
-/// Request kind: a whole snapshot with the leader's vote.
-pub const KIND_FULL_SNAPSHOT: u8 = 3;
-/// Request kind: a pre-vote (asks whether a vote would be granted).
-pub const KIND_PRE_VOTE: u8 = 4;
-/// Request kind: one piece of a snapshot too large for one message.
-pub const KIND_SNAPSHOT_CHUNK: u8 = 5;
+use sluice_model::transport::{
+    Handler, HandlerError, MessageKind, Request, Transport, TransportError,
+};
 
 /// The largest snapshot sent whole, and the size of the pieces a larger
 /// one is cut into (a transport's frame bound is above it: 16 MiB for
@@ -111,7 +102,7 @@ type Meta = SnapshotMeta<CommittedLeaderId, NodeId, Node>;
 /// A snapshot as the state machine hands it out.
 type FullSnapshot = Snapshot<CommittedLeaderId, NodeId, Node, SnapshotData>;
 
-/// The body of a [`KIND_FULL_SNAPSHOT`] request, as the leader writes it.
+/// The body of a [`MessageKind::FullSnapshot`] request, as the leader writes it.
 #[derive(Serialize)]
 struct FullSnapshotOut<'a> {
     vote: &'a Vote,
@@ -119,7 +110,7 @@ struct FullSnapshotOut<'a> {
     data: &'a [u8],
 }
 
-/// The body of a [`KIND_FULL_SNAPSHOT`] request, as the follower reads it
+/// The body of a [`MessageKind::FullSnapshot`] request, as the follower reads it
 /// (the same layout: `&[u8]` and `Vec<u8>` encode alike).
 #[derive(serde::Deserialize)]
 struct FullSnapshotIn {
@@ -128,7 +119,7 @@ struct FullSnapshotIn {
     data: Vec<u8>,
 }
 
-/// The body of a [`KIND_SNAPSHOT_CHUNK`] request, as the leader writes it:
+/// The body of a [`MessageKind::SnapshotChunk`] request, as the leader writes it:
 /// `total` bytes in all, this piece starting at `offset`. Every piece
 /// carries the vote and the metadata (they are small), so the follower
 /// can check each against the one it is assembling.
@@ -244,7 +235,7 @@ impl<E: Env, T: Transport> TransportClient<E, T> {
     /// besides the transport's bound), decodes the response.
     async fn call<Q: Serialize, P: DeserializeOwned>(
         &self,
-        kind: u8,
+        kind: MessageKind,
         action: RPCTypes,
         message: &Q,
         ttl: Option<Duration>,
@@ -259,13 +250,13 @@ impl<E: Env, T: Transport> TransportClient<E, T> {
     /// Sends one message and waits for the answer's bytes.
     async fn exchange<Q: Serialize>(
         &self,
-        kind: u8,
+        kind: MessageKind,
         message: &Q,
         ttl: Option<Duration>,
     ) -> Result<Bytes, Failure> {
         let body = postcard::to_allocvec(message).expect("a Raft message encodes into memory");
         let request = Request {
-            kind,
+            kind: kind.into(),
             group: RAFT_GROUP,
             body: Bytes::from(body),
         };
@@ -295,7 +286,7 @@ impl<E: Env, T: Transport> TransportClient<E, T> {
         let action = RPCTypes::AppendEntries;
         let mut shortened = false;
         loop {
-            match self.exchange(KIND_APPEND_ENTRIES, &rpc, ttl).await {
+            match self.exchange(MessageKind::AppendEntries, &rpc, ttl).await {
                 Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
                     if rpc.entries.len() > 1 =>
                 {
@@ -406,7 +397,8 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         let ttl = Some(option.soft_ttl());
-        self.call(KIND_VOTE, RPCTypes::Vote, &rpc, ttl).await
+        self.call(MessageKind::Vote, RPCTypes::Vote, &rpc, ttl)
+            .await
     }
 
     async fn pre_vote(
@@ -415,7 +407,8 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<E>>, RPCError<TypeConfig<E>>> {
         let ttl = Some(option.soft_ttl());
-        self.call(KIND_PRE_VOTE, RPCTypes::Vote, &rpc, ttl).await
+        self.call(MessageKind::PreVote, RPCTypes::Vote, &rpc, ttl)
+            .await
     }
 
     /// Sends a snapshot whole when it fits in [`SNAPSHOT_CHUNK_SIZE`],
@@ -455,7 +448,7 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
                 meta: &meta,
                 data,
             };
-            let call = pin!(self.call(KIND_FULL_SNAPSHOT, action, &message, None));
+            let call = pin!(self.call(MessageKind::FullSnapshot, action, &message, None));
             return match select(call, cancel).await {
                 Either::Left((result, _)) => result.map_err(StreamingError::from),
                 Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
@@ -473,7 +466,7 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
                 offset: offset as u64,
                 data: &data[offset..end],
             };
-            let exchange = pin!(self.exchange(KIND_SNAPSHOT_CHUNK, &message, None));
+            let exchange = pin!(self.exchange(MessageKind::SnapshotChunk, &message, None));
             let answer = match select(exchange, cancel.as_mut()).await {
                 Either::Left((answer, _)) => answer,
                 Either::Right((closed, _)) => return Err(StreamingError::Closed(closed)),
@@ -528,7 +521,7 @@ impl<E: Env, T: Transport> pipeline::StreamClient<E> for TransportClient<E, T> {
         };
         let action = RPCTypes::AppendEntries;
         match self
-            .exchange(pipeline::KIND_APPEND_STREAM, &message, ttl)
+            .exchange(MessageKind::AppendStream, &message, ttl)
             .await
         {
             Err(Failure::Transport(TransportError::FrameTooLarge { .. })) => {
@@ -687,8 +680,8 @@ impl<E: Env> RaftService<E> {
             )));
         }
         let body = &request.body;
-        match request.kind {
-            KIND_APPEND_ENTRIES => {
+        match MessageKind::try_from(request.kind) {
+            Ok(MessageKind::AppendEntries) => {
                 let mut rpc: AppendEntriesRequest<TypeConfig<E>> =
                     decode(body, "append entries", source)?;
                 if self.digests {
@@ -696,7 +689,7 @@ impl<E: Env> RaftService<E> {
                 }
                 answer(self.raft.append_entries(rpc).await, "append entries")
             }
-            pipeline::KIND_APPEND_STREAM => {
+            Ok(MessageKind::AppendStream) => {
                 let mut request: pipeline::StreamRequestIn<E> =
                     decode(body, "append stream", source)?;
                 if self.digests {
@@ -705,20 +698,20 @@ impl<E: Env> RaftService<E> {
                 let result = self.inbound.serve(&self.raft, source, request).await;
                 answer(result, "append stream")
             }
-            KIND_VOTE => {
+            Ok(MessageKind::Vote) => {
                 let rpc = decode(body, "vote", source)?;
                 answer(self.raft.vote(rpc).await, "vote")
             }
-            KIND_PRE_VOTE => {
+            Ok(MessageKind::PreVote) => {
                 let rpc = decode(body, "pre-vote", source)?;
                 answer(self.raft.pre_vote(rpc).await, "pre-vote")
             }
-            KIND_FULL_SNAPSHOT => {
+            Ok(MessageKind::FullSnapshot) => {
                 let message: FullSnapshotIn = decode(body, "full snapshot", source)?;
                 self.install(source, message.vote, message.meta, message.data)
                     .await
             }
-            KIND_SNAPSHOT_CHUNK => {
+            Ok(MessageKind::SnapshotChunk) => {
                 let chunk: ChunkIn = decode(body, "snapshot piece", source)?;
                 match self.assemble(chunk, source)? {
                     Ok(ack) => answer(Ok::<_, HandlerError>(ack), "snapshot piece"),
@@ -728,10 +721,12 @@ impl<E: Env> RaftService<E> {
                     }
                 }
             }
-            kind => Err(HandlerError::new(format!(
-                "node {source} sent Raft request kind {kind}, which this node does not know \
-                 (known: {KIND_APPEND_ENTRIES} to {}); is it running another version?",
-                pipeline::KIND_APPEND_STREAM
+            _ => Err(HandlerError::new(format!(
+                "node {source} sent request kind {}, which a Raft peer does not send (known: \
+                 {:?} to {:?}); is it running another version?",
+                request.kind,
+                MessageKind::AppendEntries,
+                MessageKind::AppendStream
             ))),
         }
     }
@@ -1004,7 +999,7 @@ mod tests {
 
     impl Transport for Gate {
         async fn call(&self, _target: NodeId, request: Request) -> Result<Bytes, TransportError> {
-            if request.kind == KIND_APPEND_ENTRIES {
+            if request.kind == MessageKind::AppendEntries as u8 {
                 let rpc: AppendEntriesRequest<C> = postcard::from_bytes(&request.body).unwrap();
                 self.plain.lock().unwrap().push(rpc.entries.len());
             }
@@ -1014,11 +1009,11 @@ mod tests {
                     size_bytes_max: self.max as u64,
                 });
             }
-            if request.kind == KIND_APPEND_ENTRIES {
+            if request.kind == MessageKind::AppendEntries as u8 {
                 let success = AppendEntriesResponse::<C>::Success;
                 return Ok(Bytes::from(postcard::to_allocvec(&success).unwrap()));
             }
-            assert_eq!(request.kind, pipeline::KIND_APPEND_STREAM);
+            assert_eq!(request.kind, MessageKind::AppendStream as u8);
             let message: pipeline::StreamRequestIn<OsEnv> =
                 postcard::from_bytes(&request.body).unwrap();
             let (answer, answered) = tokio::sync::oneshot::channel();

@@ -52,8 +52,8 @@ pub use response::{
     CommitError, EventOutcome, NameKind, PublishError, Response, SnapshotError, StateError,
     TxnError,
 };
-pub use snapshot::SNAPSHOT_VERSION;
 pub use runs::Run;
+pub use snapshot::SNAPSHOT_VERSION;
 pub use topics::{Location, TopicInfo};
 
 use groups::Groups;

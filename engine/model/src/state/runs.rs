@@ -25,7 +25,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{EventBatch, EventView};
 
-
 /// Runs per sealed chunk: a clone copies fewer than this many runs per
 /// partition, and a partition holds about one chunk pointer per this many.
 const CHUNK: usize = 128;

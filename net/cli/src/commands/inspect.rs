@@ -14,13 +14,11 @@ use std::sync::Arc;
 
 use sluice_core::io::os::{OsClock, OsDisk};
 use sluice_core::log::{Log, Options};
+use sluice_core::raft::codec::EntryKind;
 use sluice_core::raft::codec_decode_command;
 
 use super::Outcome;
 
-/// Frame kinds of Raft entries in the log (see `engine/src/raft/codec.rs`).
-const KIND_NORMAL: u8 = 2;
-const KIND_MEMBERSHIP: u8 = 3;
 /// Records read at a time.
 const CHUNK: u64 = 4096;
 
@@ -60,8 +58,8 @@ pub(crate) fn run(args: Args) -> Outcome {
         log.read(at..end, &mut records)?;
         for record in &records {
             counts.entries += 1;
-            match record.kind {
-                KIND_NORMAL => {
+            match EntryKind::of(record.kind) {
+                Some(EntryKind::Normal) => {
                     let command = codec_decode_command(&record.payload)
                         .map_err(|error| format!("entry {}: {error}", record.index))?;
                     *counts.commands.entry(op_name(&command.op)).or_default() += 1;
@@ -72,7 +70,7 @@ pub(crate) fn run(args: Args) -> Outcome {
                         }
                     }
                 }
-                KIND_MEMBERSHIP => counts.membership += 1,
+                Some(EntryKind::Membership) => counts.membership += 1,
                 _ => {}
             }
         }

@@ -3,6 +3,8 @@
 //! Names end in `_max` or `_min`; sizes are in bytes unless the name says
 //! otherwise. Compile-time assertions tie the constants to each other.
 
+use std::time::Duration;
+
 /// The sector size the crash model tears writes at, and the unit the disk
 /// contract speaks of.
 pub const SECTOR_SIZE: u64 = 512;
@@ -39,3 +41,124 @@ const _: () = assert!(SEGMENT_SIZE_MAX <= u32::MAX as u64 + 1);
 const _: () = assert!(SEGMENT_SIZE_MIN % SECTOR_SIZE == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT % SECTOR_SIZE == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT <= SEGMENT_SIZE_MAX);
+
+// The batcher: coalescing publishes into Raft entries.
+
+/// Publishes queued for the batcher, across all producers.
+pub const BATCHER_QUEUE_MAX: usize = 65_536;
+
+/// How long the batcher waits at most for the rest of a group.
+pub const BATCH_GATHER_WAIT_MAX: Duration = Duration::from_micros(200);
+
+/// Batches between two tries of a gather that was turned off.
+pub const BATCH_GATHER_RETRY_EVERY: u32 = 256;
+
+/// Events queued at which a batch is proposed without waiting for its turn.
+pub const TURN_BYPASS_EVENTS: usize = 256;
+
+/// Bytes of keys and payloads queued at which a batch is proposed without
+/// waiting for its turn. Past this, the work a batch costs per byte
+/// (copies, its digest) outweighs the cost of one more entry, and
+/// overlapping it with the batch in flight is worth more than merging
+/// (4 KiB events made to wait for their turns lost 15-30 % of their
+/// throughput).
+pub const TURN_BYPASS_BYTES: usize = 64 * 1024;
+
+// Group commit: many appends, one fdatasync.
+
+/// Rounds of `yield_now` a gather phase takes at most, so a steady
+/// stream of arrivals cannot postpone a sync forever.
+pub const SYNC_GATHER_ROUNDS_MAX: usize = 64;
+
+/// How long a gather phase waits at most for the rest of a group.
+pub const SYNC_GATHER_WAIT_MAX: Duration = Duration::from_micros(60);
+
+/// Largest number of entries `limited_get_log_entries` returns at once.
+pub const READ_ENTRIES_MAX: u64 = 4096;
+
+// Audit: signed checkpoints.
+
+/// Longest sleep of the checkpoint task between looks at the log.
+pub const CHECKPOINT_TICK_MAX: Duration = Duration::from_millis(250);
+
+// Replication between nodes.
+
+/// Requests a stream keeps in flight to one follower.
+pub const STREAM_INFLIGHT_MAX: usize = 8;
+
+/// How far past the next expected request the server parks requests of
+/// one stream; beyond that the sender is broken and is refused.
+pub const STREAM_REORDER_WINDOW: u64 = 1024;
+
+/// Streams the server keeps per source node (one per client of that
+/// node: replication, heartbeats, and clients made since); the least
+/// recently used go.
+pub const STREAMS_PER_SOURCE_MAX: usize = 8;
+
+/// The largest snapshot sent whole, and the size of the pieces a larger
+/// one is cut into (a transport's frame bound is above it: 16 MiB for
+/// TCP). A transport refusing a piece as too large halves the size.
+pub const SNAPSHOT_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// The smallest piece a snapshot is cut into.
+pub const SNAPSHOT_CHUNK_SIZE_MIN: usize = 256;
+
+// The log's spare segment.
+
+/// Bytes appended since open after which a log with
+/// `log::Options::prewrite` wants a spare segment: a log that is written to
+/// at all, not every log opened (a spare costs a segment of zeros).
+pub const PREWRITE_AFTER_BYTES: u64 = 1024 * 1024;
+
+/// Zeros written per `SpareJob::step`.
+pub const SPARE_STEP_BYTES: u64 = 256 * 1024;
+
+/// At most this much of the spare is written back after each of the log's
+/// syncs (`Trickle::write_back`): at this disk's 1.8 GB/s, 64 KiB is
+/// about 35 µs of device time, done before the next sync usually starts.
+pub const SPARE_TRICKLE_BYTES: u64 = 64 * 1024;
+
+/// When the log syncs too seldom to keep up (an idle log, or a few large
+/// syncs), a step starts the write-back of its own oldest bytes once more
+/// than this much is written and not yet started: it bounds what the last
+/// step's sync has to write at once.
+pub const SPARE_LAG_MAX: u64 = 1024 * 1024;
+
+// Events and batches.
+
+/// Most events in one batch.
+pub const EVENTS_PER_BATCH_MAX: u32 = 1 << 16;
+
+/// Largest encoded batch, header included. Half a log frame, so that the
+/// Raft envelope around a batch (entry header, command, a transaction's
+/// offset commit) always fits in one frame.
+pub const BATCH_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+/// Largest event payload.
+pub const EVENT_PAYLOAD_SIZE_MAX: usize = 1024 * 1024;
+
+/// Largest event key.
+pub const KEY_SIZE_MAX: usize = 4096;
+
+/// Longest topic name (Kafka's limit), in bytes; names are ASCII.
+pub const TOPIC_NAME_SIZE_MAX: usize = 249;
+
+/// Most user headers on one event.
+pub const HEADER_COUNT_MAX: usize = 64;
+
+/// Longest user header name, in bytes.
+pub const HEADER_NAME_SIZE_MAX: usize = 255;
+
+/// Largest encoded user-header section of one event (names, values and
+/// their 5-byte prefixes).
+pub const HEADERS_SIZE_MAX: usize = 64 * 1024;
+
+/// Longest `event_type`, in bytes.
+pub const EVENT_TYPE_SIZE_MAX: usize = 255;
+
+/// Longest `content_type`, in bytes.
+pub const CONTENT_TYPE_SIZE_MAX: usize = 255;
+
+/// Longest `traceparent` (a version-00 one is exactly 55 bytes; later
+/// versions may append fields).
+pub const TRACEPARENT_SIZE_MAX: usize = 255;

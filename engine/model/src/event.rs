@@ -31,42 +31,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Most events in one batch.
-pub const EVENTS_PER_BATCH_MAX: u32 = 1 << 16;
-
-/// Largest encoded batch, header included. Half a log frame, so that the
-/// Raft envelope around a batch (entry header, command, a transaction's
-/// offset commit) always fits in one frame.
-pub const BATCH_SIZE_MAX: usize = 8 * 1024 * 1024;
-
-/// Largest event payload.
-pub const EVENT_PAYLOAD_SIZE_MAX: usize = 1024 * 1024;
-
-/// Largest event key.
-pub const KEY_SIZE_MAX: usize = 4096;
-
-/// Longest topic name (Kafka's limit), in bytes; names are ASCII.
-pub const TOPIC_NAME_SIZE_MAX: usize = 249;
-
-/// Most user headers on one event.
-pub const HEADER_COUNT_MAX: usize = 64;
-
-/// Longest user header name, in bytes.
-pub const HEADER_NAME_SIZE_MAX: usize = 255;
-
-/// Largest encoded user-header section of one event (names, values and
-/// their 5-byte prefixes).
-pub const HEADERS_SIZE_MAX: usize = 64 * 1024;
-
-/// Longest `event_type`, in bytes.
-pub const EVENT_TYPE_SIZE_MAX: usize = 255;
-
-/// Longest `content_type`, in bytes.
-pub const CONTENT_TYPE_SIZE_MAX: usize = 255;
-
-/// Longest `traceparent` (a version-00 one is exactly 55 bytes; later
-/// versions may append fields).
-pub const TRACEPARENT_SIZE_MAX: usize = 255;
+pub use crate::constants::{
+    BATCH_SIZE_MAX, CONTENT_TYPE_SIZE_MAX, EVENT_PAYLOAD_SIZE_MAX, EVENT_TYPE_SIZE_MAX,
+    EVENTS_PER_BATCH_MAX, HEADER_COUNT_MAX, HEADER_NAME_SIZE_MAX, HEADERS_SIZE_MAX, KEY_SIZE_MAX,
+    TOPIC_NAME_SIZE_MAX, TRACEPARENT_SIZE_MAX,
+};
 
 /// Size of the batch header; see `BATCH_FORMAT.md`.
 pub const BATCH_HEADER_SIZE: usize = 16;

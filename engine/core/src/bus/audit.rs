@@ -13,6 +13,7 @@
 //! a leader change later removes).
 
 use crate::io::Env;
+use sluice_model::constants::CHECKPOINT_TICK_MAX;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -28,9 +29,6 @@ use sluice_model::state::{Command, Op};
 pub use sluice_model::records::{Checkpoint, Erasure};
 
 use super::{Bus, BusError, Inner};
-
-/// Longest sleep of the checkpoint task between looks at the log.
-const CHECKPOINT_TICK_MAX: Duration = Duration::from_millis(250);
 
 /// When the bus signs a checkpoint: every `entries` log entries or every
 /// `interval`, whichever comes first, and only if the log grew since the

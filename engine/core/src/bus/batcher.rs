@@ -24,6 +24,10 @@
 //! instead of on it under the log's lock.
 
 use crate::io::Env;
+use sluice_model::constants::BATCH_GATHER_RETRY_EVERY;
+use sluice_model::constants::BATCH_GATHER_WAIT_MAX;
+use sluice_model::constants::TURN_BYPASS_BYTES;
+use sluice_model::constants::TURN_BYPASS_EVENTS;
 use std::sync::Arc;
 
 use openraft::alias::{MpscReceiverOf, OneshotSenderOf, WatchReceiverOf, WatchSenderOf};
@@ -39,9 +43,6 @@ use sluice_model::state::{Command, EventOutcome, Op, Response};
 
 use super::BusError;
 use super::inflight::{Gauge, Receipt};
-
-/// Publishes queued for the batcher, across all producers.
-pub(crate) const QUEUE_MAX: usize = 65_536;
 
 /// One event waiting to be batched.
 pub(crate) struct Request<E: Env> {
@@ -113,7 +114,7 @@ pub(crate) async fn run<E: Env>(
             if turns.in_flight() == 0 && gather.wants_wait() {
                 // Wait for the rest of a group, when it is likely to come soon.
                 let mut timer = std::pin::pin!(<E::Runtime as crate::io::Runtime>::sleep_precise(
-                    GATHER_WAIT_MAX
+                    BATCH_GATHER_WAIT_MAX
                 ));
                 while waiting.len() < last_batch {
                     match TypeConfig::<E>::select2(requests.recv(), timer.as_mut()).await {
@@ -173,9 +174,6 @@ pub(crate) async fn run<E: Env>(
     }
 }
 
-/// How long the batcher waits at most for the rest of a group.
-const GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_micros(200);
-
 /// The gather phase: whether a batch smaller than the last one waits for
 /// the rest.
 ///
@@ -183,12 +181,12 @@ const GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_micros(20
 /// (for clients of a node, over a network round trip: about 150 µs on
 /// loopback here). Proposed before they are all back, a group splits into
 /// cohorts that each wait out the other's sync. So, when the log syncs, a
-/// batch smaller than the last waits up to [`GATHER_WAIT_MAX`] for the
+/// batch smaller than the last waits up to [`BATCH_GATHER_WAIT_MAX`] for the
 /// rest. Under an open load (producers sending on their own schedule) the
 /// rest may be far away and the wait only adds latency: waits that time
 /// out more often than they fill their batch turn waiting off (one
 /// straggler in a closed loop does not), and it is tried again once every
-/// [`GATHER_RETRY_EVERY`] batches.
+/// [`BATCH_GATHER_RETRY_EVERY`] batches.
 struct Gather {
     /// Whether the log syncs (else a batch never waits: no sync to share).
     durable: bool,
@@ -198,9 +196,6 @@ struct Gather {
     /// Batches proposed since waiting was turned off.
     since_off: u32,
 }
-
-/// Batches between two tries of a gather that was turned off.
-const GATHER_RETRY_EVERY: u32 = 256;
 
 impl Gather {
     fn new(durable: bool) -> Self {
@@ -221,7 +216,7 @@ impl Gather {
             return true;
         }
         self.since_off += 1;
-        if self.since_off >= GATHER_RETRY_EVERY {
+        if self.since_off >= BATCH_GATHER_RETRY_EVERY {
             self.since_off = 0;
             return true;
         }
@@ -237,17 +232,6 @@ impl Gather {
         };
     }
 }
-
-/// Events queued at which a batch is proposed without waiting for its turn.
-const TURN_BYPASS_EVENTS: usize = 256;
-
-/// Bytes of keys and payloads queued at which a batch is proposed without
-/// waiting for its turn. Past this, the work a batch costs per byte
-/// (copies, its digest) outweighs the cost of one more entry, and
-/// overlapping it with the batch in flight is worth more than merging:
-/// 4 KiB events made to wait for their turns lost 15-30 % of their
-/// throughput (peers generator, 16 producers, one run each).
-const TURN_BYPASS_BYTES: usize = 64 * 1024;
 
 /// Requests waiting to be batched, with the bytes of their keys and payloads.
 struct Queued<E: Env> {

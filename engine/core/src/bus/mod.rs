@@ -258,7 +258,7 @@ impl<E: Env> Bus<E> {
         let raft = openraft::Raft::new(config.node_id, raft_config, network, store, machine)
             .await
             .map_err(BusError::raft)?;
-        let (batcher, requests) = TypeConfig::<E>::mpsc(batcher::QUEUE_MAX);
+        let (batcher, requests) = TypeConfig::<E>::mpsc(sluice_model::constants::BATCHER_QUEUE_MAX);
         // Detached: the batcher ends when the last sender (the bus) drops.
         drop(TypeConfig::<E>::spawn(batcher::run::<E>(
             raft.clone(),

@@ -43,8 +43,9 @@ use sluice_model::constants::{
 
 pub use error::{Corruption, CorruptionReason, Error, Result};
 pub use recovery::{RecoveryReport, Repair, TornTail};
+pub use sluice_model::constants::SPARE_STEP_BYTES;
 pub use spare::all_zero;
-pub use spare::{NAME as SPARE_NAME, STEP_BYTES as SPARE_STEP_BYTES, SpareJob, Trickle};
+pub use spare::{NAME as SPARE_NAME, SpareJob, Trickle};
 
 use frame::{GENESIS, Hash, Header};
 use meta::Meta;
@@ -106,10 +107,7 @@ pub struct Options {
     pub prewrite: bool,
 }
 
-/// Bytes appended since open after which a log with
-/// [`Options::prewrite`] wants a spare segment: a log that is written to
-/// at all, not every log opened (a spare costs a segment of zeros).
-pub const PREWRITE_AFTER_BYTES: u64 = 1024 * 1024;
+pub use sluice_model::constants::PREWRITE_AFTER_BYTES;
 
 impl Default for Options {
     fn default() -> Self {

@@ -31,6 +31,9 @@
 //! it. Sealing trims a segment to its frames before the next one begins,
 //! so a sealed segment holds exactly its frames, as before.
 
+use sluice_model::constants::SPARE_LAG_MAX;
+use sluice_model::constants::SPARE_STEP_BYTES;
+use sluice_model::constants::SPARE_TRICKLE_BYTES;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,20 +42,6 @@ use crate::io::DiskFile;
 
 /// The spare segment's file name.
 pub const NAME: &str = "log.spare";
-
-/// Zeros written per [`SpareJob::step`].
-pub const STEP_BYTES: u64 = 256 * 1024;
-
-/// At most this much of the spare is written back after each of the log's
-/// syncs ([`Trickle::write_back`]): at this disk's 1.8 GB/s, 64 KiB is
-/// about 35 µs of device time, done before the next sync usually starts.
-const TRICKLE_BYTES: u64 = 64 * 1024;
-
-/// When the log syncs too seldom to keep up (an idle log, or a few large
-/// syncs), a step starts the write-back of its own oldest bytes once more
-/// than this much is written and not yet started: it bounds what the last
-/// step's sync has to write at once.
-const LAG_MAX: u64 = 1024 * 1024;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
@@ -135,14 +124,14 @@ impl<F> Clone for Trickle<F> {
 }
 
 impl<F: DiskFile> Trickle<F> {
-    /// Starts the write-back of the next `TRICKLE_BYTES` (64 KiB) written and not
+    /// Starts the write-back of the next `SPARE_TRICKLE_BYTES` (64 KiB) written and not
     /// yet started, if any; does not wait for it. An error is only logged:
     /// a write-back that failed on the device is reported by the file's
     /// next sync (the job's last one, which then gives the spare up; or,
     /// if this handle is stale and the spare is already the log's active
     /// segment, the log's, which is then right to stop).
     pub fn write_back(&self) {
-        if let Some((offset, len)) = self.progress.claim(TRICKLE_BYTES) {
+        if let Some((offset, len)) = self.progress.claim(SPARE_TRICKLE_BYTES) {
             if let Err(error) = self.file.start_write_back(offset, len) {
                 tracing::debug!(%error, offset, len, "starting a spare segment's write-back failed");
             }
@@ -186,13 +175,13 @@ impl<F: DiskFile> SpareJob<F> {
         self.trickle.file
     }
 
-    /// Writes the next [`STEP_BYTES`] of zeros (fewer at the end), starts
+    /// Writes the next [`SPARE_STEP_BYTES`] of zeros (fewer at the end), starts
     /// the write-back of its own oldest bytes if the log's syncs have left
-    /// more than `LAG_MAX` (1 MiB) behind, and syncs the whole file at the last
+    /// more than `SPARE_LAG_MAX` (1 MiB) behind, and syncs the whole file at the last
     /// step. Returns whether the spare is complete.
     pub fn step(&mut self) -> io::Result<bool> {
         let file = &self.trickle.file;
-        let end = (self.written + STEP_BYTES).min(self.size);
+        let end = (self.written + SPARE_STEP_BYTES).min(self.size);
         while self.written < end {
             let len = (end - self.written).min(ZEROS.len() as u64) as usize;
             file.write_at(self.written, &ZEROS[..len])?;
@@ -205,8 +194,8 @@ impl<F: DiskFile> SpareJob<F> {
             return Ok(true);
         }
         let lag = self.written - progress.started.load(Ordering::Acquire);
-        if lag > LAG_MAX {
-            if let Some((offset, len)) = progress.claim(lag - LAG_MAX) {
+        if lag > SPARE_LAG_MAX {
+            if let Some((offset, len)) = progress.claim(lag - SPARE_LAG_MAX) {
                 file.start_write_back(offset, len)?;
             }
         }
@@ -291,7 +280,7 @@ mod tests {
         }
     }
 
-    const SIZE: u64 = 16 * STEP_BYTES + 4096;
+    const SIZE: u64 = 16 * SPARE_STEP_BYTES + 4096;
 
     #[test]
     fn a_spare_is_zeros_synced_once_at_the_end_with_its_write_back_lag_bounded() {
@@ -301,7 +290,10 @@ mod tests {
         while !job.step().unwrap() {
             steps += 1;
             let started: u64 = file.write_backs.lock().unwrap().iter().map(|w| w.1).sum();
-            assert!(job.written() - started <= LAG_MAX, "lag above LAG_MAX");
+            assert!(
+                job.written() - started <= SPARE_LAG_MAX,
+                "lag above SPARE_LAG_MAX"
+            );
             assert!(
                 file.syncs.lock().unwrap().is_empty(),
                 "a sync before the end"
@@ -329,12 +321,12 @@ mod tests {
             "nothing written yet"
         );
         job.step().unwrap();
-        for _ in 0..(STEP_BYTES / TRICKLE_BYTES + 2) {
+        for _ in 0..(SPARE_STEP_BYTES / SPARE_TRICKLE_BYTES + 2) {
             trickle.write_back();
         }
         let write_backs = file.write_backs.lock().unwrap().clone();
-        let expected: Vec<(u64, u64)> = (0..STEP_BYTES / TRICKLE_BYTES)
-            .map(|i| (i * TRICKLE_BYTES, TRICKLE_BYTES))
+        let expected: Vec<(u64, u64)> = (0..SPARE_STEP_BYTES / SPARE_TRICKLE_BYTES)
+            .map(|i| (i * SPARE_TRICKLE_BYTES, SPARE_TRICKLE_BYTES))
             .collect();
         assert_eq!(write_backs, expected);
     }

@@ -29,6 +29,7 @@
 //! openraft stops the node. A failed sync is never retried.
 
 use crate::io::Env;
+use sluice_model::constants::READ_ENTRIES_MAX;
 use std::fmt;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -62,9 +63,6 @@ pub enum Durability {
     /// power failure or kernel crash may lose recent acknowledged writes.
     Buffer,
 }
-
-/// Largest number of entries `limited_get_log_entries` returns at once.
-const READ_ENTRIES_MAX: u64 = 4096;
 
 /// Queued flush requests before `append` waits (back-pressure).
 const FLUSH_QUEUE_MAX: usize = 4096;

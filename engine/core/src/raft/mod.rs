@@ -11,6 +11,8 @@
 //! runtime's worker threads.
 
 use crate::io::Env;
+use sluice_model::constants::SYNC_GATHER_ROUNDS_MAX;
+use sluice_model::constants::SYNC_GATHER_WAIT_MAX;
 use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
@@ -197,13 +199,6 @@ pub(crate) async fn yield_now() {
     Yield(false).await
 }
 
-/// Rounds of [`yield_now`] a gather phase takes at most, so a steady
-/// stream of arrivals cannot postpone a sync forever.
-pub(crate) const GATHER_ROUNDS_MAX: usize = 64;
-
-/// How long a gather phase waits at most for the rest of a group.
-pub(crate) const GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_micros(60);
-
 /// The gather phase of group commit. `drain` takes everything queued and
 /// returns how many requests the group now holds. Closed-loop clients send
 /// their next request only after their answer, so they arrive spread over
@@ -215,9 +210,9 @@ pub(crate) async fn gather<E: Env>(last_group: usize, mut drain: impl FnMut() ->
     use openraft::type_config::TypeConfigExt;
     let started = TypeConfig::<E>::now();
     let mut size = drain();
-    for _ in 0..GATHER_ROUNDS_MAX {
+    for _ in 0..SYNC_GATHER_ROUNDS_MAX {
         let waited = started.elapsed();
-        if size >= last_group || waited >= GATHER_WAIT_MAX {
+        if size >= last_group || waited >= SYNC_GATHER_WAIT_MAX {
             break;
         }
         yield_now().await;

@@ -31,6 +31,8 @@
 //! every earlier request of the stream is answered, and ends the stream.
 
 use crate::io::Env;
+use sluice_model::constants::STREAM_REORDER_WINDOW;
+use sluice_model::constants::STREAMS_PER_SOURCE_MAX;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -49,17 +51,7 @@ use serde::{Deserialize, Serialize};
 use super::{NodeId, Raft, TypeConfig};
 use sluice_model::transport::HandlerError;
 
-/// Requests a stream keeps in flight to one follower.
-pub const STREAM_INFLIGHT_MAX: usize = 8;
-
-/// How far past the next expected request the server parks requests of
-/// one stream; beyond that the sender is broken and is refused.
-const REORDER_WINDOW: u64 = 1024;
-
-/// Streams the server keeps per source node (one per client of that
-/// node: replication, heartbeats, and clients made since); the least
-/// recently used go.
-const STREAMS_PER_SOURCE_MAX: usize = 8;
+pub use sluice_model::constants::STREAM_INFLIGHT_MAX;
 
 /// Names a stream: the leader's term, the client (one per follower and
 /// purpose, numbered by the leader's network factory) and the stream's
@@ -307,7 +299,7 @@ impl<E: Env> Inbound<E> {
                     "append stream {stream:?} from node {source} has ended; start a new one"
                 )));
             }
-            if seq < shared.next_seq || seq >= shared.next_seq + REORDER_WINDOW {
+            if seq < shared.next_seq || seq >= shared.next_seq + STREAM_REORDER_WINDOW {
                 return Err(HandlerError::new(format!(
                     "request {seq} of append stream {stream:?} from node {source} is outside \
                      its window (next {}); start a new stream",

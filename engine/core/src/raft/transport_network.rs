@@ -53,6 +53,7 @@
 //!   not decode is refused with a message and changes nothing.
 
 use crate::io::Env;
+use sluice_model::constants::SNAPSHOT_CHUNK_SIZE_MIN;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -85,13 +86,7 @@ use sluice_model::transport::{
     Handler, HandlerError, MessageKind, Request, Transport, TransportError,
 };
 
-/// The largest snapshot sent whole, and the size of the pieces a larger
-/// one is cut into (a transport's frame bound is above it: 16 MiB for
-/// TCP). A transport refusing a piece as too large halves the size.
-pub const SNAPSHOT_CHUNK_SIZE: usize = 4 * 1024 * 1024;
-
-/// The smallest piece a snapshot is cut into.
-const SNAPSHOT_CHUNK_SIZE_MIN: usize = 256;
+pub use sluice_model::constants::SNAPSHOT_CHUNK_SIZE;
 
 /// The group id of the one Raft group a cluster runs today.
 pub const RAFT_GROUP: u32 = 0;

@@ -256,7 +256,11 @@ async fn run(
     let config = BusConfig {
         durability,
         inflight_per_producer_max: 64,
-        prewrite,
+        prewrite: if prewrite {
+            sluice_core::log::Prewrite::Spare
+        } else {
+            sluice_core::log::Prewrite::Off
+        },
         ..BusConfig::default()
     };
     let bus = Bus::open_with_config(dir.path(), config).await?;

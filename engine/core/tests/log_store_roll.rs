@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
-use sluice_core::log::{Log, Options, Record};
+use sluice_core::log::{Log, Options, Prewrite, Record};
 use sluice_core::raft::{Durability, Entry, LogStore, log_id};
 
 const SEGMENT: u64 = 4096;
@@ -19,7 +19,7 @@ const BATCHES: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_does_not_fit_goes_whole_into_the_next_segment() {
-    for prewrite in [false, true] {
+    for prewrite in [Prewrite::Off, Prewrite::Spare] {
         let dir = tempfile::tempdir().unwrap();
         let options = Options {
             segment_size: SEGMENT,
@@ -59,13 +59,13 @@ async fn a_batch_that_does_not_fit_goes_whole_into_the_next_segment() {
         let sealed: Vec<_> = segments.iter().filter(|s| s.sealed).collect();
         assert!(
             sealed.len() >= 5,
-            "prewrite {prewrite}: {} segments",
+            "prewrite {prewrite:?}: {} segments",
             segments.len()
         );
         for segment in &sealed {
             assert!(
                 starts.contains(&segment.first) && starts.contains(&segment.next),
-                "prewrite {prewrite}: a batch split across segments: {segment:?}"
+                "prewrite {prewrite:?}: a batch split across segments: {segment:?}"
             );
             assert!(segment.size <= SEGMENT, "{segment:?}");
         }

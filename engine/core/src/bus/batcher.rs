@@ -37,7 +37,8 @@ use openraft::type_config::TypeConfigExt;
 use openraft_rt::Select2;
 
 use crate::io::{Clock, wall_unix_ms};
-use crate::raft::{FnResponder, Raft, StateView, TypeConfig};
+use crate::log::ChainMode;
+use crate::raft::{Durability, FnResponder, Raft, StateView, TypeConfig};
 use sluice_model::event::{BatchBuilder, Event, EventError};
 use sluice_model::state::{Command, EventOutcome, Op, Response};
 
@@ -54,89 +55,166 @@ pub(crate) struct Request<E: Env> {
 type WriteResult<E> =
     Result<ClientWriteResponse<TypeConfig<E>>, openraft::error::ClientWriteError<TypeConfig<E>>>;
 
+/// How the batcher batches: fixed when the bus opens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Events one entry holds at most.
+    pub(crate) batch_events_max: usize,
+    /// Whether the log chains frames: then the batcher computes each
+    /// entry's payload digest before proposing it.
+    pub(crate) chain: ChainMode,
+    /// Whether the log syncs: a batch waits for the rest of its group only
+    /// when there is a sync to share.
+    pub(crate) durability: Durability,
+}
+
+/// Runs the batcher until every sender is gone (the bus closed) or Raft
+/// stops.
 pub(crate) async fn run<E: Env>(
     raft: Raft<E>,
     view: StateView<E>,
     clock: Arc<dyn Clock>,
-    mut requests: MpscReceiverOf<TypeConfig<E>, Request<E>>,
-    batch_events_max: usize,
-    digests: bool,
-    durable: bool,
+    requests: MpscReceiverOf<TypeConfig<E>, Request<E>>,
+    settings: Settings,
 ) {
     let proposer = Proposer {
         raft: &raft,
         view: &view,
         clock: &*clock,
-        digests,
+        chain: settings.chain,
     };
-    let mut builder = BatchBuilder::new();
-    let mut pending = Vec::new();
-    let mut turns = Turns::<E>::new();
-    let mut waiting = Queued::default();
-    let mut last_batch: usize = 1;
-    let mut gather = Gather::new(durable);
-    let mut closed = false;
-    let drain = |waiting: &mut Queued<E>,
-                 requests: &mut MpscReceiverOf<TypeConfig<E>, Request<E>>| {
-        while waiting.len() < batch_events_max {
-            match requests.try_recv() {
-                Ok(next) => waiting.push(next),
+    let mut batcher = Batcher {
+        requests,
+        batch_events_max: settings.batch_events_max,
+        builder: BatchBuilder::new(),
+        pending: Vec::new(),
+        turns: Turns::<E>::new(),
+        waiting: Queued::default(),
+        last_batch: 1,
+        gather: Gather::new(settings.durability),
+        closed: false,
+    };
+    while batcher.next_publishes().await {
+        if batcher.waits_for_turn() {
+            batcher.wait_for_turn().await;
+            continue;
+        }
+        batcher.gather_rest().await;
+        if !batcher.batch_and_submit(&proposer).await {
+            return;
+        }
+    }
+}
+
+/// The batcher's state between batches.
+struct Batcher<E: Env> {
+    requests: MpscReceiverOf<TypeConfig<E>, Request<E>>,
+    batch_events_max: usize,
+    builder: BatchBuilder,
+    /// Publishes in the batch being built.
+    pending: Vec<Request<E>>,
+    turns: Turns<E>,
+    /// Publishes taken from the queue, not yet in a batch.
+    waiting: Queued<E>,
+    /// Size of the last batch: the group a smaller batch waits for.
+    last_batch: usize,
+    gather: Gather,
+    /// Every sender is gone: what is queued goes out, then the batcher ends.
+    closed: bool,
+}
+
+impl<E: Env> Batcher<E> {
+    /// Takes what is queued, waiting for a first publish if there is none;
+    /// false once the bus has closed and nothing is left.
+    async fn next_publishes(&mut self) -> bool {
+        if self.waiting.is_empty() {
+            if self.closed {
+                return false;
+            }
+            match self.requests.recv().await {
+                Some(first) => self.waiting.push(first),
+                // Every sender is gone and the queue is empty: the bus closed.
+                None => return false,
+            }
+        }
+        self.drain();
+        true
+    }
+
+    /// Moves queued publishes into `waiting`, up to a batch; returns how
+    /// many wait.
+    fn drain(&mut self) -> usize {
+        while self.waiting.len() < self.batch_events_max {
+            match self.requests.try_recv() {
+                Ok(next) => self.waiting.push(next),
                 Err(_) => break,
             }
         }
-        waiting.len()
-    };
-    loop {
-        if waiting.is_empty() {
-            if closed {
-                return;
-            }
-            match requests.recv().await {
-                Some(first) => waiting.push(first),
-                // Every sender is gone and the queue is empty: the bus closed.
-                None => return,
-            }
+        self.waiting.len()
+    }
+
+    /// A small batch waits for its turn while another is in flight (see
+    /// `Turns`); a full one goes at once.
+    fn waits_for_turn(&mut self) -> bool {
+        let full = self.waiting.len() >= TURN_BYPASS_EVENTS.min(self.batch_events_max)
+            || self.waiting.bytes >= TURN_BYPASS_BYTES;
+        self.turns.in_flight() > 0 && !full && !self.closed
+    }
+
+    /// Waits until a batch in flight is applied or another publish comes.
+    async fn wait_for_turn(&mut self) {
+        match TypeConfig::<E>::select2(self.turns.released(), self.requests.recv()).await {
+            Select2::First(()) => {}
+            Select2::Second(Some(next)) => self.waiting.push(next),
+            Select2::Second(None) => self.closed = true,
         }
-        drain(&mut waiting, &mut requests);
-        let full = waiting.len() >= TURN_BYPASS_EVENTS.min(batch_events_max)
-            || waiting.bytes >= TURN_BYPASS_BYTES;
-        if turns.in_flight() > 0 && !full && !closed {
-            // A small batch waits for its turn: see `Turns`.
-            match TypeConfig::<E>::select2(turns.released(), requests.recv()).await {
-                Select2::First(()) => {}
-                Select2::Second(Some(next)) => waiting.push(next),
-                Select2::Second(None) => closed = true,
-            }
-            continue;
+    }
+
+    /// Lets the rest of the last batch's group arrive: a bounded wait when
+    /// it is likely to come soon, else a few yields.
+    async fn gather_rest(&mut self) {
+        let missing = self.last_batch.saturating_sub(self.waiting.len());
+        if self.closed || missing == 0 {
+            return;
         }
-        let missing = last_batch.saturating_sub(waiting.len());
-        if !closed && missing > 0 {
-            if turns.in_flight() == 0 && gather.wants_wait() {
-                // Wait for the rest of a group, when it is likely to come soon.
-                let mut timer = std::pin::pin!(<E::Runtime as crate::io::Runtime>::sleep_precise(
-                    BATCH_GATHER_WAIT_MAX
-                ));
-                while waiting.len() < last_batch {
-                    match TypeConfig::<E>::select2(requests.recv(), timer.as_mut()).await {
-                        Select2::First(Some(next)) => {
-                            waiting.push(next);
-                            drain(&mut waiting, &mut requests);
-                        }
-                        Select2::First(None) => {
-                            closed = true;
-                            break;
-                        }
-                        Select2::Second(()) => break,
-                    }
+        if self.turns.in_flight() == 0 && self.gather.wants_wait() {
+            self.wait_for_group().await;
+        } else {
+            // A few yields for publishes already on their way, as the
+            // flusher gathers (at most `SYNC_GATHER_WAIT_MAX`).
+            let last_batch = self.last_batch;
+            crate::raft::gather::<E>(last_batch, || self.drain()).await;
+        }
+    }
+
+    /// Waits up to `BATCH_GATHER_WAIT_MAX` for the last batch's size.
+    async fn wait_for_group(&mut self) {
+        let mut timer = std::pin::pin!(<E::Runtime as crate::io::Runtime>::sleep_precise(
+            BATCH_GATHER_WAIT_MAX
+        ));
+        while self.waiting.len() < self.last_batch {
+            match TypeConfig::<E>::select2(self.requests.recv(), timer.as_mut()).await {
+                Select2::First(Some(next)) => {
+                    self.waiting.push(next);
+                    self.drain();
                 }
-                gather.waited(waiting.len() >= last_batch);
-            } else {
-                // A few yields for publishes already on their way, as the
-                // flusher gathers (at most 60 µs).
-                crate::raft::gather::<E>(last_batch, || drain(&mut waiting, &mut requests)).await;
+                Select2::First(None) => {
+                    self.closed = true;
+                    break;
+                }
+                Select2::Second(()) => break,
             }
         }
-        last_batch = waiting.len().clamp(1, batch_events_max);
+        self.gather.waited(self.waiting.len() >= self.last_batch);
+    }
+
+    /// Builds what waits into batches and proposes them; false once Raft
+    /// has stopped.
+    async fn batch_and_submit(&mut self, proposer: &Proposer<'_, E>) -> bool {
+        self.last_batch = self.waiting.len().clamp(1, self.batch_events_max);
+        // Taken out while its requests are pushed, and put back to keep
+        // its capacity for the next batch.
+        let mut waiting = std::mem::take(&mut self.waiting);
         for request in waiting.take() {
             sluice_model::stage!(
                 sluice_model::trace::stamp_key(
@@ -146,31 +224,37 @@ pub(crate) async fn run<E: Env>(
                 ),
                 BatchTaken
             );
-            match builder.push(&request.event) {
-                Ok(()) => pending.push(request),
-                Err(EventError::BatchFull { .. }) => {
-                    if !proposer
-                        .submit(&mut turns, &mut builder, &mut pending)
-                        .await
-                    {
-                        return;
-                    }
-                    match builder.push(&request.event) {
-                        Ok(()) => pending.push(request),
-                        Err(error) => {
-                            finish(vec![request], |_| Err(BusError::Event(error.clone())))
-                        }
-                    }
-                }
-                Err(error) => finish(vec![request], |_| Err(BusError::Event(error.clone()))),
+            if !self.push(proposer, request).await {
+                return false;
             }
         }
-        if !proposer
-            .submit(&mut turns, &mut builder, &mut pending)
+        self.waiting = waiting;
+        proposer
+            .submit(&mut self.turns, &mut self.builder, &mut self.pending)
             .await
-        {
-            return;
+    }
+
+    /// Adds one publish to the batch, proposing the batch first if it is
+    /// full; a publish that fits in no batch is refused. False once Raft
+    /// has stopped.
+    async fn push(&mut self, proposer: &Proposer<'_, E>, request: Request<E>) -> bool {
+        match self.builder.push(&request.event) {
+            Ok(()) => self.pending.push(request),
+            Err(EventError::BatchFull { .. }) => {
+                if !proposer
+                    .submit(&mut self.turns, &mut self.builder, &mut self.pending)
+                    .await
+                {
+                    return false;
+                }
+                match self.builder.push(&request.event) {
+                    Ok(()) => self.pending.push(request),
+                    Err(error) => finish(vec![request], |_| Err(BusError::Event(error.clone()))),
+                }
+            }
+            Err(error) => finish(vec![request], |_| Err(BusError::Event(error.clone()))),
         }
+        true
     }
 }
 
@@ -189,7 +273,7 @@ pub(crate) async fn run<E: Env>(
 /// [`BATCH_GATHER_RETRY_EVERY`] batches.
 struct Gather {
     /// Whether the log syncs (else a batch never waits: no sync to share).
-    durable: bool,
+    durability: Durability,
     /// Recent waits that filled their batch less those that timed out,
     /// within 0..=4; waiting is on while it is above 0.
     score: u32,
@@ -198,9 +282,9 @@ struct Gather {
 }
 
 impl Gather {
-    fn new(durable: bool) -> Self {
+    fn new(durability: Durability) -> Self {
         Gather {
-            durable,
+            durability,
             score: 1,
             since_off: 0,
         }
@@ -209,7 +293,7 @@ impl Gather {
     /// Whether a batch smaller than the last one waits for the rest (else
     /// it only yields a few times: `raft::gather`).
     fn wants_wait(&mut self) -> bool {
-        if !self.durable {
+        if self.durability == Durability::Buffer {
             return false;
         }
         if self.score > 0 {
@@ -323,13 +407,13 @@ impl<E: Env> Turns<E> {
 }
 
 /// Proposes the built batch as one entry, with its payload digest when
-/// `digests` (the log chains); its publishers are answered when it is
-/// applied. Returns false once Raft has stopped.
+/// the log chains; its publishers are answered when it is applied.
+/// Returns false once Raft has stopped.
 struct Proposer<'a, E: Env> {
     raft: &'a Raft<E>,
     view: &'a StateView<E>,
     clock: &'a dyn Clock,
-    digests: bool,
+    chain: ChainMode,
 }
 
 impl<E: Env> Proposer<'_, E> {
@@ -343,7 +427,7 @@ impl<E: Env> Proposer<'_, E> {
             raft,
             view,
             clock,
-            digests,
+            chain,
         } = *self;
         if pending.is_empty() {
             return true;
@@ -355,7 +439,7 @@ impl<E: Env> Proposer<'_, E> {
             timestamp_ms: wall_unix_ms(clock),
             op: Op::Publish(builder.finish()),
         };
-        if digests {
+        if chain == ChainMode::Sha256 {
             crate::raft::codec::prepare_digest(&mut command);
         }
         #[cfg(feature = "planted-bugs")]

@@ -76,7 +76,7 @@ pub struct BusConfig {
     /// Whether the log's next segment is written out with zeros in the
     /// background, so that appends overwrite instead of growing the file
     /// and each sync skips a journal commit (`log/spare.rs`; default: yes).
-    pub prewrite: bool,
+    pub prewrite: crate::log::Prewrite,
     /// Signed checkpoints of the chain head, written by policy while the
     /// bus is open (`Bus::start_checkpoints`); `None`: only when
     /// `Bus::checkpoint` is called.
@@ -115,7 +115,7 @@ impl Default for BusConfig {
             retention_interval: Some(Duration::from_secs(60)),
             unconsumed: Unconsumed::Keep,
             chain: crate::log::ChainMode::Sha256,
-            prewrite: true,
+            prewrite: crate::log::Prewrite::Spare,
             checkpoints: None,
             signatures: Arc::new(NoSignatureCheck),
             heartbeat_interval: Duration::from_millis(50),
@@ -265,9 +265,11 @@ impl<E: Env> Bus<E> {
             view.clone(),
             clock.clone(),
             requests,
-            config.batch_events_max,
-            config.chain == crate::log::ChainMode::Sha256,
-            config.durability == Durability::Sync,
+            batcher::Settings {
+                batch_events_max: config.batch_events_max,
+                chain: config.chain,
+                durability: config.durability,
+            },
         )));
         let (relay_released, _) = TypeConfig::<E>::watch_channel(0u64);
         let inner = Inner {

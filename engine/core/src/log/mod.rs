@@ -100,11 +100,23 @@ pub struct Options {
     /// Whether frames carry the hash chain.
     pub chain: ChainMode,
     /// Whether the log wants spare segments written out with zeros ahead
-    /// of the writer (`spare.rs`), once it has taken
-    /// [`PREWRITE_AFTER_BYTES`] (or one segment, if smaller) of appends
-    /// since it was opened. The log only asks ([`Log::spare_job`]); its
-    /// owner does the writing.
-    pub prewrite: bool,
+    /// of the writer.
+    pub prewrite: Prewrite,
+}
+
+/// Whether a log keeps a spare segment written out with zeros ahead of
+/// the writer (`spare.rs`), so that appends overwrite instead of growing
+/// the file and each sync skips a metadata update. The log asks for one
+/// ([`Log::spare_job`]) once it has taken [`PREWRITE_AFTER_BYTES`] (or one
+/// segment, if smaller) of appends since it was opened; its owner does
+/// the writing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Prewrite {
+    /// Keep a spare segment ready.
+    #[default]
+    Spare,
+    /// Grow the active segment as appends come.
+    Off,
 }
 
 pub use sluice_model::constants::PREWRITE_AFTER_BYTES;
@@ -115,7 +127,7 @@ impl Default for Options {
             segment_size: SEGMENT_SIZE_DEFAULT,
             recovery: RecoveryMode::default(),
             chain: ChainMode::default(),
-            prewrite: true,
+            prewrite: Prewrite::Spare,
         }
     }
 }
@@ -601,7 +613,7 @@ impl<D: Disk> Log<D> {
         self.active.size += self.buffer.len() as u64;
         self.written += self.buffer.len() as u64;
         if matches!(self.spare, spare::State::Off)
-            && self.options.prewrite
+            && self.options.prewrite == Prewrite::Spare
             && self.written >= self.prewrite_after()
         {
             self.spare = spare::State::Wanted;
@@ -872,7 +884,9 @@ impl<D: Disk> Log<D> {
                 (Arc::new(self.poison_on_error(created, "create", &name)?), 0)
             }
         };
-        if matches!(self.spare, spare::State::Off | spare::State::Failed) && self.options.prewrite {
+        if matches!(self.spare, spare::State::Off | spare::State::Failed)
+            && self.options.prewrite == Prewrite::Spare
+        {
             // Used, or failed before: ask for the next one. A log never
             // written to since open still waits for `PREWRITE_AFTER_BYTES`.
             self.spare = if self.written >= self.prewrite_after() {

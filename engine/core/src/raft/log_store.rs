@@ -395,7 +395,7 @@ impl<E: Env> LogStore<E> {
             Arc::clone(&shared),
             requests,
         )));
-        if prewrite {
+        if prewrite == log::Prewrite::Spare {
             // Detached: ends once the store and its readers are gone.
             drop(TypeConfig::<E>::spawn(prewrite_loop::<E>(Arc::downgrade(
                 &shared,

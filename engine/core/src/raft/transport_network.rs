@@ -53,6 +53,7 @@
 //!   not decode is refused with a message and changes nothing.
 
 use crate::io::Env;
+use crate::log::ChainMode;
 use sluice_model::constants::SNAPSHOT_CHUNK_SIZE_MIN;
 use std::fmt;
 use std::future::Future;
@@ -547,9 +548,9 @@ pub struct RaftService<E: Env> {
     inbound: pipeline::Inbound<E>,
     /// The snapshot being received in pieces, if any.
     assembly: std::sync::Mutex<Option<Assembly>>,
-    /// Whether received entries get their payload digests here (the log
-    /// chains; see `raft::codec`).
-    digests: bool,
+    /// Whether the log chains, so received entries get their payload
+    /// digests here (see `raft::codec`).
+    chain: ChainMode,
 }
 
 /// A snapshot arriving in pieces: whose, which, and the bytes so far.
@@ -571,7 +572,7 @@ impl<E: Env> RaftService<E> {
             raft,
             inbound: pipeline::Inbound::new(),
             assembly: std::sync::Mutex::new(None),
-            digests: true,
+            chain: ChainMode::Sha256,
         }
     }
 
@@ -579,7 +580,7 @@ impl<E: Env> RaftService<E> {
     /// log does not chain (`ChainMode::Off`, which exists to measure the
     /// chain's cost), where they would be a wasted pass over the bytes.
     pub fn without_payload_digests(mut self) -> Self {
-        self.digests = false;
+        self.chain = ChainMode::Off;
         self
     }
 
@@ -679,7 +680,7 @@ impl<E: Env> RaftService<E> {
             Ok(MessageKind::AppendEntries) => {
                 let mut rpc: AppendEntriesRequest<TypeConfig<E>> =
                     decode(body, "append entries", source)?;
-                if self.digests {
+                if self.chain == ChainMode::Sha256 {
                     codec::prepare_digests(&mut rpc.entries);
                 }
                 answer(self.raft.append_entries(rpc).await, "append entries")
@@ -687,7 +688,7 @@ impl<E: Env> RaftService<E> {
             Ok(MessageKind::AppendStream) => {
                 let mut request: pipeline::StreamRequestIn<E> =
                     decode(body, "append stream", source)?;
-                if self.digests {
+                if self.chain == ChainMode::Sha256 {
                     codec::prepare_digests(&mut request.rpc.entries);
                 }
                 let result = self.inbound.serve(&self.raft, source, request).await;

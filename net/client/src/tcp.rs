@@ -562,7 +562,7 @@ async fn flush(write: &mut (impl AsyncWrite + Unpin), batch: &mut BytesMut) -> i
 #[cfg(feature = "stage-trace")]
 tokio::task_local! {
     /// The request id of the client request a handler serves.
-    pub(crate) static TRACE_REQUEST: u64;
+    pub static TRACE_REQUEST: u64;
 }
 
 /// Records the client frames in `frames` (whole frames, back to back) as

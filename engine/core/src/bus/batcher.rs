@@ -467,7 +467,7 @@ impl<E: Env> Proposer<'_, E> {
                 }
                 Err(fatal) => {
                     let error = fatal.to_string();
-                    finish(waiting, |_| Err(BusError::raft(&error)));
+                    finish(waiting, |_| Err(BusError::raft(error.clone())));
                     false
                 }
             };
@@ -540,7 +540,7 @@ fn answer<E: Env>(result: Option<WriteResult<E>>, waiting: Vec<Request<E>>) {
                     leader_id: *leader_id,
                     leader_address: leader_address.clone(),
                 }),
-                None => Err(BusError::Raft(message.clone())),
+                None => Err(BusError::raft(message.clone())),
             })
         }
     }

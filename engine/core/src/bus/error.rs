@@ -32,9 +32,15 @@ pub enum BusError {
     Transaction(#[from] TxnError),
     /// Raft could not take the request (no leader, node stopping). The
     /// outcome of a publish that fails this way is unknown: retry it with
-    /// `Producer::resend`, which deduplicates.
+    /// `Producer::resend`, which deduplicates. Keeps Raft's error as its
+    /// source.
     #[error("replication: {0}; the outcome is unknown, retry (idempotent producers deduplicate)")]
-    Raft(String),
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The node stopped on a fatal error (its log storage failed, or it was
+    /// shut down): it takes nothing more. Its log says why; fix the cause
+    /// and restart it, and it recovers from its log.
+    #[error("the node stopped: {0}")]
+    Stopped(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// This node is not the leader, so it did not take the request (nothing
     /// was proposed): send it to the leader, named when this node knows it.
     #[error("{}", not_leader_message(*leader_id, leader_address.as_deref()))]
@@ -59,20 +65,22 @@ pub enum BusError {
 }
 
 impl BusError {
-    pub fn raft(error: impl std::fmt::Display) -> Self {
-        BusError::Raft(error.to_string())
+    /// A failed replication, keeping `error` as the cause.
+    pub fn raft(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        BusError::Raft(error.into())
     }
 
     /// Maps a failed proposal: a proposal refused before it was appended
-    /// (this node is not the leader) becomes [`BusError::NotLeader`]; any
-    /// other failure leaves the outcome unknown ([`BusError::Raft`]).
+    /// (this node is not the leader) becomes [`BusError::NotLeader`]; a
+    /// node that stopped, [`BusError::Stopped`]; any other failure leaves
+    /// the outcome unknown ([`BusError::Raft`]).
     pub(crate) fn from_write<C>(error: RaftError<C, ClientWriteError<C>>) -> Self
     where
         C: RaftTypeConfig<NodeId = u64, Node = crate::raft::Node>,
     {
         match error {
             RaftError::APIError(error) => BusError::from_write_error(error),
-            RaftError::Fatal(fatal) => BusError::raft(fatal),
+            RaftError::Fatal(fatal) => BusError::Stopped(Box::new(fatal)),
         }
     }
 

@@ -395,7 +395,11 @@ impl<E: Env> Bus<E> {
 
     /// Stops the node; data on disk stays.
     pub async fn close(self) -> Result<(), BusError> {
-        self.inner.raft.shutdown().await.map_err(BusError::raft)
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|error| BusError::raft(format!("shutting down: {error:?}")))
     }
 
     /// A read lock on this node's applied state: topics, partitions,

@@ -227,6 +227,76 @@ impl<E, T: Transport> fmt::Debug for TransportClient<E, T> {
 }
 
 impl<E: Env, T: Transport> TransportClient<E, T> {
+    /// Sends a snapshot too large for one message in pieces of
+    /// `snapshot_chunk_size` (halved whenever the transport finds a piece
+    /// too large), each acknowledged before the next; the follower installs
+    /// it once the last piece is in.
+    async fn send_in_pieces(
+        &mut self,
+        vote: &Vote,
+        meta: &Meta,
+        data: &[u8],
+        mut cancel: std::pin::Pin<&mut impl Future<Output = ReplicationClosed>>,
+    ) -> Result<SnapshotResponse<TypeConfig<E>>, StreamingError<TypeConfig<E>>> {
+        let action = RPCTypes::InstallSnapshot;
+        let mut offset = 0usize;
+        let mut size = self.snapshot_chunk_size;
+        loop {
+            let end = (offset + size).min(data.len());
+            let message = ChunkOut {
+                vote,
+                meta,
+                total: data.len() as u64,
+                offset: offset as u64,
+                data: &data[offset..end],
+            };
+            let exchange = pin!(self.exchange(MessageKind::SnapshotChunk, &message, None));
+            let answer = match select(exchange, cancel.as_mut()).await {
+                Either::Left((answer, _)) => answer,
+                Either::Right((closed, _)) => return Err(StreamingError::Closed(closed)),
+            };
+            let answer = match answer {
+                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
+                    if size > SNAPSHOT_CHUNK_SIZE_MIN =>
+                {
+                    size = (size / 2).max(SNAPSHOT_CHUNK_SIZE_MIN);
+                    continue;
+                }
+                Err(failure) => {
+                    return Err(StreamingError::from(self.failure_error(failure, action)));
+                }
+                Ok(answer) => answer,
+            };
+            if end == data.len() {
+                return self.decode(&answer, action).map_err(StreamingError::from);
+            }
+            self.check_piece_received(&answer, end)?;
+            offset = end;
+        }
+    }
+
+    /// Checks a piece's acknowledgement: the follower must hold exactly
+    /// the bytes sent so far, else the transfer starts over.
+    fn check_piece_received(
+        &self,
+        answer: &Bytes,
+        end: usize,
+    ) -> Result<(), StreamingError<TypeConfig<E>>> {
+        let ack: ChunkAck = self
+            .decode(answer, RPCTypes::InstallSnapshot)
+            .map_err(StreamingError::from)?;
+        if ack.received == end as u64 {
+            return Ok(());
+        }
+        Err(StreamingError::from(RPCError::Unreachable(
+            Unreachable::from_string(format!(
+                "node {} holds {} bytes of the snapshot after a piece ending at {end}; \
+                 the transfer starts over",
+                self.target, ack.received
+            )),
+        )))
+    }
+
     /// One RPC: encodes `message`, calls the peer (within `ttl`, if given,
     /// besides the transport's bound), decodes the response.
     async fn call<Q: Serialize, P: DeserializeOwned>(
@@ -420,7 +490,7 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig<E>>, StreamingError<TypeConfig<E>>> {
         let action = RPCTypes::InstallSnapshot;
-        let mut cancel = pin!(cancel);
+        let cancel = pin!(cancel);
         // The tail (the bodies the follower will need) is read from the log
         // now, on the blocking pool. A failure ends this attempt; openraft
         // tries again with the snapshot current then.
@@ -437,12 +507,11 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
                 )));
             }
         };
-        let data = &data;
         if data.len() <= self.snapshot_chunk_size {
             let message = FullSnapshotOut {
                 vote: &vote,
                 meta: &meta,
-                data,
+                data: &data,
             };
             let call = pin!(self.call(MessageKind::FullSnapshot, action, &message, None));
             return match select(call, cancel).await {
@@ -450,50 +519,7 @@ impl<E: Env, T: Transport> RaftNetworkV2<TypeConfig<E>> for TransportClient<E, T
                 Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
             };
         }
-        let total = data.len() as u64;
-        let mut offset = 0usize;
-        let mut size = self.snapshot_chunk_size;
-        loop {
-            let end = (offset + size).min(data.len());
-            let message = ChunkOut {
-                vote: &vote,
-                meta: &meta,
-                total,
-                offset: offset as u64,
-                data: &data[offset..end],
-            };
-            let exchange = pin!(self.exchange(MessageKind::SnapshotChunk, &message, None));
-            let answer = match select(exchange, cancel.as_mut()).await {
-                Either::Left((answer, _)) => answer,
-                Either::Right((closed, _)) => return Err(StreamingError::Closed(closed)),
-            };
-            let answer = match answer {
-                Err(Failure::Transport(TransportError::FrameTooLarge { .. }))
-                    if size > SNAPSHOT_CHUNK_SIZE_MIN =>
-                {
-                    size = (size / 2).max(SNAPSHOT_CHUNK_SIZE_MIN);
-                    continue;
-                }
-                Err(failure) => {
-                    return Err(StreamingError::from(self.failure_error(failure, action)));
-                }
-                Ok(answer) => answer,
-            };
-            if end == data.len() {
-                return self.decode(&answer, action).map_err(StreamingError::from);
-            }
-            let ack: ChunkAck = self.decode(&answer, action).map_err(StreamingError::from)?;
-            if ack.received != end as u64 {
-                return Err(StreamingError::from(RPCError::Unreachable(
-                    Unreachable::from_string(format!(
-                        "node {} holds {} bytes of the snapshot after a piece ending at {end}; \
-                         the transfer starts over",
-                        self.target, ack.received
-                    )),
-                )));
-            }
-            offset = end;
-        }
+        self.send_in_pieces(&vote, &meta, &data, cancel).await
     }
 }
 

@@ -12,8 +12,7 @@
 //!   sealed segments; opening a large log.
 //!
 //! Every figure is meant to be read as a ratio to a limit measured in the
-//! same run (see `DESIGN.md`, "This machine as the physical limit"): the
-//! limits move by a factor of ten with the load other processes put on the
+//! same run (see `benches/README.md`, "The machine"): the limits move by a factor of ten with the load other processes put on the
 //! disk.
 //!
 //! Everything runs on real files under [`bench_root`], never in `/tmp`

@@ -10,7 +10,8 @@
 //!
 //! # The rules
 //!
-//! This implements DESIGN.md "Exactly-once, defined". Values are unique per
+//! This implements exactly-once as `jepsen/README.md` ("Workload and what
+//! is checked") defines it. Values are unique per
 //! published event within a topic (a retried send reuses its value), so a
 //! value identifies an event. Observations are acknowledgements (the
 //! partition and offset of an `ok` send), `ok` polls and `ok` final reads;

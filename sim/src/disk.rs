@@ -16,8 +16,8 @@
 //! crash generation). [`SimDisks::restart`] then starts the node's init
 //! task again on the crashed disk.
 //!
-//! DESIGN.md asks for a madsim simulator plugin whose `reset_node` crashes
-//! the disk. madsim 0.2 registers plugins only through
+//! A madsim simulator plugin whose `reset_node` crashes the disk would do
+//! this implicitly, but madsim 0.2 registers plugins only through
 //! `Runtime::add_simulator`, which `#[madsim::test]` gives no hook for, so
 //! the scenarios use this explicit helper; a plugin would need a scenario
 //! runner of our own that builds the `Runtime`. Killing a node through

@@ -1,5 +1,4 @@
-//! Field-level masking of JSON payloads at read time (mission requirement
-//! 13).
+//! Field-level masking of JSON payloads at read time.
 //!
 //! A [`MaskingPolicy`] is a list of [`Rule`]s, each an RFC 9535 JSONPath, a
 //! [`Mask`] and the lowest [`Clearance`] that sees the field in clear. A

@@ -1,7 +1,6 @@
 //! The in-process dispatch core: typed events delivered to typed handlers
 //! through local (non-durable) topics, with a lifecycle per delivery,
-//! retries, dead letters and SLA classes (mission requirements 6, 7, 8
-//! and 15).
+//! retries, dead letters and SLA classes.
 //!
 //! ```text
 //! Dispatcher ── registry: (type name, schema version) ─► LocalTopic<T>

@@ -104,7 +104,8 @@ impl Sensitivity {
     }
 }
 
-/// An event's business context (mission requirement 1).
+/// An event's business context: what it is, which schema version, how
+/// it is encoded, its trace and its sensitivity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Headers {
     /// What happened, e.g. `payment.settled`.

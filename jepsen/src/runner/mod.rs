@@ -1,7 +1,6 @@
 //! The Jepsen-style runner: real `sluice node` processes, a seeded nemesis,
 //! a recorded client workload, and the checker of this crate's library.
-//! DESIGN.md "Jepsen-style runs" and ARCHITECTURE.md "Jepsen runs" give
-//! the shape; each module's doc gives its part:
+//! `jepsen/README.md` gives the shape; each module's doc gives its part:
 //!
 //! - [`supervisor`]: leftovers, network and tmpfs set-up, the worker
 //!   process, teardown on every exit path;

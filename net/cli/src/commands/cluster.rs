@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use sluice_client::client::{Client, ClientConfig};
-use sluice_client::protocol::{ClientRequest, ClientResponse};
+use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
 
 use super::{ClusterArgs, Outcome, load_secret, resolve, runtime};
 
@@ -63,14 +63,93 @@ pub(crate) fn run(command: Command) -> Outcome {
                 println!("node {id} is a voting member");
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Remove { id, cluster } => {
-                let request = ClientRequest::RemoveNode { id };
-                expect_done(cluster.client()?.request(&request).await?)?;
-                println!("node {id} is no longer a member");
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Remove { id, cluster } => remove(id, &cluster).await,
         }
     })
+}
+
+/// How long `cluster init`, refused, waits for the node to show the
+/// members another init gave it.
+const MEMBERS_SHOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long `cluster init` waits for the new cluster's first leader.
+const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A membership command the cluster's state rules out.
+#[derive(Debug, thiserror::Error)]
+enum MembershipError {
+    /// `cluster init` on a cluster that has members already.
+    #[error(
+        "cluster already initialised with members {members}; `cluster init` runs once. \
+         See the cluster with `sluice cluster status`, add a node with `sluice cluster add`"
+    )]
+    AlreadyInitialised {
+        /// The members, as ID=ADDRESS.
+        members: String,
+    },
+    /// The node asked to initialise refused, for another reason.
+    #[error("the node at {address} refused to initialise the cluster: {message}")]
+    InitRefused {
+        /// The node asked.
+        address: std::net::SocketAddr,
+        /// Its answer.
+        message: String,
+    },
+    /// `cluster remove` of a node that is not a member.
+    #[error("node {id} is not a member (members: {members}); nothing was removed")]
+    NotAMember {
+        /// The node named.
+        id: u64,
+        /// The members, as ID=ADDRESS.
+        members: String,
+    },
+}
+
+/// Members as `ID=ADDRESS, ...`, learners marked.
+fn member_list(metadata: &Metadata) -> String {
+    let members: Vec<String> = metadata
+        .members
+        .iter()
+        .map(|(id, address, voter)| {
+            format!("{id}={address}{}", if *voter { "" } else { " (learner)" })
+        })
+        .collect();
+    if members.is_empty() {
+        return "none: the cluster is not initialised (sluice cluster init)".to_owned();
+    }
+    members.join(", ")
+}
+
+async fn remove(id: u64, cluster: &ClusterArgs) -> Outcome {
+    let client = cluster.client()?;
+    let metadata = client.metadata().await?;
+    if !metadata.members.iter().any(|(member, _, _)| *member == id) {
+        return Err(MembershipError::NotAMember {
+            id,
+            members: member_list(&metadata),
+        }
+        .into());
+    }
+    let request = ClientRequest::RemoveNode { id };
+    expect_done(client.request(&request).await?)?;
+    println!("node {id} is no longer a member");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster as the node at `address` sees it.
+async fn metadata_of(
+    client: &Client,
+    address: std::net::SocketAddr,
+) -> Result<Metadata, Box<dyn std::error::Error>> {
+    match client
+        .request_from(address, &ClientRequest::Metadata)
+        .await?
+    {
+        ClientResponse::Metadata(metadata) => Ok(metadata),
+        other => {
+            Err(format!("the node at {address} answered {other:?} to a metadata request").into())
+        }
+    }
 }
 
 fn expect_done(response: ClientResponse) -> Result<(), Box<dyn std::error::Error>> {
@@ -100,12 +179,51 @@ async fn init(nodes: &str, secret_file: Option<&std::path::Path>) -> Outcome {
     let mut config = ClientConfig::new(addresses);
     config.secret = load_secret(secret_file)?;
     let client = Client::new(config)?;
+    let initialised = |metadata: &Metadata| MembershipError::AlreadyInitialised {
+        members: member_list(metadata),
+    };
+    let before = metadata_of(&client, first).await?;
+    if !before.members.is_empty() {
+        return Err(initialised(&before).into());
+    }
     let request = ClientRequest::Initialize {
         members: members.clone(),
     };
-    expect_done(client.request_from(first, &request).await?)?;
-    // Wait for the first leader, so that the next command finds one.
-    let metadata = client.metadata().await?;
+    match client.request_from(first, &request).await? {
+        ClientResponse::Done => {}
+        ClientResponse::Error { message, .. } => {
+            // Another `cluster init` may have come first, so recently that
+            // the node does not show its members yet.
+            let deadline = tokio::time::Instant::now() + MEMBERS_SHOWN_WAIT_MAX;
+            loop {
+                let after = metadata_of(&client, first).await?;
+                if !after.members.is_empty() {
+                    return Err(initialised(&after).into());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            return Err(MembershipError::InitRefused {
+                address: first,
+                message,
+            }
+            .into());
+        }
+        other => expect_done(other)?,
+    }
+    // Wait (a while) for the first leader and for the members to show, so
+    // that the next command finds them.
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+    let metadata = loop {
+        let metadata = client.metadata().await?;
+        let shown = metadata.leader.is_some() && !metadata.members.is_empty();
+        if shown || tokio::time::Instant::now() >= deadline {
+            break metadata;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let ids: Vec<String> = members.iter().map(|(id, _)| id.to_string()).collect();
     match metadata.leader {
         Some((leader, address)) => println!(

@@ -1,13 +1,17 @@
 //! `sluice node`: runs one cluster node in the foreground.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use sluice_core::bus::BusError;
+use sluice_core::io::os::{OsClock, OsDisk};
+use sluice_core::log::{Corruption, Error as LogError, Log, Options, RecoveryMode};
 use sluice_core::raft::Durability;
-use sluice_server::node::{ClusterNode, NodeConfig};
+use sluice_server::node::{ClusterNode, NodeConfig, NodeError};
 
 use super::{Outcome, load_secret, runtime};
 
@@ -40,6 +44,27 @@ pub(crate) struct Args {
     /// intervals). Use the same value on every node.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_ms: u64,
+    /// Open the log with RecoveryMode::Repair before starting: cut it at
+    /// the first damaged record anywhere, dropping that record and every
+    /// later one (logged), where a normal start refuses. Only when losing
+    /// them is acceptable: the node then catches up from its peers what
+    /// they hold.
+    #[arg(long)]
+    repair: bool,
+}
+
+/// A node that did not start because its log is damaged.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "node {id} did not start: {corruption}. `sluice node --repair` opens the log with \
+     RecoveryMode::Repair: start the node again with --repair (and the same --id, --listen, \
+     --data-dir {}) to cut its log there",
+    data_dir.display()
+)]
+struct DamagedLog {
+    id: u64,
+    data_dir: PathBuf,
+    corruption: Box<Corruption>,
 }
 
 pub(crate) fn run(args: Args) -> Outcome {
@@ -62,10 +87,25 @@ pub(crate) fn run(args: Args) -> Outcome {
         },
         metrics_listen: args.metrics_listen,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
-        ..NodeConfig::new(args.id, args.listen, args.data_dir)
+        ..NodeConfig::new(args.id, args.listen, args.data_dir.clone())
     };
+    if args.repair {
+        repair(&args.data_dir)?;
+    }
+    let (id, data_dir) = (args.id, args.data_dir.clone());
     runtime()?.block_on(async move {
-        let node = ClusterNode::start(config).await?;
+        let node = match ClusterNode::start(config).await {
+            Ok(node) => node,
+            Err(NodeError::Bus(BusError::Storage(LogError::Corruption(corruption)))) => {
+                return Err(DamagedLog {
+                    id,
+                    data_dir,
+                    corruption,
+                }
+                .into());
+            }
+            Err(error) => return Err(error.into()),
+        };
         info!(
             address = %node.local_address(),
             "serving; initialise a new cluster with `sluice cluster init`, stop with Ctrl-C"
@@ -88,6 +128,52 @@ pub(crate) fn run(args: Args) -> Outcome {
             }
         }
     })
+}
+
+/// Opens the log in `data_dir` with [`RecoveryMode::Repair`], which cuts it
+/// at the first damaged record, and logs what was cut; the node then opens
+/// the repaired log as usual.
+fn repair(data_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    if !data_dir.is_dir() {
+        warn!(data_dir = %data_dir.display(), "--repair: no data directory yet, nothing to repair");
+        return Ok(());
+    }
+    let disk = OsDisk::open(data_dir)
+        .map_err(|error| format!("--repair: cannot open {}: {error}", data_dir.display()))?;
+    let options = Options {
+        recovery: RecoveryMode::Repair,
+        ..Options::default()
+    };
+    let log = Log::open(disk, Arc::new(OsClock::new()), options).map_err(|error| {
+        format!(
+            "--repair: the log in {} does not open even in repair mode: {error}",
+            data_dir.display()
+        )
+    })?;
+    let report = log.recovery_report();
+    match &report.repair {
+        Some(cut) => warn!(
+            data_dir = %data_dir.display(),
+            damage = %cut.corruption,
+            segments_removed = ?cut.segments_removed,
+            bytes_dropped = cut.bytes_dropped,
+            log_now_ends_before = log.next_index(),
+            "--repair cut the log at the first damaged record; it and every later record are dropped"
+        ),
+        None => {
+            warn!(data_dir = %data_dir.display(), "--repair found no damaged record; nothing cut")
+        }
+    }
+    if let Some(torn) = &report.torn_tail {
+        warn!(
+            file = %torn.file,
+            offset = torn.offset,
+            bytes_cut = torn.bytes_cut,
+            reason = %torn.reason,
+            "--repair also cut a torn tail (unacknowledged writes)"
+        );
+    }
+    Ok(())
 }
 
 /// The exit code of a node whose Raft core stopped on its own (storage

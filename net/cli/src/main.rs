@@ -57,6 +57,21 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
 }
 
+/// Makes a write to a closed pipe end the process quietly, as it does
+/// other Unix tools: `sluice verify DIR | head -2` stops once `head` has
+/// its lines. Rust ignores SIGPIPE, so such a write would otherwise fail
+/// with EPIPE and `println!` panic. Not for `sluice node`, which must
+/// outlive a closed stderr. Sockets are unaffected: the transport writes
+/// to them with `write`/`write_all`, which std sends with MSG_NOSIGNAL.
+#[allow(unsafe_code)]
+fn die_quietly_on_broken_pipe() {
+    // SAFETY: called on the main thread before any other thread starts;
+    // restoring a signal's default disposition has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +81,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node(_)) {
+        die_quietly_on_broken_pipe();
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => commands::node::run(args),

@@ -1,12 +1,15 @@
 //! What an operator sees when a command cannot do what was asked: the
-//! membership commands refuse by name, and `publish` says how far it got.
-//! Through `sluice` processes, as an operator runs them.
+//! membership commands refuse by name, `publish` says how far it got, and
+//! a closed standard output ends a command quietly. Through `sluice`
+//! processes, as an operator runs them.
 
 mod common;
 
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, sluice, text};
+use common::{Node, SLUICE, sluice, text};
 
 #[test]
 fn cluster_init_twice_and_removing_a_non_member_are_refused_by_name() {
@@ -123,4 +126,32 @@ fn publish_counts_what_was_acknowledged_before_bad_input_and_takes_base64() {
     assert_eq!(events[2]["key"], "");
     assert_eq!(events[3]["key_base64"], "//79");
     assert_eq!(events[3]["payload_base64"], "gICA");
+}
+
+/// `sluice verify DIR | head -2`: once the reader is gone, the command
+/// ends without a panic or an error message.
+#[test]
+fn a_closed_standard_output_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [["verify", data], ["inspect", data]] {
+        // A socket whose other end is closed: every write fails with
+        // EPIPE, as a pipe's does after its reader exits.
+        let (reader, writer) = UnixStream::pair().expect("socket pair");
+        drop(reader);
+        let output = Command::new(SLUICE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(writer)))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("sluice runs");
+        let stderr = text(&output.stderr);
+        assert_ne!(
+            output.status.code(),
+            Some(101),
+            "{args:?} panicked: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?} said: {stderr}");
+    }
 }

@@ -11,8 +11,8 @@
 //! owner (at-least-once). Exactly-once processing is the transactional
 //! path: outputs and the input offsets commit in one Raft entry.
 
-use crate::io::Env;
 use crate::io::os::OsEnv;
+use crate::io::{Disk, Env};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
@@ -23,9 +23,9 @@ use openraft::alias::{InstantOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::TypeConfigExt;
 
-use crate::raft::{Applied, TypeConfig, codec_decode_command};
-use sluice_model::event::{EventBatch, Headers, ProducerStamp};
-use sluice_model::state::{OffsetCommit, Op, Response, Run, SESSION_TIMEOUT_MS, State};
+use crate::raft::{Applied, LogStoreReader, TypeConfig, codec_decode_command};
+use sluice_model::event::{EventBatch, EventView, Headers, ProducerStamp};
+use sluice_model::state::{Command, OffsetCommit, Op, Response, Run, SESSION_TIMEOUT_MS, State};
 
 use super::producer::{Message, Producer, Receipt};
 use super::{Bus, BusError};
@@ -373,50 +373,26 @@ fn start_position(state: &State, group: &str, (topic, partition): &TopicPartitio
 fn read_partition<E: Env>(
     bus: &Bus<E>,
     (topic, partition): &TopicPartition,
-    mut position: u64,
+    position: u64,
     max: usize,
     max_bytes: usize,
     out: &mut Vec<Delivery>,
 ) -> Result<u64, BusError> {
     let inner = bus.inner();
-    let mut erased = None;
-    let runs: Vec<Run> = {
-        let state = inner.view.read();
-        if state.has_erasures() {
-            erased = Some(state.erased_subjects().clone());
-        }
-        let Some((first, next)) = state.partition_range(topic, *partition) else {
-            return Ok(position);
-        };
-        position = position.max(first);
-        if position >= next {
-            return Ok(position);
-        }
-        let mut covered = 0u64;
-        state
-            .runs_from(topic, *partition, position)
-            .take_while(|run| {
-                let take = covered < max as u64;
-                covered += run.offset_next() - run.offset_first().max(position);
-                take
-            })
-            .cloned()
-            .collect()
+    let Some(plan) = plan_read(&inner.view.read(), topic, *partition, position, max) else {
+        return Ok(position.max(first_offset(bus, topic, *partition)));
     };
-    let mut records = Vec::new();
+    let mut position = plan.position;
     let mut taken = 0;
     let mut bytes = 0usize;
-    for run in &runs {
-        records.clear();
-        inner
-            .reader
-            .read_records(run.log_index(), run.log_index() + 1, &mut records)?;
-        let record = records
-            .first()
-            .ok_or_else(|| BusError::raft("indexed entry missing from the log"))?;
-        let command = codec_decode_command(&record.payload).map_err(BusError::raft)?;
+    let mut records = Vec::new();
+    for run in &plan.runs {
+        let command = read_entry(&inner.reader, run.log_index(), &mut records)?;
         let batch = command.batch().ok_or_else(|| {
-            BusError::raft(format!("index points at a non-event entry: {command}"))
+            BusError::Corrupt(format!(
+                "the partition index points at entry {}, which holds no events: {command}",
+                run.log_index()
+            ))
         })?;
         for (offset, view) in run.select(topic, *partition, batch) {
             if offset < position {
@@ -426,31 +402,117 @@ fn read_partition<E: Env>(
             if taken >= max || (taken > 0 && bytes.saturating_add(size) > max_bytes) {
                 return Ok(position);
             }
-            let mut delivery = Delivery {
-                topic: topic.clone(),
-                partition: *partition,
+            out.push(delivery(
+                topic,
+                *partition,
                 offset,
-                key: view.key(),
-                payload: view.payload(),
-                headers: view.headers(),
-                producer: view.producer(),
-                timestamp_ms: view.timestamp_ms(),
-            };
-            if let Some(subjects) = &erased {
-                sluice_model::records::mask_erased(
-                    subjects,
-                    &view,
-                    &mut delivery.payload,
-                    &mut delivery.headers,
-                );
-            }
-            out.push(delivery);
+                &view,
+                plan.erased.as_ref(),
+            ));
             position = offset + 1;
             taken += 1;
             bytes = bytes.saturating_add(size);
         }
     }
     Ok(position)
+}
+
+/// What a read takes from the state, under its lock: where to start, the
+/// runs of log entries that hold the events, and the erased subjects.
+struct ReadPlan {
+    position: u64,
+    runs: Vec<Run>,
+    erased: Option<std::collections::BTreeSet<String>>,
+}
+
+/// `None` when the partition does not exist or holds nothing from
+/// `position` on.
+fn plan_read(
+    state: &State,
+    topic: &str,
+    partition: u32,
+    position: u64,
+    max: usize,
+) -> Option<ReadPlan> {
+    let (first, next) = state.partition_range(topic, partition)?;
+    let position = position.max(first);
+    if position >= next {
+        return None;
+    }
+    let mut covered = 0u64;
+    let runs = state
+        .runs_from(topic, partition, position)
+        .take_while(|run| {
+            let take = covered < max as u64;
+            covered += run.offset_next() - run.offset_first().max(position);
+            take
+        })
+        .cloned()
+        .collect();
+    let erased = state
+        .has_erasures()
+        .then(|| state.erased_subjects().clone());
+    Some(ReadPlan {
+        position,
+        runs,
+        erased,
+    })
+}
+
+/// The first retained offset of a partition (0 if it does not exist).
+fn first_offset<E: Env>(bus: &Bus<E>, topic: &str, partition: u32) -> u64 {
+    bus.inner()
+        .view
+        .read()
+        .partition_range(topic, partition)
+        .map_or(0, |(first, _)| first)
+}
+
+/// Reads and decodes the command of log entry `index`, which the
+/// partition index says holds events.
+fn read_entry<D: Disk>(
+    reader: &LogStoreReader<D>,
+    index: u64,
+    records: &mut Vec<crate::log::Record>,
+) -> Result<Command, BusError> {
+    records.clear();
+    reader.read_records(index, index + 1, records)?;
+    let record = records.first().ok_or_else(|| {
+        BusError::Corrupt(format!(
+            "the partition index points at entry {index}, which is not in the log"
+        ))
+    })?;
+    codec_decode_command(&record.payload)
+        .map_err(|error| BusError::Corrupt(format!("entry {index} does not decode: {error}")))
+}
+
+/// The delivery of one event, its payload masked if its subject is erased.
+fn delivery(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    view: &EventView<'_>,
+    erased: Option<&std::collections::BTreeSet<String>>,
+) -> Delivery {
+    let mut delivery = Delivery {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        key: view.key(),
+        payload: view.payload(),
+        headers: view.headers(),
+        producer: view.producer(),
+        timestamp_ms: view.timestamp_ms(),
+    };
+    if let Some(subjects) = erased {
+        sluice_model::records::mask_erased(
+            subjects,
+            view,
+            &mut delivery.payload,
+            &mut delivery.headers,
+        );
+    }
+    delivery
 }
 
 /// A consume-transform-produce transaction; see [`Consumer::transaction`].

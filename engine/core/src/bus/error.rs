@@ -50,6 +50,10 @@ pub enum BusError {
         /// The leader's address, if known.
         leader_address: Option<String>,
     },
+    /// The data directory is damaged: the log and the state built from it
+    /// disagree. Nothing was changed; run `sluice verify` on the directory.
+    #[error("the data directory is damaged: {0}; run `sluice verify` on it")]
+    Corrupt(String),
     /// The bus was closed.
     #[error("the bus is closed")]
     Closed,

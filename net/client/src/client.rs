@@ -187,61 +187,12 @@ impl Client {
         };
         let timeout = self.inner.config.request_timeout;
         let deadline = Instant::now() + timeout + wait;
-        let mut last;
         let mut attempt: u32 = 0;
         loop {
-            let (id, address) = self.current();
-            let call = self.inner.transport.call(
-                id,
-                Request {
-                    kind: MessageKind::Client as u8,
-                    group: CLIENT_GROUP,
-                    body: body.clone(),
-                },
-            );
-            let limit = self.inner.config.attempt_timeout + wait;
-            let mut pause = true;
-            match tokio::time::timeout(limit, call).await {
-                Ok(Ok(answer)) => match decode::<ClientResponse>(&answer, "response") {
-                    Ok(ClientResponse::NotLeader {
-                        leader: Some((leader, leader_address)),
-                    }) => {
-                        last = format!("node at {address} named node {leader} as leader");
-                        match leader_address.parse::<SocketAddr>() {
-                            Ok(leader_address) if leader_address != address => {
-                                self.prefer(leader_address);
-                                pause = false;
-                            }
-                            _ => self.rotate(id),
-                        }
-                    }
-                    Ok(ClientResponse::NotLeader { leader: None }) => {
-                        last = format!("node at {address} knows no leader (election under way)");
-                        self.rotate(id);
-                    }
-                    Ok(ClientResponse::Error {
-                        message,
-                        retry: true,
-                    }) => {
-                        last = format!("node at {address}: {message}");
-                        self.rotate(id);
-                    }
-                    Ok(ClientResponse::Error {
-                        message,
-                        retry: false,
-                    }) => return Err(ClientError::Refused(message)),
-                    Ok(response) => return Ok(response),
-                    Err(message) => return Err(ClientError::Unexpected(message)),
-                },
-                Ok(Err(error)) => {
-                    last = error.to_string();
-                    self.rotate(id);
-                }
-                Err(_elapsed) => {
-                    last = format!("node at {address} did not answer within {limit:?}");
-                    self.rotate(id);
-                }
-            }
+            let (last, pause) = match self.attempt(&body, wait).await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry { last, pause } => (last, pause),
+            };
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable {
                     after: timeout + wait,
@@ -253,6 +204,69 @@ impl Client {
                 let delay = Duration::from_millis(20 * u64::from(attempt.min(10)));
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// Sends `body` once, to the node believed to lead, and says what to
+    /// do next: done, or retry (at once when the answer named the leader).
+    async fn attempt(&self, body: &Bytes, wait: Duration) -> Attempt {
+        let (id, address) = self.current();
+        let call = self.inner.transport.call(
+            id,
+            Request {
+                kind: MessageKind::Client as u8,
+                group: CLIENT_GROUP,
+                body: body.clone(),
+            },
+        );
+        let limit = self.inner.config.attempt_timeout + wait;
+        let last = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(answer)) => return self.answered(&answer, id, address),
+            Ok(Err(error)) => error.to_string(),
+            Err(_elapsed) => format!("node at {address} did not answer within {limit:?}"),
+        };
+        self.rotate(id);
+        Attempt::Retry { last, pause: true }
+    }
+
+    /// What an answer from node `id` at `address` means for the request.
+    fn answered(&self, answer: &Bytes, id: NodeId, address: SocketAddr) -> Attempt {
+        let retry = |last: String| Attempt::Retry { last, pause: true };
+        match decode::<ClientResponse>(answer, "response") {
+            Ok(ClientResponse::NotLeader {
+                leader: Some((leader, leader_address)),
+            }) => {
+                let last = format!("node at {address} named node {leader} as leader");
+                match leader_address.parse::<SocketAddr>() {
+                    Ok(leader_address) if leader_address != address => {
+                        self.prefer(leader_address);
+                        Attempt::Retry { last, pause: false }
+                    }
+                    _ => {
+                        self.rotate(id);
+                        retry(last)
+                    }
+                }
+            }
+            Ok(ClientResponse::NotLeader { leader: None }) => {
+                self.rotate(id);
+                retry(format!(
+                    "node at {address} knows no leader (election under way)"
+                ))
+            }
+            Ok(ClientResponse::Error {
+                message,
+                retry: true,
+            }) => {
+                self.rotate(id);
+                retry(format!("node at {address}: {message}"))
+            }
+            Ok(ClientResponse::Error {
+                message,
+                retry: false,
+            }) => Attempt::Done(Err(ClientError::Refused(message))),
+            Ok(response) => Attempt::Done(Ok(response)),
+            Err(message) => Attempt::Done(Err(ClientError::Unexpected(message))),
         }
     }
 
@@ -528,4 +542,12 @@ impl RemoteProducer {
             ))
         })
     }
+}
+/// The outcome of one attempt of a request.
+enum Attempt {
+    /// The request is answered (or refused for good).
+    Done(Result<ClientResponse, ClientError>),
+    /// Try again: `last` says why the attempt failed; without `pause`, at
+    /// once (the answer named the leader).
+    Retry { last: String, pause: bool },
 }

@@ -55,8 +55,8 @@
 //!   small handshake frames until it has authenticated.
 
 use std::collections::HashMap;
-use std::io;
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1124,10 +1124,7 @@ async fn serve_connection<H: Handler>(
     }
     // An authenticated peer is a member of the cluster: its frames do not
     // wait for the budget that bounds what strangers make the node hold.
-    let budget = server
-        .secret
-        .is_none()
-        .then(|| Arc::clone(&server.budget));
+    let budget = server.secret.is_none().then(|| Arc::clone(&server.budget));
     let reader = FrameReader::new(buf, budget);
     let (read, write) = stream.into_split();
     let result = serve_requests(read, write, reader, node, &handler, &server.config).await;
@@ -1138,7 +1135,10 @@ async fn serve_connection<H: Handler>(
             debug!(%peer, "closing a connection idle for {after:?}");
         }
         Err(Closed::SlowFrame { after, read }) => {
-            server.stats.closed_slow_frame.fetch_add(1, Ordering::Relaxed);
+            server
+                .stats
+                .closed_slow_frame
+                .fetch_add(1, Ordering::Relaxed);
             warn!(
                 %peer,
                 "closing the connection: {read} bytes of a frame arrived in {after:?}, and a \
@@ -1291,8 +1291,8 @@ async fn serve_requests<H: Handler>(
     // The bounds are checked on a tick rather than by a timer per frame,
     // which would cost a timer update on every request: a slow frame is
     // caught within a quarter of its bound past it.
-    let tick = (config.frame_read_time_max.min(config.idle_time_max) / 4)
-        .max(Duration::from_millis(1));
+    let tick =
+        (config.frame_read_time_max.min(config.idle_time_max) / 4).max(Duration::from_millis(1));
     let check = tokio::time::sleep(tick);
     tokio::pin!(check);
     // Bumped by everything that happens; compared on each tick.

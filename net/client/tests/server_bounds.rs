@@ -47,9 +47,7 @@ async fn server(config: ServerConfig) -> TcpServer {
 /// A connection to `server` from the loopback address `from`.
 async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{from}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     socket.connect(server).await.unwrap()
 }
 
@@ -97,7 +95,10 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(2);
     while !condition() {
-        assert!(Instant::now() < deadline, "{what} did not happen within 2 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 2 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -204,7 +205,10 @@ async fn a_slowloris_connection_is_closed_after_the_frame_read_timeout() {
         // take 54 s to arrive.
         let mut slow = Vec::new();
         for request_id in 0..5 {
-            slow.push((TcpStream::connect(address).await.unwrap(), frame(request_id, &[7; 1024])));
+            slow.push((
+                TcpStream::connect(address).await.unwrap(),
+                frame(request_id, &[7; 1024]),
+            ));
         }
         let started = Instant::now();
         let mut sent = 0;

@@ -15,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
 use sluice_client::tcp::{ServerConfig, TcpServer};
 use sluice_client::wire::{self, FRAME_SIZE_MAX, HEADER_SIZE, Header, Role};
+use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
 
 const CLIENT: NodeId = 1;
 const SERVER: NodeId = 2;

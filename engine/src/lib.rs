@@ -175,6 +175,19 @@ impl Bus {
         self.inner.create_topic(name, partitions, config).await
     }
 
+    /// Changes a topic's retention: each `Some` replaces that limit
+    /// (`Some(None)` removes it); returns the topic's configuration now.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention_ms: Option<Option<u64>>,
+        retention_bytes: Option<Option<u64>>,
+    ) -> Result<TopicConfig, Error> {
+        self.inner
+            .alter_topic(name, retention_ms, retention_bytes)
+            .await
+    }
+
     /// A topic's configuration and the first and next offset of each of
     /// its partitions.
     pub fn describe_topic(&self, name: &str) -> Option<TopicDescription> {

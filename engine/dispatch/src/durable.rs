@@ -49,7 +49,7 @@ use sluice_core::bus::{Bus, BusError, Consumer, Delivery, Message, Producer, Rec
 use sluice_core::io::wall_unix_ms;
 use sluice_core::raft::TypeConfig;
 use sluice_model::event::Headers;
-use sluice_model::state::TopicConfig;
+use sluice_model::state::{StateError, TopicConfig};
 
 pub use sluice_model::names::{
     CANCEL_TOPIC, LIFECYCLE_TOPIC, REPLAY_GROUP, dead_letter_headers, dead_letter_topic,
@@ -218,6 +218,23 @@ pub trait DurableBus<E: Env> {
     async fn replay_dead_letters(&self, topic: &str, group: &str) -> Result<u64, BusError>;
 }
 
+/// Creates a topic a durable subscription uses with the default retention
+/// (7 days, `TopicConfig::default`); one that exists with the same
+/// partition count is used as it is, whatever its retention (made without
+/// one by an older version, or altered by an operator).
+async fn ensure_topic<E: Env>(bus: &Bus<E>, name: &str, partitions: u32) -> Result<(), BusError> {
+    match bus
+        .create_topic(name, partitions, TopicConfig::default())
+        .await
+    {
+        Err(BusError::State(StateError::TopicExists {
+            partitions: existing,
+            ..
+        })) if existing == partitions => Ok(()),
+        result => result,
+    }
+}
+
 impl<E: Env> DurableBus<E> for Bus<E> {
     async fn subscribe<T: TypedEvent, H: Handler<T>>(
         &self,
@@ -242,11 +259,10 @@ impl<E: Env> DurableBus<E> for Bus<E> {
         }
         let topic = T::TYPE_NAME;
         let dead = dead_letter_topic(topic, group);
-        let default = TopicConfig::default();
-        self.create_topic(topic, config.partitions, default).await?;
-        self.create_topic(&dead, 1, default).await?;
-        self.create_topic(LIFECYCLE_TOPIC, 4, default).await?;
-        self.create_topic(CANCEL_TOPIC, 1, default).await?;
+        ensure_topic(self, topic, config.partitions).await?;
+        ensure_topic(self, &dead, 1).await?;
+        ensure_topic(self, LIFECYCLE_TOPIC, 4).await?;
+        ensure_topic(self, CANCEL_TOPIC, 1).await?;
         let member = config
             .member
             .clone()
@@ -296,8 +312,7 @@ impl<E: Env> DurableBus<E> for Bus<E> {
     }
 
     async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), BusError> {
-        self.create_topic(CANCEL_TOPIC, 1, TopicConfig::default())
-            .await?;
+        ensure_topic(self, CANCEL_TOPIC, 1).await?;
         let mut producer = self.producer().await?;
         let message = Message::new(CANCEL_TOPIC, Bytes::new()).key(business_id.into());
         producer.publish(message).await.map(drop)

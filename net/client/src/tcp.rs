@@ -39,22 +39,37 @@
 //!   A client closes its connection the same way on a bad response.
 //! - A handler that panics leaves its call unanswered: the caller times
 //!   out, and the panic is logged; the connection's other calls carry on.
+//! - Anyone who can reach the port may connect, many times, and send
+//!   slowly or not at all. A server holds at most
+//!   [`ServerConfig::connections_max`] connections, and
+//!   [`ServerConfig::connections_per_address_max`] from one IP address,
+//!   closing more as they are accepted; it closes a connection idle for
+//!   [`ServerConfig::idle_time_max`] and one whose frame has not arrived
+//!   whole [`ServerConfig::frame_read_time_max`] after its first byte. Its
+//!   read buffers grow as bytes arrive, and frames larger than
+//!   [`UNBUDGETED_FRAME_SIZE_MAX`] on connections that have not
+//!   authenticated share a budget of
+//!   [`ServerConfig::unauthenticated_read_bytes_max`] bytes, so strangers
+//!   cannot make a node hold more than the budget plus a read chunk per
+//!   connection. With a cluster secret, a connection sends nothing but the
+//!   small handshake frames until it has authenticated.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -64,7 +79,7 @@ use sluice_model::transport::{
 };
 
 use crate::auth::{self, AUTH_TIMEOUT, Secret};
-use crate::wire::{self, BODY_SIZE_MAX, Frame, Header, Role};
+use crate::wire::{self, BODY_SIZE_MAX, Frame, HEADER_SIZE, Header, Role};
 
 /// Calls in flight on one connection, by default; also the server's bound
 /// on requests it handles at once per connection.
@@ -642,19 +657,321 @@ async fn read_auth_frame(
     read_frame(read, buf).await
 }
 
+/// Connections a server holds at once, by default
+/// ([`ServerConfig::connections_max`]); `sluice node --connections-max`.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Connections from one IP address a server holds at once, by default
+/// ([`ServerConfig::connections_per_address_max`]); `sluice node
+/// --connections-per-address-max`. Nodes, clients and tools on one host
+/// share an address, so this is well above what one host needs.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
+
+/// How long a connection may see nothing happen before it is closed, by
+/// default ([`ServerConfig::idle_time_max`]); `sluice node
+/// --idle-timeout-ms`. Raft's heartbeats keep peers' connections busy; a
+/// client whose connection was closed connects again on its next call.
+pub const IDLE_TIME_MAX: Duration = Duration::from_secs(300);
+
+/// How long one frame may take to arrive whole once its first byte has, by
+/// default ([`ServerConfig::frame_read_time_max`]); `sluice node
+/// --frame-read-timeout-ms`. The largest frame (16 MiB) arrives well
+/// within it at 1 MiB/s.
+pub const FRAME_READ_TIME_MAX: Duration = Duration::from_secs(30);
+
+/// Bytes of frames larger than [`UNBUDGETED_FRAME_SIZE_MAX`] being read at
+/// once on connections that have not authenticated (every connection of a
+/// node without a cluster secret), by default
+/// ([`ServerConfig::unauthenticated_read_bytes_max`]); `sluice node
+/// --unauthenticated-read-bytes-max`. Four frames of the largest size.
+pub const UNAUTHENTICATED_READ_BYTES_MAX: usize = 4 * wire::FRAME_SIZE_MAX;
+
+/// Frames up to this size are read without taking from the budget above:
+/// each connection reads at most this much beyond the frames the budget
+/// covers, so the budget, the connection bounds and this bound the memory
+/// of frames being read.
+pub const UNBUDGETED_FRAME_SIZE_MAX: usize = READ_CHUNK_SIZE;
+
+/// The shortest pause between two warnings about refused connections: a
+/// flood of them is logged as a count, not line by line.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a [`TcpServer`] admits and how long it waits: bounds on the
+/// connections and memory that peers which have proved nothing can hold.
+/// [`ServerConfig::default`] takes the `*_MAX` constants above.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The cluster secret every connection must prove before its requests
+    /// are read; `None` admits every connection (see [`crate::auth`]).
+    pub secret: Option<Secret>,
+    /// Connections held at once; further ones are closed as they are
+    /// accepted (logged, counted in [`ServerStats::connections_refused`]).
+    pub connections_max: usize,
+    /// Connections from one IP address held at once; further ones are
+    /// closed as they are accepted.
+    pub connections_per_address_max: usize,
+    /// A connection on which nothing happens for this long (no byte read
+    /// or written, no request being handled) is closed.
+    pub idle_time_max: Duration,
+    /// Once the first byte of a frame is read, the whole frame must arrive
+    /// within this (time spent waiting for the read budget below does not
+    /// count); a slower peer is closed.
+    pub frame_read_time_max: Duration,
+    /// Bytes of frames larger than [`UNBUDGETED_FRAME_SIZE_MAX`] that
+    /// connections which have not authenticated may be reading at once. A
+    /// frame's declared size is taken from this budget before its body is
+    /// read, and given back once it is whole; a connection that finds the
+    /// budget spent waits (reading nothing more) until it is given back.
+    /// Authenticated connections (with a secret, once proved) do not use
+    /// it. At least one frame of the largest size.
+    pub unauthenticated_read_bytes_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            secret: None,
+            connections_max: CONNECTIONS_MAX,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX,
+            idle_time_max: IDLE_TIME_MAX,
+            frame_read_time_max: FRAME_READ_TIME_MAX,
+            unauthenticated_read_bytes_max: UNAUTHENTICATED_READ_BYTES_MAX,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that every bound admits something.
+    fn check(&self) -> io::Result<()> {
+        let invalid = |message: String| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        if self.connections_max == 0 || self.connections_per_address_max == 0 {
+            return invalid(format!(
+                "connections_max ({}) and connections_per_address_max ({}) must be at least 1",
+                self.connections_max, self.connections_per_address_max
+            ));
+        }
+        if self.idle_time_max.is_zero() || self.frame_read_time_max.is_zero() {
+            return invalid(format!(
+                "idle_time_max ({:?}) and frame_read_time_max ({:?}) must be positive",
+                self.idle_time_max, self.frame_read_time_max
+            ));
+        }
+        let budget_range = wire::FRAME_SIZE_MAX..=Semaphore::MAX_PERMITS;
+        if !budget_range.contains(&self.unauthenticated_read_bytes_max) {
+            return invalid(format!(
+                "unauthenticated_read_bytes_max ({}) must be between {} (one frame of the \
+                 largest size) and {}",
+                self.unauthenticated_read_bytes_max,
+                budget_range.start(),
+                budget_range.end()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts of what a [`TcpServer`] admitted and closed, for metrics and
+/// tests. Counters only grow; `connections_open` is a gauge.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    open: AtomicU64,
+    refused: AtomicU64,
+    closed_idle: AtomicU64,
+    closed_slow_frame: AtomicU64,
+}
+
+impl ServerStats {
+    /// Connections held now.
+    pub fn connections_open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept because a connection bound was
+    /// reached.
+    pub fn connections_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed after [`ServerConfig::idle_time_max`] with
+    /// nothing happening.
+    pub fn closed_idle(&self) -> u64 {
+        self.closed_idle.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because a frame did not arrive whole within
+    /// [`ServerConfig::frame_read_time_max`].
+    pub fn closed_slow_frame(&self) -> u64 {
+        self.closed_slow_frame.load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "sluice_server_connections_open",
+            "gauge",
+            "Connections the node holds.",
+            self.connections_open(),
+        );
+        metric(
+            "sluice_server_connections_refused_total",
+            "counter",
+            "Connections closed at accept: the per-node or per-address bound was reached.",
+            self.connections_refused(),
+        );
+        metric(
+            "sluice_server_connections_idle_closed_total",
+            "counter",
+            "Connections closed after the idle timeout.",
+            self.closed_idle(),
+        );
+        metric(
+            "sluice_server_connections_slow_frame_closed_total",
+            "counter",
+            "Connections closed because a frame did not arrive whole within the frame-read timeout.",
+            self.closed_slow_frame(),
+        );
+        out
+    }
+}
+
+/// What every connection of one server shares: its bounds, counters, the
+/// open connections by address, and the read budget.
+#[derive(Debug)]
+struct ServerShared {
+    config: ServerConfig,
+    secret: Option<Arc<Secret>>,
+    stats: Arc<ServerStats>,
+    admitted: Mutex<Admitted>,
+    budget: Arc<Semaphore>,
+    refusals: Mutex<RefusalLog>,
+}
+
+#[derive(Debug, Default)]
+struct Admitted {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+/// Which bound refused a connection.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Node { max: usize },
+    Address { max: usize },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Node { max } => write!(
+                f,
+                "the node holds {max} connections, its bound (--connections-max)"
+            ),
+            Refusal::Address { max } => write!(
+                f,
+                "the node holds {max} connections from this address, its bound \
+                 (--connections-per-address-max)"
+            ),
+        }
+    }
+}
+
+/// A held connection's place in the counts; gives it back when dropped.
+struct Slot {
+    server: Arc<ServerShared>,
+    address: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut admitted = self.server.admitted.lock().expect("admitted lock poisoned");
+        admitted.total -= 1;
+        if let Some(count) = admitted.by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                admitted.by_address.remove(&self.address);
+            }
+        }
+        self.server.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ServerShared {
+    /// Takes a slot for a connection from `address`, or says which bound
+    /// refuses it.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Refusal> {
+        let mut admitted = self.admitted.lock().expect("admitted lock poisoned");
+        if admitted.total >= self.config.connections_max {
+            return Err(Refusal::Node {
+                max: self.config.connections_max,
+            });
+        }
+        let from_address = admitted.by_address.entry(address).or_insert(0);
+        if *from_address >= self.config.connections_per_address_max {
+            return Err(Refusal::Address {
+                max: self.config.connections_per_address_max,
+            });
+        }
+        *from_address += 1;
+        admitted.total += 1;
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            server: Arc::clone(self),
+            address,
+        })
+    }
+
+    /// Counts a refused connection and logs it, at most once per
+    /// [`REFUSAL_LOG_INTERVAL`] (with how many went unlogged).
+    fn refused(&self, peer: SocketAddr, refusal: Refusal) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let mut log = self.refusals.lock().expect("refusal log lock poisoned");
+        let now = Instant::now();
+        if log
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            log.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut log.unlogged);
+        log.logged_at = Some(now);
+        drop(log);
+        warn!(
+            %peer,
+            reason = %refusal,
+            refused_since_last_warning = unlogged,
+            "refused a connection; raise the bound if the load is legitimate"
+        );
+    }
+}
+
 /// Serves a [`Handler`] on a listener until shut down or dropped; dropping
 /// it closes the listener and every connection.
 #[derive(Debug)]
 pub struct TcpServer {
     local_address: SocketAddr,
+    stats: Arc<ServerStats>,
     task: JoinHandle<()>,
 }
 
 impl TcpServer {
     /// Starts serving `handler` on `listener` as node `node` (the id its
-    /// responses carry). Must be called inside a tokio runtime.
+    /// responses carry), with the default bounds. Must be called inside a
+    /// tokio runtime.
     pub fn serve<H: Handler>(listener: TcpListener, node: NodeId, handler: H) -> io::Result<Self> {
-        TcpServer::serve_secured(listener, node, handler, None)
+        TcpServer::serve_with(listener, node, handler, ServerConfig::default())
     }
 
     /// [`TcpServer::serve`], admitting only connections that answer a
@@ -665,11 +982,36 @@ impl TcpServer {
         handler: H,
         secret: Option<Secret>,
     ) -> io::Result<Self> {
+        let config = ServerConfig {
+            secret,
+            ..ServerConfig::default()
+        };
+        TcpServer::serve_with(listener, node, handler, config)
+    }
+
+    /// [`TcpServer::serve`] with the secret and bounds of `config`; fails
+    /// if a bound admits nothing.
+    pub fn serve_with<H: Handler>(
+        listener: TcpListener,
+        node: NodeId,
+        handler: H,
+        config: ServerConfig,
+    ) -> io::Result<Self> {
+        config.check()?;
         let local_address = listener.local_addr()?;
-        let secret = secret.map(Arc::new);
-        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler), secret));
+        let stats = Arc::new(ServerStats::default());
+        let shared = Arc::new(ServerShared {
+            secret: config.secret.clone().map(Arc::new),
+            budget: Arc::new(Semaphore::new(config.unauthenticated_read_bytes_max)),
+            config,
+            stats: Arc::clone(&stats),
+            admitted: Mutex::new(Admitted::default()),
+            refusals: Mutex::new(RefusalLog::default()),
+        });
+        let task = tokio::spawn(accept_loop(listener, node, Arc::new(handler), shared));
         Ok(TcpServer {
             local_address,
+            stats,
             task,
         })
     }
@@ -677,6 +1019,11 @@ impl TcpServer {
     /// The address the server listens on.
     pub fn local_address(&self) -> SocketAddr {
         self.local_address
+    }
+
+    /// The server's counters (shared: they keep counting).
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops accepting, closes every connection and returns once they are
@@ -705,17 +1052,25 @@ async fn accept_loop<H: Handler>(
     listener: TcpListener,
     node: NodeId,
     handler: Arc<H>,
-    secret: Option<Arc<Secret>>,
+    server: Arc<ServerShared>,
 ) {
     // Dropping the set (when this task is aborted) aborts every connection.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let handler = Arc::clone(&handler);
-                    connections.spawn(serve_connection(stream, peer, node, handler, secret.clone()));
-                }
+                Ok((stream, peer)) => match server.admit(peer.ip()) {
+                    Ok(slot) => {
+                        let handler = Arc::clone(&handler);
+                        connections.spawn(serve_connection(stream, peer, node, handler, slot));
+                    }
+                    Err(refusal) => {
+                        // Closed before anything is read: the peer sees
+                        // the connection end.
+                        drop(stream);
+                        server.refused(peer, refusal);
+                    }
+                },
                 Err(error) => {
                     warn!(%error, "accept failed; retrying after {ACCEPT_RETRY_DELAY:?}");
                     tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
@@ -728,21 +1083,23 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Serves one connection until the peer closes it or breaks the protocol.
+/// Serves one connection until the peer closes it, breaks the protocol or
+/// overstays a bound; `slot` is its place in the connection counts.
 async fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     node: NodeId,
     handler: Arc<H>,
-    secret: Option<Arc<Secret>>,
+    slot: Slot,
 ) {
+    let server = Arc::clone(&slot.server);
     let mut stream = stream;
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
     let mut buf = BytesMut::new();
-    if let Some(secret) = secret {
-        let challenged = challenge_peer(&mut stream, &mut buf, node, &secret);
+    if let Some(secret) = &server.secret {
+        let challenged = challenge_peer(&mut stream, &mut buf, node, secret);
         let refused = match tokio::time::timeout(AUTH_TIMEOUT, challenged).await {
             Ok(Ok(source)) => {
                 debug!(%peer, source, "the peer authenticated");
@@ -765,11 +1122,146 @@ async fn serve_connection<H: Handler>(
             return;
         }
     }
+    // An authenticated peer is a member of the cluster: its frames do not
+    // wait for the budget that bounds what strangers make the node hold.
+    let budget = server.secret.is_none().then(|| Arc::clone(&server.budget));
+    let reader = FrameReader::new(buf, budget);
     let (read, write) = stream.into_split();
-    let result = serve_requests(read, write, buf, node, &handler).await;
+    let result = serve_requests(read, write, reader, node, &handler, &server.config).await;
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
-        Err(error) => warn!(%peer, reason = %error, "closing the connection"),
+        Err(Closed::Idle(after)) => {
+            server.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "closing a connection idle for {after:?}");
+        }
+        Err(Closed::SlowFrame { after, read }) => {
+            server
+                .stats
+                .closed_slow_frame
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                %peer,
+                "closing the connection: {read} bytes of a frame arrived in {after:?}, and a \
+                 frame must arrive whole within that (--frame-read-timeout-ms)"
+            );
+        }
+        Err(Closed::Failed(error)) => warn!(%peer, reason = %error, "closing the connection"),
+    }
+    drop(slot);
+}
+
+/// Why the server closed a connection.
+#[derive(Debug)]
+enum Closed {
+    /// Nothing happened for this long.
+    Idle(Duration),
+    /// A frame was still incomplete this long after its first byte.
+    SlowFrame { after: Duration, read: usize },
+    /// The socket failed or the peer broke the protocol.
+    Failed(io::Error),
+}
+
+impl From<io::Error> for Closed {
+    fn from(error: io::Error) -> Self {
+        Closed::Failed(error)
+    }
+}
+
+/// Reads a server connection's frames, one at a time, into a buffer that
+/// grows as bytes arrive (never from a frame's declared length). With a
+/// budget, a frame larger than [`UNBUDGETED_FRAME_SIZE_MAX`] takes its
+/// size from it before more of it is read, and gives it back once whole.
+/// [`FrameReader::next`] may be cancelled at any await and called again:
+/// its state lives here.
+struct FrameReader {
+    buf: BytesMut,
+    /// When the first byte of the frame being read arrived, or when it got
+    /// its budget; `None` between frames.
+    started: Option<Instant>,
+    budget: Option<Arc<Semaphore>>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Reads that returned bytes, so far: activity inside a frame.
+    reads: u64,
+}
+
+impl FrameReader {
+    fn new(buf: BytesMut, budget: Option<Arc<Semaphore>>) -> FrameReader {
+        let started = (!buf.is_empty()).then(Instant::now);
+        FrameReader {
+            buf,
+            started,
+            budget,
+            permit: None,
+            reads: 0,
+        }
+    }
+
+    /// The next frame; `None` at a clean end of the stream (between
+    /// frames).
+    async fn next(&mut self, read: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<Frame>> {
+        loop {
+            let decoded = wire::decode(&mut self.buf)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            if let Some(frame) = decoded {
+                self.permit = None;
+                self.started = (!self.buf.is_empty()).then(Instant::now);
+                return Ok(Some(frame));
+            }
+            self.take_budget().await;
+            // Room for one read; the buffer grows only as bytes arrive
+            // (pages a read does not fill are never touched).
+            self.buf.reserve(READ_CHUNK_SIZE);
+            let mut limited = (&mut self.buf).limit(READ_CHUNK_SIZE);
+            if read.read_buf(&mut limited).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "truncated frame: the peer closed the connection after {} bytes of a \
+                         frame",
+                        self.buf.len()
+                    ),
+                ));
+            }
+            self.reads += 1;
+            self.started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Waits until the frame being read holds its share of the budget, if
+    /// it needs one (a frame whose header says it is larger than
+    /// [`UNBUDGETED_FRAME_SIZE_MAX`], on a connection with a budget).
+    async fn take_budget(&mut self) {
+        let Some(budget) = &self.budget else { return };
+        if self.permit.is_some() {
+            return;
+        }
+        // `decode` has refused a declared size above the frame bound.
+        let Some(body_size) = wire::declared_body_size(&self.buf) else {
+            return;
+        };
+        let frame_size = HEADER_SIZE + body_size;
+        if frame_size <= UNBUDGETED_FRAME_SIZE_MAX {
+            return;
+        }
+        let permits = u32::try_from(frame_size).expect("a frame's size fits in u32");
+        let permit = Arc::clone(budget)
+            .acquire_many_owned(permits)
+            .await
+            .expect("the budget is never closed");
+        self.permit = Some(permit);
+        // The peer was not slow while the node made it wait.
+        self.started = Some(Instant::now());
+    }
+
+    /// Forgets how long the frame being read has taken so far: reading
+    /// paused on the node's side, not the peer's.
+    fn restart_clock(&mut self) {
+        if self.started.is_some() {
+            self.started = Some(Instant::now());
+        }
     }
 }
 
@@ -780,26 +1272,45 @@ async fn serve_connection<H: Handler>(
 /// [`INFLIGHT_PER_CONNECTION_MAX`] requests are being handled or more than
 /// [`RESPONSE_BYTES_SOFT_MAX`] of responses wait to be written (a peer
 /// that sends but does not read is not answered into unbounded memory).
+/// A connection on which nothing happens for `config.idle_time_max`
+/// while no request is handled, or whose frame takes longer than
+/// `config.frame_read_time_max` to arrive, is closed.
 async fn serve_requests<H: Handler>(
     mut read: impl AsyncRead + Unpin,
     mut write: impl AsyncWrite + Unpin,
-    mut buf: BytesMut,
+    mut reader: FrameReader,
     node: NodeId,
     handler: &Arc<H>,
-) -> io::Result<()> {
+    config: &ServerConfig,
+) -> Result<(), Closed> {
     // Dropping the set (when the connection ends) drops unfinished calls
     // (and aborts the spawned ones).
     let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
     // Responses encoded and not yet written, whole frames back to back.
     let mut out = BytesMut::new();
+    // The bounds are checked on a tick rather than by a timer per frame,
+    // which would cost a timer update on every request: a slow frame is
+    // caught within a quarter of its bound past it.
+    let tick =
+        (config.frame_read_time_max.min(config.idle_time_max) / 4).max(Duration::from_millis(1));
+    let check = tokio::time::sleep(tick);
+    tokio::pin!(check);
+    // Bumped by everything that happens; compared on each tick.
+    let mut activity: u64 = 0;
+    let mut activity_seen: u64 = 0;
+    let mut active_at = Instant::now();
     loop {
         let reading =
             calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
+        if !reading {
+            reader.restart_clock();
+        }
         tokio::select! {
             // Answers first, then writing them, then more requests: a
             // burst of answers goes out in one write.
             biased;
             Some(response) = calls.next(), if !calls.is_empty() => {
+                activity += 1;
                 if let Some(response) = response {
                     encode_response(&mut out, node, response);
                 }
@@ -807,13 +1318,15 @@ async fn serve_requests<H: Handler>(
             written = write.write(&out), if !out.is_empty() => {
                 let written = written?;
                 if written == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
                 }
+                activity += 1;
                 #[cfg(feature = "stage-trace")]
                 trace_written(&out[..written]);
                 out.advance(written);
             }
-            frame = read_frame(&mut read, &mut buf), if reading => {
+            frame = reader.next(&mut read), if reading => {
+                activity += 1;
                 let Some(frame) = frame? else {
                     return Ok(());
                 };
@@ -824,7 +1337,8 @@ async fn serve_requests<H: Handler>(
                             "a {:?} frame arrived on a server connection",
                             frame.header.role
                         ),
-                    ));
+                    )
+                    .into());
                 }
                 if frame.header.kind == MessageKind::Client as u8 {
                     sluice_model::stage!(frame.header.request_id, ServerRead);
@@ -844,6 +1358,25 @@ async fn serve_requests<H: Handler>(
                         }
                     })));
                 }
+            }
+            () = &mut check => {
+                let now = Instant::now();
+                let activity = activity + reader.reads;
+                if activity != activity_seen || !calls.is_empty() {
+                    activity_seen = activity;
+                    active_at = now;
+                }
+                let idle = now.duration_since(active_at);
+                if idle >= config.idle_time_max {
+                    return Err(Closed::Idle(idle));
+                }
+                if let Some(started) = reader.started.filter(|_| reading) {
+                    let after = now.duration_since(started);
+                    if after >= config.frame_read_time_max {
+                        return Err(Closed::SlowFrame { after, read: reader.buf.len() });
+                    }
+                }
+                check.as_mut().reset(now + tick);
             }
         }
     }

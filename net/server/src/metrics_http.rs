@@ -1,10 +1,12 @@
 //! The node's optional metrics endpoint: `GET /metrics` answers the bus's
-//! Prometheus text ([`sluice_core::bus::Bus::metrics_text`]); anything else is
+//! Prometheus text ([`sluice_core::bus::Bus::metrics_text`]) and the
+//! server's connection counters ([`ServerStats::metrics_text`]); anything else is
 //! 404. HTTP/1.0-style: one request per connection, then close. It reads
 //! at most 8 KiB of request and gives a slow client 5 s.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,18 +16,23 @@ use tracing::debug;
 
 use sluice_core::bus::Bus;
 
+use sluice_client::tcp::ServerStats;
+
 const REQUEST_SIZE_MAX: usize = 8 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` for `bus` on `listener` until the task is aborted.
-pub fn serve(listener: TcpListener, bus: Bus) -> JoinHandle<()> {
+/// Serves `/metrics` for `bus` and `server` on `listener` until the task
+/// is aborted.
+pub fn serve(listener: TcpListener, bus: Bus, server: Arc<ServerStats>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let bus = bus.clone();
+                    let server = Arc::clone(&server);
                     tokio::spawn(async move {
-                        let answered = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &bus));
+                        let answer = answer(stream, &bus, &server);
+                        let answered = tokio::time::timeout(CLIENT_TIMEOUT, answer);
                         match answered.await {
                             Ok(Ok(())) => {}
                             Ok(Err(error)) => debug!(%peer, %error, "metrics request failed"),
@@ -42,7 +49,7 @@ pub fn serve(listener: TcpListener, bus: Bus) -> JoinHandle<()> {
     })
 }
 
-async fn answer(mut stream: TcpStream, bus: &Bus) -> io::Result<()> {
+async fn answer(mut stream: TcpStream, bus: &Bus, server: &ServerStats) -> io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -59,7 +66,8 @@ async fn answer(mut stream: TcpStream, bus: &Bus) -> io::Result<()> {
         parts.next().unwrap_or_default(),
     );
     let (status, content_type, body) = if method == b"GET" && path == b"/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", bus.metrics_text())
+        let body = bus.metrics_text() + &server.metrics_text();
+        ("200 OK", "text/plain; version=0.0.4", body)
     } else {
         (
             "404 Not Found",

@@ -37,7 +37,7 @@ use sluice_client::protocol::{
     ClientRequest, ClientResponse, FETCH_BYTES_MAX, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX,
     FetchedEvent, Metadata, PublishOutcome, decode, encode,
 };
-use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
+use sluice_client::tcp::{ServerConfig, TcpConfig, TcpServer, TcpTransport};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -55,6 +55,14 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// Bounds of the connections to peers.
     pub tcp: TcpConfig,
+    /// Bounds of the connections peers and clients make to this node (its
+    /// `secret` is replaced by the node's).
+    pub server: ServerConfig,
+    /// How often the leader applies the topics' retention.
+    pub retention_interval: Duration,
+    /// The size at which the log starts a new segment; retention drops
+    /// whole segments.
+    pub segment_size: u64,
     /// Where to serve `GET /metrics` (Prometheus text), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// The leader's heartbeat interval (see `BusConfig::heartbeat_interval`):
@@ -72,6 +80,11 @@ impl NodeConfig {
             secret: None,
             durability: Durability::Sync,
             tcp: TcpConfig::default(),
+            server: ServerConfig::default(),
+            retention_interval: BusConfig::default()
+                .retention_interval
+                .unwrap_or(Duration::from_secs(60)),
+            segment_size: BusConfig::default().segment_size,
             metrics_listen: None,
             heartbeat_interval: BusConfig::default().heartbeat_interval,
         }
@@ -145,6 +158,8 @@ impl ClusterNode {
             node_id: config.id,
             durability: config.durability,
             heartbeat_interval: config.heartbeat_interval,
+            retention_interval: Some(config.retention_interval),
+            segment_size: config.segment_size,
             // A node verifies producer signatures and erasure requests
             // with SM2, as an embedded bus opened through `sluice` does.
             signatures: Arc::new(sluice_audit::Sm2Signatures),
@@ -152,6 +167,17 @@ impl ClusterNode {
         };
         let bus =
             Bus::<OsEnv>::open_member(disk, Arc::new(OsClock::new()), bus_config, network).await?;
+        let service = NodeService {
+            raft: RaftService::new(bus.raft().clone()),
+            bus: bus.clone(),
+            transport: transport.clone(),
+        };
+        let server_config = ServerConfig {
+            secret: config.secret.clone(),
+            ..config.server.clone()
+        };
+        let server = TcpServer::serve_with(listener, config.id, service, server_config)
+            .map_err(io("cannot serve".to_owned()))?;
         let metrics = match config.metrics_listen {
             Some(address) => {
                 let listener = crate::metrics_http::bind(address)
@@ -160,18 +186,12 @@ impl ClusterNode {
                 let bound = listener
                     .local_addr()
                     .map_err(io("metrics address".to_owned()))?;
-                Some((bound, crate::metrics_http::serve(listener, bus.clone())))
+                let task = crate::metrics_http::serve(listener, bus.clone(), server.stats());
+                Some((bound, task))
             }
             None => None,
         };
-        let addresses = tokio::spawn(follow_addresses(bus.clone(), transport.clone()));
-        let service = NodeService {
-            raft: RaftService::new(bus.raft().clone()),
-            bus: bus.clone(),
-            transport,
-        };
-        let server = TcpServer::serve_secured(listener, config.id, service, config.secret)
-            .map_err(io("cannot serve".to_owned()))?;
+        let addresses = tokio::spawn(follow_addresses(bus.clone(), transport));
         info!(
             id = config.id,
             address = %server.local_address(),

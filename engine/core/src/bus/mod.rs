@@ -337,6 +337,29 @@ impl<E: Env> Bus<E> {
         }
     }
 
+    /// Changes a topic's retention: each `Some` replaces that limit
+    /// (`Some(None)` removes it). Returns the topic's configuration after
+    /// the change, which the leader's next retention round applies.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention_ms: Option<Option<u64>>,
+        retention_bytes: Option<Option<u64>>,
+    ) -> Result<TopicConfig, BusError> {
+        let op = Op::AlterTopic {
+            name: name.to_owned(),
+            retention_ms,
+            retention_bytes,
+        };
+        match self.write(op).await? {
+            Response::TopicAltered { config } => Ok(config),
+            Response::Error(error) => Err(error.into()),
+            other => Err(BusError::Invalid(format!(
+                "the state machine answered {other:?} to altering topic {name}"
+            ))),
+        }
+    }
+
     /// The log's segments, oldest first (the last is the active one).
     pub fn segments(&self) -> Vec<crate::log::SegmentInfo> {
         self.inner.reader.segments()
@@ -430,7 +453,8 @@ impl<E: Env> Bus<E> {
             | Op::LeaveGroup { .. }
             | Op::CommitOffsets(_)
             | Op::Heartbeat { .. }
-            | Op::Transaction { .. } => self.write(op).await,
+            | Op::Transaction { .. }
+            | Op::AlterTopic { .. } => self.write(op).await,
             // A client's erasure request carries its own signature; it is
             // checked before anything is appended.
             Op::Erase(ref erasure) => {

@@ -188,7 +188,8 @@ impl Record {
 /// active segment is never dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Retention {
-    /// Keep at most this many bytes of segments.
+    /// Keep the newest this many bytes of segments (whole segments: up
+    /// to one segment more).
     pub size_max: Option<u64>,
     /// Drop a sealed segment once its newest record is older than this.
     pub age_max: Option<Duration>,
@@ -994,14 +995,18 @@ impl<D: Disk> Log<D> {
     }
 
     /// The index retention allows purging before: whole sealed segments,
-    /// oldest first, while the log is over its size limit or a segment's
-    /// newest record is older than the age limit by the log's clock.
+    /// oldest first, while the log without the segment still holds at
+    /// least its size limit (so the newest `size_max` bytes stay), or while
+    /// a segment's newest record is older than the age limit by the log's
+    /// clock.
     pub fn retention_point(&self, retention: &Retention) -> Result<u64> {
         let mut total: u64 = self.sealed.iter().map(|s| s.size).sum::<u64>() + self.active.size;
         let now_ms = wall_unix_ms(&*self.clock);
         let mut point = self.first_index();
         for sealed in &self.sealed {
-            let over_size = retention.size_max.is_some_and(|max| total > max);
+            let over_size = retention
+                .size_max
+                .is_some_and(|max| total - sealed.size >= max);
             let expired = match retention.age_max {
                 Some(age) => {
                     let newest = sealed.view()?.last_timestamp_ms.unwrap_or(0);

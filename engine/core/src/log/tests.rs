@@ -462,6 +462,12 @@ fn retention_by_size_and_by_age_drops_whole_old_segments() {
         first > 0 && log.size() <= size / 2 + SEGMENT,
         "first {first}"
     );
+    assert!(
+        log.size() >= size / 2,
+        "the newest {} bytes are kept, the log holds {}",
+        size / 2,
+        log.size()
+    );
     // Nothing is old yet by the clock.
     let by_age = Retention {
         size_max: None,

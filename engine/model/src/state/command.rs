@@ -103,16 +103,77 @@ pub enum Op {
     /// A signed erasure request: the subject's payloads are masked on
     /// every later read.
     Erase(crate::records::Erasure),
+    /// Changes a topic's retention policy; the leader applies the new one
+    /// from its next retention round. Last in the enum, so that the tags
+    /// of the operations before it (in logs already written) stay as
+    /// they were.
+    AlterTopic {
+        /// The topic, which must exist.
+        name: String,
+        /// The new `retention_ms`; `None` keeps the current one.
+        retention_ms: Option<Option<u64>>,
+        /// The new `retention_bytes`; `None` keeps the current one.
+        retention_bytes: Option<Option<u64>>,
+    },
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
 /// commands; the state machine only stores it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Topics share one log, which is trimmed from its start by whole
+/// segments: a segment goes once every topic's policy lets it go, so a
+/// topic without limits ([`TopicConfig::UNLIMITED`]) keeps the whole log,
+/// and every topic keeps at least what it asked for. A policy lets a
+/// segment go once either limit it sets is passed (Kafka's rule).
+///
+/// [`TopicConfig::default`] keeps events [`RETENTION_MS_DEFAULT`] (7 days)
+/// with no size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfig {
-    /// Keep events at least this long, if set.
+    /// Keep events at least this long (by the leader's clock); `None`: no
+    /// time limit.
     pub retention_ms: Option<u64>,
-    /// Keep at least this many bytes per partition, if set.
+    /// Keep at least the newest this many bytes of the log (all topics'
+    /// events share it); `None`: no size limit.
     pub retention_bytes: Option<u64>,
+}
+
+/// How long a topic keeps its events unless created otherwise: 7 days.
+pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            retention_ms: Some(RETENTION_MS_DEFAULT),
+            retention_bytes: None,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Keeps everything, forever; pins the whole shared log.
+    pub const UNLIMITED: TopicConfig = TopicConfig {
+        retention_ms: None,
+        retention_bytes: None,
+    };
+
+    /// Whether neither limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.retention_ms.is_none() && self.retention_bytes.is_none()
+    }
+}
+
+impl fmt::Display for TopicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.retention_ms {
+            Some(ms) => write!(f, "retention-ms {ms}")?,
+            None => write!(f, "retention-ms unlimited")?,
+        }
+        match self.retention_bytes {
+            Some(bytes) => write!(f, ", retention-bytes {bytes}"),
+            None => write!(f, ", retention-bytes unlimited"),
+        }
+    }
 }
 
 /// A consumer group member's committed positions.
@@ -165,6 +226,7 @@ impl fmt::Display for Command {
                 write!(f, "retention before index {log_index_before}")
             }
             Op::Noop => write!(f, "noop"),
+            Op::AlterTopic { name, .. } => write!(f, "alter the retention of topic {name}"),
             Op::Heartbeat { group, member } => write!(f, "heartbeat of {member} in group {group}"),
         }
     }

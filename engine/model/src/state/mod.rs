@@ -45,7 +45,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, OffsetCommit, Op, TopicConfig};
+pub use command::{Command, OffsetCommit, Op, RETENTION_MS_DEFAULT, TopicConfig};
 pub use groups::GroupInfo;
 pub use producers::ProducerInfo;
 pub use response::{
@@ -227,6 +227,14 @@ impl State {
                 self.erased.insert(erasure.subject.clone());
                 Response::Ok
             }
+            Op::AlterTopic {
+                name,
+                retention_ms,
+                retention_bytes,
+            } => match self.topics.alter(name, *retention_ms, *retention_bytes) {
+                Ok(config) => Response::TopicAltered { config },
+                Err(error) => Response::Error(error),
+            },
         }
     }
 

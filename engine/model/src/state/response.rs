@@ -58,6 +58,11 @@ pub enum Response {
         /// The member's partitions, sorted.
         assignment: Vec<(String, u32)>,
     },
+    /// The topic's retention was changed (the answer to `AlterTopic`).
+    TopicAltered {
+        /// The topic's configuration now.
+        config: TopicConfig,
+    },
 }
 
 /// What became of one published event.
@@ -315,8 +320,8 @@ pub enum StateError {
     },
     /// The topic exists with another partition count or configuration.
     #[error(
-        "topic {name} already exists with {partitions} partitions and {config:?}: \
-         use it as it is or pick another name"
+        "topic {name} already exists with {partitions} partitions and {config}: use it as \
+         it is (change its retention with `sluice topics alter`) or pick another name"
     )]
     TopicExists {
         /// The name.

@@ -897,3 +897,95 @@ fn commands_serialize_and_display() {
     let bytes = postcard::to_allocvec(&response).unwrap();
     assert_eq!(postcard::from_bytes::<Response>(&bytes).unwrap(), response);
 }
+
+#[test]
+fn alter_topic_changes_retention_and_snapshots_keep_it() {
+    let mut node = Node::default();
+    node.create_topic("t", 2);
+    assert_eq!(
+        node.state.topic("t").unwrap().config,
+        TopicConfig {
+            retention_ms: Some(RETENTION_MS_DEFAULT),
+            retention_bytes: None,
+        }
+    );
+    let alter = |retention_ms, retention_bytes| Op::AlterTopic {
+        name: "t".into(),
+        retention_ms,
+        retention_bytes,
+    };
+    // A limit not named stays.
+    let config = TopicConfig {
+        retention_ms: Some(RETENTION_MS_DEFAULT),
+        retention_bytes: Some(4096),
+    };
+    assert_eq!(
+        node.apply(alter(None, Some(Some(4096)))),
+        Response::TopicAltered { config }
+    );
+    let config = TopicConfig {
+        retention_ms: Some(60_000),
+        retention_bytes: Some(4096),
+    };
+    assert_eq!(
+        node.apply(alter(Some(Some(60_000)), None)),
+        Response::TopicAltered { config }
+    );
+    assert_eq!(node.state.topic("t").unwrap().config, config);
+    // Creating it again as it now is stays a no-op; as it was is refused.
+    let create = |config| Op::CreateTopic {
+        name: "t".into(),
+        partitions: 2,
+        config,
+    };
+    assert_eq!(node.apply(create(config)), Response::TopicCreated);
+    assert!(matches!(
+        node.apply(create(TopicConfig::default())),
+        Response::Error(StateError::TopicExists { .. })
+    ));
+    // The altered policy is part of the snapshot.
+    let restored = State::restore(&node.state.snapshot()).unwrap();
+    assert_eq!(restored.topic("t").unwrap().config, config);
+    assert_eq!(restored, node.state);
+    // Unlimited, and an unknown topic.
+    assert_eq!(
+        node.apply(alter(Some(None), Some(None))),
+        Response::TopicAltered {
+            config: TopicConfig::UNLIMITED
+        }
+    );
+    let unknown = node.apply(Op::AlterTopic {
+        name: "nope".into(),
+        retention_ms: Some(Some(1)),
+        retention_bytes: None,
+    });
+    assert_eq!(
+        unknown,
+        Response::Error(StateError::UnknownTopic {
+            topic: "nope".into()
+        })
+    );
+}
+
+/// The log holds commands by their operation's position in `Op`: a new
+/// operation goes last, and those already written decode as before.
+#[test]
+fn operations_keep_their_encoding_tags() {
+    let tag = |op: Op| postcard::to_allocvec(&op).unwrap()[0];
+    assert_eq!(tag(Op::InitProducer { name: None }), 1);
+    assert_eq!(
+        tag(Op::Retention {
+            log_index_before: 1
+        }),
+        7
+    );
+    assert_eq!(tag(Op::Noop), 8);
+    assert_eq!(
+        tag(Op::AlterTopic {
+            name: "t".into(),
+            retention_ms: None,
+            retention_bytes: None,
+        }),
+        12
+    );
+}

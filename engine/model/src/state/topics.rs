@@ -35,7 +35,7 @@ pub struct TopicInfo {
     pub name: String,
     /// Partition count, fixed at creation.
     pub partitions: u32,
-    /// Retention policy.
+    /// Retention policy, as created or last altered.
     pub config: TopicConfig,
     /// The creating command's timestamp.
     pub created_ms: u64,
@@ -271,6 +271,29 @@ impl Topics {
         });
         self.partitions_total += partitions;
         Ok(())
+    }
+
+    /// Changes a topic's retention: each `Some` replaces that limit.
+    /// Returns the topic's configuration after the change.
+    pub(super) fn alter(
+        &mut self,
+        name: &str,
+        retention_ms: Option<Option<u64>>,
+        retention_bytes: Option<Option<u64>>,
+    ) -> Result<TopicConfig, StateError> {
+        let Some(&id) = self.ids.get(name) else {
+            return Err(StateError::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        };
+        let config = &mut self.list[id as usize].info.config;
+        if let Some(retention_ms) = retention_ms {
+            config.retention_ms = retention_ms;
+        }
+        if let Some(retention_bytes) = retention_bytes {
+            config.retention_bytes = retention_bytes;
+        }
+        Ok(*config)
     }
 
     pub(super) fn get(&self, name: &str) -> Option<&Topic> {

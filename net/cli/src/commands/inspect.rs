@@ -153,5 +153,6 @@ fn op_name(op: &sluice_model::state::Op) -> &'static str {
         Op::Heartbeat { .. } => "heartbeat",
         Op::Checkpoint(_) => "checkpoint",
         Op::Erase(_) => "erase",
+        Op::AlterTopic { .. } => "alter topic",
     }
 }

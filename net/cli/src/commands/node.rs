@@ -4,13 +4,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use sluice_client::tcp::{self, ServerConfig};
 use sluice_core::bus::BusError;
 use sluice_core::io::os::{OsClock, OsDisk};
 use sluice_core::log::{Corruption, Error as LogError, Log, Options, RecoveryMode};
 use sluice_core::raft::Durability;
+use sluice_model::constants::SEGMENT_SIZE_DEFAULT;
 use sluice_server::node::{ClusterNode, NodeConfig, NodeError};
 
 use super::{Outcome, load_secret, runtime};
@@ -51,6 +54,8 @@ pub(crate) struct Args {
     /// they hold.
     #[arg(long)]
     repair: bool,
+    #[command(flatten)]
+    bounds: BoundArgs,
 }
 
 /// A node that did not start because its log is damaged.
@@ -65,6 +70,41 @@ struct DamagedLog {
     id: u64,
     data_dir: PathBuf,
     corruption: Box<Corruption>,
+}
+
+/// The node's resource bounds (listed in net/OPERATIONS.md).
+#[derive(Debug, clap::Args)]
+struct BoundArgs {
+    /// Connections the node holds at once; more are closed as they arrive
+    /// (counted in sluice_server_connections_refused_total).
+    #[arg(long, default_value_t = tcp::CONNECTIONS_MAX, value_name = "N")]
+    connections_max: usize,
+    /// Connections from one IP address the node holds at once.
+    #[arg(long, default_value_t = tcp::CONNECTIONS_PER_ADDRESS_MAX, value_name = "N")]
+    connections_per_address_max: usize,
+    /// Close a connection on which nothing happens for this long.
+    #[arg(long, default_value_t = millis(tcp::IDLE_TIME_MAX), value_name = "MS")]
+    idle_timeout_ms: u64,
+    /// Close a connection whose frame has not arrived whole this long
+    /// after its first byte.
+    #[arg(long, default_value_t = millis(tcp::FRAME_READ_TIME_MAX), value_name = "MS")]
+    frame_read_timeout_ms: u64,
+    /// Bytes of large frames that connections which have not authenticated
+    /// (all of them without a secret) may be reading at once; at least
+    /// 16 MiB.
+    #[arg(long, default_value_t = tcp::UNAUTHENTICATED_READ_BYTES_MAX, value_name = "BYTES")]
+    unauthenticated_read_bytes_max: usize,
+    /// How often the leader applies the topics' retention.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    retention_interval_ms: u64,
+    /// The size at which the log starts a new segment (retention drops
+    /// whole segments).
+    #[arg(long, default_value_t = SEGMENT_SIZE_DEFAULT, value_name = "BYTES")]
+    segment_bytes: u64,
+}
+
+const fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
 }
 
 pub(crate) fn run(args: Args) -> Outcome {
@@ -86,7 +126,17 @@ pub(crate) fn run(args: Args) -> Outcome {
             Durability::Sync
         },
         metrics_listen: args.metrics_listen,
-        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(1)),
+        server: ServerConfig {
+            connections_max: args.bounds.connections_max,
+            connections_per_address_max: args.bounds.connections_per_address_max,
+            idle_time_max: Duration::from_millis(args.bounds.idle_timeout_ms),
+            frame_read_time_max: Duration::from_millis(args.bounds.frame_read_timeout_ms),
+            unauthenticated_read_bytes_max: args.bounds.unauthenticated_read_bytes_max,
+            secret: None,
+        },
+        retention_interval: Duration::from_millis(args.bounds.retention_interval_ms.max(1)),
+        segment_size: args.bounds.segment_bytes,
         ..NodeConfig::new(args.id, args.listen, args.data_dir.clone())
     };
     if args.repair {

@@ -160,31 +160,16 @@ fn expect_done(response: ClientResponse) -> Result<(), Box<dyn std::error::Error
 }
 
 async fn init(nodes: &str, secret_file: Option<&std::path::Path>) -> Outcome {
-    let mut members = Vec::new();
-    let mut addresses = Vec::new();
-    for item in nodes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, address) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .parse()
-            .map_err(|error| format!("{id:?} in {item:?} is not a node id: {error}"))?;
-        let resolved = resolve(address)?;
-        members.push((id, resolved.to_string()));
-        addresses.push(resolved);
-    }
+    let (members, addresses) = parse_members(nodes)?;
     let Some(&first) = addresses.first() else {
         return Err("--nodes names no member; give ID=HOST:PORT[,ID=HOST:PORT...]".into());
     };
     let mut config = ClientConfig::new(addresses);
     config.secret = load_secret(secret_file)?;
     let client = Client::new(config)?;
-    let initialised = |metadata: &Metadata| MembershipError::AlreadyInitialised {
-        members: member_list(metadata),
-    };
     let before = metadata_of(&client, first).await?;
     if !before.members.is_empty() {
-        return Err(initialised(&before).into());
+        return Err(already_initialised(&before).into());
     }
     let request = ClientRequest::Initialize {
         members: members.clone(),
@@ -192,24 +177,7 @@ async fn init(nodes: &str, secret_file: Option<&std::path::Path>) -> Outcome {
     match client.request_from(first, &request).await? {
         ClientResponse::Done => {}
         ClientResponse::Error { message, .. } => {
-            // Another `cluster init` may have come first, so recently that
-            // the node does not show its members yet.
-            let deadline = tokio::time::Instant::now() + MEMBERS_SHOWN_WAIT_MAX;
-            loop {
-                let after = metadata_of(&client, first).await?;
-                if !after.members.is_empty() {
-                    return Err(initialised(&after).into());
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            return Err(MembershipError::InitRefused {
-                address: first,
-                message,
-            }
-            .into());
+            return refused_init(&client, first, message).await;
         }
         other => expect_done(other)?,
     }
@@ -233,6 +201,54 @@ async fn init(nodes: &str, secret_file: Option<&std::path::Path>) -> Outcome {
         None => println!("initialised a cluster of nodes {}", ids.join(", ")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ID=HOST:PORT,...` as (id, address) members and their resolved
+/// addresses.
+type Members = (Vec<(u64, String)>, Vec<std::net::SocketAddr>);
+
+fn parse_members(nodes: &str) -> Result<Members, Box<dyn std::error::Error>> {
+    let mut members = Vec::new();
+    let mut addresses = Vec::new();
+    for item in nodes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|error| format!("{id:?} in {item:?} is not a node id: {error}"))?;
+        let resolved = resolve(address)?;
+        members.push((id, resolved.to_string()));
+        addresses.push(resolved);
+    }
+    Ok((members, addresses))
+}
+
+fn already_initialised(metadata: &Metadata) -> MembershipError {
+    MembershipError::AlreadyInitialised {
+        members: member_list(metadata),
+    }
+}
+
+/// The node refused to initialise: another `cluster init` may have come
+/// first, so recently that the node does not show its members yet.
+async fn refused_init(client: &Client, first: std::net::SocketAddr, message: String) -> Outcome {
+    let deadline = tokio::time::Instant::now() + MEMBERS_SHOWN_WAIT_MAX;
+    loop {
+        let after = metadata_of(client, first).await?;
+        if !after.members.is_empty() {
+            return Err(already_initialised(&after).into());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(MembershipError::InitRefused {
+        address: first,
+        message,
+    }
+    .into())
 }
 
 async fn status(cluster: &ClusterArgs, json: bool) -> Outcome {

@@ -36,14 +36,14 @@ use std::time::{Duration, Instant};
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::rand::seq::SliceRandom as _;
-use sluice_core::io::{Disk as _, FaultOp};
-use sluice_jepsen::{FinalReadOp, OpKind, Report};
+use sluice_core::io::{CrashDisk, Disk as _, FaultOp};
+use sluice_jepsen::{FinalReadOp, History, OpKind, Report};
 use sluice_model::state::{Op, Response, TopicConfig};
 use sluice_model::transport::NodeId;
 
 use crate::SimCluster;
 use crate::workload::{
-    ClientConfig, PARTITIONS, TOPIC, TOPIC_OUT, Workload, join_all, run_plain_consumer,
+    ClientConfig, PARTITIONS, Recorder, TOPIC, TOPIC_OUT, Workload, join_all, run_plain_consumer,
     run_producer, run_txn_worker,
 };
 
@@ -151,29 +151,7 @@ const DATA_CENTRES: [&[NodeId]; 3] = [&[1, 2], &[3, 4], &[5]];
 /// fails a liveness step; the checker's verdict is in the outcome.
 pub async fn run(scenario: Scenario) -> Outcome {
     let start = Instant::now();
-    let ids = scenario.ids();
-    // WAN round trips reach 2 x 40 ms plus madsim's latency: heartbeats
-    // (and elections) are scaled to stay above them.
-    let heartbeat_ms = match scenario {
-        Scenario::DcFailover => 150,
-        _ => 50,
-    };
-    let mut config = (*crate::raft_config_with(heartbeat_ms)).clone();
-    if scenario == Scenario::Snapshot {
-        // As the bus: snapshots only when asked, and openraft never purges
-        // the log by itself; the nemesis purges to the retention point.
-        config.snapshot_policy = openraft::SnapshotPolicy::Never;
-        config.max_in_snapshot_log_to_keep = u64::MAX / 2;
-    }
-    let cluster = SimCluster::start_with(&ids, std::sync::Arc::new(config)).await;
-    if scenario == Scenario::DcFailover {
-        set_wan_latency(&cluster);
-    }
-    cluster.initialize().await;
-    cluster
-        .wait_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader within 20 s of start");
+    let cluster = start_cluster(scenario).await;
     let workload = Workload::new(&cluster, ClientConfig::default());
     for topic in [TOPIC, TOPIC_OUT] {
         let create = Op::CreateTopic {
@@ -186,61 +164,14 @@ pub async fn run(scenario: Scenario) -> Outcome {
     }
 
     // Safety phase, then the clients finish in a healed cluster.
-    let nemesis = async {
-        nemesis(scenario, &workload).await;
-        heal_everything(&workload).await;
-        workload.stop.set(true);
-        0
-    };
-    let mut clients: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>>> = vec![
-        Box::pin(run_producer(&workload, 0)),
-        Box::pin(run_producer(&workload, 1)),
-        Box::pin(nemesis),
-    ];
-    if scenario != Scenario::Snapshot {
-        clients.push(Box::pin(run_txn_worker(&workload, 2, "w1")));
-        clients.push(Box::pin(run_txn_worker(&workload, 3, "w2")));
-        clients.push(Box::pin(run_plain_consumer(&workload, 4, "r1")));
-        clients.push(Box::pin(run_plain_consumer(&workload, 5, "r2")));
-    }
-    let counts = join_all(clients).await;
+    let counts = run_clients(scenario, &workload).await;
 
     // Liveness: converge and read everything back.
-    cluster
-        .wait_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader after healing");
-    workload.write_until_done(Op::Noop).await;
-    let index = cluster.applied_max();
-    let state = cluster
-        .converged(index, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    state.check_invariants().expect("state invariants");
-
+    converge(&workload).await;
     let acks_while_isolated = workload.recorder.borrow().acks_while_isolated;
     let rejected = workload.recorder.borrow().rejected;
-    let mut history = workload.recorder.into_inner().into_history();
-    for &id in cluster.ids() {
-        if !cluster.is_running(id) {
-            // Only a written-off node may be down here (see `restart`).
-            continue;
-        }
-        for topic in [TOPIC, TOPIC_OUT] {
-            let events = cluster.final_read(id, topic).expect("final read");
-            history.call(0, OpKind::Ok, FinalReadOp::new(topic, events));
-        }
-    }
-    let history = history.build();
-    let retention = match scenario {
-        Scenario::Snapshot => sluice_jepsen::Retention::PrefixMayBeDeleted,
-        _ => sluice_jepsen::Retention::KeepAll,
-    };
-    let options = sluice_jepsen::CheckOptions {
-        retention,
-        ..sluice_jepsen::CheckOptions::default()
-    };
-    let report = sluice_jepsen::check_with(&history, &options);
+    let history = close_history(&cluster, workload.recorder.into_inner());
+    let report = sluice_jepsen::check_with(&history, &check_options(scenario));
     let mut jsonl = Vec::new();
     history.to_jsonl(&mut jsonl).expect("encode history");
     let mut hasher = DefaultHasher::new();
@@ -254,6 +185,107 @@ pub async fn run(scenario: Scenario) -> Outcome {
         rejected,
         batches: counts[0] + counts[1],
         transactions: counts.iter().skip(3).take(2).sum(),
+    }
+}
+
+/// Starts the scenario's nodes, initialises the cluster and waits for
+/// its first leader.
+async fn start_cluster(scenario: Scenario) -> SimCluster {
+    // WAN round trips reach 2 x 40 ms plus madsim's latency: heartbeats
+    // (and elections) are scaled to stay above them.
+    let heartbeat_ms = match scenario {
+        Scenario::DcFailover => 150,
+        _ => 50,
+    };
+    let mut config = (*crate::raft_config_with(heartbeat_ms)).clone();
+    if scenario == Scenario::Snapshot {
+        // As the bus: snapshots only when asked, and openraft never purges
+        // the log by itself; the nemesis purges to the retention point.
+        config.snapshot_policy = openraft::SnapshotPolicy::Never;
+        config.max_in_snapshot_log_to_keep = u64::MAX / 2;
+    }
+    let cluster = SimCluster::start_with(&scenario.ids(), std::sync::Arc::new(config)).await;
+    if scenario == Scenario::DcFailover {
+        set_wan_latency(&cluster);
+    }
+    cluster.initialize().await;
+    cluster
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader within 20 s of start");
+    cluster
+}
+
+/// The safety phase: the clients run while the scenario's nemesis injects
+/// its faults; then it heals everything and the clients stop. Returns
+/// each client's count: the two producers' batches, the nemesis' 0, then
+/// (but in the snapshot scenario) the two workers' transactions and the
+/// two plain consumers' commits.
+async fn run_clients(scenario: Scenario, workload: &Workload<'_>) -> Vec<u64> {
+    let nemesis = async {
+        nemesis(scenario, workload).await;
+        heal_everything(workload).await;
+        workload.stop.set(true);
+        0
+    };
+    let mut clients: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>>> = vec![
+        Box::pin(run_producer(workload, 0)),
+        Box::pin(run_producer(workload, 1)),
+        Box::pin(nemesis),
+    ];
+    if scenario != Scenario::Snapshot {
+        clients.push(Box::pin(run_txn_worker(workload, 2, "w1")));
+        clients.push(Box::pin(run_txn_worker(workload, 3, "w2")));
+        clients.push(Box::pin(run_plain_consumer(workload, 4, "r1")));
+        clients.push(Box::pin(run_plain_consumer(workload, 5, "r2")));
+    }
+    join_all(clients).await
+}
+
+/// The liveness phase: a leader appears, a no-op commits, every node
+/// applies the same state, and that state passes its invariants.
+async fn converge(workload: &Workload<'_>) {
+    let cluster = workload.cluster;
+    cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader after healing");
+    workload.write_until_done(Op::Noop).await;
+    let index = cluster.applied_max();
+    let state = cluster
+        .converged(index, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    state.check_invariants().expect("state invariants");
+}
+
+/// The history, closed by a final read of both topics from every running
+/// node.
+fn close_history(cluster: &SimCluster, recorder: Recorder) -> History {
+    let mut history = recorder.into_history();
+    for &id in cluster.ids() {
+        if !cluster.is_running(id) {
+            // Only a written-off node may be down here (see `restart`).
+            continue;
+        }
+        for topic in [TOPIC, TOPIC_OUT] {
+            let events = cluster.final_read(id, topic).expect("final read");
+            history.call(0, OpKind::Ok, FinalReadOp::new(topic, events));
+        }
+    }
+    history.build()
+}
+
+/// The checker's options: the snapshot scenario deletes a log prefix by
+/// retention.
+fn check_options(scenario: Scenario) -> sluice_jepsen::CheckOptions {
+    let retention = match scenario {
+        Scenario::Snapshot => sluice_jepsen::Retention::PrefixMayBeDeleted,
+        _ => sluice_jepsen::Retention::KeepAll,
+    };
+    sluice_jepsen::CheckOptions {
+        retention,
+        ..sluice_jepsen::CheckOptions::default()
     }
 }
 
@@ -606,6 +638,44 @@ async fn clock_faults(workload: &Workload<'_>) {
 async fn snapshot_catch_up(workload: &Workload<'_>) {
     let cluster = workload.cluster;
     sleep_between(300, 800).await;
+    let follower = isolate_a_follower(workload).await;
+    sleep_between(500, 1_500).await;
+    let snapshot = retain_snapshot_and_purge(workload, follower).await;
+    cluster.heal(follower);
+    // In two runs of three the follower loses power around the install:
+    // at a time picked by the seed (mostly before the snapshot arrives),
+    // or right after the install is reported.
+    let kill = madsim::rand::thread_rng().gen_range(0..3);
+    if kill > 0 {
+        let until = match kill {
+            1 => Instant::now() + between(0, 300),
+            _ => Instant::now() + Duration::from_secs(20),
+        };
+        kill_around_install(workload, follower, snapshot, until).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster
+        .snapshot_index(follower)
+        .is_none_or(|index| index < snapshot)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "follower {follower} did not install the snapshot at {snapshot}"
+        );
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    note(
+        workload,
+        format!("follower {follower} installed the snapshot"),
+    );
+    hand_leadership(workload, follower).await;
+    note(workload, format!("{follower} leads"));
+    sleep_between(500, 1_500).await;
+}
+
+/// Cuts off a follower of the current leader, picked by the seed.
+async fn isolate_a_follower(workload: &Workload<'_>) -> NodeId {
+    let cluster = workload.cluster;
     let leader = leader_or_any(workload).await;
     let others: Vec<NodeId> = cluster
         .ids()
@@ -616,8 +686,14 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
     let follower = others[madsim::rand::thread_rng().gen_range(0..others.len())];
     cluster.isolate(follower);
     note(workload, format!("isolate follower {follower}"));
-    sleep_between(500, 1_500).await;
+    follower
+}
 
+/// Drops the log prefix by retention, then has every node but the cut-off
+/// `follower` snapshot above the retention point and purge below it;
+/// returns the lowest of their snapshots' indexes.
+async fn retain_snapshot_and_purge(workload: &Workload<'_>, follower: NodeId) -> u64 {
+    let cluster = workload.cluster;
     // Writes go on throughout: the snapshot lands above the retention
     // point, and events between the two stay retained.
     let point = cluster.applied_max() + 1;
@@ -639,54 +715,42 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
         workload,
         format!("retention before {point}, snapshots at {snapshot} and above, logs purged"),
     );
+    snapshot
+}
 
-    cluster.heal(follower);
-    // In two runs of three the follower loses power around the install:
-    // at a time picked by the seed (mostly before the snapshot arrives),
-    // or right after the install is reported.
-    let kill = madsim::rand::thread_rng().gen_range(0..3);
-    if kill > 0 {
-        let until = match kill {
-            1 => Instant::now() + between(0, 300),
-            _ => Instant::now() + Duration::from_secs(20),
-        };
-        while Instant::now() < until
-            && cluster
-                .snapshot_index(follower)
-                .is_none_or(|index| index < snapshot)
-        {
-            madsim::time::sleep(Duration::from_millis(5)).await;
-        }
-        let installed = cluster
+/// Kills `follower` once it installed the snapshot at `snapshot` or at
+/// `until`, whichever comes first, and restarts it.
+async fn kill_around_install(
+    workload: &Workload<'_>,
+    follower: NodeId,
+    snapshot: u64,
+    until: Instant,
+) {
+    let cluster = workload.cluster;
+    while Instant::now() < until
+        && cluster
             .snapshot_index(follower)
-            .is_some_and(|index| index >= snapshot);
-        cluster.kill(follower);
-        note(
-            workload,
-            format!("kill follower {follower} (snapshot installed: {installed})"),
-        );
-        sleep_between(50, 300).await;
-        restart(workload, follower).await;
-        note(workload, format!("restart follower {follower}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster
-        .snapshot_index(follower)
-        .is_none_or(|index| index < snapshot)
+            .is_none_or(|index| index < snapshot)
     {
-        assert!(
-            Instant::now() < deadline,
-            "follower {follower} did not install the snapshot at {snapshot}"
-        );
-        madsim::time::sleep(Duration::from_millis(20)).await;
+        madsim::time::sleep(Duration::from_millis(5)).await;
     }
+    let installed = cluster
+        .snapshot_index(follower)
+        .is_some_and(|index| index >= snapshot);
+    cluster.kill(follower);
     note(
         workload,
-        format!("follower {follower} installed the snapshot"),
+        format!("kill follower {follower} (snapshot installed: {installed})"),
     );
+    sleep_between(50, 300).await;
+    restart(workload, follower).await;
+    note(workload, format!("restart follower {follower}"));
+}
 
-    // Hand it the leadership: cut off whoever else leads until it wins an
-    // election (its log is as long as anyone's, so it can).
+/// Hands `follower` the leadership: cuts off whoever else leads until it
+/// wins an election (its log is as long as anyone's, so it can).
+async fn hand_leadership(workload: &Workload<'_>, follower: NodeId) {
+    let cluster = workload.cluster;
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.leader().await != Some(follower) {
         assert!(Instant::now() < deadline, "{follower} did not take over");
@@ -706,8 +770,6 @@ async fn snapshot_catch_up(workload: &Workload<'_>) {
         }
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
-    note(workload, format!("{follower} leads"));
-    sleep_between(500, 1_500).await;
 }
 
 /// Builds a fresh snapshot on node `id` (above the retention `point`, with
@@ -779,57 +841,71 @@ async fn disk_faults(workload: &Workload<'_>) {
         let disk = cluster.disks().disk(node);
         let crash_disk = disk.crash_disk();
         match fault {
-            0 => {
-                let op = if madsim::rand::thread_rng().gen_bool(0.5) {
-                    FaultOp::Sync
-                } else {
-                    FaultOp::Write
-                };
-                crash_disk.set_fail_rate(op, 200_000);
-                note(workload, format!("node {node}: EIO on 20 % of {op:?}"));
-                sleep_between(300, 800).await;
-                crash_disk.set_fail_rate(op, 0);
-            }
-            1 => {
-                let used: u64 = crash_disk
-                    .list()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|name| crash_disk.read_file(name).ok())
-                    .map(|bytes| bytes.len() as u64)
-                    .sum();
-                let room = madsim::rand::thread_rng().gen_range(0..8_192);
-                crash_disk.set_capacity(Some(used + room));
-                note(
-                    workload,
-                    format!("node {node}: disk full at {} bytes", used + room),
-                );
-                sleep_between(300, 800).await;
-                crash_disk.set_capacity(None);
-            }
+            0 => fail_io(workload, node, crash_disk).await,
+            1 => fill_disk(workload, node, crash_disk).await,
             _ if node == rotting => {
                 cluster.kill(node);
-                let files = crash_disk.list().unwrap_or_default();
-                if !files.is_empty() {
-                    let (name, bit) = {
-                        let mut rng = madsim::rand::thread_rng();
-                        let name = files[rng.gen_range(0..files.len())].clone();
-                        let size = crash_disk.read_file(&name).map_or(0, |b| b.len() as u64);
-                        (name, rng.gen_range(0..size.max(1) * 8))
-                    };
-                    if crash_disk.flip_bit(&name, bit).is_ok() {
-                        workload.written_off.borrow_mut().insert(node);
-                        note(
-                            workload,
-                            format!("node {node}: bit {bit} of {name} flipped"),
-                        );
-                    }
-                }
+                rot_a_bit(workload, node, crash_disk);
             }
             _ => continue,
         }
         cluster.kill(node);
         note(workload, format!("restart node {node}"));
         restart(workload, node).await;
+    }
+}
+
+/// EIO on a fifth of the node's writes or (by the seed) syncs, for a
+/// while.
+async fn fail_io(workload: &Workload<'_>, node: NodeId, crash_disk: &CrashDisk) {
+    let op = if madsim::rand::thread_rng().gen_bool(0.5) {
+        FaultOp::Sync
+    } else {
+        FaultOp::Write
+    };
+    crash_disk.set_fail_rate(op, 200_000);
+    note(workload, format!("node {node}: EIO on 20 % of {op:?}"));
+    sleep_between(300, 800).await;
+    crash_disk.set_fail_rate(op, 0);
+}
+
+/// The node's disk full (less than 8 KiB of room left), for a while.
+async fn fill_disk(workload: &Workload<'_>, node: NodeId, crash_disk: &CrashDisk) {
+    let used: u64 = crash_disk
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| crash_disk.read_file(name).ok())
+        .map(|bytes| bytes.len() as u64)
+        .sum();
+    let room = madsim::rand::thread_rng().gen_range(0..8_192);
+    crash_disk.set_capacity(Some(used + room));
+    note(
+        workload,
+        format!("node {node}: disk full at {} bytes", used + room),
+    );
+    sleep_between(300, 800).await;
+    crash_disk.set_capacity(None);
+}
+
+/// Flips a bit of one of the (killed) node's files, durable copy
+/// included, and writes the node off: it may refuse to start again.
+fn rot_a_bit(workload: &Workload<'_>, node: NodeId, crash_disk: &CrashDisk) {
+    let files = crash_disk.list().unwrap_or_default();
+    if files.is_empty() {
+        return;
+    }
+    let (name, bit) = {
+        let mut rng = madsim::rand::thread_rng();
+        let name = files[rng.gen_range(0..files.len())].clone();
+        let size = crash_disk.read_file(&name).map_or(0, |b| b.len() as u64);
+        (name, rng.gen_range(0..size.max(1) * 8))
+    };
+    if crash_disk.flip_bit(&name, bit).is_ok() {
+        workload.written_off.borrow_mut().insert(node);
+        note(
+            workload,
+            format!("node {node}: bit {bit} of {name} flipped"),
+        );
     }
 }

@@ -529,6 +529,31 @@ async fn transact(
     }
     let pick = round as usize % incarnation.partitions.len();
     let partition = incarnation.partitions[pick];
+    let Some(inputs) = fresh_inputs(workload, client, incarnation, partition).await else {
+        return false;
+    };
+    let planned = plan_transaction(member, incarnation, partition, inputs);
+    let acknowledged = propose_transaction(workload, client, &planned).await;
+    if acknowledged {
+        incarnation.positions.insert(partition, planned.next);
+        incarnation.sequences[partition as usize] = planned.sequence_next;
+    } else {
+        // Refused (fenced, or not the leader): this incarnation starts the
+        // partition again from the group's commit.
+        incarnation.positions.remove(&partition);
+    }
+    acknowledged
+}
+
+/// The inputs of the incarnation's next transaction on `partition`, as
+/// the node client `client` talks to has them; `None` if there are none
+/// or the node cannot serve them.
+async fn fresh_inputs(
+    workload: &Workload<'_>,
+    client: usize,
+    incarnation: &Incarnation,
+    partition: u32,
+) -> Option<Vec<sluice_jepsen::Event>> {
     let target = workload.target(client).await;
     // Read the committed offsets at a read index: a node's applied state
     // may lag (a new leader, a follower), and an incarnation that starts
@@ -540,14 +565,31 @@ async fn transact(
         .read_barrier(target, workload.config.write_timeout)
         .await
     {
-        return false;
+        return None;
     }
-    let Some(inputs) = read_inputs(workload.cluster, target, GROUP, incarnation, partition) else {
-        return false;
-    };
-    if inputs.is_empty() {
-        return false;
-    }
+    let inputs = read_inputs(workload.cluster, target, GROUP, incarnation, partition)?;
+    (!inputs.is_empty()).then_some(inputs)
+}
+
+/// A transaction ready to propose: the op, its history record, and what
+/// the incarnation moves to once it is acknowledged.
+struct PlannedTxn {
+    op: Op,
+    txn: TxnOp,
+    /// The partition's position after the inputs.
+    next: u64,
+    /// The partition's next output sequence.
+    sequence_next: u64,
+}
+
+/// One output per input (named after the incarnation), published with
+/// the commit of the offset after the inputs.
+fn plan_transaction(
+    member: &str,
+    incarnation: &Incarnation,
+    partition: u32,
+    inputs: Vec<sluice_jepsen::Event>,
+) -> PlannedTxn {
     let next = inputs.last().map_or(0, |event| event.offset + 1);
     let outputs: Vec<TxnOutput> = inputs
         .iter()
@@ -558,9 +600,47 @@ async fn transact(
             value: format!("{}>{member}#{}", input.value, incarnation.process),
         })
         .collect();
+    let first = incarnation.sequences[partition as usize];
+    let (events, sequence_next) = output_batch(incarnation, partition, first, &outputs);
+    let op = Op::Transaction {
+        events,
+        commit: OffsetCommit {
+            group: GROUP.into(),
+            member: member.into(),
+            generation: incarnation.generation,
+            offsets: vec![(TOPIC.into(), partition, next)],
+        },
+    };
+    let txn = TxnOp {
+        consumer: incarnation.process,
+        group: GROUP.into(),
+        generation: incarnation.generation,
+        input_topic: TOPIC.into(),
+        inputs,
+        output_topic: TOPIC_OUT.into(),
+        outputs,
+        offsets_next: BTreeMap::from([(partition, next)]),
+    };
+    PlannedTxn {
+        op,
+        txn,
+        next,
+        sequence_next,
+    }
+}
+
+/// The outputs as events of [`TOPIC_OUT`]'s `partition`, stamped by the
+/// incarnation's producer from sequence `first` on; and the sequence
+/// after them.
+fn output_batch(
+    incarnation: &Incarnation,
+    partition: u32,
+    first: u64,
+    outputs: &[TxnOutput],
+) -> (EventBatch, u64) {
     let mut builder = BatchBuilder::new();
-    let mut sequence = incarnation.sequences[partition as usize];
-    for output in &outputs {
+    let mut sequence = first;
+    for output in outputs {
         let event = Event {
             topic: TOPIC_OUT.into(),
             payload: output.value.clone().into(),
@@ -574,76 +654,67 @@ async fn transact(
         builder.push(&event).expect("a valid event");
         sequence += 1;
     }
-    let op = Op::Transaction {
-        events: builder.finish(),
-        commit: OffsetCommit {
-            group: GROUP.into(),
-            member: member.into(),
-            generation: incarnation.generation,
-            offsets: vec![(TOPIC.into(), partition, next)],
-        },
-    };
-    let txn = TxnOp {
-        consumer: incarnation.process,
-        group: GROUP.into(),
-        generation: incarnation.generation,
-        input_topic: TOPIC.into(),
-        inputs: inputs.clone(),
-        output_topic: TOPIC_OUT.into(),
-        outputs,
-        offsets_next: BTreeMap::from([(partition, next)]),
-    };
+    (builder.finish(), sequence)
+}
+
+/// Proposes the transaction until it gets a definite answer, recording
+/// every attempt; returns whether it was acknowledged.
+async fn propose_transaction(workload: &Workload<'_>, client: usize, planned: &PlannedTxn) -> bool {
     let mut process = workload.recorder.borrow_mut().process();
     for _ in 0..ATTEMPTS_MAX {
         workload
             .recorder
             .borrow_mut()
             .tick()
-            .invoke(process, txn.clone());
+            .invoke(process, planned.txn.clone());
         let target = workload.target(client).await;
-        let outcome = workload.propose(target, op.clone()).await;
-        let acknowledged = {
-            let mut recorder = workload.recorder.borrow_mut();
-            match outcome {
-                Proposal::Done(Response::Transaction(Ok(_))) => {
-                    recorder.tick().ok(process, txn.clone());
-                    Some(true)
-                }
-                Proposal::Done(Response::Transaction(Err(_))) => {
-                    recorder.tick().fail(process, txn.clone());
-                    Some(false)
-                }
-                Proposal::Refused => {
-                    // Not the leader: this attempt did nothing, but an
-                    // earlier `info` one may have; only retrying until a
-                    // definite answer keeps the output sequences right.
-                    recorder.tick().fail(process, txn.clone());
-                    None
-                }
-                Proposal::Done(other) => panic!("Transaction answered {other:?}"),
-                Proposal::Unknown => {
-                    recorder.tick().info(process, txn.clone());
-                    process = recorder.process();
-                    None
-                }
-            }
-        };
-        match acknowledged {
-            Some(true) => {
-                incarnation.positions.insert(partition, next);
-                incarnation.sequences[partition as usize] = sequence;
-                return true;
-            }
-            Some(false) => {
-                // Refused (fenced, or not the leader): this incarnation
-                // starts the partition again from the group's commit.
-                incarnation.positions.remove(&partition);
-                return false;
-            }
-            None => madsim::time::sleep(RETRY_PAUSE).await,
+        let outcome = workload.propose(target, planned.op.clone()).await;
+        let answer = record_transaction(
+            &mut workload.recorder.borrow_mut(),
+            &mut process,
+            &planned.txn,
+            outcome,
+        );
+        if let Some(acknowledged) = answer {
+            return acknowledged;
         }
+        madsim::time::sleep(RETRY_PAUSE).await;
     }
     panic!("a transaction got no answer in {ATTEMPTS_MAX} attempts");
+}
+
+/// Records one transaction attempt's outcome: `Some(acknowledged)` for a
+/// definite answer, `None` if it must be retried (after an `info`, under
+/// a new process).
+fn record_transaction(
+    recorder: &mut Recorder,
+    process: &mut u64,
+    txn: &TxnOp,
+    outcome: Proposal,
+) -> Option<bool> {
+    match outcome {
+        Proposal::Done(Response::Transaction(Ok(_))) => {
+            recorder.tick().ok(*process, txn.clone());
+            Some(true)
+        }
+        Proposal::Done(Response::Transaction(Err(_))) => {
+            recorder.tick().fail(*process, txn.clone());
+            Some(false)
+        }
+        Proposal::Refused => {
+            // Not the leader: this attempt did nothing, but an earlier
+            // `info` one may have; only retrying until a definite answer
+            // keeps the output sequences right.
+            recorder.tick().fail(*process, txn.clone());
+            None
+        }
+        Proposal::Done(other) => panic!("Transaction answered {other:?}"),
+        Proposal::Unknown => {
+            recorder.tick().info(*process, txn.clone());
+            *process = recorder.process();
+            None
+        }
+    }
 }
 
 /// Up to [`TXN_INPUTS_MAX`] events of `partition` from the incarnation's
@@ -727,21 +798,40 @@ async fn poll_and_commit(
     else {
         return false;
     };
-    let poll = PollOp::new(incarnation.process, TOPIC)
-        .group(GROUP_PLAIN, incarnation.generation)
-        .events(events.clone());
-    {
-        let mut recorder = workload.recorder.borrow_mut();
-        let poll_process = incarnation.process;
-        let invocation = sluice_jepsen::Payload::from(poll.clone()).invocation();
-        recorder.tick().invoke(poll_process, invocation);
-        recorder.tick().ok(poll_process, poll);
-    }
+    record_poll(&mut workload.recorder.borrow_mut(), incarnation, &events);
     let Some(last) = events.last() else {
         return false;
     };
     let next = last.offset + 1;
     incarnation.positions.insert(partition, next);
+    commit_position(workload, client, member, incarnation, partition, next).await
+}
+
+/// Records a poll of `events` by the incarnation, invoked and answered at
+/// once (the read itself cannot fail).
+fn record_poll(
+    recorder: &mut Recorder,
+    incarnation: &Incarnation,
+    events: &[sluice_jepsen::Event],
+) {
+    let poll = PollOp::new(incarnation.process, TOPIC)
+        .group(GROUP_PLAIN, incarnation.generation)
+        .events(events.to_vec());
+    let invocation = sluice_jepsen::Payload::from(poll.clone()).invocation();
+    recorder.tick().invoke(incarnation.process, invocation);
+    recorder.tick().ok(incarnation.process, poll);
+}
+
+/// Commits `next` as the group's position in `partition`, once, recorded;
+/// returns whether it was acknowledged.
+async fn commit_position(
+    workload: &Workload<'_>,
+    client: usize,
+    member: &str,
+    incarnation: &Incarnation,
+    partition: u32,
+    next: u64,
+) -> bool {
     let op = Op::CommitOffsets(OffsetCommit {
         group: GROUP_PLAIN.into(),
         member: member.into(),

@@ -30,14 +30,37 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let mut log = Log::open(OsDisk::open(&dir)?, clock.clone(), options.clone())?;
     println!("opened {dir}: {:?}", log.recovery_report());
+    group_commit(&mut log, &*clock)?;
+    zero_copy_read(&log)?;
 
-    // Group commit: many buffered appends, one fdatasync.
+    // A conflicting Raft suffix is cut; whole old segments are purged.
+    log.truncate_after(99_499)?;
+    log.purge_before(40_000)?;
+    println!(
+        "after truncate_after(99 499) and purge_before(40 000): [{}, {})",
+        log.first_index(),
+        log.next_index()
+    );
+    drop(log);
+    let log = Log::open(OsDisk::open(&dir)?, clock, options)?;
+    println!(
+        "reopened: [{}, {}), verify: {:?}",
+        log.first_index(),
+        log.next_index(),
+        log.verify()?
+    );
+
+    crash_demo()
+}
+
+/// Group commit: many buffered appends, one fdatasync.
+fn group_commit(log: &mut Log<OsDisk>, clock: &dyn Clock) -> Result<(), Box<dyn Error>> {
     let payload = [b'e'; 256];
     let batch = 1000;
     let started = Instant::now();
     for _ in 0..100 {
         let first = log.next_index();
-        let now_ms = wall_unix_ms(&*clock);
+        let now_ms = wall_unix_ms(clock);
         let entries: Vec<Entry<'_>> = (first..first + batch)
             .map(|index| Entry {
                 index,
@@ -67,8 +90,11 @@ fn main() -> Result<(), Box<dyn Error>> {
             if segment.sealed { "" } else { " (active)" }
         );
     }
+    Ok(())
+}
 
-    // Sealed segments are read through a read-only map, without copying.
+/// Sealed segments are read through a read-only map, without copying.
+fn zero_copy_read(log: &Log<OsDisk>) -> Result<(), Box<dyn Error>> {
     let mut records = Vec::new();
     let started = Instant::now();
     log.read(0..50_000, &mut records)?;
@@ -78,25 +104,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         started.elapsed(),
         records[1].payload.as_ptr() as usize - records[0].payload.as_ptr() as usize == 256 + 48
     );
-
-    // A conflicting Raft suffix is cut; whole old segments are purged.
-    log.truncate_after(99_499)?;
-    log.purge_before(40_000)?;
-    println!(
-        "after truncate_after(99 499) and purge_before(40 000): [{}, {})",
-        log.first_index(),
-        log.next_index()
-    );
-    drop(log);
-    let log = Log::open(OsDisk::open(&dir)?, clock, options)?;
-    println!(
-        "reopened: [{}, {}), verify: {:?}",
-        log.first_index(),
-        log.next_index(),
-        log.verify()?
-    );
-
-    crash_demo()
+    Ok(())
 }
 
 /// On the simulated disk, a crash keeps, tears or drops each unsynced

@@ -159,31 +159,92 @@ pub fn stamp_key(producer: u64, partition: u32, sequence: u64) -> u64 {
         ^ sequence
 }
 
+/// Each stage's time for one request or event, by stage number.
+type Times = [Option<u64>; 13];
+
 /// Joins and clears everything recorded so far; a table of the time each
 /// hop took (median and p99, µs) over the requests seen at every hop.
 pub fn take_report(title: &str) -> String {
+    let Recorded {
+        by_request,
+        by_stamp,
+        links,
+    } = Recorded::index(take_records());
+    let by_request_len = by_request.len();
+    let (rows, seen) = complete_rows(by_request, &by_stamp, &links);
+    let spans = std::mem::take(&mut *SPANS.lock().unwrap());
+    let mut out = String::new();
+    let _ = writeln!(out, "\nstage trace: {title}: {} requests", rows.len());
+    if rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "by request {}, by stamp {}, links {}; stages seen per request: {:?}",
+            by_request_len,
+            by_stamp.len(),
+            links.len(),
+            seen
+        );
+        // Embedded producers: no client frames, only the stamped hops.
+        write_stamped(&mut out, by_stamp);
+        write_spans(&mut out, spans);
+        return out;
+    }
+    write_hops(&mut out, &rows);
+    write_spans(&mut out, spans);
+    out
+}
+
+/// Every record of every thread so far, taken out of their buffers.
+fn take_records() -> Vec<Rec> {
     let mut recs = Vec::new();
     for buffer in BUFFERS.lock().unwrap().iter() {
         recs.append(&mut buffer.lock().unwrap());
     }
-    let mut by_request: HashMap<u64, [Option<u64>; 13]> = HashMap::new();
-    let mut by_stamp: HashMap<u64, [Option<u64>; 13]> = HashMap::new();
-    let mut links: HashMap<u64, u64> = HashMap::new();
-    for rec in recs {
-        if rec.stage == LINK {
-            links.insert(rec.key, rec.ns);
-            continue;
-        }
-        let stamped = BY_STAMP.iter().any(|s| *s as u8 == rec.stage);
-        let map = if stamped {
-            &mut by_stamp
-        } else {
-            &mut by_request
+    recs
+}
+
+/// The records sorted by what they are keyed by.
+struct Recorded {
+    /// Stages keyed by request id.
+    by_request: HashMap<u64, Times>,
+    /// Stages keyed by producer stamp ([`BY_STAMP`]).
+    by_stamp: HashMap<u64, Times>,
+    /// The stamp of the event each request carries.
+    links: HashMap<u64, u64>,
+}
+
+impl Recorded {
+    fn index(recs: Vec<Rec>) -> Recorded {
+        let mut recorded = Recorded {
+            by_request: HashMap::new(),
+            by_stamp: HashMap::new(),
+            links: HashMap::new(),
         };
-        map.entry(rec.key).or_default()[rec.stage as usize] = Some(rec.ns);
+        for rec in recs {
+            if rec.stage == LINK {
+                recorded.links.insert(rec.key, rec.ns);
+                continue;
+            }
+            let stamped = BY_STAMP.iter().any(|s| *s as u8 == rec.stage);
+            let map = if stamped {
+                &mut recorded.by_stamp
+            } else {
+                &mut recorded.by_request
+            };
+            map.entry(rec.key).or_default()[rec.stage as usize] = Some(rec.ns);
+        }
+        recorded
     }
+}
+
+/// Each request's times with its event's stamped stages filled in; the
+/// requests seen at every stage, and how many requests each stage saw.
+fn complete_rows(
+    by_request: HashMap<u64, Times>,
+    by_stamp: &HashMap<u64, Times>,
+    links: &HashMap<u64, u64>,
+) -> (Vec<[u64; 13]>, [usize; 13]) {
     let mut rows: Vec<[u64; 13]> = Vec::new();
-    let by_request_len = by_request.len();
     let mut seen = [0usize; 13];
     for (request, mut times) in by_request {
         if let Some(stamp) = links.get(&request) {
@@ -200,25 +261,12 @@ pub fn take_report(title: &str) -> String {
             rows.push(times.map(Option::unwrap));
         }
     }
-    let spans = std::mem::take(&mut *SPANS.lock().unwrap());
-    let mut out = String::new();
-    let _ = writeln!(out, "\nstage trace: {title}: {} requests", rows.len());
-    if rows.is_empty() {
-        let _ = writeln!(
-            out,
-            "by request {}, by stamp {}, links {}; stages seen per request: {:?}",
-            by_request_len,
-            by_stamp.len(),
-            links.len(),
-            seen
-        );
-    }
-    if rows.is_empty() {
-        // Embedded producers: no client frames, only the stamped hops.
-        write_stamped(&mut out, by_stamp);
-        write_spans(&mut out, spans);
-        return out;
-    }
+    (rows, seen)
+}
+
+/// The table of hops, one line per pair of consecutive stages and one
+/// for the whole call.
+fn write_hops(out: &mut String, rows: &[[u64; 13]]) {
     let _ = writeln!(out, "| hop | p50 µs | p99 µs | mean µs |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let mut line = |name: &str, deltas: Vec<i64>| {
@@ -232,13 +280,11 @@ pub fn take_report(title: &str) -> String {
     }
     let deltas = rows.iter().map(|r| r[12] as i64 - r[0] as i64).collect();
     line("end to end (client call → returns)", deltas);
-    write_spans(&mut out, spans);
-    out
 }
 
 /// The hops of events published in process (no request to link them to):
 /// queued for the batcher → applied.
-fn write_stamped(out: &mut String, by_stamp: HashMap<u64, [Option<u64>; 13]>) {
+fn write_stamped(out: &mut String, by_stamp: HashMap<u64, Times>) {
     let rows: Vec<[u64; 4]> = by_stamp
         .values()
         .filter_map(|times| {

@@ -59,40 +59,8 @@ impl Nemesis {
     /// Starts `fault`; `leader` is the node that leads now, if known.
     pub(crate) fn start(&mut self, fault: &Fault, leader: Option<u64>) {
         let kind = fault.kind();
-        let resolve = |target: &Target| -> Vec<u64> {
-            match target {
-                Target::Nodes(ids) => ids.clone(),
-                Target::Leader => leader.into_iter().collect(),
-            }
-        };
         let (action, result) = match fault {
-            Fault::Partition { left, right, .. } => {
-                let left = resolve(left);
-                let right = if matches!(
-                    fault,
-                    Fault::Partition {
-                        left: Target::Leader,
-                        ..
-                    }
-                ) {
-                    self.nodes
-                        .ids()
-                        .into_iter()
-                        .filter(|id| !left.contains(id))
-                        .collect()
-                } else {
-                    right.clone()
-                };
-                let mut cuts = Vec::new();
-                for &a in &left {
-                    for &b in &right {
-                        cuts.push((a, b));
-                        cuts.push((b, a));
-                    }
-                }
-                self.active = left.iter().chain(&right).copied().collect();
-                (format!("cut {left:?} from {right:?}"), self.cut(&cuts))
-            }
+            Fault::Partition { left, right, .. } => self.start_partition(left, right, leader),
             Fault::OneWay { from, to } => {
                 self.active = vec![*from, *to];
                 (
@@ -108,13 +76,13 @@ impl Nemesis {
                 )
             }
             Fault::Kill(target) => {
-                let ids = resolve(target);
+                let ids = resolve(target, leader);
                 self.active = ids.clone();
                 let result = ids.iter().try_for_each(|&id| self.nodes.kill(id));
                 (format!("kill -9 nodes {ids:?}"), result)
             }
             Fault::Pause(target) => {
-                let ids = resolve(target);
+                let ids = resolve(target, leader);
                 self.active = ids.clone();
                 let result = ids
                     .iter()
@@ -137,6 +105,30 @@ impl Nemesis {
             }
         };
         self.record("start", Some(kind), action, result);
+    }
+
+    /// Cuts `left` from `right` both ways; a leader on the left is cut
+    /// from every other node. Returns the action and its result.
+    fn start_partition(
+        &mut self,
+        left: &Target,
+        right: &[u64],
+        leader: Option<u64>,
+    ) -> (String, Result<(), String>) {
+        let isolates_leader = matches!(left, Target::Leader);
+        let left = resolve(left, leader);
+        let right: Vec<u64> = if isolates_leader {
+            self.nodes
+                .ids()
+                .into_iter()
+                .filter(|id| !left.contains(id))
+                .collect()
+        } else {
+            right.to_vec()
+        };
+        let cuts = both_ways(&left, &right);
+        self.active = left.iter().chain(&right).copied().collect();
+        (format!("cut {left:?} from {right:?}"), self.cut(&cuts))
     }
 
     /// Heals `fault` (started by the last [`Nemesis::start`]).
@@ -339,6 +331,27 @@ impl Nemesis {
         }
         self.nodes.start(id)
     }
+}
+
+/// The nodes `target` names; the leader only if it is known.
+fn resolve(target: &Target, leader: Option<u64>) -> Vec<u64> {
+    match target {
+        Target::Nodes(ids) => ids.clone(),
+        Target::Leader => leader.into_iter().collect(),
+    }
+}
+
+/// Every directed link between a node of `left` and one of `right`, in
+/// both directions.
+fn both_ways(left: &[u64], right: &[u64]) -> Vec<(u64, u64)> {
+    let mut cuts = Vec::new();
+    for &a in left {
+        for &b in right {
+            cuts.push((a, b));
+            cuts.push((b, a));
+        }
+    }
+    cuts
 }
 
 /// The filler sits beside the data directory, on the same tmpfs (the

@@ -246,32 +246,15 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, nodes: u64) -> Fault {
     let one = ids[0];
     let other = ids.get(1).copied().unwrap_or(one);
     match kind {
-        Kind::PartitionHalves => {
-            let half = (ids.len() / 2).max(1);
-            let (left, right) = ids.split_at(half);
-            Fault::Partition {
-                kind,
-                left: Target::Nodes(sorted(left)),
-                right: sorted(right),
-            }
-        }
+        Kind::PartitionHalves => partition(kind, &ids, (ids.len() / 2).max(1)),
         Kind::PartitionLeader => Fault::Partition {
             kind,
             left: Target::Leader,
             right: Vec::new(),
         },
-        Kind::PartitionBridge => {
-            // ids[0] is the bridge; the rest split in two sides that only
-            // the bridge reaches.
-            let rest = &ids[1..];
-            let half = rest.len() / 2;
-            let (left, right) = rest.split_at(half);
-            Fault::Partition {
-                kind,
-                left: Target::Nodes(sorted(left)),
-                right: sorted(right),
-            }
-        }
+        // ids[0] is the bridge; the rest split in two sides that only the
+        // bridge reaches.
+        Kind::PartitionBridge => partition(kind, &ids[1..], (ids.len() - 1) / 2),
         Kind::OneWay => Fault::OneWay {
             from: one,
             to: other,
@@ -283,22 +266,33 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, nodes: u64) -> Fault {
                 percent: rng.u32(10..=40),
             }
         }
-        Kind::Kill => Fault::Kill(if rng.bool() {
-            Target::Leader
-        } else {
-            Target::Nodes(vec![one])
-        }),
-        Kind::Pause => Fault::Pause(if rng.bool() {
-            Target::Leader
-        } else {
-            Target::Nodes(vec![one])
-        }),
+        Kind::Kill => Fault::Kill(leader_or(rng, one)),
+        Kind::Pause => Fault::Pause(leader_or(rng, one)),
         Kind::Skew => {
             let magnitude = rng.i64(30..=600);
             let seconds = if rng.bool() { magnitude } else { -magnitude };
             Fault::Skew { node: one, seconds }
         }
         Kind::Disk => Fault::Disk(one),
+    }
+}
+
+/// A partition of `ids` into its first `half` and the rest.
+fn partition(kind: Kind, ids: &[u64], half: usize) -> Fault {
+    let (left, right) = ids.split_at(half);
+    Fault::Partition {
+        kind,
+        left: Target::Nodes(sorted(left)),
+        right: sorted(right),
+    }
+}
+
+/// The leader or node `one`, by a coin toss.
+fn leader_or(rng: &mut fastrand::Rng, one: u64) -> Target {
+    if rng.bool() {
+        Target::Leader
+    } else {
+        Target::Nodes(vec![one])
     }
 }
 

@@ -131,31 +131,14 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
         Mode::Netns
     };
     let tmpfs_data = args.nemesis.contains(&Kind::Disk);
-    if mode == Mode::Netns && !root {
-        return Err("network namespaces need root; run as root or pass --no-netns".into());
-    }
-    if tmpfs_data && !root {
-        return Err(
-            "the disk nemesis mounts a small tmpfs per node, which needs root; \
-             run as root or leave `disk` out of --nemesis"
-                .into(),
-        );
-    }
+    check_privileges(mode, tmpfs_data, root)?;
     let leftovers = netns::find_leftovers()?;
     if !leftovers.is_empty() {
         eprint!("{}", refuse_leftovers(&leftovers));
         return Ok(2);
     }
     let sluice = locate_sluice(args.sluice.as_deref())?;
-    let run_dir = match &args.run_dir {
-        Some(dir) => dir.clone(),
-        None => default_run_dir(args.seed),
-    };
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|error| format!("cannot create {}: {error}", run_dir.display()))?;
-    let run_dir = run_dir
-        .canonicalize()
-        .map_err(|error| format!("{}: {error}", run_dir.display()))?;
+    let run_dir = create_run_dir(&args)?;
     let mut teardown = Teardown::default();
     if mode == Mode::Netns {
         teardown.namespaces = netns::namespaces(args.nodes);
@@ -163,33 +146,9 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
             netns::run(&words)?;
         }
     }
-    let config = WorkerConfig {
-        nodes: args.nodes,
-        time_limit_secs: args.time_limit_secs,
-        seed: args.seed,
-        nemesis: args.nemesis.iter().map(|k| k.name().to_owned()).collect(),
-        mode,
-        sluice,
-        run_dir: run_dir.clone(),
-        secret_file: run_dir.join("secret"),
-        skew: args.nemesis.contains(&Kind::Skew),
-        tmpfs_data,
-        planted_bug: args.planted_bug.clone(),
-        producers: args.producers,
-        consumers: args.consumers,
-        transactors: args.transactors,
-        request_timeout_secs: args.request_timeout_secs,
-    };
+    let config = worker_config(&args, mode, sluice, run_dir.clone(), tmpfs_data);
     if tmpfs_data {
-        for id in 1..=args.nodes {
-            let target = config
-                .data_dir(id)
-                .parent()
-                .expect("node-N/data")
-                .to_path_buf();
-            netns::mount_tmpfs(&target, args.disk_mib)?;
-            teardown.mounts.push(target);
-        }
+        mount_data_dirs(&config, args.disk_mib, &mut teardown)?;
     }
     let secret: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
     write(&config.secret_file, &secret)?;
@@ -200,6 +159,81 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     let code = supervise(&mut teardown, mode, &config_path)?;
     teardown.run();
     Ok(code)
+}
+
+/// Refuses a run that needs root (namespaces, tmpfs mounts) without it.
+fn check_privileges(mode: Mode, tmpfs_data: bool, root: bool) -> Result<(), String> {
+    if mode == Mode::Netns && !root {
+        return Err("network namespaces need root; run as root or pass --no-netns".into());
+    }
+    if tmpfs_data && !root {
+        return Err(
+            "the disk nemesis mounts a small tmpfs per node, which needs root; \
+             run as root or leave `disk` out of --nemesis"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Creates the run directory (given, or one named by the time and seed)
+/// and returns its canonical path.
+fn create_run_dir(args: &RunArgs) -> Result<PathBuf, String> {
+    let run_dir = match &args.run_dir {
+        Some(dir) => dir.clone(),
+        None => default_run_dir(args.seed),
+    };
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|error| format!("cannot create {}: {error}", run_dir.display()))?;
+    run_dir
+        .canonicalize()
+        .map_err(|error| format!("{}: {error}", run_dir.display()))
+}
+
+/// What the worker is told about the run.
+fn worker_config(
+    args: &RunArgs,
+    mode: Mode,
+    sluice: PathBuf,
+    run_dir: PathBuf,
+    tmpfs_data: bool,
+) -> WorkerConfig {
+    WorkerConfig {
+        nodes: args.nodes,
+        time_limit_secs: args.time_limit_secs,
+        seed: args.seed,
+        nemesis: args.nemesis.iter().map(|k| k.name().to_owned()).collect(),
+        mode,
+        sluice,
+        secret_file: run_dir.join("secret"),
+        run_dir,
+        skew: args.nemesis.contains(&Kind::Skew),
+        tmpfs_data,
+        planted_bug: args.planted_bug.clone(),
+        producers: args.producers,
+        consumers: args.consumers,
+        transactors: args.transactors,
+        request_timeout_secs: args.request_timeout_secs,
+    }
+}
+
+/// Mounts a tmpfs of `disk_mib` MiB over each node's directory (which
+/// holds its data directory), for the disk nemesis to fill.
+fn mount_data_dirs(
+    config: &WorkerConfig,
+    disk_mib: u64,
+    teardown: &mut Teardown,
+) -> Result<(), String> {
+    for id in 1..=config.nodes {
+        let target = config
+            .data_dir(id)
+            .parent()
+            .expect("node-N/data")
+            .to_path_buf();
+        netns::mount_tmpfs(&target, disk_mib)?;
+        teardown.mounts.push(target);
+    }
+    Ok(())
 }
 
 /// Starts the worker and waits for it, or for a signal.

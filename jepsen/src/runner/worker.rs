@@ -87,23 +87,9 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
     let secret = Secret::from_file(&config.secret_file).map_err(|error| error.to_string())?;
     let recorder = Arc::new(Recorder::new());
     let nodes = Arc::new(Nodes::new(config.clone()));
-    let proxy = match config.mode {
-        Mode::Loopback => {
-            let routes = nodes
-                .ids()
-                .into_iter()
-                .map(|id| (id, config.member_address(id), config.listen_address(id)))
-                .collect();
-            Some(Proxy::start(routes).await?)
-        }
-        Mode::Netns => None,
-    };
+    let proxy = start_proxy(&config, &nodes).await?;
     nodes.start_all()?;
-    let seeds: Vec<SocketAddr> = nodes
-        .ids()
-        .into_iter()
-        .map(|id| config.listen_address(id))
-        .collect();
+    let seeds = seeds(&config, &nodes);
     let admin = client(&seeds, &secret, Duration::from_secs(30));
     initialise(&config, &admin).await?;
     eprintln!(
@@ -125,19 +111,85 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
         proxy.clone(),
         Arc::clone(&recorder),
     );
-    let started = Instant::now();
-    let tasks = spawn_workload(&config, &context);
-    follow_schedule(&config, &mut nemesis, &admin, &seeds, started).await;
-    context.stop.store(true, Ordering::Relaxed);
-    let workload_secs = started.elapsed().as_secs_f64();
-    nemesis.heal_all(config.skew);
-    drain(tasks).await;
+    let workload_secs = run_workload(&config, &context, &mut nemesis, &admin, &seeds).await;
 
     let (converged, convergence) = converge(&admin, &seeds).await;
     eprintln!("convergence: {convergence}");
     nemesis.restart_exited();
     final_reads(&recorder, &seeds, &secret).await;
 
+    let failed = judge(
+        &config,
+        &recorder,
+        &nemesis,
+        workload_secs,
+        converged,
+        convergence,
+    )?;
+    if let Some(proxy) = proxy {
+        proxy.shutdown();
+    }
+    nodes.kill_all();
+    eprintln!("run directory: {}", config.run_dir.display());
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// In loopback mode, the proxy that stands between the nodes (and lets
+/// the nemesis cut their links); none in namespace mode.
+async fn start_proxy(config: &WorkerConfig, nodes: &Nodes) -> Result<Option<Proxy>, String> {
+    match config.mode {
+        Mode::Loopback => {
+            let routes = nodes
+                .ids()
+                .into_iter()
+                .map(|id| (id, config.member_address(id), config.listen_address(id)))
+                .collect();
+            Ok(Some(Proxy::start(routes).await?))
+        }
+        Mode::Netns => Ok(None),
+    }
+}
+
+/// The client addresses of every node.
+fn seeds(config: &WorkerConfig, nodes: &Nodes) -> Vec<SocketAddr> {
+    nodes
+        .ids()
+        .into_iter()
+        .map(|id| config.listen_address(id))
+        .collect()
+}
+
+/// Runs the workload while the nemesis follows the schedule, then stops
+/// the workload, heals everything and lets the workload's last operations
+/// finish; returns how long the workload ran, in seconds.
+async fn run_workload(
+    config: &WorkerConfig,
+    context: &Context,
+    nemesis: &mut Nemesis,
+    admin: &Client,
+    seeds: &[SocketAddr],
+) -> f64 {
+    let started = Instant::now();
+    let tasks = spawn_workload(config, context);
+    follow_schedule(config, nemesis, admin, seeds, started).await;
+    context.stop.store(true, Ordering::Relaxed);
+    let workload_secs = started.elapsed().as_secs_f64();
+    nemesis.heal_all(config.skew);
+    drain(tasks).await;
+    workload_secs
+}
+
+/// Checks the history, writes it, the nemesis records and
+/// `results.json`, and prints the summary; returns how many checks
+/// failed.
+fn judge(
+    config: &WorkerConfig,
+    recorder: &Recorder,
+    nemesis: &Nemesis,
+    workload_secs: f64,
+    converged: bool,
+    convergence: String,
+) -> Result<u64, String> {
     let history = recorder.history();
     let report = sluice_jepsen::check(&history);
     let nemesis_records = recorder.nemesis_records();
@@ -167,12 +219,7 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
     let path = config.run_dir.join("results.json");
     let json = serde_json::to_string_pretty(&results).map_err(|error| error.to_string())?;
     std::fs::write(&path, json).map_err(|error| format!("{}: {error}", path.display()))?;
-    if let Some(proxy) = proxy {
-        proxy.shutdown();
-    }
-    nodes.kill_all();
-    eprintln!("run directory: {}", config.run_dir.display());
-    Ok(if results.checks.failed == 0 { 0 } else { 1 })
+    Ok(results.checks.failed)
 }
 
 fn client(seeds: &[SocketAddr], secret: &Secret, timeout: Duration) -> Client {

@@ -489,26 +489,11 @@ async fn transaction(
     positions: BTreeMap<u32, u64>,
     count: &mut u64,
 ) -> Outcome {
-    let mut outputs = Vec::with_capacity(inputs.len());
-    let mut events = Vec::with_capacity(inputs.len());
-    for input in &inputs {
-        let value = format!("{}>{process}.{count}", input.value);
-        *count += 1;
-        let payload = Bytes::from(value.clone());
-        match producer
-            .stamp(OUTPUT, Bytes::new(), payload, Headers::default())
-            .await
-        {
-            Ok(event) => events.push(event),
-            // Stamping failed before anything was sent; the stamps taken
-            // so far would leave a gap.
-            Err(_) => return Outcome::Refused,
-        }
-        outputs.push(TxnOutput {
-            input: input.value.clone(),
-            value,
-        });
-    }
+    let Some((outputs, events)) = stamp_outputs(process, producer, &inputs, count).await else {
+        // Stamping failed before anything was sent; the stamps taken so
+        // far would leave a gap.
+        return Outcome::Refused;
+    };
     let op = TxnOp {
         consumer: process,
         group: member.group.to_owned(),
@@ -540,4 +525,32 @@ async fn transaction(
             Outcome::Unknown
         }
     }
+}
+
+/// One output per input, each value naming its input, the process and
+/// the output's number; and the outputs as events stamped by `producer`.
+/// `None` if stamping one failed.
+async fn stamp_outputs(
+    process: u64,
+    producer: &mut RemoteProducer,
+    inputs: &[Event],
+    count: &mut u64,
+) -> Option<(Vec<TxnOutput>, Vec<sluice_model::event::Event>)> {
+    let mut outputs = Vec::with_capacity(inputs.len());
+    let mut events = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let value = format!("{}>{process}.{count}", input.value);
+        *count += 1;
+        let payload = Bytes::from(value.clone());
+        let event = producer
+            .stamp(OUTPUT, Bytes::new(), payload, Headers::default())
+            .await
+            .ok()?;
+        events.push(event);
+        outputs.push(TxnOutput {
+            input: input.value.clone(),
+            value,
+        });
+    }
+    Some((outputs, events))
 }

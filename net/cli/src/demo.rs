@@ -152,21 +152,7 @@ async fn run_phase(
     first: bool,
     progress: &ProgressBar,
 ) -> Result<Duration, Box<dyn Error>> {
-    let group = format!("demo-{:x}", tally.run);
-    let mut consumers = Vec::new();
-    for member in 0..args.consumers {
-        consumers.push(
-            bus.consumer(&group, &format!("c{member}"), &[TOPIC])
-                .await?,
-        );
-    }
-    if first {
-        // Start at the end of what earlier runs left in the topic.
-        for consumer in &mut consumers {
-            consumer.seek_to_end()?;
-            commit(consumer).await?;
-        }
-    }
+    let consumers = join_group(bus, args, tally, first).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let consuming: Vec<_> = consumers
         .into_iter()
@@ -196,17 +182,48 @@ async fn run_phase(
         task.await??;
     }
     let elapsed = started.elapsed();
+    wait_consumed(tally).await;
+    stop.store(true, Ordering::Release);
+    for task in consuming {
+        task.await??;
+    }
+    Ok(elapsed)
+}
+
+/// The run's consumer group, `--consumers` members; in the first phase
+/// each starts at the end of what earlier runs left in the topic.
+async fn join_group(
+    bus: &Bus,
+    args: &Args,
+    tally: &Tally,
+    first: bool,
+) -> Result<Vec<sluice_core::bus::Consumer>, Box<dyn Error>> {
+    let group = format!("demo-{:x}", tally.run);
+    let mut consumers = Vec::new();
+    for member in 0..args.consumers {
+        consumers.push(
+            bus.consumer(&group, &format!("c{member}"), &[TOPIC])
+                .await?,
+        );
+    }
+    if first {
+        for consumer in &mut consumers {
+            consumer.seek_to_end()?;
+            commit(consumer).await?;
+        }
+    }
+    Ok(consumers)
+}
+
+/// Waits (two minutes at most) until the group consumed as many events
+/// as were acknowledged.
+async fn wait_consumed(tally: &Tally) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while tally.consumed.load(Ordering::Acquire) < tally.acked.load(Ordering::Acquire)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Release);
-    for task in consuming {
-        task.await??;
-    }
-    Ok(elapsed)
 }
 
 async fn produce(
@@ -364,47 +381,123 @@ fn report(
     reopen: Duration,
     fsync: &FsyncLatency,
 ) -> Result<ExitCode, Box<dyn Error>> {
-    let published = tally.acked.load(Ordering::Acquire);
-    let lost = tally
-        .seen
-        .iter()
-        .filter(|c| c.load(Ordering::Acquire) == 0)
-        .count() as u64;
-    let duplicates: u64 = tally
-        .seen
-        .iter()
-        .map(|c| u64::from(c.load(Ordering::Acquire)).saturating_sub(1))
-        .sum();
-    let consumed = tally.consumed.load(Ordering::Acquire);
-    let unexpected = tally.unexpected.load(Ordering::Acquire);
-    let ack = tally.ack_us.lock().unwrap();
-    let deliver = tally.deliver_us.lock().unwrap();
-    let events_per_sec = published as f64 / publishing.as_secs_f64();
-    let json = serde_json::json!({
-        "published": published,
-        "consumed": consumed,
-        "lost": lost,
-        "duplicates": duplicates,
-        "unexpected": unexpected,
-        "events_per_sec": events_per_sec.round(),
-        "ack_p50_us": ack.value_at_quantile(0.5),
-        "ack_p99_us": ack.value_at_quantile(0.99),
-        "ack_p999_us": ack.value_at_quantile(0.999),
-        "deliver_p50_us": deliver.value_at_quantile(0.5),
-        "deliver_p99_us": deliver.value_at_quantile(0.99),
-        "deliver_p999_us": deliver.value_at_quantile(0.999),
-        "fsync_p50_us": fsync.p50_us,
-        "fsync_p99_us": fsync.p99_us,
-        "reopen_ms": reopen.as_millis() as u64,
-        "producers": args.producers,
-        "inflight_per_producer": args.inflight,
-        "payload_bytes": args.payload_size,
-        "durability": format!("{:?}", args.durability).to_lowercase(),
-    });
+    let summary = Summary::of(tally, publishing);
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{json}")?;
+        writeln!(out, "{}", summary.json(args, reopen, fsync))?;
     } else {
+        summary.write_human(&mut out, args, reopen, fsync)?;
+    }
+    Ok(if summary.exactly_once() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// p50, p99 and p99.9 of a latency histogram, in microseconds.
+struct Quantiles {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+}
+
+impl Quantiles {
+    fn of(histogram: &Histogram<u64>) -> Quantiles {
+        Quantiles {
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+        }
+    }
+}
+
+/// What the run measured, for the report.
+struct Summary {
+    published: u64,
+    consumed: u64,
+    /// Acknowledged events never consumed.
+    lost: u64,
+    /// Deliveries beyond the first of an event.
+    duplicates: u64,
+    /// Deliveries of events this run did not publish.
+    unexpected: u64,
+    events_per_sec: f64,
+    ack: Quantiles,
+    deliver: Quantiles,
+}
+
+impl Summary {
+    fn of(tally: &Tally, publishing: Duration) -> Summary {
+        let published = tally.acked.load(Ordering::Acquire);
+        let lost = tally
+            .seen
+            .iter()
+            .filter(|c| c.load(Ordering::Acquire) == 0)
+            .count() as u64;
+        let duplicates: u64 = tally
+            .seen
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Acquire)).saturating_sub(1))
+            .sum();
+        Summary {
+            published,
+            consumed: tally.consumed.load(Ordering::Acquire),
+            lost,
+            duplicates,
+            unexpected: tally.unexpected.load(Ordering::Acquire),
+            events_per_sec: published as f64 / publishing.as_secs_f64(),
+            ack: Quantiles::of(&tally.ack_us.lock().unwrap()),
+            deliver: Quantiles::of(&tally.deliver_us.lock().unwrap()),
+        }
+    }
+
+    /// Every acknowledged event consumed once, and nothing else.
+    fn exactly_once(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.unexpected == 0
+    }
+
+    fn json(&self, args: &Args, reopen: Duration, fsync: &FsyncLatency) -> serde_json::Value {
+        serde_json::json!({
+            "published": self.published,
+            "consumed": self.consumed,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "unexpected": self.unexpected,
+            "events_per_sec": self.events_per_sec.round(),
+            "ack_p50_us": self.ack.p50,
+            "ack_p99_us": self.ack.p99,
+            "ack_p999_us": self.ack.p999,
+            "deliver_p50_us": self.deliver.p50,
+            "deliver_p99_us": self.deliver.p99,
+            "deliver_p999_us": self.deliver.p999,
+            "fsync_p50_us": fsync.p50_us,
+            "fsync_p99_us": fsync.p99_us,
+            "reopen_ms": reopen.as_millis() as u64,
+            "producers": args.producers,
+            "inflight_per_producer": args.inflight,
+            "payload_bytes": args.payload_size,
+            "durability": format!("{:?}", args.durability).to_lowercase(),
+        })
+    }
+
+    fn write_human(
+        &self,
+        out: &mut impl Write,
+        args: &Args,
+        reopen: Duration,
+        fsync: &FsyncLatency,
+    ) -> std::io::Result<()> {
+        let Summary {
+            published,
+            consumed,
+            lost,
+            duplicates,
+            unexpected,
+            events_per_sec,
+            ack,
+            deliver,
+        } = self;
         writeln!(out, "sluice demo in {}", args.data_dir.display())?;
         writeln!(
             out,
@@ -419,16 +512,12 @@ fn report(
         writeln!(
             out,
             "  publish→ack      p50 {} µs  p99 {} µs  p99.9 {} µs",
-            ack.value_at_quantile(0.5),
-            ack.value_at_quantile(0.99),
-            ack.value_at_quantile(0.999)
+            ack.p50, ack.p99, ack.p999
         )?;
         writeln!(
             out,
             "  publish→deliver  p50 {} µs  p99 {} µs  p99.9 {} µs",
-            deliver.value_at_quantile(0.5),
-            deliver.value_at_quantile(0.99),
-            deliver.value_at_quantile(0.999)
+            deliver.p50, deliver.p99, deliver.p999
         )?;
         writeln!(
             out,
@@ -439,11 +528,6 @@ fn report(
             out,
             "  closed and reopened midway; reopen took {} ms",
             reopen.as_millis()
-        )?;
+        )
     }
-    Ok(if lost == 0 && duplicates == 0 && unexpected == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }

@@ -1288,17 +1288,9 @@ async fn serve_requests<H: Handler>(
     let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
     // Responses encoded and not yet written, whole frames back to back.
     let mut out = BytesMut::new();
-    // The bounds are checked on a tick rather than by a timer per frame,
-    // which would cost a timer update on every request: a slow frame is
-    // caught within a quarter of its bound past it.
-    let tick =
-        (config.frame_read_time_max.min(config.idle_time_max) / 4).max(Duration::from_millis(1));
-    let check = tokio::time::sleep(tick);
+    let mut watchdog = Watchdog::new(config);
+    let check = tokio::time::sleep(watchdog.tick);
     tokio::pin!(check);
-    // Bumped by everything that happens; compared on each tick.
-    let mut activity: u64 = 0;
-    let mut activity_seen: u64 = 0;
-    let mut active_at = Instant::now();
     loop {
         let reading =
             calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
@@ -1310,7 +1302,7 @@ async fn serve_requests<H: Handler>(
             // burst of answers goes out in one write.
             biased;
             Some(response) = calls.next(), if !calls.is_empty() => {
-                activity += 1;
+                watchdog.activity += 1;
                 if let Some(response) = response {
                     encode_response(&mut out, node, response);
                 }
@@ -1320,66 +1312,113 @@ async fn serve_requests<H: Handler>(
                 if written == 0 {
                     return Err(io::Error::from(io::ErrorKind::WriteZero).into());
                 }
-                activity += 1;
+                watchdog.activity += 1;
                 #[cfg(feature = "stage-trace")]
                 trace_written(&out[..written]);
                 out.advance(written);
             }
             frame = reader.next(&mut read), if reading => {
-                activity += 1;
+                watchdog.activity += 1;
                 let Some(frame) = frame? else {
                     return Ok(());
                 };
-                if frame.header.role != Role::Request {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "a {:?} frame arrived on a server connection",
-                            frame.header.role
-                        ),
-                    )
-                    .into());
-                }
-                if frame.header.kind == MessageKind::Client as u8 {
-                    sluice_model::stage!(frame.header.request_id, ServerRead);
-                }
-                if frame.body.len() < SPAWN_BODY_BYTES_MIN {
-                    calls.push(Box::pin(answer(&**handler, frame)));
-                } else {
-                    // Decoding a large request is work another worker
-                    // can do while this task reads on.
-                    let handler = Arc::clone(handler);
-                    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
-                    calls.push(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
-                        Ok(answered) => answered,
-                        Err(error) => {
-                            log_task_end(&error);
-                            None
-                        }
-                    })));
-                }
+                calls.push(call(handler, frame)?);
             }
             () = &mut check => {
-                let now = Instant::now();
-                let activity = activity + reader.reads;
-                if activity != activity_seen || !calls.is_empty() {
-                    activity_seen = activity;
-                    active_at = now;
-                }
-                let idle = now.duration_since(active_at);
-                if idle >= config.idle_time_max {
-                    return Err(Closed::Idle(idle));
-                }
-                if let Some(started) = reader.started.filter(|_| reading) {
-                    let after = now.duration_since(started);
-                    if after >= config.frame_read_time_max {
-                        return Err(Closed::SlowFrame { after, read: reader.buf.len() });
-                    }
-                }
-                check.as_mut().reset(now + tick);
+                let next = watchdog.check(config, &reader, reading, !calls.is_empty())?;
+                check.as_mut().reset(next);
             }
         }
     }
+}
+
+/// The bounds of one connection's time: closes a connection idle for too
+/// long, or whose frame is too slow to arrive. Checked on a tick rather
+/// than by a timer per frame, which would cost a timer update on every
+/// request: a slow frame is caught within a quarter of its bound past it.
+struct Watchdog {
+    tick: Duration,
+    /// Bumped by everything that happens; compared on each tick.
+    activity: u64,
+    activity_seen: u64,
+    active_at: Instant,
+}
+
+impl Watchdog {
+    fn new(config: &ServerConfig) -> Self {
+        let tick = (config.frame_read_time_max.min(config.idle_time_max) / 4)
+            .max(Duration::from_millis(1));
+        Watchdog {
+            tick,
+            activity: 0,
+            activity_seen: 0,
+            active_at: Instant::now(),
+        }
+    }
+
+    /// Checks both bounds; returns when to check next.
+    fn check(
+        &mut self,
+        config: &ServerConfig,
+        reader: &FrameReader,
+        reading: bool,
+        calls_pending: bool,
+    ) -> Result<Instant, Closed> {
+        let now = Instant::now();
+        let activity = self.activity + reader.reads;
+        if activity != self.activity_seen || calls_pending {
+            self.activity_seen = activity;
+            self.active_at = now;
+        }
+        let idle = now.duration_since(self.active_at);
+        if idle >= config.idle_time_max {
+            return Err(Closed::Idle(idle));
+        }
+        if let Some(started) = reader.started.filter(|_| reading) {
+            let after = now.duration_since(started);
+            if after >= config.frame_read_time_max {
+                return Err(Closed::SlowFrame {
+                    after,
+                    read: reader.buf.len(),
+                });
+            }
+        }
+        Ok(now + self.tick)
+    }
+}
+
+/// Starts handling one request frame: on the connection's task, or, for a
+/// large body, on a task of its own (decoding it is work another worker
+/// can do while the connection reads on).
+fn call<H: Handler>(
+    handler: &Arc<H>,
+    frame: Frame,
+) -> Result<BoxFuture<'_, Option<Answered>>, Closed> {
+    if frame.header.role != Role::Request {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "a {:?} frame arrived on a server connection",
+                frame.header.role
+            ),
+        )
+        .into());
+    }
+    if frame.header.kind == MessageKind::Client as u8 {
+        sluice_model::stage!(frame.header.request_id, ServerRead);
+    }
+    if frame.body.len() < SPAWN_BODY_BYTES_MIN {
+        return Ok(Box::pin(answer(&**handler, frame)));
+    }
+    let handler = Arc::clone(handler);
+    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
+    Ok(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
+        Ok(answered) => answered,
+        Err(error) => {
+            log_task_end(&error);
+            None
+        }
+    })))
 }
 
 /// Requests with a body of this size or more (batches of events, Raft

@@ -546,6 +546,15 @@ fn raft_config(heartbeat: Duration) -> openraft::Config {
         // scenario, seed 45, is its regression; openraft's docs warn of
         // exactly this).
         enable_leader_restore: Some(false),
+        // A follower may come back with a shorter log than it had
+        // acknowledged: its newest segment cut (a damaged device, an
+        // operator, a repair), or a power failure under buffered
+        // durability. Without this the leader keeps sending entries after
+        // the follower's old end, which the follower refuses, and the
+        // follower never catches up (release builds; debug builds panic
+        // the leader's core). With it, the leader searches the follower's
+        // log again from its start; what a quorum accepted stays committed.
+        allow_log_reversion: Some(true),
         ..openraft::Config::default()
     }
 }

@@ -227,6 +227,60 @@ impl<D: Disk> Inner<D> {
         super::state_machine::store_snapshot(self.log.disk(), &core).map_err(|e| io("replace", e))
     }
 
+    /// Drops a state snapshot that lies past the end of a log that holds
+    /// every entry from the first one (nothing purged): the log lost its
+    /// tail below the snapshot (an operator or a device cut the newest
+    /// segment; a power failure under buffered durability). Kept, the
+    /// snapshot's state would index events whose bodies are gone, and
+    /// openraft, finding its log behind the state machine, would purge the
+    /// log up to the snapshot and never fetch those entries again. Without
+    /// it the state is rebuilt from the log, and what the log lacks comes
+    /// from the leader like any missing entries. A log with a purged prefix
+    /// cannot rebuild the state before it: its snapshot stays, and the
+    /// events whose bodies are gone are named.
+    fn drop_snapshot_ahead_of_log(&mut self) -> log::Result<()> {
+        let io = |op, source| log::Error::Io {
+            op,
+            file: snapshot::SNAPSHOT_FILE.to_owned(),
+            source,
+        };
+        let loaded = super::state_machine::load_snapshot(self.log.disk());
+        let Some(bytes) = loaded.map_err(|e| io("read", e))? else {
+            return Ok(());
+        };
+        // One that does not decode is the state machine's to refuse.
+        let Some(last) = snapshot::decode(&bytes)
+            .ok()
+            .and_then(|decoded| decoded.core.last_applied)
+        else {
+            return Ok(());
+        };
+        let next = self.log.next_index();
+        if last.index < next {
+            return Ok(());
+        }
+        if self.raft_first() > 0 {
+            tracing::error!(
+                snapshot = last.index,
+                log_next = next,
+                "the state snapshot lies past the end of the log, whose prefix is purged: \
+                 the events at indexes {next} to {} have no bodies on this node",
+                last.index
+            );
+            return Ok(());
+        }
+        tracing::warn!(
+            snapshot = last.index,
+            log_next = next,
+            "the state snapshot lies past the end of the log (its tail was cut): dropping \
+             the snapshot; the state is rebuilt from the log and the rest comes from the leader"
+        );
+        let disk = self.log.disk();
+        disk.remove(snapshot::SNAPSHOT_FILE)
+            .and_then(|()| disk.sync_dir())
+            .map_err(|e| io("remove", e))
+    }
+
     /// Encodes `entries` into frame payloads, for [`Inner::write_encoded`].
     fn encode(&mut self, entries: impl IntoIterator<Item = Entry>) {
         self.payloads.clear();
@@ -378,6 +432,7 @@ impl<E: Env> LogStore<E> {
                 inner.log.purge_before(purged.index + 1)?;
             }
         }
+        inner.drop_snapshot_ahead_of_log()?;
         let log = &inner.log;
         let physical_last = match log.next_index().checked_sub(1) {
             Some(last) if last >= log.first_index() => {

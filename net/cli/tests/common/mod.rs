@@ -1,12 +1,14 @@
-//! One `sluice node` process on loopback, driven by the CLI, for the
-//! process tests that need a cluster but not several nodes.
+//! Real `sluice node` processes on loopback for the process tests: one
+//! node ([`Node`]) or several ([`Nodes`]), and the `sluice` tool run as
+//! an operator would. Each test binary uses a part of this.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -174,4 +176,258 @@ pub(crate) fn sluice(args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A free loopback address: bind, read it, let go.
+pub(crate) fn free_address() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Node processes; kills every one still running when dropped, also on a
+/// failed assertion.
+pub(crate) struct Nodes {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) children: BTreeMap<u64, Child>,
+    pub(crate) addresses: BTreeMap<u64, String>,
+    /// Passed to every node and every command, if set.
+    pub(crate) secret_file: Option<PathBuf>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Nodes {
+    /// Starts nodes `ids`, each on a free port and its own directory.
+    pub(crate) fn start(ids: &[u64]) -> Nodes {
+        Nodes::start_with_secret(ids, None)
+    }
+
+    /// [`Nodes::start`] with a cluster secret (written to a file).
+    pub(crate) fn start_with_secret(ids: &[u64], secret: Option<&str>) -> Nodes {
+        let root = tempfile::tempdir().expect("tempdir");
+        let secret_file = secret.map(|secret| {
+            let path = root.path().join("secret");
+            std::fs::write(&path, secret).expect("secret file");
+            path
+        });
+        let mut nodes = Nodes {
+            root,
+            children: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            secret_file,
+        };
+        for &id in ids {
+            nodes.addresses.insert(id, free_address());
+            nodes.spawn(id);
+        }
+        nodes
+    }
+
+    pub(crate) fn dir(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}"))
+    }
+
+    pub(crate) fn log_path(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}.log"))
+    }
+
+    /// `sluice node` for `id` on its address and directory, its standard
+    /// error appended to its log file.
+    pub(crate) fn command(&self, id: u64) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let mut command = Command::new(SLUICE);
+        command
+            .args(["node", "--id", &id.to_string(), "--listen"])
+            .arg(&self.addresses[&id])
+            .arg("--data-dir")
+            .arg(self.dir(id))
+            .env("SLUICE_LOG", "info")
+            .env_remove("SLUICE_SECRET_FILE")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(secret) = &self.secret_file {
+            command.arg("--secret-file").arg(secret);
+        }
+        command
+    }
+
+    pub(crate) fn spawn(&mut self, id: u64) {
+        let child = self.command(id).spawn().expect("spawn sluice node");
+        self.children.insert(id, child);
+    }
+
+    /// Stops node `id` with SIGTERM and waits for it to exit.
+    pub(crate) fn stop(&mut self, id: u64) -> ExitStatus {
+        let mut child = self.children.remove(&id).expect("running");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(killed.success());
+        wait_exit(&mut child, Duration::from_secs(30)).expect("the node stops on SIGTERM")
+    }
+
+    /// Whether node `id` still runs; its exit status if not.
+    pub(crate) fn exited(&mut self, id: u64) -> Option<ExitStatus> {
+        self.children
+            .get_mut(&id)
+            .and_then(|child| child.try_wait().expect("try_wait"))
+    }
+
+    /// Every node's address, comma-separated.
+    pub(crate) fn cluster(&self) -> String {
+        let list: Vec<_> = self.addresses.values().cloned().collect();
+        list.join(",")
+    }
+
+    pub(crate) fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// `sluice` with this cluster's secret, if any.
+    pub(crate) fn sluice(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(secret) = &self.secret_file {
+            let takes_secret = matches!(args.first(), Some(&"cluster" | &"publish" | &"topics"));
+            if takes_secret {
+                all.push("--secret-file".to_owned());
+                all.push(secret.to_str().expect("UTF-8 path").to_owned());
+            }
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        sluice(&all, stdin.map(str::as_bytes))
+    }
+
+    /// Initialises the cluster of every node started, retrying while the
+    /// nodes begin to listen.
+    pub(crate) fn init(&self) {
+        let members: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|(id, address)| format!("{id}={address}"))
+            .collect();
+        let members = members.join(",");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let init = self.sluice(&["cluster", "init", "--nodes", &members], None);
+            if init.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster init kept failing: {}",
+                text(&init.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every reachable node's `cluster status --json` line, by node id.
+    pub(crate) fn status(&self) -> BTreeMap<u64, serde_json::Value> {
+        let cluster = self.cluster();
+        let output = self.sluice(
+            &["cluster", "status", "--cluster", &cluster, "--json"],
+            None,
+        );
+        text(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|node| Some((node["node"].as_u64()?, node)))
+            .collect()
+    }
+
+    /// The leader's id, waiting up to 30 s for one.
+    pub(crate) fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let leader = status
+                .values()
+                .find(|node| node["role"] == "leader")
+                .and_then(|node| node["node"].as_u64());
+            if let Some(leader) = leader {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader: {status:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates `topic` with `partitions`.
+    pub(crate) fn create_topic(&self, topic: &str, partitions: u32) {
+        let cluster = self.cluster();
+        let partitions = partitions.to_string();
+        let created = self.sluice(
+            &[
+                "topics",
+                "create",
+                topic,
+                "--partitions",
+                &partitions,
+                "--cluster",
+                &cluster,
+            ],
+            None,
+        );
+        assert!(created.status.success(), "{}", text(&created.stderr));
+    }
+
+    /// Publishes `lines` to `topic`, `batch` per request; asserts that
+    /// every one was acknowledged.
+    pub(crate) fn publish(&self, topic: &str, lines: &str, batch: usize) {
+        let cluster = self.cluster();
+        let batch = batch.to_string();
+        let published = self.sluice(
+            &["publish", topic, "--cluster", &cluster, "--batch", &batch],
+            Some(lines),
+        );
+        assert!(published.status.success(), "{}", text(&published.stderr));
+        let count = lines.lines().count();
+        assert_eq!(
+            text(&published.stdout).trim(),
+            format!("{count} of {count} events acknowledged")
+        );
+    }
+}
+
+/// Waits up to `bound` for `child` to exit.
+pub(crate) fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file in `dir` (not recursing) with its bytes.
+pub(crate) fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|entry| entry.expect("directory entry"))
+        .filter(|entry| entry.file_type().expect("file type").is_file())
+        .map(|entry| {
+            let name = entry.file_name().into_string().expect("UTF-8 name");
+            let bytes = std::fs::read(entry.path()).expect("read a file");
+            (name, bytes)
+        })
+        .collect()
 }

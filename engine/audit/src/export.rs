@@ -130,7 +130,8 @@ pub fn export(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });
     }
-    let disk = OsDisk::open(dir).map_err(|source| ExportError::Io {
+    // Read-only, as `verify`: the export changes nothing in the directory.
+    let disk = OsDisk::open_read_only(dir).map_err(|source| ExportError::Io {
         what: dir.display().to_string(),
         source,
     })?;

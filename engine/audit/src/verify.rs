@@ -264,7 +264,9 @@ pub fn verify(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Report, 
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });
     }
-    let disk = OsDisk::open(dir).map_err(|source| VerifyError::Io {
+    // Read-only: verifying never changes the directory, and works beside
+    // the node that writes it.
+    let disk = OsDisk::open_read_only(dir).map_err(|source| VerifyError::Io {
         dir: dir.display().to_string(),
         source,
     })?;

@@ -48,15 +48,12 @@ async fn an_installed_snapshot_anchors_the_chain_like_the_sender() {
     }
     drop(producer);
     bus.close().await.unwrap();
-    let mut machine = StateMachineStore::<OsEnv>::new(OsDisk::open(source.path()).unwrap());
+    // One disk for both: a directory has one writer (its lock).
+    let source_disk = OsDisk::open(source.path()).unwrap();
+    let mut machine = StateMachineStore::<OsEnv>::new(source_disk.clone());
     let snapshot = machine.get_current_snapshot().await.unwrap().unwrap();
     let last = snapshot.meta.last_log_id.unwrap();
-    let sender = Log::open(
-        OsDisk::open(source.path()).unwrap(),
-        Arc::new(OsClock::new()),
-        Options::default(),
-    )
-    .unwrap();
+    let sender = Log::open(source_disk, Arc::new(OsClock::new()), Options::default()).unwrap();
     assert!(
         sender.next_index() > last.index + 1,
         "entries after the snapshot"

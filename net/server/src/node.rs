@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use sluice_core::bus::{Bus, BusConfig, BusError};
-use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
+use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
 use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Request};
 
@@ -106,6 +106,10 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another node, an embedded bus) holds the data
+    /// directory's lock.
+    #[error(transparent)]
+    DirectoryInUse(std::io::Error),
     /// The bus did not open.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -141,10 +145,22 @@ impl ClusterNode {
             "cannot create the data directory {}",
             config.data_dir.display()
         )))?;
-        let disk = OsDisk::open(&config.data_dir).map_err(io(format!(
-            "cannot open the data directory {}",
-            config.data_dir.display()
-        )))?;
+        let disk = match OsDisk::open(&config.data_dir) {
+            Ok(disk) => disk,
+            Err(error) if DirectoryInUse::is(&error) => {
+                return Err(NodeError::DirectoryInUse(error));
+            }
+            Err(error) => {
+                let what = format!(
+                    "cannot open the data directory {}",
+                    config.data_dir.display()
+                );
+                return Err(NodeError::Io {
+                    what,
+                    source: error,
+                });
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(io(format!("cannot listen on {}", config.listen)))?;

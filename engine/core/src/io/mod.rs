@@ -111,6 +111,13 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
 
     /// Makes every earlier create, rename and remove durable.
     fn sync_dir(&self) -> io::Result<()>;
+
+    /// Gives the directory up to its next opener, for this disk and every
+    /// clone of it (`OsDisk` releases its lock); later changes through
+    /// them are refused. The log calls this when it closes, because
+    /// clones may outlive it in tasks that end later. Disks without a lock
+    /// do nothing.
+    fn release(&self) {}
 }
 
 /// An open file of a [`Disk`]. See [`Disk`] for the crash contract.

@@ -89,6 +89,18 @@ pub enum Error {
     /// The options passed to `Log::open` are out of bounds.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// The log was closed (its Raft storage dropped): it changes no more.
+    #[error("the log is closed; reopen the data directory to write")]
+    Closed,
+    /// A log opened with `Log::open_read_only` was asked to change.
+    #[error(
+        "the log was opened read-only and cannot {what}; only a node (or a writable open) \
+         changes it"
+    )]
+    ReadOnly {
+        /// What it was asked to do.
+        what: String,
+    },
 }
 
 /// Where and how stored bytes are damaged.

@@ -316,19 +316,57 @@ pub struct Log<D: Disk = OsDisk> {
     /// Bytes of frames written since open: whether a spare is wanted
     /// yet, and how fast the log fills.
     written: u64,
+    /// Opened with [`Log::open_read_only`]: every change is refused.
+    read_only: bool,
+    /// [`Log::close`] was called: every change is refused.
+    closed: bool,
 }
 
 impl<D: Disk> Log<D> {
     /// Opens the log in `disk`'s directory, creating it if empty, and
     /// recovers from whatever a crash left (see `FORMAT.md`).
     pub fn open(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Self> {
-        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&options.segment_size) {
-            return Err(Error::InvalidOptions(format!(
-                "segment_size {} is outside [{SEGMENT_SIZE_MIN}, {SEGMENT_SIZE_MAX}]",
-                options.segment_size
-            )));
+        check_options(&options)?;
+        recovery::open(disk, clock, options, false)
+    }
+
+    /// Opens the log for reading only: recovery changes nothing (a torn
+    /// tail is read up to where it tears, leftovers of interrupted
+    /// operations and a spare segment stay, a missing `log.meta` is not
+    /// written), and every later change is refused with
+    /// [`Error::ReadOnly`]. [`Log::recovery_report`] then tells what a
+    /// writable open would do. For tools that inspect a directory a node
+    /// may be writing: give it a disk that refuses changes too
+    /// (`OsDisk::open_read_only`). [`RecoveryMode::Repair`] is refused.
+    pub fn open_read_only(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Self> {
+        if options.recovery == RecoveryMode::Repair {
+            return Err(Error::InvalidOptions(
+                "a repair changes the log; it cannot run on a log opened read-only".to_owned(),
+            ));
         }
-        recovery::open(disk, clock, options)
+        check_options(&options)?;
+        let options = Options {
+            prewrite: Prewrite::Off,
+            ..options
+        };
+        recovery::open(disk, clock, options, true)
+    }
+
+    /// Whether the log was opened with [`Log::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Ends writing: every later change is refused with [`Error::Closed`]
+    /// (reads go on), and the disk gives the directory up
+    /// ([`Disk::release`]), so that the next opener (a restarted bus in
+    /// this process) need not wait for every task holding a clone of the
+    /// disk to end.
+    pub fn close(&mut self) {
+        if !self.closed && !self.read_only {
+            self.closed = true;
+            self.disk.release();
+        }
     }
 
     /// What recovery found and did when the log was opened.
@@ -501,7 +539,7 @@ impl<D: Disk> Log<D> {
     /// call here; failing to is logged, not an error: the log works without
     /// a spare, and asks again after its next roll.
     pub fn spare_job(&mut self) -> Option<SpareJob<D::File>> {
-        if !matches!(self.spare, spare::State::Wanted) || self.poison.is_some() {
+        if !matches!(self.spare, spare::State::Wanted) || self.poison.is_some() || self.closed {
             return None;
         }
         match self.disk.remove(spare::NAME) {
@@ -1092,6 +1130,14 @@ impl<D: Disk> Log<D> {
     }
 
     fn check_poison(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                what: "be written, truncated, purged or synced".to_owned(),
+            });
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
         match &self.poison {
             Some(cause) => Err(Error::Poisoned {
                 cause: cause.clone(),
@@ -1114,6 +1160,16 @@ impl<D: Disk> Log<D> {
             error
         })
     }
+}
+
+fn check_options(options: &Options) -> Result<()> {
+    if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&options.segment_size) {
+        return Err(Error::InvalidOptions(format!(
+            "segment_size {} is outside [{SEGMENT_SIZE_MIN}, {SEGMENT_SIZE_MAX}]",
+            options.segment_size
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes of frame overhead per entry, for callers sizing batches.

@@ -17,7 +17,9 @@ use super::meta::{self, Meta};
 use super::segment::{self, Scan};
 use super::{Active, Log, Options, RecoveryMode, Sealed};
 
-/// What [`Log::open`] found and did.
+/// What [`Log::open`] found and did. After [`Log::open_read_only`],
+/// which changes nothing, `removed` and `torn_tail` tell what a writable
+/// open would remove and cut.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Segments in the log after recovery.
@@ -26,6 +28,8 @@ pub struct RecoveryReport {
     pub removed: Vec<String>,
     /// The torn tail that was cut off, if any.
     pub torn_tail: Option<TornTail>,
+    /// Whether the log was opened read-only: nothing was removed or cut.
+    pub read_only: bool,
     /// What [`RecoveryMode::Repair`] cut, if anything.
     pub repair: Option<Repair>,
 }
@@ -58,8 +62,18 @@ pub struct Repair {
     pub bytes_dropped: u64,
 }
 
-pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Log<D>> {
-    let mut report = RecoveryReport::default();
+/// Opens the log; `read_only` changes nothing on disk (see
+/// [`Log::open_read_only`]): each repair step then only reports.
+pub(super) fn open<D: Disk>(
+    disk: D,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    read_only: bool,
+) -> Result<Log<D>> {
+    let mut report = RecoveryReport {
+        read_only,
+        ..RecoveryReport::default()
+    };
     let names = disk
         .list()
         .map_err(|e| Error::io("list", "data directory", e))?;
@@ -70,7 +84,7 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         .collect();
     firsts.sort_unstable();
     check_format(&disk, &firsts)?;
-    let meta = load_meta(&disk, &firsts)?;
+    let meta = load_meta(&disk, &firsts, read_only)?;
     remove_purged(&disk, &mut firsts, meta.purged_next, &mut report)?;
     if options.recovery == RecoveryMode::Repair {
         repair_sealed(&disk, &mut firsts, &mut report)?;
@@ -123,6 +137,8 @@ pub(super) fn open<D: Disk>(disk: D, clock: Arc<dyn Clock>, options: Options) ->
         report,
         spare: super::spare::State::Off,
         written: 0,
+        read_only,
+        closed: false,
     })
 }
 
@@ -175,20 +191,24 @@ fn remove_leftovers<D: Disk>(
         // A spare is never adopted: its name was never made durable, and
         // the next one is written once the log is written to again.
         if segment::is_tmp_name(name) || name == meta::NAME_TMP || name == super::spare::NAME {
-            disk.remove(name)
-                .map_err(|e| Error::io("remove", name, e))?;
+            if !report.read_only {
+                disk.remove(name)
+                    .map_err(|e| Error::io("remove", name, e))?;
+            }
             report.removed.push(name.clone());
         }
     }
     Ok(())
 }
 
-fn load_meta<D: Disk>(disk: &D, firsts: &[u64]) -> Result<Meta> {
+fn load_meta<D: Disk>(disk: &D, firsts: &[u64], read_only: bool) -> Result<Meta> {
     match meta::load(disk)? {
         Some(meta) => Ok(meta),
         None if firsts.is_empty() => {
             let meta = Meta::default();
-            meta::store(disk, &meta)?;
+            if !read_only {
+                meta::store(disk, &meta)?;
+            }
             Ok(meta)
         }
         None => {
@@ -217,11 +237,13 @@ fn remove_purged<D: Disk>(
         .count();
     for first in firsts.drain(..purged) {
         let name = segment::name(first);
-        disk.remove(&name)
-            .map_err(|e| Error::io("remove", &name, e))?;
+        if !report.read_only {
+            disk.remove(&name)
+                .map_err(|e| Error::io("remove", &name, e))?;
+        }
         report.removed.push(name);
     }
-    if purged > 0 {
+    if purged > 0 && !report.read_only {
         disk.sync_dir()
             .map_err(|e| Error::io("sync_dir", "data directory", e))?;
     }
@@ -284,6 +306,15 @@ fn open_tail<D: Disk>(
         }
         // The only segment ends below the purge point: a purge past the end
         // crashed before its new segment existed.
+        if report.read_only {
+            return Err(Error::ReadOnly {
+                what: format!(
+                    "finish a purge past the end of the log (its only segment {name} ends \
+                     below the purge point {})",
+                    meta.purged_next
+                ),
+            });
+        }
         drop(file);
         disk.remove(&name)
             .map_err(|e| Error::io("remove", &name, e))?;
@@ -292,6 +323,11 @@ fn open_tail<D: Disk>(
     }
     let first = meta.purged_next;
     let name = segment::name(first);
+    if report.read_only {
+        return Err(Error::ReadOnly {
+            what: format!("create its first segment {name}: the directory holds no log yet"),
+        });
+    }
     let file = disk
         .create(&name)
         .map_err(|e| Error::io("create", &name, e))?;
@@ -339,13 +375,19 @@ fn recover_tail<F: DiskFile>(
             let reason = CorruptionReason::AcknowledgedFrame(reason);
             return Err(Error::corruption(name, scan.end, Some(bad_index), reason));
         }
-        file.set_len(scan.end)
-            .map_err(|e| Error::io("set_len", name, e))?;
+        if !report.read_only {
+            file.set_len(scan.end)
+                .map_err(|e| Error::io("set_len", name, e))?;
+        }
         let cut = size - scan.end;
         if acknowledged || report.repair.is_some() {
             record_repair(report, name, &scan, reason, cut);
         } else {
-            tracing::warn!(file = name, offset = scan.end, bytes = cut, %reason, "cut a torn tail");
+            if report.read_only {
+                tracing::info!(file = name, offset = scan.end, bytes = cut, %reason, "read-only: a torn tail (or a tail being written) is left as it is");
+            } else {
+                tracing::warn!(file = name, offset = scan.end, bytes = cut, %reason, "cut a torn tail");
+            }
             report.torn_tail = Some(TornTail {
                 file: name.to_owned(),
                 offset: scan.end,
@@ -356,8 +398,10 @@ fn recover_tail<F: DiskFile>(
             });
         }
     }
-    file.sync_data()
-        .map_err(|e| Error::io("sync_data", name, e))?;
+    if !report.read_only {
+        file.sync_data()
+            .map_err(|e| Error::io("sync_data", name, e))?;
+    }
     Ok((scan, capacity))
 }
 

@@ -367,6 +367,19 @@ pub struct LogStore<E: Env> {
     durability: Durability,
 }
 
+/// Raft's storage goes when the node stops: nothing writes the log after
+/// it, and the directory is free for the next opener at once, though
+/// readers and background tasks may hold the log a while longer.
+impl<E: Env> Drop for LogStore<E> {
+    fn drop(&mut self) {
+        let mut inner = match self.shared.write() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        inner.log.close();
+    }
+}
+
 impl<E: Env> fmt::Debug for LogStore<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogStore").finish_non_exhaustive()

@@ -1,24 +1,28 @@
 //! `sluice inspect DIR`: what a data directory holds: segments, the log's
-//! heads, what recovery found, and per topic partition how many events the
-//! log holds.
+//! heads, what recovery would do, and per topic partition how many events
+//! the log holds.
 //!
-//! It opens the log the way a node does, so it runs the same recovery (a
-//! torn tail is cut, as the node would do on its next start). Stop the node
-//! first: inspecting a directory a running node writes is refused by
-//! nothing but may show a moving tail.
+//! Read-only: it creates, removes, renames and writes nothing, and takes
+//! no lock, so it may run beside the node that writes the directory (it
+//! says so; the tail it shows may then be moving). What a node's recovery
+//! would repair on its next start (a torn tail to cut, leftovers of
+//! interrupted operations to remove) is reported, not done.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sluice_core::io::os::{OsClock, OsDisk};
+use sluice_core::io::Disk;
+use sluice_core::io::os::{LOCK_NAME, OsClock, OsDisk};
 use sluice_core::log::{Log, Options};
 use sluice_core::raft::codec::EntryKind;
 use sluice_core::raft::codec_decode_command;
 
 use super::Outcome;
 
+/// How a segment file's name ends (see the log's `FORMAT.md`).
+const SEGMENT_SUFFIX: &str = ".seg";
 /// Records read at a time.
 const CHUNK: u64 = 4096;
 
@@ -44,9 +48,22 @@ pub(crate) fn run(args: Args) -> Outcome {
     if !args.dir.is_dir() {
         return Err(format!("{} is not a directory", args.dir.display()).into());
     }
-    let disk = OsDisk::open(&args.dir)
+    let in_use = OsDisk::in_use(&args.dir).map_err(|error| {
+        format!(
+            "cannot tell whether a node uses {}: {error}",
+            args.dir.display()
+        )
+    })?;
+    let disk = OsDisk::open_read_only(&args.dir)
         .map_err(|error| format!("cannot open {}: {error}", args.dir.display()))?;
-    let log = Log::open(disk, Arc::new(OsClock::new()), Options::default())
+    let names = disk
+        .list()
+        .map_err(|error| format!("cannot list {}: {error}", args.dir.display()))?;
+    if !names.iter().any(|name| name.ends_with(SEGMENT_SUFFIX)) {
+        // Nothing to read, and a read-only open creates no first segment.
+        return Ok(no_log(&args, in_use));
+    }
+    let log = Log::open_read_only(disk, Arc::new(OsClock::new()), Options::default())
         .map_err(|error| format!("cannot open the log in {}: {error}", args.dir.display()))?;
     let (first, next) = (log.first_index(), log.next_index());
     let mut counts = Counts::default();
@@ -81,6 +98,7 @@ pub(crate) fn run(args: Args) -> Outcome {
     if args.json {
         let line = serde_json::json!({
             "dir": args.dir.display().to_string(),
+            "in_use": in_use,
             "first_index": first,
             "next_index": next,
             "durable_next": log.durable_next(),
@@ -89,7 +107,8 @@ pub(crate) fn run(args: Args) -> Outcome {
                 "name": s.name, "first": s.first, "next": s.next,
                 "size": s.size, "sealed": s.sealed, "capacity": s.capacity,
             })).collect::<Vec<_>>(),
-            "torn_tail_cut": report.torn_tail.as_ref().map(|t| t.bytes_cut),
+            "torn_tail_bytes": report.torn_tail.as_ref().map(|t| t.bytes_cut),
+            "leftovers": report.removed,
             "entries": counts.entries,
             "membership_entries": counts.membership,
             "commands": counts.commands,
@@ -101,15 +120,33 @@ pub(crate) fn run(args: Args) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     println!("data directory {}", args.dir.display());
+    if in_use {
+        println!(
+            "in use by a running node (it holds {}): inspected read-only, the tail may be \
+             moving",
+            args.dir.join(LOCK_NAME).display()
+        );
+    }
     println!(
         "log: entries {first}..{next} ({} bytes), durable below {}",
         log.size(),
         log.durable_next()
     );
     if let Some(torn) = &report.torn_tail {
+        let why = if in_use {
+            "a torn tail, or an append in progress"
+        } else {
+            "a torn tail, which the node's next start cuts"
+        };
         println!(
-            "recovery cut a torn tail: {} bytes of {} at offset {} ({})",
+            "{why}: {} bytes of {} at offset {} ({}); left as it is",
             torn.bytes_cut, torn.file, torn.offset, torn.reason
+        );
+    }
+    if !report.removed.is_empty() {
+        println!(
+            "files the node's next start removes (left as they are): {}",
+            report.removed.join(", ")
         );
     }
     println!("segments:");
@@ -136,6 +173,23 @@ pub(crate) fn run(args: Args) -> Outcome {
         println!("  {topic}/{partition}\t{count}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report on a directory that holds no log segment (yet).
+fn no_log(args: &Args, in_use: bool) -> ExitCode {
+    if args.json {
+        let line = serde_json::json!({
+            "dir": args.dir.display().to_string(),
+            "in_use": in_use,
+            "segments": [],
+            "entries": 0,
+        });
+        println!("{line}");
+    } else {
+        println!("data directory {}", args.dir.display());
+        println!("log: none (no segment file)");
+    }
+    ExitCode::SUCCESS
 }
 
 fn op_name(op: &sluice_model::state::Op) -> &'static str {

@@ -8,7 +8,7 @@ mod disk;
 mod runtime;
 
 pub use clock::OsClock;
-pub use disk::{OsDisk, OsFile};
+pub use disk::{DirectoryInUse, LOCK_NAME, OsDisk, OsFile};
 pub use runtime::OsRuntime;
 
 /// The production environment: tokio, real files, the system clock.

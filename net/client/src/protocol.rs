@@ -56,6 +56,14 @@ const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
 }
 
+/// The longest [`ClientRequest::AddNode`] waits for the new node to catch
+/// up, in milliseconds.
+pub const CATCH_UP_WAIT_MS_MAX: u32 = 3_600_000;
+
+/// How many entries behind the leader's last one a learner may be and
+/// count as caught up, ready to vote.
+pub const LEARNER_LAG_MAX: u64 = 64;
+
 /// What a client asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -67,12 +75,20 @@ pub enum ClientRequest {
         /// The first members.
         members: Vec<(NodeId, String)>,
     },
-    /// Add a node: first as a learner that catches up, then as a voter.
+    /// Add a running node: refused at once for id 0, a member's id or
+    /// address, or a node that does not answer as `id` (unreachable, a
+    /// wrong cluster secret, another node); else it joins as a learner, and
+    /// once its log is within [`LEARNER_LAG_MAX`] entries of the leader's
+    /// it becomes a voter. A learner that does not catch up within
+    /// `catch_up_ms` is removed again and the request refused.
     AddNode {
         /// Its id.
         id: NodeId,
         /// Its address.
         address: String,
+        /// How long it may take to catch up, in milliseconds (at most
+        /// [`CATCH_UP_WAIT_MS_MAX`]).
+        catch_up_ms: u32,
     },
     /// Remove a node from the voters and the cluster.
     RemoveNode {

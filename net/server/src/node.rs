@@ -30,12 +30,13 @@ use tracing::{info, warn};
 use sluice_core::bus::{Bus, BusConfig, BusError};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
-use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Request};
+use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Request, Transport};
 
 use sluice_client::auth::Secret;
 use sluice_client::protocol::{
-    ClientRequest, ClientResponse, FETCH_BYTES_MAX, FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX,
-    FetchedEvent, Metadata, PublishOutcome, decode, encode,
+    CATCH_UP_WAIT_MS_MAX, CLIENT_GROUP, ClientRequest, ClientResponse, FETCH_BYTES_MAX,
+    FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, LEARNER_LAG_MAX, Metadata, PublishOutcome,
+    decode, encode,
 };
 use sluice_client::tcp::{ServerConfig, TcpConfig, TcpServer, TcpTransport};
 
@@ -340,7 +341,11 @@ impl NodeService {
         let result = match request {
             ClientRequest::Metadata => Ok(ClientResponse::Metadata(self.metadata())),
             ClientRequest::Initialize { members } => self.initialize(members).await,
-            ClientRequest::AddNode { id, address } => self.add_node(id, address).await,
+            ClientRequest::AddNode {
+                id,
+                address,
+                catch_up_ms,
+            } => self.add_node(id, address, catch_up_ms).await,
             ClientRequest::RemoveNode { id } => self.remove_node(id).await,
             ClientRequest::Write(op) => self.bus.propose(op).await.map(ClientResponse::Written),
             ClientRequest::Publish(events) => self.publish(events).await,
@@ -439,18 +444,159 @@ impl NodeService {
         Ok(ClientResponse::Done)
     }
 
-    async fn add_node(&self, id: NodeId, address: String) -> Result<ClientResponse, BusError> {
+    /// Adds node `id` at `address`: checks it at once (see
+    /// [`ClientRequest::AddNode`]), adds it as a learner, waits up to
+    /// `catch_up_ms` for its log to come within [`LEARNER_LAG_MAX`] entries
+    /// of this leader's, then makes it a voter. A learner that does not
+    /// catch up is removed again: it adds nothing to the cluster but
+    /// replication traffic to a node that may not exist, and a node that
+    /// does exist keeps what it received, so adding it again (with more
+    /// time) resumes where it stopped.
+    async fn add_node(
+        &self,
+        id: NodeId,
+        address: String,
+        catch_up_ms: u32,
+    ) -> Result<ClientResponse, BusError> {
         self.ensure_leader()?;
+        if id == 0 {
+            return refuse("node id 0 is reserved for clients; use 1 or more".to_owned());
+        }
         let parsed = parse_address(id, &address)?;
-        self.transport.set_address(id, parsed);
+        let membership = self.membership();
+        let mut learner = false;
+        for (member, node) in membership.nodes() {
+            let voter = membership.voter_ids().any(|voter| voter == *member);
+            let same_address =
+                node.addr == address || node.addr.parse::<SocketAddr>().is_ok_and(|a| a == parsed);
+            if *member == id && (voter || !same_address) {
+                let role = if voter { "a voter" } else { "a learner" };
+                return refuse(format!(
+                    "node {id} is already a member ({role} at {}); nothing was changed (remove \
+                     it first to add it again)",
+                    node.addr
+                ));
+            }
+            if *member == id {
+                // A learner left by an earlier add (its leader lost
+                // leadership meanwhile): go on from where it is.
+                learner = true;
+            } else if same_address {
+                return refuse(format!(
+                    "{address} is the address of node {member}, a member already; every \
+                     node needs an address of its own"
+                ));
+            }
+        }
+        if let Err(message) = self.probe(id, parsed).await {
+            return refuse(message);
+        }
         let raft = self.bus.raft();
-        raft.add_learner(id, RaftNode::new(address), true)
-            .await
-            .map_err(map_membership_error)?;
+        if !learner {
+            raft.add_learner(id, RaftNode::new(address.clone()), false)
+                .await
+                .map_err(map_membership_error)?;
+        }
+        let wait = Duration::from_millis(u64::from(catch_up_ms.min(CATCH_UP_WAIT_MS_MAX)));
+        let waited = raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.state != ServerState::Leader
+                        || learner_lag(m, id).is_some_and(|lag| lag <= LEARNER_LAG_MAX)
+                },
+                "the new node catches up",
+            )
+            .await;
+        match waited {
+            Ok(metrics) if metrics.state == ServerState::Leader => {}
+            Ok(_) => {
+                return refuse(format!(
+                    "this node stopped leading while node {id} caught up; it stays a learner \
+                     (no vote): run `sluice cluster add` again to make it a voter"
+                ));
+            }
+            Err(_) => {
+                let metrics = raft.metrics().borrow_watched().clone();
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&id).cloned().flatten())
+                    .map_or("nothing".to_owned(), |log_id| {
+                        format!("up to {}", log_id.index)
+                    });
+                let last = metrics.last_log_index.unwrap_or(0);
+                let removed = raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await;
+                let outcome = match removed {
+                    Ok(_) => "it was removed again".to_owned(),
+                    Err(error) => format!(
+                        "removing it again failed ({error}), so it stays a learner (it does \
+                         not vote)"
+                    ),
+                };
+                return refuse(format!(
+                    "node {id} at {address} did not catch up within {wait:?} (it holds \
+                     {matched} of the leader's {last} entries); {outcome}. Check that it runs \
+                     and shares the cluster secret, then add it again, with a longer \
+                     --catch-up-timeout if its log is large"
+                ));
+            }
+        }
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(map_membership_error)?;
         Ok(ClientResponse::Done)
+    }
+
+    /// The membership this node knows.
+    fn membership(&self) -> openraft::Membership<NodeId, RaftNode> {
+        let config = Arc::clone(&self.bus.raft().metrics().borrow_watched().membership_config);
+        config.membership().clone()
+    }
+
+    /// Asks the node at `address`, through the cluster's authenticated
+    /// transport, who it is: it must answer, prove the cluster secret, and
+    /// be node `id` and in no other cluster. Why not, if not.
+    async fn probe(&self, id: NodeId, address: SocketAddr) -> Result<(), String> {
+        self.transport.set_address(id, address);
+        let request = Request {
+            kind: MessageKind::Client as u8,
+            group: CLIENT_GROUP,
+            body: encode(&ClientRequest::Metadata),
+        };
+        let answer = self.transport.call(id, request).await.map_err(|error| {
+            format!(
+                "node {id} at {address} did not answer ({error}); start it (with this \
+                 cluster's secret, if it has one) before adding it"
+            )
+        })?;
+        let metadata = match decode::<ClientResponse>(&answer, "response") {
+            Ok(ClientResponse::Metadata(metadata)) => metadata,
+            Ok(other) => return Err(format!("node at {address} answered {other:?}")),
+            Err(error) => return Err(format!("node at {address} answered: {error}")),
+        };
+        if metadata.node_id != id {
+            return Err(format!(
+                "the node at {address} is node {}, not node {id}",
+                metadata.node_id
+            ));
+        }
+        let this = self.bus.node_id();
+        if !metadata.members.is_empty() && !metadata.members.iter().any(|(m, ..)| *m == this) {
+            let members: Vec<String> = metadata
+                .members
+                .iter()
+                .map(|(m, ..)| m.to_string())
+                .collect();
+            return Err(format!(
+                "node {id} at {address} belongs to another cluster (members {}); give it an \
+                 empty data directory to add it here",
+                members.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     async fn remove_node(&self, id: NodeId) -> Result<ClientResponse, BusError> {
@@ -543,6 +689,30 @@ impl NodeService {
             assignment,
         }
     }
+}
+
+/// A definite refusal, its message as it is.
+fn refuse(message: String) -> Result<ClientResponse, BusError> {
+    Ok(ClientResponse::Error {
+        message,
+        retry: false,
+    })
+}
+
+/// How many entries learner `id` is behind the leader, from the leader's
+/// metrics; `None` while it has matched nothing (or this node does not
+/// lead).
+fn learner_lag(
+    metrics: &openraft::RaftMetrics<sluice_core::raft::TypeConfig>,
+    id: NodeId,
+) -> Option<u64> {
+    let matched = metrics.replication.as_ref()?.get(&id)?.as_ref()?;
+    Some(
+        metrics
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(matched.index),
+    )
 }
 
 /// The answer to a failed request: where the leader is, or why.

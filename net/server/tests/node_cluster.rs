@@ -266,8 +266,16 @@ async fn members_are_added_and_removed() {
 
         cluster.start_node(4, "127.0.0.1:0".parse().unwrap()).await;
         let address = cluster.addresses[&4].to_string();
-        let added = client
-            .request(&ClientRequest::AddNode { id: 4, address })
+        // The leader answers once node 4 has caught up: no retry meanwhile.
+        let mut config = ClientConfig::new(cluster.addresses.values().copied().collect());
+        config.attempt_timeout = Duration::from_secs(40);
+        let adding = Client::new(config).expect("client");
+        let added = adding
+            .request(&ClientRequest::AddNode {
+                id: 4,
+                address,
+                catch_up_ms: 30_000,
+            })
             .await
             .expect("add node 4");
         assert_eq!(added, ClientResponse::Done);

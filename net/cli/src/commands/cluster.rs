@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use sluice_client::client::{Client, ClientConfig};
-use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
+use sluice_client::protocol::{CATCH_UP_WAIT_MS_MAX, ClientRequest, ClientResponse, Metadata};
 
 use super::{ClusterArgs, Outcome, load_secret, resolve, runtime};
 
@@ -28,6 +30,9 @@ pub(crate) enum Command {
         json: bool,
     },
     /// Add a running node: it joins as a learner, catches up, then votes.
+    /// Refused for id 0, a member's id or address, and a node that does
+    /// not answer as that id with the cluster's secret; a learner that does
+    /// not catch up in time is removed again.
     Add {
         /// Its id.
         #[arg(long)]
@@ -35,6 +40,10 @@ pub(crate) enum Command {
         /// Its address (IP:PORT).
         #[arg(long)]
         address: String,
+        /// How long it may take to catch up with the leader's log before
+        /// the add is refused, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        catch_up_timeout: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -56,13 +65,9 @@ pub(crate) fn run(command: Command) -> Outcome {
             Command::Add {
                 id,
                 address,
+                catch_up_timeout,
                 cluster,
-            } => {
-                let request = ClientRequest::AddNode { id, address };
-                expect_done(cluster.client()?.request(&request).await?)?;
-                println!("node {id} is a voting member");
-                Ok(ExitCode::SUCCESS)
-            }
+            } => add(id, &address, catch_up_timeout, &cluster).await,
             Command::Remove { id, cluster } => remove(id, &cluster).await,
         }
     })
@@ -151,6 +156,49 @@ async fn metadata_of(
         }
     }
 }
+
+async fn add(id: u64, address: &str, catch_up_secs: u64, cluster: &ClusterArgs) -> Outcome {
+    if id == 0 {
+        return Err("node id 0 is reserved for clients; use 1 or more".into());
+    }
+    let catch_up_ms = catch_up_secs.saturating_mul(1000);
+    let catch_up_ms = match u32::try_from(catch_up_ms) {
+        Ok(ms) if ms <= CATCH_UP_WAIT_MS_MAX => ms,
+        _ => {
+            return Err(format!(
+                "--catch-up-timeout {catch_up_secs} is above the most the leader waits, {} s",
+                CATCH_UP_WAIT_MS_MAX / 1000
+            )
+            .into());
+        }
+    };
+    let address = resolve(address)?.to_string();
+    // The leader answers once the node has caught up (or it gives up):
+    // the request may take the whole catch-up time, and a retry meanwhile
+    // would only wait for the same node.
+    let wait = Duration::from_millis(u64::from(catch_up_ms)) + ADD_ANSWER_MARGIN;
+    let mut config = ClientConfig::new(cluster.addresses()?);
+    config.secret = load_secret(cluster.secret_file.as_deref())?;
+    config.request_timeout = Duration::from_secs(cluster.timeout).max(wait);
+    config.attempt_timeout = config.attempt_timeout.max(wait);
+    let client = Client::new(config)?;
+    let request = ClientRequest::AddNode {
+        id,
+        address: address.clone(),
+        catch_up_ms,
+    };
+    println!(
+        "adding node {id} at {address} as a learner; it becomes a voter once it has caught up \
+         (waiting up to {catch_up_secs} s)"
+    );
+    expect_done(client.request(&request).await?)?;
+    println!("node {id} caught up and is a voting member");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Beyond the catch-up time, what the leader's answer to an add may take:
+/// the checks before and the membership changes after.
+const ADD_ANSWER_MARGIN: Duration = Duration::from_secs(15);
 
 fn expect_done(response: ClientResponse) -> Result<(), Box<dyn std::error::Error>> {
     match response {

@@ -244,6 +244,11 @@ impl Nodes {
     /// `sluice node` for `id` on its address and directory, its standard
     /// error appended to its log file.
     pub(crate) fn command(&self, id: u64) -> Command {
+        self.command_with_secret(id, self.secret_file.as_deref())
+    }
+
+    /// [`Nodes::command`] with its own secret file, if any.
+    pub(crate) fn command_with_secret(&self, id: u64, secret_file: Option<&Path>) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -259,7 +264,7 @@ impl Nodes {
             .env_remove("SLUICE_SECRET_FILE")
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(secret) = &self.secret_file {
+        if let Some(secret) = secret_file {
             command.arg("--secret-file").arg(secret);
         }
         command
@@ -291,6 +296,12 @@ impl Nodes {
     /// Every node's address, comma-separated.
     pub(crate) fn cluster(&self) -> String {
         let list: Vec<_> = self.addresses.values().cloned().collect();
+        list.join(",")
+    }
+
+    /// The addresses of nodes `ids`, comma-separated.
+    pub(crate) fn cluster_of(&self, ids: &[u64]) -> String {
+        let list: Vec<_> = ids.iter().map(|id| self.addresses[id].clone()).collect();
         list.join(",")
     }
 

@@ -134,6 +134,41 @@ impl fmt::Debug for ClusterNode {
     }
 }
 
+/// Creates (if missing) and opens a node's data directory, which no other
+/// process may hold.
+fn open_data_dir(dir: &std::path::Path) -> Result<OsDisk, NodeError> {
+    std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
+        what: format!("cannot create the data directory {}", dir.display()),
+        source,
+    })?;
+    match OsDisk::open(dir) {
+        Ok(disk) => Ok(disk),
+        Err(error) if DirectoryInUse::is(&error) => Err(NodeError::DirectoryInUse(error)),
+        Err(source) => Err(NodeError::Io {
+            what: format!("cannot open the data directory {}", dir.display()),
+            source,
+        }),
+    }
+}
+
+/// Serves `GET /metrics` on `address`; returns where it listens and its
+/// task.
+async fn serve_metrics(
+    address: SocketAddr,
+    bus: &Bus<OsEnv>,
+    server: &TcpServer,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
+    let io = |what: String| move |source| NodeError::Io { what, source };
+    let listener = crate::metrics_http::bind(address)
+        .await
+        .map_err(io(format!("cannot serve metrics on {address}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io("metrics address".to_owned()))?;
+    let task = crate::metrics_http::serve(listener, bus.clone(), server.stats());
+    Ok((bound, task))
+}
+
 impl ClusterNode {
     /// Opens the data directory, starts Raft and serves on
     /// `config.listen`. Must run inside a tokio runtime.
@@ -142,26 +177,7 @@ impl ClusterNode {
             return Err(NodeError::ZeroId);
         }
         let io = |what: String| move |source| NodeError::Io { what, source };
-        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )))?;
-        let disk = match OsDisk::open(&config.data_dir) {
-            Ok(disk) => disk,
-            Err(error) if DirectoryInUse::is(&error) => {
-                return Err(NodeError::DirectoryInUse(error));
-            }
-            Err(error) => {
-                let what = format!(
-                    "cannot open the data directory {}",
-                    config.data_dir.display()
-                );
-                return Err(NodeError::Io {
-                    what,
-                    source: error,
-                });
-            }
-        };
+        let disk = open_data_dir(&config.data_dir)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(io(format!("cannot listen on {}", config.listen)))?;
@@ -196,16 +212,7 @@ impl ClusterNode {
         let server = TcpServer::serve_with(listener, config.id, service, server_config)
             .map_err(io("cannot serve".to_owned()))?;
         let metrics = match config.metrics_listen {
-            Some(address) => {
-                let listener = crate::metrics_http::bind(address)
-                    .await
-                    .map_err(io(format!("cannot serve metrics on {address}")))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(io("metrics address".to_owned()))?;
-                let task = crate::metrics_http::serve(listener, bus.clone(), server.stats());
-                Some((bound, task))
-            }
+            Some(address) => Some(serve_metrics(address, &bus, &server).await?),
             None => None,
         };
         let addresses = tokio::spawn(follow_addresses(bus.clone(), transport));
@@ -463,31 +470,10 @@ impl NodeService {
             return refuse("node id 0 is reserved for clients; use 1 or more".to_owned());
         }
         let parsed = parse_address(id, &address)?;
-        let membership = self.membership();
-        let mut learner = false;
-        for (member, node) in membership.nodes() {
-            let voter = membership.voter_ids().any(|voter| voter == *member);
-            let same_address =
-                node.addr == address || node.addr.parse::<SocketAddr>().is_ok_and(|a| a == parsed);
-            if *member == id && (voter || !same_address) {
-                let role = if voter { "a voter" } else { "a learner" };
-                return refuse(format!(
-                    "node {id} is already a member ({role} at {}); nothing was changed (remove \
-                     it first to add it again)",
-                    node.addr
-                ));
-            }
-            if *member == id {
-                // A learner left by an earlier add (its leader lost
-                // leadership meanwhile): go on from where it is.
-                learner = true;
-            } else if same_address {
-                return refuse(format!(
-                    "{address} is the address of node {member}, a member already; every \
-                     node needs an address of its own"
-                ));
-            }
-        }
+        let learner = match self.existing_learner(id, &address, parsed) {
+            Ok(learner) => learner,
+            Err(message) => return refuse(message),
+        };
         if let Err(message) = self.probe(id, parsed).await {
             return refuse(message);
         }
@@ -516,38 +502,77 @@ impl NodeService {
                      (no vote): run `sluice cluster add` again to make it a voter"
                 ));
             }
-            Err(_) => {
-                let metrics = raft.metrics().borrow_watched().clone();
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|replication| replication.get(&id).cloned().flatten())
-                    .map_or("nothing".to_owned(), |log_id| {
-                        format!("up to {}", log_id.index)
-                    });
-                let last = metrics.last_log_index.unwrap_or(0);
-                let removed = raft
-                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await;
-                let outcome = match removed {
-                    Ok(_) => "it was removed again".to_owned(),
-                    Err(error) => format!(
-                        "removing it again failed ({error}), so it stays a learner (it does \
-                         not vote)"
-                    ),
-                };
-                return refuse(format!(
-                    "node {id} at {address} did not catch up within {wait:?} (it holds \
-                     {matched} of the leader's {last} entries); {outcome}. Check that it runs \
-                     and shares the cluster secret, then add it again, with a longer \
-                     --catch-up-timeout if its log is large"
-                ));
-            }
+            Err(_) => return refuse(self.remove_laggard(id, &address, wait).await),
         }
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(map_membership_error)?;
         Ok(ClientResponse::Done)
+    }
+
+    /// Whether `id` is already a learner at `address` (left by an earlier
+    /// add whose leader lost leadership meanwhile: go on from where it
+    /// is); why it cannot be added, if it is a voter, a member elsewhere,
+    /// or `address` is another member's.
+    fn existing_learner(
+        &self,
+        id: NodeId,
+        address: &str,
+        parsed: SocketAddr,
+    ) -> Result<bool, String> {
+        let membership = self.membership();
+        let mut learner = false;
+        for (member, node) in membership.nodes() {
+            let voter = membership.voter_ids().any(|voter| voter == *member);
+            let same_address =
+                node.addr == address || node.addr.parse::<SocketAddr>().is_ok_and(|a| a == parsed);
+            if *member == id && (voter || !same_address) {
+                let role = if voter { "a voter" } else { "a learner" };
+                return Err(format!(
+                    "node {id} is already a member ({role} at {}); nothing was changed (remove \
+                     it first to add it again)",
+                    node.addr
+                ));
+            }
+            if *member == id {
+                learner = true;
+            } else if same_address {
+                return Err(format!(
+                    "{address} is the address of node {member}, a member already; every \
+                     node needs an address of its own"
+                ));
+            }
+        }
+        Ok(learner)
+    }
+
+    /// Removes a learner that did not catch up within `wait`; says why and
+    /// what became of it.
+    async fn remove_laggard(&self, id: NodeId, address: &str, wait: Duration) -> String {
+        let raft = self.bus.raft();
+        let metrics = raft.metrics().borrow_watched().clone();
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(&id).cloned().flatten())
+            .map_or("nothing".to_owned(), |log_id| {
+                format!("up to {}", log_id.index)
+            });
+        let last = metrics.last_log_index.unwrap_or(0);
+        let removed = raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await;
+        let outcome = match removed {
+            Ok(_) => "it was removed again".to_owned(),
+            Err(error) => format!(
+                "removing it again failed ({error}), so it stays a learner (it does not vote)"
+            ),
+        };
+        format!(
+            "node {id} at {address} did not catch up within {wait:?} (it holds {matched} of the \
+             leader's {last} entries); {outcome}. Check that it runs and shares the cluster \
+             secret, then add it again, with a longer --catch-up-timeout if its log is large"
+        )
     }
 
     /// The membership this node knows.

@@ -104,6 +104,15 @@ pub struct Options {
     pub prewrite: Prewrite,
 }
 
+/// Whether an open log may change its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The owner's open: recovery repairs, appends go on.
+    ReadWrite,
+    /// An inspector's open: recovery only reports, every change is refused.
+    ReadOnly,
+}
+
 /// Whether a log keeps a spare segment written out with zeros ahead of
 /// the writer (`spare.rs`), so that appends overwrite instead of growing
 /// the file and each sync skips a metadata update. The log asks for one
@@ -316,8 +325,9 @@ pub struct Log<D: Disk = OsDisk> {
     /// Bytes of frames written since open: whether a spare is wanted
     /// yet, and how fast the log fills.
     written: u64,
-    /// Opened with [`Log::open_read_only`]: every change is refused.
-    read_only: bool,
+    /// Read-only when opened with [`Log::open_read_only`]: every change
+    /// is refused.
+    access: Access,
     /// [`Log::close`] was called: every change is refused.
     closed: bool,
 }
@@ -327,7 +337,7 @@ impl<D: Disk> Log<D> {
     /// recovers from whatever a crash left (see `FORMAT.md`).
     pub fn open(disk: D, clock: Arc<dyn Clock>, options: Options) -> Result<Self> {
         check_options(&options)?;
-        recovery::open(disk, clock, options, false)
+        recovery::open(disk, clock, options, Access::ReadWrite)
     }
 
     /// Opens the log for reading only: recovery changes nothing (a torn
@@ -349,12 +359,12 @@ impl<D: Disk> Log<D> {
             prewrite: Prewrite::Off,
             ..options
         };
-        recovery::open(disk, clock, options, true)
+        recovery::open(disk, clock, options, Access::ReadOnly)
     }
 
     /// Whether the log was opened with [`Log::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.access == Access::ReadOnly
     }
 
     /// Ends writing: every later change is refused with [`Error::Closed`]
@@ -363,7 +373,7 @@ impl<D: Disk> Log<D> {
     /// this process) need not wait for every task holding a clone of the
     /// disk to end.
     pub fn close(&mut self) {
-        if !self.closed && !self.read_only {
+        if !self.closed && self.access == Access::ReadWrite {
             self.closed = true;
             self.disk.release();
         }
@@ -1130,7 +1140,7 @@ impl<D: Disk> Log<D> {
     }
 
     fn check_poison(&self) -> Result<()> {
-        if self.read_only {
+        if self.access == Access::ReadOnly {
             return Err(Error::ReadOnly {
                 what: "be written, truncated, purged or synced".to_owned(),
             });

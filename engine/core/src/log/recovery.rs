@@ -15,7 +15,7 @@ use super::error::{Corruption, CorruptionReason, Error, Result};
 use super::frame::FrameError;
 use super::meta::{self, Meta};
 use super::segment::{self, Scan};
-use super::{Active, Log, Options, RecoveryMode, Sealed};
+use super::{Access, Active, Log, Options, RecoveryMode, Sealed};
 
 /// What [`Log::open`] found and did. After [`Log::open_read_only`],
 /// which changes nothing, `removed` and `torn_tail` tell what a writable
@@ -62,16 +62,16 @@ pub struct Repair {
     pub bytes_dropped: u64,
 }
 
-/// Opens the log; `read_only` changes nothing on disk (see
+/// Opens the log; [`Access::ReadOnly`] changes nothing on disk (see
 /// [`Log::open_read_only`]): each repair step then only reports.
 pub(super) fn open<D: Disk>(
     disk: D,
     clock: Arc<dyn Clock>,
     options: Options,
-    read_only: bool,
+    access: Access,
 ) -> Result<Log<D>> {
     let mut report = RecoveryReport {
-        read_only,
+        read_only: access == Access::ReadOnly,
         ..RecoveryReport::default()
     };
     let names = disk
@@ -84,27 +84,14 @@ pub(super) fn open<D: Disk>(
         .collect();
     firsts.sort_unstable();
     check_format(&disk, &firsts)?;
-    let meta = load_meta(&disk, &firsts, read_only)?;
+    let meta = load_meta(&disk, &firsts, access)?;
     remove_purged(&disk, &mut firsts, meta.purged_next, &mut report)?;
     if options.recovery == RecoveryMode::Repair {
         repair_sealed(&disk, &mut firsts, &mut report)?;
     }
     let (tail, scan, capacity) =
         open_tail(&disk, &mut firsts, &meta, options.recovery, &mut report)?;
-    let mut sealed = VecDeque::with_capacity(firsts.len());
-    for pair in firsts.windows(2) {
-        let name = segment::name(pair[0]);
-        let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
-        let size = file.size().map_err(|e| Error::io("size", &name, e))?;
-        sealed.push_back(Sealed {
-            first: pair[0],
-            next: pair[1],
-            name,
-            file: Arc::new(file),
-            size,
-            view: Mutex::new(None),
-        });
-    }
+    let sealed = open_sealed(&disk, &firsts)?;
     report.segments = sealed.len() + 1;
     let active = Active {
         first: *firsts.last().expect("a tail exists"),
@@ -137,9 +124,29 @@ pub(super) fn open<D: Disk>(
         report,
         spare: super::spare::State::Off,
         written: 0,
-        read_only,
+        access,
         closed: false,
     })
+}
+
+/// Opens every segment but the last (the active one): each runs from its
+/// first index to the next segment's.
+fn open_sealed<D: Disk>(disk: &D, firsts: &[u64]) -> Result<VecDeque<Sealed<D::File>>> {
+    let mut sealed = VecDeque::with_capacity(firsts.len());
+    for pair in firsts.windows(2) {
+        let name = segment::name(pair[0]);
+        let file = disk.open(&name).map_err(|e| Error::io("open", &name, e))?;
+        let size = file.size().map_err(|e| Error::io("size", &name, e))?;
+        sealed.push_back(Sealed {
+            first: pair[0],
+            next: pair[1],
+            name,
+            file: Arc::new(file),
+            size,
+            view: Mutex::new(None),
+        });
+    }
+    Ok(sealed)
 }
 
 /// The chain hash of a sealed segment's last frame: where the chain stands
@@ -201,12 +208,12 @@ fn remove_leftovers<D: Disk>(
     Ok(())
 }
 
-fn load_meta<D: Disk>(disk: &D, firsts: &[u64], read_only: bool) -> Result<Meta> {
+fn load_meta<D: Disk>(disk: &D, firsts: &[u64], access: Access) -> Result<Meta> {
     match meta::load(disk)? {
         Some(meta) => Ok(meta),
         None if firsts.is_empty() => {
             let meta = Meta::default();
-            if !read_only {
+            if access == Access::ReadWrite {
                 meta::store(disk, &meta)?;
             }
             Ok(meta)

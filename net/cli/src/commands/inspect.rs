@@ -65,6 +65,18 @@ pub(crate) fn run(args: Args) -> Outcome {
     }
     let log = Log::open_read_only(disk, Arc::new(OsClock::new()), Options::default())
         .map_err(|error| format!("cannot open the log in {}: {error}", args.dir.display()))?;
+    let counts = count(&log)?;
+    if args.json {
+        println!("{}", json_report(&args, in_use, &log, &counts));
+    } else {
+        print_report(&args, in_use, &log, &counts);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every entry of the log and counts them by kind, command and
+/// topic partition.
+fn count<D: Disk>(log: &Log<D>) -> Result<Counts, Box<dyn std::error::Error>> {
     let (first, next) = (log.first_index(), log.next_index());
     let mut counts = Counts::default();
     let mut records = Vec::new();
@@ -80,11 +92,9 @@ pub(crate) fn run(args: Args) -> Outcome {
                     let command = codec_decode_command(&record.payload)
                         .map_err(|error| format!("entry {}: {error}", record.index))?;
                     *counts.commands.entry(op_name(&command.op)).or_default() += 1;
-                    if let Some(batch) = command.batch() {
-                        for view in batch.iter() {
-                            let key = (view.topic().to_owned(), view.partition());
-                            *counts.events.entry(key).or_default() += 1;
-                        }
+                    for view in command.batch().iter().flat_map(|batch| batch.iter()) {
+                        let key = (view.topic().to_owned(), view.partition());
+                        *counts.events.entry(key).or_default() += 1;
                     }
                 }
                 Some(EntryKind::Membership) => counts.membership += 1,
@@ -93,32 +103,39 @@ pub(crate) fn run(args: Args) -> Outcome {
         }
         at = end;
     }
-    let segments = log.segments();
+    Ok(counts)
+}
+
+fn json_report<D: Disk>(
+    args: &Args,
+    in_use: bool,
+    log: &Log<D>,
+    counts: &Counts,
+) -> serde_json::Value {
     let report = log.recovery_report();
-    if args.json {
-        let line = serde_json::json!({
-            "dir": args.dir.display().to_string(),
-            "in_use": in_use,
-            "first_index": first,
-            "next_index": next,
-            "durable_next": log.durable_next(),
-            "size_bytes": log.size(),
-            "segments": segments.iter().map(|s| serde_json::json!({
-                "name": s.name, "first": s.first, "next": s.next,
-                "size": s.size, "sealed": s.sealed, "capacity": s.capacity,
-            })).collect::<Vec<_>>(),
-            "torn_tail_bytes": report.torn_tail.as_ref().map(|t| t.bytes_cut),
-            "leftovers": report.removed,
-            "entries": counts.entries,
-            "membership_entries": counts.membership,
-            "commands": counts.commands,
-            "events": counts.events.iter().map(|((t, p), n)| serde_json::json!({
-                "topic": t, "partition": p, "events": n,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{line}");
-        return Ok(ExitCode::SUCCESS);
-    }
+    serde_json::json!({
+        "dir": args.dir.display().to_string(),
+        "in_use": in_use,
+        "first_index": log.first_index(),
+        "next_index": log.next_index(),
+        "durable_next": log.durable_next(),
+        "size_bytes": log.size(),
+        "segments": log.segments().iter().map(|s| serde_json::json!({
+            "name": s.name, "first": s.first, "next": s.next,
+            "size": s.size, "sealed": s.sealed, "capacity": s.capacity,
+        })).collect::<Vec<_>>(),
+        "torn_tail_bytes": report.torn_tail.as_ref().map(|t| t.bytes_cut),
+        "leftovers": report.removed,
+        "entries": counts.entries,
+        "membership_entries": counts.membership,
+        "commands": counts.commands,
+        "events": counts.events.iter().map(|((t, p), n)| serde_json::json!({
+            "topic": t, "partition": p, "events": n,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_report<D: Disk>(args: &Args, in_use: bool, log: &Log<D>, counts: &Counts) {
     println!("data directory {}", args.dir.display());
     if in_use {
         println!(
@@ -128,29 +145,15 @@ pub(crate) fn run(args: Args) -> Outcome {
         );
     }
     println!(
-        "log: entries {first}..{next} ({} bytes), durable below {}",
+        "log: entries {}..{} ({} bytes), durable below {}",
+        log.first_index(),
+        log.next_index(),
         log.size(),
         log.durable_next()
     );
-    if let Some(torn) = &report.torn_tail {
-        let why = if in_use {
-            "a torn tail, or an append in progress"
-        } else {
-            "a torn tail, which the node's next start cuts"
-        };
-        println!(
-            "{why}: {} bytes of {} at offset {} ({}); left as it is",
-            torn.bytes_cut, torn.file, torn.offset, torn.reason
-        );
-    }
-    if !report.removed.is_empty() {
-        println!(
-            "files the node's next start removes (left as they are): {}",
-            report.removed.join(", ")
-        );
-    }
+    print_recovery(log, in_use);
     println!("segments:");
-    for s in &segments {
+    for s in &log.segments() {
         let state = match (s.sealed, s.capacity) {
             (true, _) => "sealed".to_owned(),
             (false, 0) => "active".to_owned(),
@@ -172,7 +175,28 @@ pub(crate) fn run(args: Args) -> Outcome {
     for ((topic, partition), count) in &counts.events {
         println!("  {topic}/{partition}\t{count}");
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// What recovery would do on the node's next start, left undone here.
+fn print_recovery<D: Disk>(log: &Log<D>, in_use: bool) {
+    let report = log.recovery_report();
+    if let Some(torn) = &report.torn_tail {
+        let why = if in_use {
+            "a torn tail, or an append in progress"
+        } else {
+            "a torn tail, which the node's next start cuts"
+        };
+        println!(
+            "{why}: {} bytes of {} at offset {} ({}); left as it is",
+            torn.bytes_cut, torn.file, torn.offset, torn.reason
+        );
+    }
+    if !report.removed.is_empty() {
+        println!(
+            "files the node's next start removes (left as they are): {}",
+            report.removed.join(", ")
+        );
+    }
 }
 
 /// The report on a directory that holds no log segment (yet).

@@ -42,6 +42,8 @@ enum Command {
     Tail(commands::tail::Args),
     /// Show what a data directory holds.
     Inspect(commands::inspect::Args),
+    /// Copy a data directory consistently, also a running node's.
+    Backup(commands::backup::Args),
     /// List or replay a consumer group's dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::Command),
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args),
         Command::Tail(args) => commands::tail::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Backup(args) => commands::backup::run(args),
         Command::Dlq(command) => commands::dlq::run(command),
         Command::Verify(args) => audit_cmd::verify(args),
         Command::Keys(command) => audit_cmd::keys(command),

@@ -1,6 +1,7 @@
 //! The cluster commands of the `sluice` tool: each module has its clap
 //! arguments and a `run` that returns the process exit code.
 
+pub(crate) mod backup;
 pub(crate) mod cluster;
 pub(crate) mod dlq;
 pub(crate) mod inspect;

@@ -162,3 +162,77 @@ pub const CONTENT_TYPE_SIZE_MAX: usize = 255;
 /// Longest `traceparent` (a version-00 one is exactly 55 bytes; later
 /// versions may append fields).
 pub const TRACEPARENT_SIZE_MAX: usize = 255;
+
+// The network: frames, connections, client requests.
+
+/// The largest frame, header included. A larger length closes the
+/// connection before any of its body is buffered.
+pub const WIRE_FRAME_SIZE_MAX: usize = 16 * 1024 * 1024;
+
+/// How long a node waits for the answer to its challenge.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Calls in flight on one connection, by default; also the server's bound
+/// on requests it handles at once per connection.
+pub const INFLIGHT_PER_CONNECTION_MAX: usize = 256;
+
+/// Connections a server holds at once, by default
+/// (`ServerConfig::connections_max`); `sluice node --connections-max`.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Connections from one IP address a server holds at once, by default
+/// (`ServerConfig::connections_per_address_max`); `sluice node
+/// --connections-per-address-max`. Nodes, clients and tools on one host
+/// share an address, so this is well above what one host needs.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
+
+/// How long a connection may see nothing happen before it is closed, by
+/// default (`ServerConfig::idle_time_max`); `sluice node
+/// --idle-timeout-ms`. Raft's heartbeats keep peers' connections busy; a
+/// client whose connection was closed connects again on its next call.
+pub const IDLE_TIME_MAX: Duration = Duration::from_secs(300);
+
+/// How long one frame may take to arrive whole once its first byte has, by
+/// default (`ServerConfig::frame_read_time_max`); `sluice node
+/// --frame-read-timeout-ms`. The largest frame (16 MiB) arrives well
+/// within it at 1 MiB/s.
+pub const FRAME_READ_TIME_MAX: Duration = Duration::from_secs(30);
+
+/// Bytes of frames larger than `UNBUDGETED_FRAME_SIZE_MAX` being read at
+/// once on connections that have not authenticated (every connection of a
+/// node without a cluster secret), by default
+/// (`ServerConfig::unauthenticated_read_bytes_max`); `sluice node
+/// --unauthenticated-read-bytes-max`. Four frames of the largest size.
+pub const UNAUTHENTICATED_READ_BYTES_MAX: usize = 4 * WIRE_FRAME_SIZE_MAX;
+
+/// Frames from this size on are written on their own, not copied into a
+/// batch; a batch is written once it reaches it.
+pub const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+/// Bytes of responses waiting to be written above which a connection
+/// reads no further requests until they are written.
+pub const RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
+
+/// Events one fetch returns at most.
+pub const FETCH_EVENTS_MAX: u32 = 10_000;
+
+/// The longest a fetch waits for new events, in milliseconds.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// Bytes of events one fetch returns at most, counted as the events'
+/// records in the log (Kafka's `fetch.max.bytes`): a fetch asking for more
+/// (or not saying, `ClientRequest::Fetch`) gets this. The first event is
+/// returned whatever its size, so a reader always moves on.
+pub const FETCH_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// Bytes the events of one publish request take at most, encoded (see
+/// `publish_size`); clients split larger batches into several requests.
+pub const PUBLISH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The longest `ClientRequest::AddNode` waits for the new node to catch
+/// up, in milliseconds.
+pub const CATCH_UP_WAIT_MS_MAX: u32 = 3_600_000;
+
+/// How many entries behind the leader's last one a learner may be and
+/// count as caught up, ready to vote.
+pub const LEARNER_LAG_MAX: u64 = 64;

@@ -24,15 +24,13 @@
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use sluice_model::transport::NodeId;
 
-/// How long a node waits for the answer to its challenge.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub use sluice_model::constants::AUTH_TIMEOUT;
 
 /// The size of a challenge and of a proof.
 pub const NONCE_SIZE: usize = 32;

@@ -21,21 +21,13 @@ use crate::wire::BODY_SIZE_MAX;
 /// The Raft group client frames name (one group today).
 pub const CLIENT_GROUP: u32 = 0;
 
-/// Events one fetch returns at most.
-pub const FETCH_EVENTS_MAX: u32 = 10_000;
+pub use sluice_model::constants::FETCH_EVENTS_MAX;
 
-/// The longest a fetch waits for new events, in milliseconds.
-pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+pub use sluice_model::constants::FETCH_WAIT_MS_MAX;
 
-/// Bytes of events one fetch returns at most, counted as the events'
-/// records in the log (Kafka's `fetch.max.bytes`): a fetch asking for more
-/// (or not saying, [`ClientRequest::Fetch`]) gets this. The first event is
-/// returned whatever its size, so a reader always moves on.
-pub const FETCH_BYTES_MAX: u32 = 4 * 1024 * 1024;
+pub use sluice_model::constants::FETCH_BYTES_MAX;
 
-/// Bytes the events of one publish request take at most, encoded (see
-/// [`publish_size`]); clients split larger batches into several requests.
-pub const PUBLISH_BYTES_MAX: usize = 8 * 1024 * 1024;
+pub use sluice_model::constants::PUBLISH_BYTES_MAX;
 
 /// Bytes a response or request takes besides its events: the variant, the
 /// vector's length, a fetch's offsets.
@@ -56,13 +48,9 @@ const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
 }
 
-/// The longest [`ClientRequest::AddNode`] waits for the new node to catch
-/// up, in milliseconds.
-pub const CATCH_UP_WAIT_MS_MAX: u32 = 3_600_000;
+pub use sluice_model::constants::CATCH_UP_WAIT_MS_MAX;
 
-/// How many entries behind the leader's last one a learner may be and
-/// count as caught up, ready to vote.
-pub const LEARNER_LAG_MAX: u64 = 64;
+pub use sluice_model::constants::LEARNER_LAG_MAX;
 
 /// What a client asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,8 @@
 //!   connection. With a cluster secret, a connection sends nothing but the
 //!   small handshake frames until it has authenticated.
 
+use sluice_model::constants::COALESCE_BYTES_MAX;
+use sluice_model::constants::RESPONSE_BYTES_SOFT_MAX;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -81,9 +83,7 @@ use sluice_model::transport::{
 use crate::auth::{self, AUTH_TIMEOUT, Secret};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, HEADER_SIZE, Header, Role};
 
-/// Calls in flight on one connection, by default; also the server's bound
-/// on requests it handles at once per connection.
-pub const INFLIGHT_PER_CONNECTION_MAX: usize = 256;
+pub use sluice_model::constants::INFLIGHT_PER_CONNECTION_MAX;
 
 /// How much a connection asks the socket for at a time. The read buffer
 /// never holds more than one frame plus this.
@@ -560,10 +560,6 @@ async fn write_loop(
     Ok(())
 }
 
-/// Frames from this size on are written on their own, not copied into a
-/// batch; a batch is written once it reaches it.
-const COALESCE_BYTES_MAX: usize = 64 * 1024;
-
 async fn flush(write: &mut (impl AsyncWrite + Unpin), batch: &mut BytesMut) -> io::Result<()> {
     if !batch.is_empty() {
         write.write_all(batch).await?;
@@ -657,34 +653,15 @@ async fn read_auth_frame(
     read_frame(read, buf).await
 }
 
-/// Connections a server holds at once, by default
-/// ([`ServerConfig::connections_max`]); `sluice node --connections-max`.
-pub const CONNECTIONS_MAX: usize = 1024;
+pub use sluice_model::constants::CONNECTIONS_MAX;
 
-/// Connections from one IP address a server holds at once, by default
-/// ([`ServerConfig::connections_per_address_max`]); `sluice node
-/// --connections-per-address-max`. Nodes, clients and tools on one host
-/// share an address, so this is well above what one host needs.
-pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
+pub use sluice_model::constants::CONNECTIONS_PER_ADDRESS_MAX;
 
-/// How long a connection may see nothing happen before it is closed, by
-/// default ([`ServerConfig::idle_time_max`]); `sluice node
-/// --idle-timeout-ms`. Raft's heartbeats keep peers' connections busy; a
-/// client whose connection was closed connects again on its next call.
-pub const IDLE_TIME_MAX: Duration = Duration::from_secs(300);
+pub use sluice_model::constants::IDLE_TIME_MAX;
 
-/// How long one frame may take to arrive whole once its first byte has, by
-/// default ([`ServerConfig::frame_read_time_max`]); `sluice node
-/// --frame-read-timeout-ms`. The largest frame (16 MiB) arrives well
-/// within it at 1 MiB/s.
-pub const FRAME_READ_TIME_MAX: Duration = Duration::from_secs(30);
+pub use sluice_model::constants::FRAME_READ_TIME_MAX;
 
-/// Bytes of frames larger than [`UNBUDGETED_FRAME_SIZE_MAX`] being read at
-/// once on connections that have not authenticated (every connection of a
-/// node without a cluster secret), by default
-/// ([`ServerConfig::unauthenticated_read_bytes_max`]); `sluice node
-/// --unauthenticated-read-bytes-max`. Four frames of the largest size.
-pub const UNAUTHENTICATED_READ_BYTES_MAX: usize = 4 * wire::FRAME_SIZE_MAX;
+pub use sluice_model::constants::UNAUTHENTICATED_READ_BYTES_MAX;
 
 /// Frames up to this size are read without taking from the budget above:
 /// each connection reads at most this much beyond the frames the budget
@@ -1445,10 +1422,6 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
-
-/// Bytes of responses waiting to be written above which a connection
-/// reads no further requests until they are written.
-const RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 
 /// Sends a challenge, checks the answer, and proves this node to the peer
 /// in turn (see [`crate::auth`]); returns the node id the peer proved.

@@ -10,12 +10,16 @@
 //! something that is not a Sluice node at all, or cut short by a closed
 //! connection. [`decode`] therefore trusts nothing: it checks the magic
 //! and the length bound before waiting for a body (so a peer cannot make
-//! it buffer more than [`FRAME_SIZE_MAX`]), then the checksum, the version
+//! it buffer more than [`WIRE_FRAME_SIZE_MAX`]), then the checksum, the version
 //! and the flags. It never panics and never allocates; a [`WireError`]
 //! means the stream is out of step and the connection must be closed.
 //! TCP's own checksum is weak (16 bits), so every frame carries a CRC-32.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_model::constants::WIRE_FRAME_SIZE_MAX;
+
+/// Largest frame, header included (`sluice_model::constants`).
+pub use sluice_model::constants::WIRE_FRAME_SIZE_MAX as FRAME_SIZE_MAX;
 
 use sluice_model::transport::NodeId;
 
@@ -28,12 +32,8 @@ pub const VERSION: u8 = 1;
 /// The size of the fixed header.
 pub const HEADER_SIZE: usize = 36;
 
-/// The largest frame, header included. A larger length closes the
-/// connection before any of its body is buffered.
-pub const FRAME_SIZE_MAX: usize = 16 * 1024 * 1024;
-
 /// The largest body one frame carries.
-pub const BODY_SIZE_MAX: usize = FRAME_SIZE_MAX - HEADER_SIZE;
+pub const BODY_SIZE_MAX: usize = WIRE_FRAME_SIZE_MAX - HEADER_SIZE;
 
 /// Where the checksummed part of the header begins (after magic, length
 /// and checksum).

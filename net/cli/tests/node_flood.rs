@@ -6,7 +6,7 @@
 //! beyond `--connections-max` must be closed as they arrive and counted in
 //! the metrics.
 
-mod node_process;
+mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use node_process::{Node, free_address, lines, sluice_ok, tail_payloads};
+use common::{Node, free_address, lines, sluice_ok, tail_payloads};
 use sluice_client::wire::{self, HEADER_SIZE, Header, Role};
 use sluice_model::transport::MessageKind;
 
@@ -181,13 +181,13 @@ fn a_node_flooded_by_strangers_stays_bounded_and_serves_its_clients() {
             let cluster = client;
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let output = node_process::sluice(
+                let output = common::sluice(
                     &["publish", "flood", "--cluster", &cluster],
-                    Some(&lines(200, 100)),
+                    Some(lines(200, 100).as_bytes()),
                 );
                 if output.status.success() {
                     break (
-                        node_process::text(&output.stdout),
+                        common::text(&output.stdout),
                         tail_payloads(&cluster, "flood"),
                     );
                 }

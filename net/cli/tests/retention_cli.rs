@@ -6,12 +6,12 @@
 //! with `--retention unlimited` pins the shared log until `sluice topics
 //! alter` gives it a limit.
 
-mod node_process;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use node_process::{Node, sluice_ok, tail_payloads};
+use common::{Node, sluice_ok, tail_payloads};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 const RETENTION_BYTES: u64 = 256 * 1024;

@@ -104,6 +104,35 @@ impl Node {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Starts node 1 with `extra` flags and initialises a cluster of it
+    /// alone.
+    pub(crate) fn start_single(extra: &[&str]) -> Node {
+        let node = Node::spawned(extra);
+        node.initialise();
+        node
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The process's resident set size in bytes (`VmRSS` of
+    /// `/proc/<pid>/status`).
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the node process is running");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("a VmRSS line");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
     /// `cluster init` of this node alone, retried while it starts to
     /// listen.
     pub(crate) fn initialise(&self) {
@@ -176,6 +205,50 @@ pub(crate) fn sluice(args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the CLI and fails the test unless it succeeds; returns stdout.
+pub(crate) fn sluice_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let output = sluice(args, stdin.map(str::as_bytes));
+    assert!(
+        output.status.success(),
+        "sluice {args:?} failed: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// `count` lines `k<i>\tv<i>` from `from` on, for `sluice publish`.
+pub(crate) fn lines(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|i| format!("k{i}\tv{i}\n"))
+        .collect()
+}
+
+/// The payloads `tail --from-beginning --json` prints for `topic`.
+pub(crate) fn tail_payloads(cluster: &str, topic: &str) -> Vec<String> {
+    let out = sluice_ok(
+        &[
+            "tail",
+            topic,
+            "--cluster",
+            cluster,
+            "--from-beginning",
+            "--idle-exit",
+            "1",
+            "--json",
+        ],
+        None,
+    );
+    out.lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            event["payload"]
+                .as_str()
+                .expect("a UTF-8 payload")
+                .to_owned()
+        })
+        .collect()
 }
 
 /// A free loopback address: bind, read it, let go.

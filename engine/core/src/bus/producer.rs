@@ -27,7 +27,7 @@ use sluice_model::state::{Op, Response};
 use super::batcher::Request;
 pub(crate) use super::inflight::Gauge;
 pub use super::inflight::Receipt;
-use super::{Bus, BusError};
+use super::{Bus, BusError, Inner};
 
 /// What to publish.
 #[derive(Debug, Clone, Default)]
@@ -191,29 +191,7 @@ impl<E: Env> Producer<E> {
                 .await
                 .map_err(|_| BusError::Closed)?;
         }
-        self.gauge.count.fetch_add(1, Ordering::AcqRel);
-        let (reply, receiver) = TypeConfig::<E>::oneshot();
-        let request = Request {
-            event: event.clone(),
-            reply,
-            gauge: Arc::clone(&self.gauge),
-        };
-        if self.bus.inner().batcher.send(request).await.is_err() {
-            self.gauge.release();
-            return Err(BusError::Closed);
-        }
-        sluice_model::stage!(
-            sluice_model::trace::stamp_key(
-                event.producer.id,
-                event.partition,
-                event.producer.sequence
-            ),
-            Enqueued
-        );
-        Ok(PendingReceipt {
-            reply: receiver,
-            event,
-        })
+        queue(self.bus.inner(), event, &self.gauge).await
     }
 
     /// Waits until nothing this producer sent is in flight.
@@ -335,28 +313,33 @@ impl<E: Env> Bus<E> {
         )?;
         event.timestamp_ms = wall_unix_ms(&*inner.clock);
         event.validate()?;
-        inner.relay.count.fetch_add(1, Ordering::AcqRel);
-        let (reply, receiver) = TypeConfig::<E>::oneshot();
-        let request = Request {
-            event: event.clone(),
-            reply,
-            gauge: Arc::clone(&inner.relay),
-        };
-        if inner.batcher.send(request).await.is_err() {
-            inner.relay.release();
-            return Err(BusError::Closed);
-        }
-        sluice_model::stage!(
-            sluice_model::trace::stamp_key(
-                event.producer.id,
-                event.partition,
-                event.producer.sequence
-            ),
-            Enqueued
-        );
-        Ok(PendingReceipt {
-            reply: receiver,
-            event,
-        })
+        queue(inner, event, &inner.relay).await
     }
+}
+
+/// Hands `event` to the batcher, counted in `gauge` until it is answered.
+async fn queue<E: Env>(
+    inner: &Inner<E>,
+    event: Event,
+    gauge: &Arc<Gauge<E>>,
+) -> Result<PendingReceipt<E>, BusError> {
+    gauge.count.fetch_add(1, Ordering::AcqRel);
+    let (reply, receiver) = TypeConfig::<E>::oneshot();
+    let request = Request {
+        event: event.clone(),
+        reply,
+        gauge: Arc::clone(gauge),
+    };
+    if inner.batcher.send(request).await.is_err() {
+        gauge.release();
+        return Err(BusError::Closed);
+    }
+    sluice_model::stage!(
+        sluice_model::trace::stamp_key(event.producer.id, event.partition, event.producer.sequence),
+        Enqueued
+    );
+    Ok(PendingReceipt {
+        reply: receiver,
+        event,
+    })
 }

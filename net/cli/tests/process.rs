@@ -3,14 +3,15 @@
 //! kill -9 the leader, publish again, tail everything back. Every
 //! acknowledged line must come back exactly once.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+use common::{SLUICE, sluice, text};
 
 /// Kills every node it started when dropped, also on a failed assertion.
 struct Nodes {
@@ -86,30 +87,6 @@ impl Nodes {
     }
 }
 
-fn sluice(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(SLUICE)
-        .args(args)
-        .env("SLUICE_LOG", "warn")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input.as_bytes()).expect("write stdin");
-    }
-    child.wait_with_output().expect("sluice runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn lines(from: usize, to: usize) -> String {
     (from..to).map(|i| format!("k{}\tv{i}\n", i % 13)).collect()
 }
@@ -163,7 +140,7 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
 
     let published = sluice(
         &["publish", "orders", "--cluster", &cluster],
-        Some(&lines(0, 500)),
+        Some(lines(0, 500).as_bytes()),
     );
     assert!(published.status.success(), "{}", text(&published.stderr));
     assert_eq!(
@@ -176,7 +153,7 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
 
     let published = sluice(
         &["publish", "orders", "--cluster", &cluster, "--batch", "50"],
-        Some(&lines(500, 1000)),
+        Some(lines(500, 1000).as_bytes()),
     );
     assert!(
         published.status.success(),
@@ -273,7 +250,7 @@ fn operator_mistakes_get_named_errors_and_failing_exit_codes() {
 
     let nobody = sluice(
         &["publish", "t", "--cluster", "127.0.0.1:1", "--timeout", "1"],
-        Some("x\n"),
+        Some(b"x\n"),
     );
     assert!(!nobody.status.success());
     assert!(

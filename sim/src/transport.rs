@@ -38,7 +38,7 @@ use bytes::Bytes;
 use madsim::net::Endpoint;
 use madsim::rand::Rng as _;
 use openraft_rt::AsyncRuntime;
-use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{Caller, Handler, NodeId, Request, Transport, TransportError};
 
 use crate::SimRuntime;
 
@@ -278,7 +278,7 @@ async fn accept_loop<H: Handler>(endpoint: Endpoint, handler: Arc<H>) {
         drop(madsim::task::spawn(async move {
             let reply_tag = envelope.reply_tag;
             let reply: Reply = handler
-                .handle(envelope.source, envelope.request)
+                .handle(Caller::node(envelope.source), envelope.request)
                 .await
                 .map_err(|error| error.message);
             // A lost response is the caller's time-out; nothing to do here.

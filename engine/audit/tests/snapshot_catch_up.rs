@@ -26,7 +26,7 @@ use sluice_core::bus::{Bus, BusConfig, Message};
 use sluice_core::io::os::{OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Node, RaftService, TransportNetwork};
 use sluice_model::state::TopicConfig;
-use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{Caller, Handler, NodeId, Request, Transport, TransportError};
 
 const IDS: [NodeId; 3] = [1, 2, 3];
 const TOPIC: &str = "orders";
@@ -85,17 +85,20 @@ impl Transport for MemTransport {
                 Some(tamper) => tamper(target, request),
                 None => request,
             };
-            service.handle(this.source, request).await.map_err(|error| {
-                this.net
-                    .refusals
-                    .lock()
-                    .unwrap()
-                    .push(error.message.clone());
-                TransportError::Remote {
-                    target,
-                    message: error.message,
-                }
-            })
+            service
+                .handle(Caller::node(this.source), request)
+                .await
+                .map_err(|error| {
+                    this.net
+                        .refusals
+                        .lock()
+                        .unwrap()
+                        .push(error.message.clone());
+                    TransportError::Remote {
+                        target,
+                        message: error.message,
+                    }
+                })
         }
     }
 }

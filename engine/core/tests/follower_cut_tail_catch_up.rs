@@ -27,7 +27,7 @@ use sluice_core::io::{Disk, DiskFile};
 use sluice_core::log::{self, Log};
 use sluice_core::raft::{Node, RaftService, TransportNetwork};
 use sluice_model::state::TopicConfig;
-use sluice_model::transport::{Handler, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{Caller, Handler, NodeId, Request, Transport, TransportError};
 
 const IDS: [NodeId; 3] = [1, 2, 3];
 const TOPIC: &str = "orders";
@@ -78,7 +78,10 @@ impl Transport for MemTransport {
             // Bounded like the TCP transport's calls: a leader's append
             // stream that began before the follower restarted waits for
             // requests the old process answered, until the call times out.
-            let answer = tokio::time::timeout(CALL_TIMEOUT, service.handle(this.source, request));
+            let answer = tokio::time::timeout(
+                CALL_TIMEOUT,
+                service.handle(Caller::node(this.source), request),
+            );
             match answer.await {
                 Ok(answer) => answer.map_err(|error| TransportError::Remote {
                     target,

@@ -236,3 +236,19 @@ pub const CATCH_UP_WAIT_MS_MAX: u32 = 3_600_000;
 /// How many entries behind the leader's last one a learner may be and
 /// count as caught up, ready to vote.
 pub const LEARNER_LAG_MAX: u64 = 64;
+
+// --- Security ---
+
+/// The longest principal name (a certificate's common name, a token's
+/// owner) and the longest tenant or pattern name.
+pub const PRINCIPAL_NAME_MAX: usize = 255;
+
+/// Access-control rules a cluster holds at most; a check costs the same
+/// whatever their number (see `security::acl`).
+pub const ACL_RULES_MAX: usize = 100_000;
+
+/// Tokens a cluster holds at most, revoked ones included.
+pub const TOKENS_MAX: usize = 100_000;
+
+/// Tenants a cluster holds at most.
+pub const TENANTS_MAX: usize = 10_000;

@@ -10,6 +10,7 @@
 //! - [`records`]: the audit records the state machine stores (signed
 //!   checkpoints and erasures, as data) and the header names that carry
 //!   signatures and subjects;
+//! - [`security`]: principals, access rules, tokens, tenants, quotas;
 //! - [`transport`]: the network seam, request/response between node ids;
 //! - [`constants`]: every bound of the engine, in one place.
 
@@ -17,6 +18,7 @@ pub mod constants;
 pub mod event;
 pub mod names;
 pub mod records;
+pub mod security;
 pub mod state;
 #[cfg(feature = "planted-bugs")]
 pub mod testing;

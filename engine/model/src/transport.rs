@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::security::Principal;
+
 /// The id of a node in the cluster (the same as Raft's node id).
 pub type NodeId = u64;
 
@@ -122,14 +124,36 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 /// Calls may run concurrently, in any order, and the same request may
 /// arrive twice (see the module docs).
 pub trait Handler: Send + Sync + 'static {
-    /// Answers `request` from node `source` with a response body, or fails
+    /// Answers `request` from `caller` with a response body, or fails
     /// it; the failure's message travels back to the caller as
     /// [`TransportError::Remote`].
     fn handle(
         &self,
-        source: NodeId,
+        caller: Caller,
         request: Request,
     ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
+}
+
+/// Who sent a request: the node id its frames carry (0 for a client) and
+/// the principal its connection authenticated as. A handler trusts the
+/// principal, never the id alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The sender's node id (0 for a client).
+    pub source: NodeId,
+    /// Who the connection authenticated as.
+    pub principal: Principal,
+}
+
+impl Caller {
+    /// Node `source`, authenticated as itself (by the simulator's network,
+    /// or a node certificate).
+    pub fn node(source: NodeId) -> Caller {
+        Caller {
+            source,
+            principal: Principal::Node(source),
+        }
+    }
 }
 
 /// A handler's refusal of one request, sent back to the caller.

@@ -76,8 +76,9 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use sluice_model::security::Principal;
 use sluice_model::transport::{
-    Handler, HandlerError, MessageKind, NodeId, Request, Transport, TransportError,
+    Caller, Handler, HandlerError, MessageKind, NodeId, Request, Transport, TransportError,
 };
 
 use crate::auth::{self, AUTH_TIMEOUT, Secret};
@@ -1579,7 +1580,13 @@ async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
     if header.kind == MessageKind::Client as u8 {
         sluice_model::stage!(header.request_id, HandlerStart);
     }
-    let handled = AssertUnwindSafe(handler.handle(header.source, request)).catch_unwind();
+    // Until connections carry an authenticated principal, every caller is
+    // anonymous.
+    let caller = Caller {
+        source: header.source,
+        principal: Principal::Anonymous,
+    };
+    let handled = AssertUnwindSafe(handler.handle(caller, request)).catch_unwind();
     #[cfg(feature = "stage-trace")]
     let handled = TRACE_REQUEST.scope(header.request_id, handled);
     match handled.await {

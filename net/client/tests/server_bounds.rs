@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use sluice_client::tcp::{ServerConfig, TcpServer};
 use sluice_client::wire::{self, FRAME_SIZE_MAX, HEADER_SIZE, Header, Role};
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request};
+use sluice_model::transport::{Caller, Handler, HandlerError, NodeId, Request};
 
 const CLIENT: NodeId = 1;
 const SERVER: NodeId = 2;
@@ -27,7 +27,7 @@ const SERVER: NodeId = 2;
 struct Echo;
 
 impl Handler for Echo {
-    async fn handle(&self, _source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
+    async fn handle(&self, _caller: Caller, request: Request) -> Result<Bytes, HandlerError> {
         Ok(request.body)
     }
 }

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use sluice_client::tcp::{TcpConfig, TcpServer, TcpTransport};
 use sluice_client::wire::{self, BODY_SIZE_MAX, Header, Role};
-use sluice_model::transport::{Handler, HandlerError, NodeId, Request, Transport, TransportError};
+use sluice_model::transport::{
+    Caller, Handler, HandlerError, NodeId, Request, Transport, TransportError,
+};
 
 const CLIENT: NodeId = 1;
 const SERVER: NodeId = 2;
@@ -40,10 +42,10 @@ const BIG_ANSWER_SIZE: usize = 64 * 1024;
 struct TestHandler;
 
 impl Handler for TestHandler {
-    async fn handle(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
+    async fn handle(&self, caller: Caller, request: Request) -> Result<Bytes, HandlerError> {
         match request.kind {
             KIND_ECHO => {
-                let prefix = format!("{source}/{}/{}:", request.kind, request.group);
+                let prefix = format!("{}/{}/{}:", caller.source, request.kind, request.group);
                 Ok(Bytes::from([prefix.as_bytes(), &request.body].concat()))
             }
             KIND_SLOW => {

@@ -30,7 +30,10 @@ use tracing::{info, warn};
 use sluice_core::bus::{Bus, BusConfig, BusError};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
-use sluice_model::transport::{Handler, HandlerError, MessageKind, NodeId, Request, Transport};
+use sluice_model::state::Op;
+use sluice_model::transport::{
+    Caller, Handler, HandlerError, MessageKind, NodeId, Request, Transport,
+};
 
 use sluice_client::auth::Secret;
 use sluice_client::protocol::{
@@ -306,17 +309,17 @@ struct NodeService {
 impl Handler for NodeService {
     fn handle(
         &self,
-        source: NodeId,
+        caller: Caller,
         request: Request,
     ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        self.serve(source, request)
+        self.serve(caller, request)
     }
 }
 
 impl NodeService {
-    async fn serve(&self, source: NodeId, request: Request) -> Result<Bytes, HandlerError> {
+    async fn serve(&self, caller: Caller, request: Request) -> Result<Bytes, HandlerError> {
         if request.kind != MessageKind::Client as u8 {
-            return self.raft.handle(source, request).await;
+            return self.raft.handle(caller, request).await;
         }
         let response = match decode::<ClientRequest>(&request.body, "client request") {
             Ok(request) => match FetchArgs::of(&request) {
@@ -354,6 +357,11 @@ impl NodeService {
                 catch_up_ms,
             } => self.add_node(id, address, catch_up_ms).await,
             ClientRequest::RemoveNode { id } => self.remove_node(id).await,
+            // Only a node writes admin entries, naming the principal of the
+            // connection that asked.
+            ClientRequest::Write(Op::Admin { .. }) => {
+                refuse("admin entries are written by nodes, not sent by clients".to_owned())
+            }
             ClientRequest::Write(op) => self.bus.propose(op).await.map(ClientResponse::Written),
             ClientRequest::Publish(events) => self.publish(events).await,
             request @ (ClientRequest::Fetch { .. } | ClientRequest::FetchBounded { .. }) => {

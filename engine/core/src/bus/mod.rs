@@ -39,7 +39,7 @@ use crate::raft::{
     Durability, LogStore, LogStoreReader, Node, NodeId, Raft, SingleNodeNetwork, StateMachineStore,
     StateView, TypeConfig,
 };
-use sluice_model::state::{Command, Op, Response, TopicConfig};
+use sluice_model::state::{AdminAction, Command, Op, Response, TopicConfig};
 
 pub use audit::{
     Checkpoint, CheckpointPolicy, Erasure, NoSignatureCheck, SignatureCheck, SignatureRefused,
@@ -465,6 +465,22 @@ impl<E: Env> Bus<E> {
                     .map_err(BusError::Signature)?;
                 self.write(op).await
             }
+            // An admin entry records who made the change it carries: the
+            // same checks as the change proposed alone.
+            Op::Admin {
+                action: AdminAction::Apply(ref inner),
+                ..
+            } => {
+                if let Op::Erase(erasure) = &**inner {
+                    self.inner
+                        .config
+                        .signatures
+                        .check_erasure(erasure)
+                        .map_err(BusError::Signature)?;
+                }
+                self.write(op).await
+            }
+            Op::Admin { .. } => self.write(op).await,
             Op::Publish(_) => Err(BusError::Invalid(
                 "publish through a producer or Bus::send_stamped, which batch events".into(),
             )),

@@ -84,7 +84,7 @@ use super::snapshot::{self, SnapshotData};
 use super::{CommittedLeaderId, Node, NodeId, Raft, TypeConfig, Vote};
 use super::{codec, pipeline};
 use sluice_model::transport::{
-    Handler, HandlerError, MessageKind, Request, Transport, TransportError,
+    Caller, Handler, HandlerError, MessageKind, Request, Transport, TransportError,
 };
 
 pub use sluice_model::constants::SNAPSHOT_CHUNK_SIZE;
@@ -763,10 +763,10 @@ impl<E: Env> fmt::Debug for RaftService<E> {
 impl<E: Env> Handler for RaftService<E> {
     fn handle(
         &self,
-        source: NodeId,
+        caller: Caller,
         request: Request,
     ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        self.serve(source, request)
+        self.serve(caller.source, request)
     }
 }
 

@@ -115,6 +115,29 @@ pub enum Op {
         /// The new `retention_bytes`; `None` keeps the current one.
         retention_bytes: Option<Option<u64>>,
     },
+    /// An administrative change, made by `principal`: the admin trail is
+    /// the log's `Admin` entries, each chained and stamped with the
+    /// leader's time like every entry. Nodes wrap a client's admin
+    /// requests in it; a client cannot send one itself.
+    Admin {
+        /// Who asked for the change.
+        principal: crate::security::Principal,
+        /// The change.
+        action: AdminAction,
+    },
+}
+
+/// What an [`Op::Admin`] entry changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAction {
+    /// A change to the rules, tokens, tenants or quotas.
+    Security(crate::security::SecurityOp),
+    /// An operation applied as if proposed alone (creating or altering a
+    /// topic, an erasure): recorded with its principal.
+    Apply(Box<Op>),
+    /// A change made outside the state machine (a membership change, a
+    /// dead-letter replay), recorded before it is made: what was asked.
+    Record(String),
 }
 
 /// A topic's retention policy. The leader turns it into `Retention`
@@ -192,7 +215,13 @@ pub struct OffsetCommit {
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.op {
+        self.op.fmt(f)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Op::CreateTopic {
                 name, partitions, ..
             } => write!(f, "create topic {name} with {partitions} partitions"),
@@ -228,6 +257,17 @@ impl fmt::Display for Command {
             Op::Noop => write!(f, "noop"),
             Op::AlterTopic { name, .. } => write!(f, "alter the retention of topic {name}"),
             Op::Heartbeat { group, member } => write!(f, "heartbeat of {member} in group {group}"),
+            Op::Admin { principal, action } => write!(f, "{principal}: {action}"),
+        }
+    }
+}
+
+impl fmt::Display for AdminAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAction::Security(op) => op.fmt(f),
+            AdminAction::Apply(op) => op.fmt(f),
+            AdminAction::Record(what) => f.write_str(what),
         }
     }
 }

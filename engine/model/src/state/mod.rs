@@ -45,7 +45,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, OffsetCommit, Op, RETENTION_MS_DEFAULT, TopicConfig};
+pub use command::{AdminAction, Command, OffsetCommit, Op, RETENTION_MS_DEFAULT, TopicConfig};
 pub use groups::GroupInfo;
 pub use producers::ProducerInfo;
 pub use response::{
@@ -56,6 +56,7 @@ pub use runs::Run;
 pub use snapshot::SNAPSHOT_VERSION;
 pub use topics::{Location, TopicInfo};
 
+use crate::security::Security;
 use groups::Groups;
 use producers::Producers;
 use topics::Topics;
@@ -141,6 +142,10 @@ pub struct State {
     groups: Groups,
     /// Subjects erased by `Op::Erase`; reads mask their payloads.
     erased: std::collections::BTreeSet<String>,
+    /// Rules, tokens, tenants and quotas; stored after the rest in a
+    /// snapshot (see `snapshot.rs`).
+    #[serde(skip)]
+    security: Security,
 }
 
 impl State {
@@ -159,6 +164,11 @@ impl State {
         &self.erased
     }
 
+    /// The security settings: rules, tokens, tenants, quotas.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// Whether any subject was erased.
     pub fn has_erasures(&self) -> bool {
         !self.erased.is_empty()
@@ -173,8 +183,11 @@ impl State {
             self.last_applied
         );
         self.last_applied = Some(log_index);
-        let now_ms = command.timestamp_ms;
-        match &command.op {
+        self.apply_op(log_index, command.timestamp_ms, &command.op)
+    }
+
+    fn apply_op(&mut self, log_index: u64, now_ms: u64, op: &Op) -> Response {
+        match op {
             Op::CreateTopic {
                 name,
                 partitions,
@@ -235,6 +248,25 @@ impl State {
                 Ok(config) => Response::TopicAltered { config },
                 Err(error) => Response::Error(error),
             },
+            Op::Admin { action, .. } => self.admin(log_index, now_ms, action),
+        }
+    }
+
+    fn admin(&mut self, log_index: u64, now_ms: u64, action: &AdminAction) -> Response {
+        match action {
+            AdminAction::Security(op) => match self.security.apply(op) {
+                Ok(()) => Response::Ok,
+                Err(error) => Response::Error(StateError::Security(error)),
+            },
+            AdminAction::Apply(op) => match **op {
+                Op::CreateTopic { .. }
+                | Op::AlterTopic { .. }
+                | Op::Erase(_)
+                | Op::Retention { .. }
+                | Op::Checkpoint(_) => self.apply_op(log_index, now_ms, op),
+                _ => Response::Error(StateError::NotAdmin),
+            },
+            AdminAction::Record(_) => Response::Ok,
         }
     }
 

@@ -417,6 +417,15 @@ pub enum StateError {
         /// The entry's index.
         log_index: u64,
     },
+    /// A security change was refused.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    /// An `Op::Admin` entry wrapped an operation that is not an
+    /// administrative one.
+    #[error(
+        "only topic, retention, checkpoint and erasure operations are recorded as admin actions"
+    )]
+    NotAdmin,
 }
 
 /// Why bytes are not a snapshot of the state.
@@ -430,7 +439,7 @@ pub enum SnapshotError {
         size: usize,
     },
     /// An unknown format version.
-    #[error("unknown state snapshot version {found} (this code reads {expected})")]
+    #[error("unknown state snapshot version {found} (this code reads 2 to {expected})")]
     Version {
         /// The stored version.
         found: u8,

@@ -3,8 +3,10 @@
 //!
 //! Layout: `version` u8 (2; version 1 had no member heartbeats), `checksum` u32 LE (CRC-32/ISO-HDLC, as
 //! `crc32fast` computes it, of the version byte followed by the body),
-//! then the body: the [`State`] in postcard. A snapshot holds the index
-//! and metadata, never event bodies (those stay in the log).
+//! then the body: the [`State`] in postcard, followed (from version 3) by
+//! its security settings in postcard. A snapshot holds the index and
+//! metadata, never event bodies (those stay in the log). Version 2
+//! snapshots (no security settings) still restore, with none.
 //!
 //! Fault model: the bytes may be damaged or hostile. Restoring checks the
 //! checksum, decodes, and then checks every invariant of the state, so a
@@ -13,9 +15,12 @@
 use super::State;
 use super::response::SnapshotError;
 
-/// The only snapshot version this code writes and reads (2 added member
-/// heartbeats and the erased subjects).
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// The snapshot version this code writes (2 added member heartbeats and
+/// the erased subjects, 3 the security settings). It reads 2 and 3.
+pub const SNAPSHOT_VERSION: u8 = 3;
+
+/// The oldest version restored.
+const SNAPSHOT_VERSION_MIN: u8 = 2;
 
 /// Version byte plus checksum.
 const SNAPSHOT_HEADER_SIZE: usize = 5;
@@ -24,8 +29,9 @@ impl State {
     /// Serializes the whole state.
     pub fn snapshot(&self) -> Vec<u8> {
         let header = vec![SNAPSHOT_VERSION, 0, 0, 0, 0];
+        let snapshot = postcard::to_extend(self, header).expect("the state encodes into memory");
         let mut snapshot =
-            postcard::to_extend(self, header).expect("the state encodes into memory");
+            postcard::to_extend(&self.security, snapshot).expect("the state encodes into memory");
         let checksum = snapshot_checksum(&snapshot);
         snapshot[1..SNAPSHOT_HEADER_SIZE].copy_from_slice(&checksum.to_le_bytes());
         snapshot
@@ -41,14 +47,17 @@ impl State {
         if stored != computed {
             return Err(SnapshotError::Checksum { stored, computed });
         }
-        if bytes[0] != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&bytes[0]) {
             return Err(SnapshotError::Version {
                 found: bytes[0],
                 expected: SNAPSHOT_VERSION,
             });
         }
-        let (state, rest): (State, &[u8]) =
+        let (mut state, mut rest): (State, &[u8]) =
             postcard::take_from_bytes(&bytes[SNAPSHOT_HEADER_SIZE..])?;
+        if bytes[0] >= 3 {
+            (state.security, rest) = postcard::take_from_bytes(rest)?;
+        }
         if !rest.is_empty() {
             return Err(SnapshotError::Inconsistent {
                 reason: format!("{} bytes follow the state", rest.len()),

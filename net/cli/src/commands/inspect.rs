@@ -232,5 +232,6 @@ fn op_name(op: &sluice_model::state::Op) -> &'static str {
         Op::Checkpoint(_) => "checkpoint",
         Op::Erase(_) => "erase",
         Op::AlterTopic { .. } => "alter topic",
+        Op::Admin { .. } => "admin",
     }
 }

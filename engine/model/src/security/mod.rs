@@ -20,6 +20,7 @@
 //! chained log entry naming who made it and when (the admin trail).
 
 mod acl;
+pub mod fuzzing;
 mod token;
 
 use std::collections::BTreeMap;

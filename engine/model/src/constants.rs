@@ -252,3 +252,13 @@ pub const TOKENS_MAX: usize = 100_000;
 
 /// Tenants a cluster holds at most.
 pub const TENANTS_MAX: usize = 10_000;
+
+// --- The load tool (`sluice bench`) ---
+
+/// Producers (or consumers) one `sluice bench` run starts at most, each
+/// with its own connection.
+pub const BENCH_PRODUCERS_MAX: usize = 1_000;
+
+/// The longest warm-up or measurement of one `sluice bench` run, in
+/// seconds (a day).
+pub const BENCH_DURATION_S_MAX: f64 = 86_400.0;

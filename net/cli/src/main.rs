@@ -40,6 +40,9 @@ enum Command {
     Publish(commands::publish::Args),
     /// Print a topic's events as they arrive.
     Tail(commands::tail::Args),
+    /// Load a running cluster with producers (and consumers) over the
+    /// network; print throughput and latency percentiles.
+    Bench(commands::bench::Args),
     /// Show what a data directory holds.
     Inspect(commands::inspect::Args),
     /// Copy a data directory consistently, also a running node's.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => commands::node::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Cluster(command) => commands::cluster::run(command),
         Command::Topics(command) => commands::topics::run(command),
         Command::Publish(args) => commands::publish::run(args),

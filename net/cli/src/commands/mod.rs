@@ -2,6 +2,7 @@
 //! arguments and a `run` that returns the process exit code.
 
 pub(crate) mod backup;
+pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod dlq;
 pub(crate) mod inspect;

@@ -9,7 +9,9 @@
 # everysec) and NATS twice (JetStream file storage, sync_interval always and
 # its default) on loopback ports, with their data under benches/peers/data/,
 # runs the load generator (src/main.rs) against them and Sluice (embedded
-# and a 3-node loopback cluster, in the generator's process), prints one
+# and a 3-node loopback cluster, in the generator's process; and `sluice
+# node` processes it starts, one durable, one buffer-only and a durable
+# cluster of three, driven over the network like the peers), prints one
 # markdown table, and stops every server it started by its process id, on
 # success and on failure alike. Other arguments go to the generator
 # (e.g. --seconds 3, --producers 16, --rate 2000).
@@ -33,7 +35,7 @@ cleanup() {
         fi
     done
     # The servers' data (Redis's AOF files can reach gigabytes).
-    rm -rf "$data"/redis-* "$data"/nats-*
+    rm -rf "$data"/redis-* "$data"/nats-* "$data"/sluice-*
     exit "$status"
 }
 trap cleanup EXIT
@@ -131,7 +133,47 @@ nats_default=$(free_port $((nats_always + 1)))
 start_nats default "$nats_default"
 log "redis-server $(redis-server --version | awk '{print $3}'), $("$nats_server" --version)"
 
+log "building sluice"
+CARGO_TARGET_DIR="$repo/target" cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p sluice-cli
+sluice="$repo/target/release/sluice"
+
+# start_sluice NAME FLAGS ID... : `sluice node` processes of one cluster,
+# their data under $data/sluice-NAME; sets $sluice_addresses. (Not in a
+# command substitution: its subshell would keep the pids from cleanup.)
+start_sluice() {
+    local name=$1 flags=$2
+    shift 2
+    local members=() addresses=() port
+    rm -rf "$data/sluice-$name" && mkdir -p "$data/sluice-$name"
+    for id in "$@"; do
+        port=$(free_port $((17100 + ${#pids[@]} * 10)))
+        # shellcheck disable=SC2086 # FLAGS is a list of flags
+        "$sluice" node --id "$id" --listen "127.0.0.1:$port" \
+            --data-dir "$data/sluice-$name/node-$id" $flags \
+            >"$data/sluice-$name/node-$id.log" 2>&1 &
+        pids+=($!)
+        wait_for_port "$port" "sluice node $id ($name)"
+        members+=("$id=127.0.0.1:$port")
+        addresses+=("127.0.0.1:$port")
+    done
+    local joined
+    joined=$(IFS=,; echo "${members[*]}")
+    "$sluice" cluster init --nodes "$joined" >&2
+    sluice_addresses=$(IFS=,; echo "${addresses[*]}")
+}
+
+sluice_nodes=()
+if [[ " ${args[*]-} " != *" --no-sluice "* ]]; then
+    start_sluice durable "" 1
+    sluice_nodes+=(--sluice-node "durable=$sluice_addresses")
+    start_sluice buffered --buffered 1
+    sluice_nodes+=(--sluice-node "buffer-only=$sluice_addresses")
+    start_sluice durable-3 "" 1 2 3
+    sluice_nodes+=(--sluice-node "durable=$sluice_addresses")
+fi
+
 "$generator" --dir "$data/sluice" --json "$data/last-run.json" \
+    ${sluice_nodes[@]+"${sluice_nodes[@]}"} \
     --redis "always=127.0.0.1:$redis_always" \
     --redis "everysec=127.0.0.1:$redis_everysec" \
     --nats "always=127.0.0.1:$nats_always" \

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sluice_core::raft::Durability;
 use sluice_benches::{latency_histogram, pattern, probe};
+use sluice_core::raft::Durability;
 use systems::{Class, Sender, Target};
 
 pub(crate) type Outcome<T> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -63,7 +63,12 @@ struct Args {
     /// `sync_interval` (`always`, `default`); repeatable.
     #[arg(long)]
     nats: Vec<String>,
-    /// Leave out the Sluice rows (for trying a peer alone).
+    /// Running `sluice node` processes to drive over the network, as
+    /// SETTING=ADDRESS[,ADDRESS...], SETTING being `durable` or
+    /// `buffer-only` as they were started; repeatable.
+    #[arg(long)]
+    sluice_node: Vec<String>,
+    /// Leave out the in-process Sluice rows (for trying a peer alone).
     #[arg(long)]
     no_sluice: bool,
     /// Where Sluice's data directories and the disk probes go.
@@ -300,6 +305,23 @@ fn targets(args: &Args) -> Result<Vec<Target>, Box<dyn Error>> {
             .ok_or_else(|| format!("expected SETTING=ADDRESS, got {spec:?}"))?;
         Ok((setting.to_owned(), address.to_owned()))
     };
+    for spec in &args.sluice_node {
+        let (setting, list) = split(spec)?;
+        if setting != "durable" && setting != "buffer-only" {
+            return Err(
+                format!("--sluice-node {spec:?}: the setting is durable or buffer-only").into(),
+            );
+        }
+        let addresses = list
+            .split(',')
+            .map(|address| {
+                address
+                    .parse()
+                    .map_err(|e| format!("--sluice-node {spec:?}: {address:?}: {e}"))
+            })
+            .collect::<Result<Vec<std::net::SocketAddr>, String>>()?;
+        targets.push(Target::Node { setting, addresses });
+    }
     for spec in &args.redis {
         let (setting, address) = split(spec)?;
         targets.push(Target::Redis { setting, address });
@@ -620,6 +642,7 @@ fn print_targets(disk: &Disk, rows: &[Row]) {
             verdict(share >= 0.7)
         );
     }
+    print_server_targets(rows, &single, &batched);
     let nats: Vec<&Row> = rows
         .iter()
         .filter(|r| r.system == "NATS JetStream")
@@ -668,6 +691,71 @@ fn print_targets(disk: &Disk, rows: &[Row]) {
             } else {
                 format!("**missed** in {}", behind.join("; "))
             }
+        );
+    }
+}
+
+/// The server path's targets: a `sluice node` process driven over the
+/// network against Redis driven the same way.
+fn print_server_targets(rows: &[Row], single: &Workload, batched: &Workload) {
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    let node = "Sluice node (process)";
+    let nodes = "Sluice 3 nodes (processes)";
+    let redis = "Redis Streams";
+    let checks = [
+        (
+            node,
+            Class::Fsync,
+            single,
+            1.5,
+            true,
+            "single sends, durable node",
+        ),
+        (
+            node,
+            Class::Memory,
+            single,
+            1.2,
+            false,
+            "single sends, buffer-only node",
+        ),
+        (
+            nodes,
+            Class::Fsync,
+            single,
+            1.0,
+            false,
+            "single sends, durable 3 nodes",
+        ),
+        (
+            node,
+            Class::Fsync,
+            batched,
+            2.0,
+            false,
+            "batches of 100, durable node",
+        ),
+    ];
+    for (system, class, workload, ratio_min, p99_too, what) in checks {
+        let (Some(s), Some(r)) = (
+            find(rows, system, class, workload),
+            find(rows, redis, class, workload),
+        ) else {
+            continue;
+        };
+        let ratio = s.events_per_sec / r.events_per_sec;
+        let p99 = if p99_too {
+            format!(", p99 {:.0} vs {:.0} µs (no higher)", s.p99_us, r.p99_us)
+        } else {
+            String::new()
+        };
+        let met = ratio >= ratio_min && (!p99_too || s.p99_us <= r.p99_us);
+        println!(
+            "- {what} ≥ {ratio_min} × Redis ({}): {ratio:.2} × ({:.0} vs {:.0} events/s){p99}: {}",
+            r.setting,
+            s.events_per_sec,
+            r.events_per_sec,
+            verdict(met)
         );
     }
 }

@@ -11,23 +11,24 @@
 //! - Sluice embedded: 100 `Producer::send` calls (each queues the event and
 //!   returns a receipt), then every receipt awaited; the batcher coalesces
 //!   them. The embedded bus has no batch publish call.
-//! - Sluice cluster: one `RemoteProducer::publish` of 100 stamped events
-//!   (one request).
+//! - Sluice cluster and node processes: one `RemoteProducer::publish` of
+//!   100 stamped events (one request).
 //! - Redis: one pipeline of 100 `XADD`s (one round trip).
 //! - NATS JetStream: 100 `publish` calls, then the 100 acks awaited.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sluice_core::bus::{Bus, BusConfig, Message, PendingReceipt, Producer};
-use sluice_model::event::Headers;
-use sluice_core::raft::Durability;
-use sluice_model::state::TopicConfig;
-use sluice_client::client::{Client, RemoteProducer};
-use sluice_server::node::ClusterNode;
+use sluice_client::client::{Client, ClientConfig, RemoteProducer};
 use sluice_client::protocol::PublishOutcome;
+use sluice_core::bus::{Bus, BusConfig, Message, PendingReceipt, Producer};
+use sluice_core::raft::Durability;
+use sluice_model::event::Headers;
+use sluice_model::state::TopicConfig;
+use sluice_server::node::ClusterNode;
 
 use crate::Outcome;
 
@@ -49,6 +50,15 @@ pub(crate) enum Target {
     /// Three `ClusterNode`s on loopback in this process, driven through
     /// `sluice_client::client`.
     Cluster(Durability),
+    /// `sluice node` processes started by `run.sh`, driven over the client
+    /// protocol from this process, each producer on its own connection:
+    /// the server path a service uses.
+    Node {
+        /// `durable` or `buffer-only`, as the nodes were started.
+        setting: String,
+        /// The nodes' client addresses.
+        addresses: Vec<SocketAddr>,
+    },
     /// A `redis-server` started by `run.sh`.
     Redis { setting: String, address: String },
     /// A `nats-server -js` started by `run.sh`.
@@ -69,6 +79,8 @@ impl Target {
         match self {
             Target::Embedded(_) => "Sluice embedded",
             Target::Cluster(_) => "Sluice 3-node cluster",
+            Target::Node { addresses, .. } if addresses.len() == 1 => "Sluice node (process)",
+            Target::Node { .. } => "Sluice 3 nodes (processes)",
             Target::Redis { .. } => "Redis Streams",
             Target::Nats { .. } => "NATS JetStream",
         }
@@ -80,6 +92,7 @@ impl Target {
                 Durability::Sync => "durable".to_owned(),
                 Durability::Buffer => "buffer-only".to_owned(),
             },
+            Target::Node { setting, .. } => setting.clone(),
             Target::Redis { setting, .. } => format!("appendfsync {setting}"),
             Target::Nats { setting, .. } => format!("sync_interval {setting}"),
         }
@@ -88,6 +101,7 @@ impl Target {
     pub(crate) fn class(&self) -> Class {
         let fsync = match self {
             Target::Embedded(d) | Target::Cluster(d) => *d == Durability::Sync,
+            Target::Node { setting, .. } => setting == "durable",
             Target::Redis { setting, .. } | Target::Nats { setting, .. } => setting == "always",
         };
         if fsync { Class::Fsync } else { Class::Memory }
@@ -140,6 +154,18 @@ impl Target {
                     _dir: dir,
                 })
             }
+            Target::Node { addresses, .. } => {
+                let client = node_client(addresses)?;
+                client.create_topic(&topic, PARTITIONS).await?;
+                let warm = format!("{topic}-warm-up");
+                client.create_topic(&warm, PARTITIONS).await?;
+                warm_up_nodes(addresses, &warm).await?;
+                Ok(Session::Node {
+                    addresses: addresses.clone(),
+                    client,
+                    topic,
+                })
+            }
             Target::Redis { address, .. } => {
                 let client = redis::Client::open(format!("redis://{address}/"))?;
                 let mut connection = redis_connection(&client).await?;
@@ -177,6 +203,41 @@ impl Target {
     }
 }
 
+/// A client of the nodes at `addresses`, on a connection of its own.
+fn node_client(addresses: &[SocketAddr]) -> Outcome<Client> {
+    Ok(Client::new(ClientConfig::new(addresses.to_vec()))?)
+}
+
+/// How long the producers load a node process before a row is measured.
+const NODE_WARM_UP: Duration = Duration::from_secs(2);
+
+/// Single sends from 16 producers for [`NODE_WARM_UP`], so a row starts on
+/// connections, sessions and a log that are already running (the nodes'
+/// own state is not visible from here, unlike `cluster::warm_up`'s).
+async fn warm_up_nodes(addresses: &[SocketAddr], topic: &str) -> Outcome<()> {
+    let until = Instant::now() + NODE_WARM_UP;
+    let mut tasks = Vec::new();
+    for p in 0..16_u32 {
+        let mut producer = node_client(addresses)?.producer().await?;
+        let topic = topic.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let payload = Bytes::from(vec![b'w'; 256]);
+            let key = Bytes::from(p.to_le_bytes().to_vec());
+            while Instant::now() < until {
+                let event = producer
+                    .stamp(&topic, key.clone(), payload.clone(), Headers::default())
+                    .await?;
+                producer.publish(vec![event]).await?;
+            }
+            Ok::<(), sluice_client::client::ClientError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
 async fn redis_connection(client: &redis::Client) -> Outcome<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(ANSWER_TIMEOUT))
@@ -208,6 +269,11 @@ pub(crate) enum Session {
         topic: String,
         _dir: tempfile::TempDir,
     },
+    Node {
+        addresses: Vec<SocketAddr>,
+        client: Client,
+        topic: String,
+    },
     Redis {
         client: redis::Client,
         topic: String,
@@ -236,6 +302,13 @@ impl Session {
                 topic: topic.clone(),
                 key: Bytes::from(p.to_le_bytes().to_vec()),
             },
+            Session::Node {
+                addresses, topic, ..
+            } => Sender::Cluster {
+                producer: node_client(addresses)?.producer().await?,
+                topic: topic.clone(),
+                key: Bytes::from(p.to_le_bytes().to_vec()),
+            },
             Session::Redis { client, topic } => Sender::Redis {
                 connection: redis_connection(client).await?,
                 key: format!("{topic}:{partition}"),
@@ -261,7 +334,7 @@ impl Session {
                 })
                 .await
             }
-            Session::Cluster { client, topic, .. } => {
+            Session::Cluster { client, topic, .. } | Session::Node { client, topic, .. } => {
                 let mut offsets = [0_u64; PARTITIONS as usize];
                 let mut turn = 0;
                 read_until(expected, async || {
@@ -338,6 +411,9 @@ impl Session {
                     node.shutdown().await?;
                 }
             }
+            // Topics cannot be deleted yet: the row's topic stays on the
+            // nodes, which `run.sh` removes with their data at the end.
+            Session::Node { .. } => {}
             Session::Redis { client, topic } => {
                 let mut connection = redis_connection(&client).await?;
                 let keys: Vec<String> = (0..PARTITIONS).map(|p| format!("{topic}:{p}")).collect();

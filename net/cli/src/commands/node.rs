@@ -133,7 +133,7 @@ pub(crate) fn run(args: Args) -> Outcome {
             idle_time_max: Duration::from_millis(args.bounds.idle_timeout_ms),
             frame_read_time_max: Duration::from_millis(args.bounds.frame_read_timeout_ms),
             unauthenticated_read_bytes_max: args.bounds.unauthenticated_read_bytes_max,
-            secret: None,
+            ..ServerConfig::default()
         },
         retention_interval: Duration::from_millis(args.bounds.retention_interval_ms.max(1)),
         segment_size: args.bounds.segment_bytes,

@@ -779,6 +779,20 @@ fn trace_written(mut frames: &[u8]) {
     }
 }
 
+/// Reads what has arrived into `buf`; 0 at the end of the stream. A TLS
+/// peer that closes without TLS's close_notify ends the stream too: frames
+/// carry their own lengths and checksums, so a cut inside a frame is still
+/// caught (as a truncated frame) and one between frames loses nothing.
+async fn read_some(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut impl bytes::BufMut,
+) -> io::Result<usize> {
+    match read.read_buf(buf).await {
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        result => result,
+    }
+}
+
 /// Reads the next frame; `None` at a clean end of the stream (between
 /// frames). A stream cut inside a frame, or a frame the codec refuses, is
 /// an error that names the reason.
@@ -793,7 +807,7 @@ async fn read_frame(
             return Ok(Some(frame));
         }
         buf.reserve(READ_CHUNK_SIZE);
-        if read.read_buf(buf).await? == 0 {
+        if read_some(read, buf).await? == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -821,7 +835,7 @@ async fn read_auth_frame(
 ) -> io::Result<Option<Frame>> {
     while wire::declared_body_size(buf).is_none() {
         buf.reserve(64);
-        if read.read_buf(buf).await? == 0 {
+        if read_some(read, buf).await? == 0 {
             break;
         }
     }
@@ -1581,7 +1595,7 @@ impl FrameReader {
             // (pages a read does not fill are never touched).
             self.buf.reserve(READ_CHUNK_SIZE);
             let mut limited = (&mut self.buf).limit(READ_CHUNK_SIZE);
-            if read.read_buf(&mut limited).await? == 0 {
+            if read_some(read, &mut limited).await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }

@@ -169,8 +169,13 @@ pub const TRACEPARENT_SIZE_MAX: usize = 255;
 /// connection before any of its body is buffered.
 pub const WIRE_FRAME_SIZE_MAX: usize = 16 * 1024 * 1024;
 
-/// How long a node waits for the answer to its challenge.
+/// How long a node waits for the answer to its challenge, and for a TLS
+/// handshake and the token that may follow it.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest body of a token frame (a client's token after the TLS
+/// handshake): a token is 94 bytes.
+pub const TOKEN_FRAME_BODY_MAX: usize = 128;
 
 /// Calls in flight on one connection, by default; also the server's bound
 /// on requests it handles at once per connection.

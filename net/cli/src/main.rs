@@ -1,6 +1,7 @@
 //! `sluice`: the command-line tool.
 //!
-//! `demo` runs the embedded bus; `node` runs a cluster node; `cluster`,
+//! `demo` runs the embedded bus; `node` runs a cluster node; `certs`
+//! writes TLS certificates for nodes and clients; `cluster`,
 //! `topics`, `publish` and `tail` are clients of a running cluster;
 //! `inspect` reads a data directory.
 
@@ -30,6 +31,9 @@ enum Command {
     Demo(demo::Args),
     /// Run a cluster node in the foreground.
     Node(commands::node::Args),
+    /// Write a development CA with node and client certificates into a
+    /// directory (for `--tls-dir`), or revoke one.
+    Certs(commands::certs::Args),
     /// Initialise a cluster, show its status, add or remove members.
     #[command(subcommand)]
     Cluster(commands::cluster::Command),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => commands::node::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Certs(args) => commands::certs::run(args),
         Command::Cluster(command) => commands::cluster::run(command),
         Command::Topics(command) => commands::topics::run(command),
         Command::Publish(args) => commands::publish::run(args),

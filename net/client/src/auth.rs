@@ -18,8 +18,12 @@
 //! The secret itself never crosses the network, and a recorded proof is
 //! useless on another connection (its challenge differs).
 //!
-//! What this does not do: encrypt traffic. Use a private network, or put
-//! the cluster behind TLS, where that matters.
+//! What this does not do: encrypt traffic. Use a private network, or TLS
+//! (`crate::tls`), where that matters.
+//!
+//! With TLS, certificates authenticate nodes and clients; a client without
+//! a certificate presents a token instead, in a frame of kind `Auth` right
+//! after the handshake ([`token_frame`], checked by an [`Authenticator`]).
 
 use std::fmt;
 use std::io;
@@ -28,7 +32,10 @@ use std::path::Path;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use sluice_model::security::{Principal, Token};
 use sluice_model::transport::NodeId;
+
+pub use sluice_model::constants::TOKEN_FRAME_BODY_MAX;
 
 pub use sluice_model::constants::AUTH_TIMEOUT;
 
@@ -140,6 +147,34 @@ pub fn challenge() -> io::Result<[u8; NONCE_SIZE]> {
     Ok(nonce)
 }
 
+/// Checks the tokens clients present. A node implements it over its
+/// replicated state (token records hold only salted hashes).
+pub trait Authenticator: Send + Sync + fmt::Debug + 'static {
+    /// The principal `token` authenticates as, or why it does not (unknown,
+    /// revoked, wrong secret: the reason goes back to the client and into
+    /// the node's log, so it never includes the secret).
+    fn token(&self, token: &Token) -> Result<Principal, String>;
+}
+
+/// The body of a token frame: the token as its holder writes it.
+pub fn token_frame(token: &Token) -> Vec<u8> {
+    token.expose().into_bytes()
+}
+
+/// The token a token frame's body carries; why not, if it carries none.
+/// Never echoes the bytes (they may hold a secret).
+pub fn decode_token_frame(body: &[u8]) -> Result<Token, String> {
+    if body.len() > TOKEN_FRAME_BODY_MAX {
+        return Err(format!(
+            "the token frame has {} bytes; a token has at most {TOKEN_FRAME_BODY_MAX}",
+            body.len()
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|error| format!("the token frame is not UTF-8 text: {error}"))?;
+    Token::parse(text).map_err(|error| error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +198,17 @@ mod tests {
         assert!(!secret.verify_node(&challenge, 7, &proof));
         assert!(!secret.verify(&challenge, 7, &node_proof));
         assert!(!other.verify_node(&challenge, 7, &node_proof));
+    }
+
+    #[test]
+    fn token_frames_round_trip_and_bad_ones_are_refused() {
+        let token = Token::new([7; 8], [9; 32]);
+        let body = token_frame(&token);
+        assert!(body.len() <= TOKEN_FRAME_BODY_MAX);
+        assert_eq!(decode_token_frame(&body).unwrap(), token);
+        assert!(decode_token_frame(b"sluice-token.zz.00").is_err());
+        assert!(decode_token_frame(&[0xff, 0xfe]).is_err());
+        assert!(decode_token_frame(&[b'a'; TOKEN_FRAME_BODY_MAX + 1]).is_err());
     }
 
     #[test]

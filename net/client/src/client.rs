@@ -25,7 +25,9 @@ use tokio::time::Instant;
 
 use sluice_model::event::{Event, EventError, Headers, ProducerStamp, partition_for};
 use sluice_model::state::{Op, Response, TopicConfig};
-use sluice_model::transport::{MessageKind, NodeId, Request, Transport};
+use sluice_model::transport::{MessageKind, NodeId, Request, Transport, TransportError};
+
+use sluice_model::security::Token;
 
 use crate::auth::Secret;
 use crate::protocol::{
@@ -33,6 +35,7 @@ use crate::protocol::{
     PublishOutcome, decode, encode, publish_size,
 };
 use crate::tcp::{TcpConfig, TcpTransport};
+use crate::tls::Tls;
 use crate::wire::BODY_SIZE_MAX;
 
 /// How a client reaches a cluster.
@@ -40,8 +43,14 @@ use crate::wire::BODY_SIZE_MAX;
 pub struct ClientConfig {
     /// Addresses of some of the cluster's nodes (any of them).
     pub seeds: Vec<SocketAddr>,
-    /// The cluster secret, if the cluster has one.
+    /// The cluster secret, if the cluster has one (without TLS).
     pub secret: Option<Secret>,
+    /// TLS material: the cluster's CA and, usually, this client's
+    /// certificate (see [`crate::tls`]).
+    pub tls: Option<Arc<Tls>>,
+    /// With TLS material that holds no client certificate: the token to
+    /// authenticate with.
+    pub token: Option<Token>,
     /// How long one request may take, failovers and retries included.
     pub request_timeout: Duration,
     /// How long one attempt at one node may take before the client tries
@@ -56,6 +65,8 @@ impl ClientConfig {
         ClientConfig {
             seeds,
             secret: None,
+            tls: None,
+            token: None,
             request_timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(2),
         }
@@ -103,6 +114,19 @@ pub enum ClientError {
     },
 }
 
+/// Whether `error` is a node refusing this side's credentials, or this
+/// side lacking any, rather than a node out of reach.
+fn refuses_credentials(error: &TransportError) -> bool {
+    matches!(
+        error,
+        TransportError::Unreachable { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            )
+    )
+}
+
 /// A connection to a cluster; cheap to clone (clones share connections).
 #[derive(Clone)]
 pub struct Client {
@@ -144,6 +168,8 @@ impl Client {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             secret: config.secret.clone(),
+            tls: config.tls.clone(),
+            token: config.token.clone(),
             ..TcpConfig::default()
         };
         // Clients call themselves node 0.
@@ -222,6 +248,11 @@ impl Client {
         let limit = self.inner.config.attempt_timeout + wait;
         let last = match tokio::time::timeout(limit, call).await {
             Ok(Ok(answer)) => return self.answered(&answer, id, address),
+            // A node that refuses this client's credentials (certificate,
+            // token, secret) will refuse them again: say so at once.
+            Ok(Err(error)) if refuses_credentials(&error) => {
+                return Attempt::Done(Err(ClientError::Refused(error.to_string())));
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_elapsed) => format!("node at {address} did not answer within {limit:?}"),
         };

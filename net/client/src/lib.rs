@@ -5,7 +5,10 @@
 //!   `fuzz/fuzz_targets/wire_frame.rs`; layout in `src/WIRE.md`.
 //! - [`tcp`]: [`tcp::TcpTransport`] (the client side of a connection, also
 //!   Raft's transport between nodes) and [`tcp::TcpServer`].
-//! - [`auth`]: cluster-secret challenge and answer on every connection.
+//! - [`auth`]: cluster-secret challenge and answer on every connection;
+//!   token frames and the [`auth::Authenticator`] that checks them.
+//! - [`tls`]: TLS material (CA, certificate, key, revocation list) from
+//!   files, reloadable, and the principal a certificate names.
 //! - [`protocol`]: the client protocol (requests and answers).
 //! - [`client`]: [`client::Client`] (follows the leader, fails over) and
 //!   [`client::RemoteProducer`] (idempotent producer over the network).
@@ -17,4 +20,5 @@ pub mod client;
 pub mod consumer;
 pub mod protocol;
 pub mod tcp;
+pub mod tls;
 pub mod wire;

@@ -76,12 +76,16 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use sluice_model::security::Principal;
+use rustls_pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use sluice_model::security::{Principal, Token};
 use sluice_model::transport::{
     Caller, Handler, HandlerError, MessageKind, NodeId, Request, Transport, TransportError,
 };
 
-use crate::auth::{self, AUTH_TIMEOUT, Secret};
+use crate::auth::{self, AUTH_TIMEOUT, Authenticator, Secret, TOKEN_FRAME_BODY_MAX};
+use crate::tls::{Tls, principal_of};
 use crate::wire::{self, BODY_SIZE_MAX, Frame, HEADER_SIZE, Header, Role};
 
 pub use sluice_model::constants::INFLIGHT_PER_CONNECTION_MAX;
@@ -108,8 +112,16 @@ pub struct TcpConfig {
     /// Calls in flight on one connection at most.
     pub inflight_per_connection_max: usize,
     /// The cluster secret to answer nodes' challenges with; `None` for a
-    /// cluster that runs without one (see [`crate::auth`]).
+    /// cluster that runs without one (see [`crate::auth`]). Not used with
+    /// TLS.
     pub secret: Option<Secret>,
+    /// TLS material: every connection is made over TLS, checked against
+    /// the CA, presenting this side's certificate if it has one (see
+    /// [`crate::tls`]).
+    pub tls: Option<Arc<Tls>>,
+    /// With TLS and no certificate of this side's own: the token presented
+    /// right after the handshake.
+    pub token: Option<Token>,
 }
 
 impl Default for TcpConfig {
@@ -121,6 +133,8 @@ impl Default for TcpConfig {
             backoff_max: Duration::from_secs(5),
             inflight_per_connection_max: INFLIGHT_PER_CONNECTION_MAX,
             secret: None,
+            tls: None,
+            token: None,
         }
     }
 }
@@ -259,33 +273,12 @@ impl Inner {
                 retry_at - now
             ))));
         }
-        let connected = match self.connect(peer.address).await {
-            Ok(mut stream) => match &self.config.secret {
-                Some(secret) => {
-                    let limit = self.config.connect_timeout.max(Duration::from_secs(1));
-                    let answered = answer_challenge(&mut stream, self.source, secret);
-                    match tokio::time::timeout(limit, answered).await {
-                        Ok(Ok(())) => Ok(stream),
-                        Ok(Err(error)) => Err(error),
-                        Err(_elapsed) => Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "{} sent no authentication challenge within {limit:?}; \
-                                 is it a node running without a cluster secret?",
-                                peer.address
-                            ),
-                        )),
-                    }
-                }
-                None => Ok(stream),
-            },
-            Err(error) => Err(error),
-        };
+        let connected = self.open(peer.address, target).await;
         match connected {
             Ok(stream) => {
                 peer.failures = 0;
                 peer.retry_at = None;
-                let connection = Connection::start(stream, &self.config);
+                let connection = Connection::start(stream, peer.address, &self.config);
                 peer.connection = Some(Arc::clone(&connection));
                 Ok(connection)
             }
@@ -295,6 +288,124 @@ impl Inner {
                 Err(unreachable(error))
             }
         }
+    }
+
+    /// Connects to `target` at `address` and authenticates both ends: by
+    /// TLS (and a token) if configured, else by the cluster secret if there
+    /// is one.
+    async fn open(&self, address: SocketAddr, target: NodeId) -> io::Result<Stream> {
+        let mut stream = self.connect(address).await?;
+        let limit = self.config.connect_timeout.max(Duration::from_secs(1));
+        if let Some(tls) = &self.config.tls {
+            let secured = self.secure(stream, address, target, tls);
+            return match tokio::time::timeout(limit + AUTH_TIMEOUT, secured).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the TLS handshake with {address} did not finish within {:?}; is it a \
+                         node running without TLS?",
+                        limit + AUTH_TIMEOUT
+                    ),
+                )),
+            };
+        }
+        let Some(secret) = &self.config.secret else {
+            return Ok(Stream::Plain(stream));
+        };
+        let answered = answer_challenge(&mut stream, self.source, secret);
+        match tokio::time::timeout(limit, answered).await {
+            Ok(Ok(())) => Ok(Stream::Plain(stream)),
+            Ok(Err(error)) => Err(error),
+            Err(_elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{address} sent no authentication challenge within {limit:?}; is it a node \
+                     running without a cluster secret?"
+                ),
+            )),
+        }
+    }
+
+    /// The TLS handshake with the node at `address`, the check that it
+    /// presents a node certificate (node `target`'s, when this side is a
+    /// node), the token if this side has no certificate, and the node's
+    /// confirmation of who this side is.
+    async fn secure(
+        &self,
+        stream: TcpStream,
+        address: SocketAddr,
+        target: NodeId,
+        tls: &Tls,
+    ) -> io::Result<Stream> {
+        let token = match (&self.config.token, tls.has_identity()) {
+            (_, true) => None,
+            (Some(token), false) => Some(token),
+            (None, false) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is configured without a client certificate and without a token: \
+                     give a TLS directory holding client.pem and client-key.pem, or a token \
+                     (--token / SLUICE_TOKEN)",
+                ));
+            }
+        };
+        let connector = TlsConnector::from(tls.client_config());
+        let name = ServerName::IpAddress(address.ip().into());
+        let mut stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|error| tls_failure(error, &format!("the TLS handshake with {address}")))?;
+        let presented = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(principal_of);
+        match presented {
+            Some(Ok(Principal::Node(id))) if self.source == 0 || id == target => {}
+            Some(Ok(other)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{address} presented a certificate of {other}, not of {}; nothing was \
+                         sent to it",
+                        if self.source == 0 {
+                            "a node".to_owned()
+                        } else {
+                            format!("node {target}")
+                        }
+                    ),
+                ));
+            }
+            Some(Err(reason)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{address} presented an unusable certificate: {reason}"),
+                ));
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{address} presented no certificate"),
+                ));
+            }
+        }
+        if let Some(token) = token {
+            let header = Header {
+                role: Role::Request,
+                kind: MessageKind::Auth as u8,
+                group: 0,
+                request_id: 0,
+                source: self.source,
+            };
+            let mut frame = BytesMut::new();
+            wire::encode_into(&mut frame, &header, &auth::token_frame(token));
+            stream.write_all(&frame).await?;
+            stream.flush().await?;
+        }
+        confirmed(&mut stream, address).await?;
+        Ok(Stream::Client(Box::new(stream)))
     }
 
     async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
@@ -317,6 +428,68 @@ impl Inner {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// Reads the node's confirmation that it admitted this side (a response
+/// of kind `Auth` naming the principal it sees), or its refusal.
+async fn confirmed(
+    stream: &mut (impl AsyncRead + Unpin),
+    address: SocketAddr,
+) -> io::Result<Principal> {
+    let mut buf = BytesMut::new();
+    let refused = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{address} refused this connection: {why}"),
+        )
+    };
+    let frame = match read_auth_frame(stream, &mut buf, CONFIRMATION_BODY_MAX).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(refused("it closed the connection".to_owned())),
+        // A refused certificate shows here, as the alert the node sent.
+        Err(error) => return Err(tls_failure(error, &format!("the connection to {address}"))),
+    };
+    if frame.header.kind != MessageKind::Auth as u8 || !buf.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{address} did not confirm the connection; is it a Sluice node?"),
+        ));
+    }
+    let text = String::from_utf8_lossy(&frame.body).into_owned();
+    match frame.header.role {
+        Role::Response => Principal::parse(&text).map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{address} confirmed the connection as {text:?}: {error}"),
+            )
+        }),
+        _ => Err(refused(text)),
+    }
+}
+
+/// `error` from a TLS stream, named: a failure of TLS itself (a
+/// certificate refused by either side, an alert) becomes
+/// `PermissionDenied`, which trying again does not fix; a failure of the
+/// socket keeps its kind.
+fn tls_failure(error: io::Error, what: &str) -> io::Error {
+    let refused = error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>());
+    let kind = if refused {
+        io::ErrorKind::PermissionDenied
+    } else {
+        error.kind()
+    };
+    io::Error::new(kind, format!("{what} failed: {error}"))
+}
+
+/// The largest body of the node's confirmation or refusal.
+const CONFIRMATION_BODY_MAX: usize = 1024;
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// One client connection: a writer task fed through `outgoing`, a reader
@@ -409,12 +582,20 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Connection {
-    fn start(stream: TcpStream, config: &TcpConfig) -> Arc<Connection> {
-        let peer = stream.peer_addr().ok();
-        let (read, write) = stream.into_split();
+    fn start(stream: Stream, peer: SocketAddr, config: &TcpConfig) -> Arc<Connection> {
         let (outgoing, frames) = mpsc::channel(config.inflight_per_connection_max);
         let shared = Arc::new(Shared::default());
-        tokio::spawn(run_client(read, write, frames, Arc::clone(&shared), peer));
+        let peer = Some(peer);
+        match stream {
+            Stream::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                tokio::spawn(run_client(read, write, frames, Arc::clone(&shared), peer));
+            }
+            Stream::Client(stream) => {
+                let (read, write) = tokio::io::split(stream);
+                tokio::spawn(run_client(read, write, frames, Arc::clone(&shared), peer));
+            }
+        }
         Arc::new(Connection {
             outgoing,
             shared,
@@ -557,6 +738,9 @@ async fn write_loop(
             }
         }
         flush(&mut write, &mut batch).await?;
+        // TLS holds what it could not send at once until flushed; plain
+        // TCP flushes at no cost.
+        write.flush().await?;
     }
     Ok(())
 }
@@ -595,6 +779,20 @@ fn trace_written(mut frames: &[u8]) {
     }
 }
 
+/// Reads what has arrived into `buf`; 0 at the end of the stream. A TLS
+/// peer that closes without TLS's close_notify ends the stream too: frames
+/// carry their own lengths and checksums, so a cut inside a frame is still
+/// caught (as a truncated frame) and one between frames loses nothing.
+async fn read_some(
+    read: &mut (impl AsyncRead + Unpin),
+    buf: &mut impl bytes::BufMut,
+) -> io::Result<usize> {
+    match read.read_buf(buf).await {
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        result => result,
+    }
+}
+
 /// Reads the next frame; `None` at a clean end of the stream (between
 /// frames). A stream cut inside a frame, or a frame the codec refuses, is
 /// an error that names the reason.
@@ -609,7 +807,7 @@ async fn read_frame(
             return Ok(Some(frame));
         }
         buf.reserve(READ_CHUNK_SIZE);
-        if read.read_buf(buf).await? == 0 {
+        if read_some(read, buf).await? == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -628,26 +826,26 @@ async fn read_frame(
 const AUTH_BODY_MAX: usize = 2 * auth::NONCE_SIZE;
 
 /// [`read_frame`] for the authentication handshake: a frame that declares a
-/// body larger than [`AUTH_BODY_MAX`] is refused before its body is read,
-/// so a peer that has proved nothing cannot make a node buffer a large
-/// frame.
+/// body larger than `body_max` is refused before its body is read, so a
+/// peer that has proved nothing cannot make a node buffer a large frame.
 async fn read_auth_frame(
     read: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
+    body_max: usize,
 ) -> io::Result<Option<Frame>> {
     while wire::declared_body_size(buf).is_none() {
         buf.reserve(64);
-        if read.read_buf(buf).await? == 0 {
+        if read_some(read, buf).await? == 0 {
             break;
         }
     }
-    if let Some(size) = wire::declared_body_size(buf).filter(|&size| size > AUTH_BODY_MAX) {
+    if let Some(size) = wire::declared_body_size(buf).filter(|&size| size > body_max) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "the peer's handshake frame declares a body of {size} bytes; one has at most \
-                 {AUTH_BODY_MAX}: it has no cluster secret configured, or speaks another \
-                 version"
+                 {body_max}: it is not authenticating the way this side is configured to, or \
+                 speaks another version"
             ),
         ));
     }
@@ -680,8 +878,16 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The cluster secret every connection must prove before its requests
-    /// are read; `None` admits every connection (see [`crate::auth`]).
+    /// are read; `None` admits every connection (see [`crate::auth`]). Not
+    /// used with TLS.
     pub secret: Option<Secret>,
+    /// TLS material with this node's certificate: every connection is
+    /// TLS, and its peer authenticates by certificate or token (see
+    /// [`crate::tls`]).
+    pub tls: Option<Arc<Tls>>,
+    /// Checks the tokens of clients without a certificate; without one,
+    /// tokens are refused.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     /// Connections held at once; further ones are closed as they are
     /// accepted (logged, counted in [`ServerStats::connections_refused`]).
     pub connections_max: usize,
@@ -709,6 +915,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             secret: None,
+            tls: None,
+            authenticator: None,
             connections_max: CONNECTIONS_MAX,
             connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX,
             idle_time_max: IDLE_TIME_MAX,
@@ -1071,41 +1279,23 @@ async fn serve_connection<H: Handler>(
     slot: Slot,
 ) {
     let server = Arc::clone(&slot.server);
-    let mut stream = stream;
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
-    let mut buf = BytesMut::new();
-    if let Some(secret) = &server.secret {
-        let challenged = challenge_peer(&mut stream, &mut buf, node, secret);
-        let refused = match tokio::time::timeout(AUTH_TIMEOUT, challenged).await {
-            Ok(Ok(source)) => {
-                debug!(%peer, source, "the peer authenticated");
-                None
-            }
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_elapsed) => Some(format!(
-                "no answer to the challenge within {AUTH_TIMEOUT:?}"
-            )),
-        };
-        if let Some(reason) = refused {
-            warn!(%peer, %reason, "refused a connection that did not authenticate");
-            // Close gracefully: a close with the peer's request still
-            // unread would reset the connection, and the peer could lose
-            // the challenge that tells it why it was refused.
-            let _ = stream.shutdown().await;
-            let mut sink = [0u8; 4096];
-            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-            return;
-        }
-    }
-    // An authenticated peer is a member of the cluster: its frames do not
-    // wait for the budget that bounds what strangers make the node hold.
-    let budget = server.secret.is_none().then(|| Arc::clone(&server.budget));
-    let reader = FrameReader::new(buf, budget);
-    let (read, write) = stream.into_split();
-    let result = serve_requests(read, write, reader, node, &handler, &server.config).await;
+    let connection = ServedConnection {
+        peer,
+        node,
+        server: &server,
+    };
+    let result = match server
+        .config
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.server_config())
+    {
+        Some(tls) => connection.serve_tls(stream, tls, &handler).await,
+        None => connection.serve_plain(stream, &handler).await,
+    };
     match result {
         Ok(()) => debug!(%peer, "the peer closed the connection"),
         Err(Closed::Idle(after)) => {
@@ -1124,8 +1314,221 @@ async fn serve_connection<H: Handler>(
             );
         }
         Err(Closed::Failed(error)) => warn!(%peer, reason = %error, "closing the connection"),
+        Err(Closed::Refused) => {}
     }
     drop(slot);
+}
+
+/// One accepted connection being served.
+struct ServedConnection<'a> {
+    peer: SocketAddr,
+    node: NodeId,
+    server: &'a Arc<ServerShared>,
+}
+
+impl ServedConnection<'_> {
+    /// A connection without TLS: the cluster secret's handshake if the node
+    /// has a secret (nodes prove their id, clients are anonymous), then
+    /// requests.
+    async fn serve_plain<H: Handler>(
+        &self,
+        mut stream: TcpStream,
+        handler: &Arc<H>,
+    ) -> Result<(), Closed> {
+        let peer = self.peer;
+        let mut buf = BytesMut::new();
+        let mut principal = Principal::Anonymous;
+        if let Some(secret) = &self.server.secret {
+            let challenged = challenge_peer(&mut stream, &mut buf, self.node, secret);
+            let refused = match tokio::time::timeout(AUTH_TIMEOUT, challenged).await {
+                Ok(Ok(source)) => {
+                    debug!(%peer, source, "the peer authenticated");
+                    if source != 0 {
+                        principal = Principal::Node(source);
+                    }
+                    None
+                }
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_elapsed) => Some(format!(
+                    "no answer to the challenge within {AUTH_TIMEOUT:?}"
+                )),
+            };
+            if let Some(reason) = refused {
+                warn!(%peer, %reason, "refused a connection that did not authenticate");
+                close_gracefully(&mut stream).await;
+                return Err(Closed::Refused);
+            }
+        }
+        // An authenticated peer is a member of the cluster: its frames do
+        // not wait for the budget that bounds what strangers make the node
+        // hold.
+        let budget = self
+            .server
+            .secret
+            .is_none()
+            .then(|| Arc::clone(&self.server.budget));
+        let reader = FrameReader::new(buf, budget);
+        let (read, write) = stream.into_split();
+        let connection = Authenticated {
+            peer,
+            node: self.node,
+            principal,
+            raft_from_nodes_only: self.server.secret.is_some(),
+            flush: false,
+        };
+        connection
+            .serve(read, write, reader, handler, &self.server.config)
+            .await
+    }
+
+    /// A TLS connection: the handshake, the principal from the peer's
+    /// certificate or from the token it presents next, the confirmation
+    /// naming it, then requests. A refusal is logged and the connection
+    /// closed.
+    async fn serve_tls<H: Handler>(
+        &self,
+        stream: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        handler: &Arc<H>,
+    ) -> Result<(), Closed> {
+        let peer = self.peer;
+        let mut buf = BytesMut::new();
+        let accepted = async {
+            let mut stream = TlsAcceptor::from(config)
+                .accept(stream)
+                .await
+                .map_err(|error| (None, format!("the TLS handshake failed: {error}")))?;
+            match self.authenticate(&mut stream, &mut buf).await {
+                Ok(principal) => Ok((stream, principal)),
+                Err(reason) => Err((Some(stream), reason)),
+            }
+        };
+        let (mut stream, principal) = match tokio::time::timeout(AUTH_TIMEOUT, accepted).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err((stream, reason))) => {
+                warn!(%peer, %reason, "refused a TLS connection");
+                if let Some(mut stream) = stream {
+                    self.send_refusal(&mut stream, &reason).await;
+                }
+                return Err(Closed::Refused);
+            }
+            Err(_elapsed) => {
+                warn!(
+                    %peer,
+                    "refused a TLS connection: the handshake and authentication did not \
+                     finish within {AUTH_TIMEOUT:?}"
+                );
+                return Err(Closed::Refused);
+            }
+        };
+        debug!(%peer, %principal, "the peer authenticated");
+        let confirmation = Header {
+            role: Role::Response,
+            kind: MessageKind::Auth as u8,
+            group: 0,
+            request_id: 0,
+            source: self.node,
+        };
+        let mut frame = BytesMut::new();
+        wire::encode_into(&mut frame, &confirmation, principal.to_string().as_bytes());
+        stream.write_all(&frame).await?;
+        stream.flush().await?;
+        let reader = FrameReader::new(buf, None);
+        let (read, write) = tokio::io::split(stream);
+        let connection = Authenticated {
+            peer,
+            node: self.node,
+            principal,
+            raft_from_nodes_only: true,
+            flush: true,
+        };
+        connection
+            .serve(read, write, reader, handler, &self.server.config)
+            .await
+    }
+
+    /// Who the peer of a TLS connection is: its certificate's principal,
+    /// or, without a certificate, the principal of the token it sends
+    /// first. Why not, if neither.
+    async fn authenticate(
+        &self,
+        stream: &mut tokio_rustls::server::TlsStream<TcpStream>,
+        buf: &mut BytesMut,
+    ) -> Result<Principal, String> {
+        let certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first());
+        if let Some(certificate) = certificate {
+            return principal_of(certificate)
+                .map_err(|reason| format!("its certificate names no principal: {reason}"));
+        }
+        let frame = read_auth_frame(stream, buf, TOKEN_FRAME_BODY_MAX)
+            .await
+            .map_err(|error| format!("no token frame: {error}"))?
+            .ok_or("it presented no certificate and closed before sending a token")?;
+        if frame.header.kind != MessageKind::Auth as u8 || frame.header.role != Role::Request {
+            return Err(
+                "it presented no client certificate and no token; a client needs one or \
+                 the other (--tls-dir with client.pem, or --token)"
+                    .to_owned(),
+            );
+        }
+        let token = auth::decode_token_frame(&frame.body)?;
+        let Some(authenticator) = &self.server.config.authenticator else {
+            return Err("this node accepts no tokens; present a client certificate".to_owned());
+        };
+        authenticator
+            .token(&token)
+            .map_err(|reason| format!("token {} refused: {reason}", token.id()))
+    }
+
+    /// Tells a peer refused after the handshake why, then closes.
+    async fn send_refusal(
+        &self,
+        stream: &mut tokio_rustls::server::TlsStream<TcpStream>,
+        reason: &str,
+    ) {
+        let header = Header {
+            role: Role::Failure,
+            kind: MessageKind::Auth as u8,
+            group: 0,
+            request_id: 0,
+            source: self.node,
+        };
+        let body = &reason.as_bytes()[..reason.len().min(CONFIRMATION_BODY_MAX)];
+        let mut frame = BytesMut::new();
+        wire::encode_into(&mut frame, &header, body);
+        if stream.write_all(&frame).await.is_ok() {
+            let _ = stream.flush().await;
+        }
+        close_gracefully(stream).await;
+    }
+}
+
+/// Closes gracefully: a close with the peer's bytes still unread would
+/// reset the connection, and the peer could lose the frame that tells it
+/// why it was refused.
+async fn close_gracefully(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// A connection whose peer is known: every request it sends is handled as
+/// from `principal`.
+struct Authenticated {
+    peer: SocketAddr,
+    node: NodeId,
+    principal: Principal,
+    /// Whether Raft's messages are refused unless the principal is the
+    /// node the frame names as its source (on a node that authenticates
+    /// connections at all).
+    raft_from_nodes_only: bool,
+    /// Whether written bytes need a flush (TLS) to leave.
+    flush: bool,
 }
 
 /// Why the server closed a connection.
@@ -1137,6 +1540,8 @@ enum Closed {
     SlowFrame { after: Duration, read: usize },
     /// The socket failed or the peer broke the protocol.
     Failed(io::Error),
+    /// The peer did not authenticate (logged already).
+    Refused,
 }
 
 impl From<io::Error> for Closed {
@@ -1190,7 +1595,7 @@ impl FrameReader {
             // (pages a read does not fill are never touched).
             self.buf.reserve(READ_CHUNK_SIZE);
             let mut limited = (&mut self.buf).limit(READ_CHUNK_SIZE);
-            if read.read_buf(&mut limited).await? == 0 {
+            if read_some(read, &mut limited).await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
@@ -1253,61 +1658,80 @@ impl FrameReader {
 /// A connection on which nothing happens for `config.idle_time_max`
 /// while no request is handled, or whose frame takes longer than
 /// `config.frame_read_time_max` to arrive, is closed.
-async fn serve_requests<H: Handler>(
-    mut read: impl AsyncRead + Unpin,
-    mut write: impl AsyncWrite + Unpin,
-    mut reader: FrameReader,
-    node: NodeId,
-    handler: &Arc<H>,
-    config: &ServerConfig,
-) -> Result<(), Closed> {
-    // Dropping the set (when the connection ends) drops unfinished calls
-    // (and aborts the spawned ones).
-    let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
-    // Responses encoded and not yet written, whole frames back to back.
-    let mut out = BytesMut::new();
-    let mut watchdog = Watchdog::new(config);
-    let check = tokio::time::sleep(watchdog.tick);
-    tokio::pin!(check);
-    loop {
-        let reading =
-            calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
-        if !reading {
-            reader.restart_clock();
-        }
-        tokio::select! {
-            // Answers first, then writing them, then more requests: a
-            // burst of answers goes out in one write.
-            biased;
-            Some(response) = calls.next(), if !calls.is_empty() => {
-                watchdog.activity += 1;
-                if let Some(response) = response {
-                    encode_response(&mut out, node, response);
+impl Authenticated {
+    async fn serve<H: Handler>(
+        &self,
+        mut read: impl AsyncRead + Unpin,
+        mut write: impl AsyncWrite + Unpin,
+        mut reader: FrameReader,
+        handler: &Arc<H>,
+        config: &ServerConfig,
+    ) -> Result<(), Closed> {
+        let node = self.node;
+        // Dropping the set (when the connection ends) drops unfinished calls
+        // (and aborts the spawned ones).
+        let mut calls = FuturesUnordered::<BoxFuture<'_, Option<Answered>>>::new();
+        // Responses encoded and not yet written, whole frames back to back.
+        let mut out = BytesMut::new();
+        // Bytes written that TLS may still hold until a flush.
+        let mut unflushed = false;
+        let mut watchdog = Watchdog::new(config);
+        let check = tokio::time::sleep(watchdog.tick);
+        tokio::pin!(check);
+        loop {
+            let reading =
+                calls.len() < INFLIGHT_PER_CONNECTION_MAX && out.len() <= RESPONSE_BYTES_SOFT_MAX;
+            if !reading {
+                reader.restart_clock();
+            }
+            tokio::select! {
+                // Answers first, then writing them, then more requests: a
+                // burst of answers goes out in one write.
+                biased;
+                Some(response) = calls.next(), if !calls.is_empty() => {
+                    watchdog.activity += 1;
+                    if let Some(response) = response {
+                        encode_response(&mut out, node, response);
+                    }
                 }
-            }
-            written = write.write(&out), if !out.is_empty() => {
-                let written = written?;
-                if written == 0 {
-                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                written = write_or_flush(&mut write, &out), if !out.is_empty() || unflushed => {
+                    let written = written?;
+                    if out.is_empty() {
+                        unflushed = false;
+                        continue;
+                    }
+                    if written == 0 {
+                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                    }
+                    unflushed = self.flush;
+                    watchdog.activity += 1;
+                    #[cfg(feature = "stage-trace")]
+                    trace_written(&out[..written]);
+                    out.advance(written);
                 }
-                watchdog.activity += 1;
-                #[cfg(feature = "stage-trace")]
-                trace_written(&out[..written]);
-                out.advance(written);
-            }
-            frame = reader.next(&mut read), if reading => {
-                watchdog.activity += 1;
-                let Some(frame) = frame? else {
-                    return Ok(());
-                };
-                calls.push(call(handler, frame)?);
-            }
-            () = &mut check => {
-                let next = watchdog.check(config, &reader, reading, !calls.is_empty())?;
-                check.as_mut().reset(next);
+                frame = reader.next(&mut read), if reading => {
+                    watchdog.activity += 1;
+                    let Some(frame) = frame? else {
+                        return Ok(());
+                    };
+                    calls.push(self.call(handler, frame)?);
+                }
+                () = &mut check => {
+                    let next = watchdog.check(config, &reader, reading, !calls.is_empty())?;
+                    check.as_mut().reset(next);
+                }
             }
         }
     }
+}
+
+/// Writes some of `out`, or, with nothing left to write, flushes.
+async fn write_or_flush(write: &mut (impl AsyncWrite + Unpin), out: &[u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        write.flush().await?;
+        return Ok(0);
+    }
+    write.write(out).await
 }
 
 /// The bounds of one connection's time: closes a connection idle for too
@@ -1365,38 +1789,64 @@ impl Watchdog {
     }
 }
 
-/// Starts handling one request frame: on the connection's task, or, for a
-/// large body, on a task of its own (decoding it is work another worker
-/// can do while the connection reads on).
-fn call<H: Handler>(
-    handler: &Arc<H>,
-    frame: Frame,
-) -> Result<BoxFuture<'_, Option<Answered>>, Closed> {
-    if frame.header.role != Role::Request {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "a {:?} frame arrived on a server connection",
-                frame.header.role
-            ),
-        )
-        .into());
-    }
-    if frame.header.kind == MessageKind::Client as u8 {
-        sluice_model::stage!(frame.header.request_id, ServerRead);
-    }
-    if frame.body.len() < SPAWN_BODY_BYTES_MIN {
-        return Ok(Box::pin(answer(&**handler, frame)));
-    }
-    let handler = Arc::clone(handler);
-    let spawned = tokio::spawn(async move { answer(&*handler, frame).await });
-    Ok(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
-        Ok(answered) => answered,
-        Err(error) => {
-            log_task_end(&error);
-            None
+impl Authenticated {
+    /// Starts handling one request frame: on the connection's task, or, for a
+    /// large body, on a task of its own (decoding it is work another worker
+    /// can do while the connection reads on). A Raft message from anyone but
+    /// the node it names as its source is refused here (and logged), before
+    /// any handler sees it.
+    fn call<'a, H: Handler>(
+        &self,
+        handler: &'a Arc<H>,
+        frame: Frame,
+    ) -> Result<BoxFuture<'a, Option<Answered>>, Closed> {
+        if frame.header.role != Role::Request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a {:?} frame arrived on a server connection",
+                    frame.header.role
+                ),
+            )
+            .into());
         }
-    })))
+        if frame.header.kind == MessageKind::Client as u8 {
+            sluice_model::stage!(frame.header.request_id, ServerRead);
+        } else if self.raft_from_nodes_only
+            && self.principal != Principal::Node(frame.header.source)
+        {
+            let header = frame.header;
+            warn!(
+                peer = %self.peer,
+                principal = %self.principal,
+                kind = header.kind,
+                source = header.source,
+                "refused a Raft message: Raft messages are accepted only from the node the frame \
+                 names as its source, authenticated as that node"
+            );
+            let refusal = HandlerError::new(format!(
+                "refused: {} may not send Raft messages as node {}; only node {} may",
+                self.principal, header.source, header.source
+            ));
+            return Ok(Box::pin(std::future::ready(Some((header, Err(refusal))))));
+        }
+        let caller = Caller {
+            source: frame.header.source,
+            principal: self.principal.clone(),
+        };
+        if frame.body.len() < SPAWN_BODY_BYTES_MIN {
+            return Ok(Box::pin(answer(&**handler, caller, frame)));
+        }
+        let handler = Arc::clone(handler);
+        let spawned = tokio::spawn(async move { answer(&*handler, caller, frame).await });
+        Ok(Box::pin(AbortOnDrop(spawned).map(|joined| match joined {
+            Ok(answered) => answered,
+            Err(error) => {
+                log_task_end(&error);
+                None
+            }
+        })))
+    }
 }
 
 /// Requests with a body of this size or more (batches of events, Raft
@@ -1444,7 +1894,7 @@ async fn challenge_peer(
     let mut frame = BytesMut::new();
     wire::encode_into(&mut frame, &header, &challenge);
     stream.write_all(&frame).await?;
-    let Some(answer) = read_auth_frame(stream, buf).await? else {
+    let Some(answer) = read_auth_frame(stream, buf, AUTH_BODY_MAX).await? else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the peer closed the connection instead of answering the challenge",
@@ -1506,7 +1956,7 @@ async fn answer_challenge(
         .peer_addr()
         .map_or_else(|_| "the node".to_owned(), |a| a.to_string());
     let mut buf = BytesMut::new();
-    let Some(challenge) = read_auth_frame(stream, &mut buf).await? else {
+    let Some(challenge) = read_auth_frame(stream, &mut buf, AUTH_BODY_MAX).await? else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the node closed the connection before sending its challenge",
@@ -1537,7 +1987,7 @@ async fn answer_challenge(
     let mut frame = BytesMut::new();
     wire::encode_into(&mut frame, &header, &body);
     stream.write_all(&frame).await?;
-    let Some(proof) = read_auth_frame(stream, &mut buf).await? else {
+    let Some(proof) = read_auth_frame(stream, &mut buf, AUTH_BODY_MAX).await? else {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -1570,7 +2020,7 @@ type Answered = (Header, Result<Bytes, HandlerError>);
 /// Runs the handler on one request. `None` if the handler panicked: the
 /// panic is logged and the call left unanswered (the caller times out);
 /// the connection and its other calls carry on.
-async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
+async fn answer<H: Handler>(handler: &H, caller: Caller, frame: Frame) -> Option<Answered> {
     let header = frame.header;
     let request = Request {
         kind: header.kind,
@@ -1580,12 +2030,6 @@ async fn answer<H: Handler>(handler: &H, frame: Frame) -> Option<Answered> {
     if header.kind == MessageKind::Client as u8 {
         sluice_model::stage!(header.request_id, HandlerStart);
     }
-    // Until connections carry an authenticated principal, every caller is
-    // anonymous.
-    let caller = Caller {
-        source: header.source,
-        principal: Principal::Anonymous,
-    };
     let handled = AssertUnwindSafe(handler.handle(caller, request)).catch_unwind();
     #[cfg(feature = "stage-trace")]
     let handled = TRACE_REQUEST.scope(header.request_id, handled);

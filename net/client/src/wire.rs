@@ -103,15 +103,22 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// What bytes that are not a frame's magic suggest.
+fn magic_hint(found: u32) -> &'static str {
+    let [first, second, ..] = found.to_le_bytes();
+    // A TLS record: alert (21) or handshake (22), version 3.x.
+    if matches!(first, 0x15 | 0x16) && second == 0x03 {
+        return "the peer speaks TLS: give this side the cluster's TLS directory (--tls-dir)";
+    }
+    "the peer does not speak Sluice's wire protocol; check that the address is a Sluice node's"
+}
+
 /// Why a byte stream is not a valid frame. Each one closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
     /// The stream does not start with [`MAGIC`].
-    #[error(
-        "bad magic {found:#010x} (expected {MAGIC:#010x}): the peer does not speak \
-         Sluice's wire protocol; check that the address is a Sluice node's"
-    )]
+    #[error("bad magic {found:#010x} (expected {MAGIC:#010x}): {}", magic_hint(*found))]
     BadMagic {
         /// The first four bytes, as a little-endian u32.
         found: u32,

@@ -4,6 +4,8 @@
 //!
 //! - [`node`]: [`node::ClusterNode`], one member of a replicated cluster.
 //! - [`metrics_http`]: the node's optional `GET /metrics` endpoint.
+//! - `tokens`: the check of the tokens clients present over TLS.
 
 pub mod metrics_http;
 pub mod node;
+mod tokens;

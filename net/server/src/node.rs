@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use sluice_core::bus::{Bus, BusConfig, BusError};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
+use sluice_model::security::Principal;
 use sluice_model::state::Op;
 use sluice_model::transport::{
     Caller, Handler, HandlerError, MessageKind, NodeId, Request, Transport,
@@ -42,6 +43,7 @@ use sluice_client::protocol::{
     decode, encode,
 };
 use sluice_client::tcp::{ServerConfig, TcpConfig, TcpServer, TcpTransport};
+use sluice_client::tls::{self, Tls};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -52,8 +54,16 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Its data directory (created if missing).
     pub data_dir: PathBuf,
-    /// The cluster secret every connection must prove, if any.
+    /// The cluster secret every connection must prove, if any (without
+    /// TLS).
     pub secret: Option<Secret>,
+    /// TLS material with this node's certificate: every connection, to
+    /// peers and from peers and clients, is TLS (see
+    /// `sluice_client::tls`); reloaded when its files change.
+    pub tls: Option<Arc<Tls>>,
+    /// Principals allowed everything, whatever the access rules say
+    /// (`sluice node --superuser`).
+    pub superusers: Vec<Principal>,
     /// When publishes are acknowledged: after fsync (default) or once in
     /// the page cache of a majority.
     pub durability: Durability,
@@ -82,6 +92,8 @@ impl NodeConfig {
             listen,
             data_dir: data_dir.into(),
             secret: None,
+            tls: None,
+            superusers: Vec::new(),
             durability: Durability::Sync,
             tcp: TcpConfig::default(),
             server: ServerConfig::default(),
@@ -126,6 +138,7 @@ pub struct ClusterNode {
     server: TcpServer,
     addresses: JoinHandle<()>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    tls_watch: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for ClusterNode {
@@ -186,6 +199,8 @@ impl ClusterNode {
             .map_err(io(format!("cannot listen on {}", config.listen)))?;
         let tcp = TcpConfig {
             secret: config.secret.clone(),
+            tls: config.tls.clone(),
+            token: None,
             ..config.tcp.clone()
         };
         let transport = TcpTransport::new(config.id, tcp);
@@ -210,6 +225,8 @@ impl ClusterNode {
         };
         let server_config = ServerConfig {
             secret: config.secret.clone(),
+            tls: config.tls.clone(),
+            authenticator: Some(Arc::new(crate::tokens::Tokens { bus: bus.clone() })),
             ..config.server.clone()
         };
         let server = TcpServer::serve_with(listener, config.id, service, server_config)
@@ -219,6 +236,10 @@ impl ClusterNode {
             None => None,
         };
         let addresses = tokio::spawn(follow_addresses(bus.clone(), transport));
+        let tls_watch = config
+            .tls
+            .as_ref()
+            .map(|tls| tls.watch(tls::RELOAD_INTERVAL));
         info!(
             id = config.id,
             address = %server.local_address(),
@@ -230,6 +251,7 @@ impl ClusterNode {
             server,
             addresses,
             metrics,
+            tls_watch,
         })
     }
 
@@ -269,6 +291,9 @@ impl ClusterNode {
     pub async fn shutdown(self) -> Result<(), BusError> {
         self.server.shutdown().await;
         self.addresses.abort();
+        if let Some(task) = self.tls_watch {
+            task.abort();
+        }
         if let Some((_, task)) = self.metrics {
             task.abort();
         }

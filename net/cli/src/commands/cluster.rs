@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_client::client::{Client, ClientConfig};
 use sluice_client::protocol::{CATCH_UP_WAIT_MS_MAX, ClientRequest, ClientResponse, Metadata};
 
-use super::{ClusterArgs, Outcome, load_secret, resolve, runtime};
+use super::{ClusterArgs, Credentials, Outcome, resolve, runtime};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -17,9 +17,8 @@ pub(crate) enum Command {
         /// The members: ID=HOST:PORT,ID=HOST:PORT,...
         #[arg(long)]
         nodes: String,
-        /// File holding the cluster secret, if the nodes use one.
-        #[arg(long, env = "SLUICE_SECRET_FILE")]
-        secret_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        credentials: Credentials,
     },
     /// Show each reachable node's view: role, term, leader, log positions.
     Status {
@@ -60,7 +59,7 @@ pub(crate) enum Command {
 pub(crate) fn run(command: Command) -> Outcome {
     runtime()?.block_on(async move {
         match command {
-            Command::Init { nodes, secret_file } => init(&nodes, secret_file.as_deref()).await,
+            Command::Init { nodes, credentials } => init(&nodes, &credentials).await,
             Command::Status { cluster, json } => status(&cluster, json).await,
             Command::Add {
                 id,
@@ -178,7 +177,7 @@ async fn add(id: u64, address: &str, catch_up_secs: u64, cluster: &ClusterArgs) 
     // would only wait for the same node.
     let wait = Duration::from_millis(u64::from(catch_up_ms)) + ADD_ANSWER_MARGIN;
     let mut config = ClientConfig::new(cluster.addresses()?);
-    config.secret = load_secret(cluster.secret_file.as_deref())?;
+    cluster.credentials().apply(&mut config)?;
     config.request_timeout = Duration::from_secs(cluster.timeout).max(wait);
     config.attempt_timeout = config.attempt_timeout.max(wait);
     let client = Client::new(config)?;
@@ -207,13 +206,13 @@ fn expect_done(response: ClientResponse) -> Result<(), Box<dyn std::error::Error
     }
 }
 
-async fn init(nodes: &str, secret_file: Option<&std::path::Path>) -> Outcome {
+async fn init(nodes: &str, credentials: &Credentials) -> Outcome {
     let (members, addresses) = parse_members(nodes)?;
     let Some(&first) = addresses.first() else {
         return Err("--nodes names no member; give ID=HOST:PORT[,ID=HOST:PORT...]".into());
     };
     let mut config = ClientConfig::new(addresses);
-    config.secret = load_secret(secret_file)?;
+    credentials.apply(&mut config)?;
     let client = Client::new(config)?;
     let before = metadata_of(&client, first).await?;
     if !before.members.is_empty() {

@@ -3,6 +3,7 @@
 
 pub(crate) mod backup;
 pub(crate) mod bench;
+pub(crate) mod certs;
 pub(crate) mod cluster;
 pub(crate) mod dlq;
 pub(crate) mod inspect;
@@ -14,10 +15,13 @@ pub(crate) mod topics;
 use std::error::Error;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_client::auth::Secret;
 use sluice_client::client::{Client, ClientConfig};
+use sluice_client::tls::{Tls, TlsFiles};
+use sluice_model::security::Token;
 
 /// What a command returns: an exit code, or an error printed by `main`.
 pub(crate) type Outcome = Result<std::process::ExitCode, Box<dyn Error>>;
@@ -28,21 +32,88 @@ pub(crate) struct ClusterArgs {
     /// Comma-separated addresses (HOST:PORT) of any of the cluster's nodes.
     #[arg(long, env = "SLUICE_CLUSTER", value_name = "ADDRS")]
     cluster: String,
-    /// File holding the cluster secret, if the cluster has one.
-    #[arg(long, env = "SLUICE_SECRET_FILE", value_name = "FILE")]
-    secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    credentials: Credentials,
     /// How long one request may take, failovers included, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+}
+
+/// How a client proves who it is: TLS (a client certificate, or a token
+/// over TLS), or, without TLS, the cluster secret.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Credentials {
+    /// Directory holding the cluster's CA (ca.pem) and this client's
+    /// certificate (client.pem, client-key.pem), as `sluice certs` writes.
+    #[arg(long, env = "SLUICE_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A token (sluice-token.…) to authenticate with instead of a client
+    /// certificate; needs --tls-dir for the CA.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// File holding the cluster secret, for a cluster without TLS that has
+    /// one.
+    #[arg(long, env = "SLUICE_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// Fills in `config`'s secret, TLS material and token.
+    pub(crate) fn apply(&self, config: &mut ClientConfig) -> Result<(), Box<dyn Error>> {
+        config.secret = load_secret(self.secret_file.as_deref())?;
+        let token = self
+            .token
+            .as_deref()
+            .map(Token::parse)
+            .transpose()
+            .map_err(|error| format!("--token / SLUICE_TOKEN: {error}"))?;
+        let Some(dir) = &self.tls_dir else {
+            if token.is_some() {
+                return Err("a token travels only over TLS: give --tls-dir DIR (or \
+                            SLUICE_TLS_DIR), a directory holding the cluster's ca.pem"
+                    .into());
+            }
+            return Ok(());
+        };
+        let mut files = TlsFiles::client(dir);
+        if token.is_some() {
+            files = files.without_identity();
+        } else if files.identity.is_none() {
+            return Err(format!(
+                "{} holds no client certificate ({}): use a directory `sluice certs` wrote for \
+                 a client, or authenticate with --token",
+                dir.display(),
+                sluice_client::tls::CLIENT_CERT_FILE
+            )
+            .into());
+        }
+        config.tls = Some(load_tls(files)?);
+        config.token = token;
+        Ok(())
+    }
+}
+
+/// Loads TLS material, naming the file at fault.
+pub(crate) fn load_tls(files: TlsFiles) -> Result<Arc<Tls>, Box<dyn Error>> {
+    Ok(Tls::load(files)?)
 }
 
 impl ClusterArgs {
     pub(crate) fn client(&self) -> Result<Client, Box<dyn Error>> {
         let seeds = parse_addresses(&self.cluster)?;
         let mut config = ClientConfig::new(seeds);
-        config.secret = load_secret(self.secret_file.as_deref())?;
+        self.credentials.apply(&mut config)?;
         config.request_timeout = Duration::from_secs(self.timeout);
         Ok(Client::new(config)?)
+    }
+
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub(crate) fn addresses(&self) -> Result<Vec<SocketAddr>, Box<dyn Error>> {

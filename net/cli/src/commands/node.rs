@@ -9,14 +9,16 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use sluice_client::tcp::{self, ServerConfig};
+use sluice_client::tls::{Tls, TlsFiles};
 use sluice_core::bus::BusError;
 use sluice_core::io::os::{OsClock, OsDisk};
 use sluice_core::log::{Corruption, Error as LogError, Log, Options, RecoveryMode};
 use sluice_core::raft::Durability;
 use sluice_model::constants::SEGMENT_SIZE_DEFAULT;
+use sluice_model::security::Principal;
 use sluice_server::node::{ClusterNode, NodeConfig, NodeError};
 
-use super::{Outcome, load_secret, runtime};
+use super::{Outcome, load_secret, load_tls, runtime};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -29,14 +31,32 @@ pub(crate) struct Args {
     /// Data directory (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// File holding the cluster secret every connection must prove.
+    /// Directory with the cluster's CA (ca.pem), this node's certificate
+    /// and key (node-ID.pem, node-ID-key.pem) and, if present, a
+    /// revocation list (crl.pem), as `sluice certs` writes: every
+    /// connection is then TLS. Reloaded on SIGHUP and when the files
+    /// change.
+    #[arg(
+        long,
+        env = "SLUICE_TLS_DIR",
+        value_name = "DIR",
+        conflicts_with = "secret_file"
+    )]
+    tls_dir: Option<PathBuf>,
+    /// File holding the cluster secret every connection must prove (a
+    /// cluster without TLS).
     #[arg(long, env = "SLUICE_SECRET_FILE")]
     secret_file: Option<PathBuf>,
+    /// A principal allowed everything (User:NAME, Node:ID or Anonymous;
+    /// repeatable). Default: User:admin with TLS, Anonymous without.
+    #[arg(long, value_name = "PRINCIPAL", value_parser = parse_principal)]
+    superuser: Vec<Principal>,
     /// Acknowledge publishes once in the page cache of a majority instead
     /// of after fsync.
     #[arg(long)]
     buffered: bool,
-    /// Listen on a non-loopback address without a cluster secret.
+    /// Listen on a non-loopback address without TLS (plaintext: anyone on
+    /// the network can read the traffic).
     #[arg(long)]
     insecure: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -109,17 +129,33 @@ const fn millis(duration: Duration) -> u64 {
 
 pub(crate) fn run(args: Args) -> Outcome {
     let secret = load_secret(args.secret_file.as_deref())?;
-    if secret.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+    if args.tls_dir.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
         return Err(format!(
-            "refusing to listen on {} without a cluster secret: anyone who reaches it could \
-             read and write the cluster. Pass --secret-file FILE (the same on every node and \
-             client), or --insecure if the network is private",
+            "refusing to listen on {} without TLS: anyone on the network could read the \
+             traffic, and without a cluster secret read and write the cluster. Pass --tls-dir \
+             DIR (certificates from `sluice certs --dir DIR --nodes ...`), or --insecure if \
+             the network is private",
             args.listen
         )
         .into());
     }
+    let tls = args
+        .tls_dir
+        .as_deref()
+        .map(|dir| load_tls(TlsFiles::node(dir, args.id)))
+        .transpose()?;
+    let superusers = if args.superuser.is_empty() {
+        vec![match tls {
+            Some(_) => Principal::user("admin"),
+            None => Principal::Anonymous,
+        }]
+    } else {
+        args.superuser.clone()
+    };
     let config = NodeConfig {
         secret,
+        tls: tls.clone(),
+        superusers,
         durability: if args.buffered {
             Durability::Buffer
         } else {
@@ -133,7 +169,7 @@ pub(crate) fn run(args: Args) -> Outcome {
             idle_time_max: Duration::from_millis(args.bounds.idle_timeout_ms),
             frame_read_time_max: Duration::from_millis(args.bounds.frame_read_timeout_ms),
             unauthenticated_read_bytes_max: args.bounds.unauthenticated_read_bytes_max,
-            secret: None,
+            ..ServerConfig::default()
         },
         retention_interval: Duration::from_millis(args.bounds.retention_interval_ms.max(1)),
         segment_size: args.bounds.segment_bytes,
@@ -158,8 +194,11 @@ pub(crate) fn run(args: Args) -> Outcome {
         };
         info!(
             address = %node.local_address(),
+            tls = tls.is_some(),
             "serving; initialise a new cluster with `sluice cluster init`, stop with Ctrl-C"
         );
+        let reload = tokio::spawn(reload_on_hangup(tls));
+        let _reload = AbortOnDrop(reload);
         tokio::select! {
             signalled = wait_for_stop() => {
                 signalled?;
@@ -229,6 +268,38 @@ fn repair(data_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
 /// The exit code of a node whose Raft core stopped on its own (storage
 /// failure or another fatal error).
 const EXIT_STORAGE: u8 = 3;
+
+/// Reloads the TLS material on every SIGHUP (it is also reloaded when
+/// its files change); without TLS, logs that there is nothing to reload.
+async fn reload_on_hangup(tls: Option<Arc<Tls>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            warn!(%error, "cannot watch for SIGHUP; TLS files still reload when they change");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match &tls {
+            Some(tls) => tls.reload_logged("SIGHUP"),
+            None => info!("SIGHUP: this node runs without TLS; nothing to reload"),
+        }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn parse_principal(text: &str) -> Result<Principal, String> {
+    Principal::parse(text).map_err(|error| error.to_string())
+}
 
 /// Returns on Ctrl-C or SIGTERM.
 async fn wait_for_stop() -> std::io::Result<()> {

@@ -1,7 +1,9 @@
 //! The audit commands: `sluice verify DIR` (the offline verifier),
 //! `sluice keys gen` (an SM2 key pair in PEM files), `sluice audit export`
 //! (a subject's events as JSON lines) and `sluice audit erase` (a signed
-//! erasure tombstone, through an embedded bus on the directory).
+//! erasure tombstone): offline on a data directory (`--dir`, an embedded
+//! bus for the erasure), or online through running nodes' audit API
+//! (`--cluster`, `audit_http`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

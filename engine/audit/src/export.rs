@@ -65,7 +65,7 @@ use serde_json::{Value, json};
 
 use super::erasure::subject_of;
 use super::signing::{self, Signed};
-use super::verify::{VerifyError, VerifyOptions, verify_disk};
+use super::verify::{VerifyError, VerifyOptions, verify_disk_until};
 use sluice_core::io::os::OsDisk;
 use sluice_core::io::{Disk, DiskFile};
 use sluice_core::log::frame;
@@ -138,6 +138,44 @@ pub fn export(
     export_disk(&disk, query, options, out)
 }
 
+/// Milliseconds since the epoch, or `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC).
+pub fn parse_time_ms(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("{text:?} is neither ms since the epoch nor YYYY-MM-DDTHH:MM:SS[.fff]Z");
+    let body = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = body.split_once('T').ok_or_else(bad)?;
+    let numbers = |s: &str, sep: char| -> Result<Vec<u64>, String> {
+        s.split(sep)
+            .map(|p| p.parse::<u64>().map_err(|_| bad()))
+            .collect()
+    };
+    let (time, millis) = match time.split_once('.') {
+        Some((t, f)) => (
+            t,
+            format!("{f:0<3}")[..3].parse::<u64>().map_err(|_| bad())?,
+        ),
+        None => (time, 0),
+    };
+    let (d, t) = (numbers(date, '-')?, numbers(time, ':')?);
+    if d.len() != 3 || t.len() != 3 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), year >= 1970.
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468).ok_or_else(bad)?;
+    Ok(((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + millis)
+}
+
 /// One step of an event's history.
 struct Step {
     /// What the history is ordered by: the step's time, or for a step
@@ -167,7 +205,21 @@ pub fn export_disk<D: Disk>(
     options: &VerifyOptions,
     out: &mut dyn Write,
 ) -> Result<ExportSummary, ExportError> {
-    let (bad_index, first_finding) = match verify_disk(disk, options) {
+    export_disk_until(disk, query, options, None, out)
+}
+
+/// [`export_disk`] of the log up to index `until` (all of it when `None`):
+/// a running node's data directory read beside the node, up to what it has
+/// applied (see [`verify_disk_until`](crate::verify::verify_disk_until)).
+/// The same content as the offline export of the same records.
+pub fn export_disk_until<D: Disk>(
+    disk: &D,
+    query: &ExportQuery,
+    options: &VerifyOptions,
+    until: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExportError> {
+    let (bad_index, first_finding) = match verify_disk_until(disk, options, until) {
         Ok(_) => (None, None),
         Err(VerifyError::Tampered { findings, .. }) => {
             let bad = findings.iter().filter_map(|f| f.index).min();
@@ -177,7 +229,9 @@ pub fn export_disk<D: Disk>(
     };
     let mut replay = Replay::start(disk)?;
     for_each_record(disk, READ_WINDOW_BYTES, |record| {
-        replay.entry(record, query)
+        if until.is_none_or(|until| record.index <= until) {
+            replay.entry(record, query)
+        }
     })?;
     let erased = replay.state.is_erased(&query.subject);
     let mut summary = ExportSummary {
@@ -414,10 +468,10 @@ impl Replay {
         let fresh = self.covered.is_none_or(|covered| record.index > covered);
         let replayed = fresh.then(|| self.replayed_letters(&command)).flatten();
         let response = fresh.then(|| self.state.apply(record.index, &command));
-        if let Op::Checkpoint(checkpoint) = &command.op {
+        if let Op::Checkpoint(checkpoint) = command.op.applied() {
             self.checkpoints.push((checkpoint.index, record.index));
         }
-        if let Op::Erase(erasure) = &command.op {
+        if let Op::Erase(erasure) = command.op.applied() {
             if erasure.subject == query.subject {
                 let value = json!({ "state": "erased", "at_ms": at.ms,
                     "entry_index": at.index, "reason": erasure.reason });
@@ -794,6 +848,19 @@ mod tests {
     /// Frames of many sizes, some larger than a window, across several
     /// segments: reading through small windows yields exactly what the
     /// log itself reads back.
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time_ms("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time_ms("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time_ms("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(
+            parse_time_ms("2023-11-14T22:13:20.5Z"),
+            Ok(1_700_000_000_500)
+        );
+        assert!(parse_time_ms("2023-13-01T00:00:00Z").is_err());
+        assert!(parse_time_ms("yesterday").is_err());
+    }
+
     #[test]
     fn windows_read_every_frame_across_boundaries() {
         let disk = CrashDisk::new(7);

@@ -12,6 +12,7 @@
 //! - [`signing`]: optional producer signatures on events;
 //! - [`erasure`]: signed erasure tombstones for a subject;
 //! - [`export`](mod@export): the audit export by subject and time range;
+//! - [`summary`]: the signed summary that ends a node's online export;
 //! - [`masking`]: field-level masking of payloads at read time by the
 //!   reader's clearance.
 //!
@@ -25,14 +26,18 @@ pub mod export;
 pub mod keys;
 pub mod masking;
 pub mod signing;
+pub mod summary;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use erasure::Erasure;
-pub use export::{ExportError, ExportQuery, ExportSummary, export, export_disk};
+pub use export::{ExportError, ExportQuery, ExportSummary, export, export_disk, export_disk_until};
 pub use keys::{KeyError, KeyPair};
 pub use masking::{Clearance, Mask, MaskError, MaskingPolicy, PolicyError, Rule};
-pub use verify::{Finding, FindingReason, Report, VerifyError, VerifyOptions, verify, verify_disk};
+pub use verify::{
+    Finding, FindingReason, Report, VerifyError, VerifyOptions, verify, verify_disk,
+    verify_disk_until,
+};
 
 use sluice_core::bus::{SignatureCheck, SignatureRefused, Signer};
 use sluice_model::records::{Hash, SignedParts};

@@ -275,6 +275,18 @@ pub fn verify(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Report, 
 
 /// [`verify`] over any [`Disk`].
 pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report, VerifyError> {
+    verify_disk_until(disk, options, None)
+}
+
+/// [`verify_disk`] of the records up to log index `until` (all of them
+/// when `None`): what a running node has applied, so that the frames it is
+/// appending meanwhile, which a reader may see half written, are not read.
+/// A snapshot that covers more than `until` is not judged.
+pub fn verify_disk_until<D: Disk>(
+    disk: &D,
+    options: &VerifyOptions,
+    until: Option<u64>,
+) -> Result<Report, VerifyError> {
     let mut names = disk.list().map_err(|source| VerifyError::Io {
         dir: "data directory".into(),
         source,
@@ -288,6 +300,8 @@ pub fn verify_disk<D: Disk>(disk: &D, options: &VerifyOptions) -> Result<Report,
         terms: Vec::new(),
         checkpoints: Vec::new(),
         erasure_signers: Vec::new(),
+        until,
+        bounded: false,
     };
     let mut firsts = Vec::new();
     let mut snapshot = None;
@@ -343,6 +357,10 @@ struct Walk {
     checkpoints: Vec<(String, u64, u64, Checkpoint)>,
     /// Signers of erasures, with where they were found.
     erasure_signers: Vec<(String, u64, u64, Vec<u8>)>,
+    /// The last index to read, if bounded.
+    until: Option<u64>,
+    /// Whether the walk stopped at `until` with records left after it.
+    bounded: bool,
 }
 
 impl Walk {
@@ -487,6 +505,9 @@ impl Walk {
                 Bytes::from(bytes)
             };
             if !self.walk_segment(&name, bytes, sealed, &mut chain) {
+                if self.bounded {
+                    break;
+                }
                 return;
             }
         }
@@ -523,6 +544,10 @@ impl Walk {
         let mut offset = 0usize;
         while offset < bytes.len() {
             let index = chain.expected_index;
+            if self.until.is_some_and(|until| index > until) {
+                self.bounded = true;
+                return false;
+            }
             let at = Some(offset as u64);
             if !sealed && sluice_core::log::all_zero(&bytes[offset..]) {
                 self.report.zero_bytes += (bytes.len() - offset) as u64;
@@ -580,7 +605,7 @@ impl Walk {
         let openraft::EntryPayload::Normal(command) = entry.payload else {
             return Ok(());
         };
-        match command.op {
+        match command.op.applied() {
             Op::Publish(batch) | Op::Transaction { events: batch, .. } => {
                 self.report.batches += 1;
                 self.report.events += batch.len() as u64;
@@ -599,7 +624,7 @@ impl Walk {
             }
             Op::Checkpoint(checkpoint) => {
                 self.checkpoints
-                    .push((name.to_owned(), offset, record.index, checkpoint));
+                    .push((name.to_owned(), offset, record.index, checkpoint.clone()));
             }
             Op::Erase(erasure) => {
                 self.report.erasures += 1;
@@ -611,7 +636,7 @@ impl Walk {
                     name.to_owned(),
                     offset,
                     record.index,
-                    erasure.public_key,
+                    erasure.public_key.clone(),
                 ));
             }
             _ => {}
@@ -711,6 +736,9 @@ impl Walk {
         let (Some((term, index)), chain_head) = covered else {
             return;
         };
+        if self.until.is_some_and(|until| index > until) {
+            return;
+        }
         let report = &self.report;
         let what = if index >= report.next_index {
             format!(

@@ -81,6 +81,19 @@ pub const READ_ENTRIES_MAX: u64 = 4096;
 /// Longest sleep of the checkpoint task between looks at the log.
 pub const CHECKPOINT_TICK_MAX: Duration = Duration::from_millis(250);
 
+/// Log entries one look for the latest checkpoint reads at most (the
+/// last ones of the range asked): a signing leader writes one every 1024
+/// entries by default, so the newest is within reach.
+pub const CHECKPOINT_SCAN_ENTRIES_MAX: u64 = 4096;
+
+/// Bytes an online audit export (`GET /api/audit/export`) sends at a
+/// time, about: it writes into a buffer and sends it once this full.
+pub const EXPORT_CHUNK_SIZE: usize = 64 * 1024;
+
+/// Chunks of an online export waiting for a slow client, at most: the
+/// export waits rather than hold more (about 1 MiB).
+pub const EXPORT_CHUNKS_IN_FLIGHT_MAX: usize = 16;
+
 // Replication between nodes.
 
 /// Requests a stream keeps in flight to one follower.

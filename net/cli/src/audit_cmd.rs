@@ -1,12 +1,15 @@
 //! The audit commands: `sluice verify DIR` (the offline verifier),
 //! `sluice keys gen` (an SM2 key pair in PEM files), `sluice audit export`
 //! (a subject's events as JSON lines) and `sluice audit erase` (a signed
-//! erasure tombstone, through an embedded bus on the directory).
+//! erasure tombstone): offline on a data directory (`--dir`, an embedded
+//! bus for the erasure), or online through running nodes' audit API
+//! (`--cluster`, `audit_http`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use sluice_audit::export::parse_time_ms;
 use sluice_audit::{ExportQuery, KeyPair, Report, VerifyError, VerifyOptions, keys};
 
 /// `sluice verify`.
@@ -160,11 +163,15 @@ pub(crate) enum AuditCommand {
     /// lines: its history in time order (published, appended, each
     /// durable group's deliveries and retries with their errors and final
     /// state, dead letter, replay, commits, erasure) and its verification
-    /// status. Read only.
+    /// status. Read only: from a data directory (`--dir`), or online from
+    /// running nodes (`--cluster`), whose export ends with a summary line
+    /// the node signs.
     Export {
         /// The data directory.
         #[arg(long, default_value = "./sluice-data")]
         dir: PathBuf,
+        #[command(flatten)]
+        online: OnlineArgs,
         /// The subject: the `subject` header, else the event key.
         #[arg(long)]
         subject: String,
@@ -182,26 +189,63 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Erase a subject: append a tombstone signed with KEY, after which
-    /// reads mask the subject's payloads. Opens the directory as an
-    /// embedded bus (it must not be open elsewhere).
+    /// Erase a subject: append a signed tombstone, after which reads mask
+    /// the subject's payloads. With `--cluster`, a running node signs it
+    /// with its key and commits it; with `--dir`, the directory is opened
+    /// as an embedded bus (it must not be open elsewhere) and KEY signs.
     Erase {
         /// The data directory.
         #[arg(long, default_value = "./sluice-data")]
         dir: PathBuf,
+        #[command(flatten)]
+        online: OnlineArgs,
         /// The subject.
         #[arg(long)]
         subject: String,
         /// Why (a ticket, a legal basis).
         #[arg(long, default_value = "")]
         reason: String,
-        /// The signer's secret key (PKCS#8 PEM).
-        #[arg(long, value_name = "PEM")]
-        key: PathBuf,
+        /// The signer's secret key (PKCS#8 PEM); offline only (a node signs
+        /// with its own).
+        #[arg(long, value_name = "PEM", conflicts_with = "cluster")]
+        key: Option<PathBuf>,
         /// The key's distinguishing id.
         #[arg(long, default_value = keys::DISTID_DEFAULT)]
         distid: String,
     },
+}
+
+/// How `audit` commands reach running nodes' audit API.
+#[derive(Debug, Args)]
+pub(crate) struct OnlineArgs {
+    /// Comma-separated HTTP addresses (HOST:PORT, each node's
+    /// `--http-listen`) of running nodes, tried in order; instead of
+    /// `--dir`.
+    #[arg(long, value_name = "ADDRS")]
+    cluster: Option<String>,
+    /// A bearer token (`sluice-token.…`) to present.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// How long a request may take, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+impl OnlineArgs {
+    fn api(&self) -> Option<crate::audit_http::Api> {
+        let cluster = self.cluster.as_deref()?;
+        let timeout = std::time::Duration::from_secs(self.timeout.max(1));
+        Some(crate::audit_http::Api::new(
+            cluster,
+            self.token.clone(),
+            timeout,
+        ))
+    }
 }
 
 /// Runs `sluice audit`.
@@ -209,6 +253,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
     match command {
         AuditCommand::Export {
             dir,
+            online,
             subject,
             from,
             to,
@@ -217,9 +262,9 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
         } => {
             let query = ExportQuery {
                 subject,
-                from_ms: parse_time(&from)?,
+                from_ms: parse_time_ms(&from)?,
                 to_ms: match to {
-                    Some(to) => parse_time(&to)?,
+                    Some(to) => parse_time_ms(&to)?,
                     None => u64::MAX,
                 },
             };
@@ -228,6 +273,14 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
+            if let Some(api) = online.api() {
+                let params = [
+                    ("subject", query.subject.clone()),
+                    ("from", query.from_ms.to_string()),
+                    ("to", query.to_ms.to_string()),
+                ];
+                return api.export(params, &options.trusted_keys, &mut sink);
+            }
             let summary = sluice_audit::export(&dir, &query, &options, &mut sink)?;
             sink.flush()?;
             eprintln!(
@@ -247,11 +300,16 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
         }
         AuditCommand::Erase {
             dir,
+            online,
             subject,
             reason,
             key,
             distid,
         } => {
+            if let Some(api) = online.api() {
+                return api.erase(&subject, &reason);
+            }
+            let key = key.ok_or("an offline erasure needs --key PEM to sign with")?;
             let pem = std::fs::read_to_string(&key)?;
             let key = KeyPair::from_pem(&pem, &distid, &key.display().to_string())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -282,57 +340,4 @@ fn trusted(paths: &[PathBuf]) -> Result<VerifyOptions, Box<dyn std::error::Error
         )?);
     }
     Ok(options)
-}
-
-/// Milliseconds since the epoch, or `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC).
-fn parse_time(text: &str) -> Result<u64, String> {
-    if let Ok(ms) = text.parse::<u64>() {
-        return Ok(ms);
-    }
-    let bad = || format!("{text:?} is neither ms since the epoch nor YYYY-MM-DDTHH:MM:SS[.fff]Z");
-    let body = text.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = body.split_once('T').ok_or_else(bad)?;
-    let numbers = |s: &str, sep: char| -> Result<Vec<u64>, String> {
-        s.split(sep)
-            .map(|p| p.parse::<u64>().map_err(|_| bad()))
-            .collect()
-    };
-    let (time, millis) = match time.split_once('.') {
-        Some((t, f)) => (
-            t,
-            format!("{f:0<3}")[..3].parse::<u64>().map_err(|_| bad())?,
-        ),
-        None => (time, 0),
-    };
-    let (d, t) = (numbers(date, '-')?, numbers(time, ':')?);
-    if d.len() != 3 || t.len() != 3 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) {
-        return Err(bad());
-    }
-    // Days from the civil date (Howard Hinnant's algorithm), year >= 1970.
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468).ok_or_else(bad)?;
-    Ok(((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + millis)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_time;
-
-    #[test]
-    fn times_parse() {
-        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
-        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
-        assert_eq!(parse_time("2023-11-14T22:13:20.5Z"), Ok(1_700_000_000_500));
-        assert!(parse_time("2023-13-01T00:00:00Z").is_err());
-        assert!(parse_time("yesterday").is_err());
-    }
 }

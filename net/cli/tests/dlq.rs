@@ -244,7 +244,7 @@ async fn audit_export_shows_the_history(dir: &std::path::Path) {
 async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -256,7 +256,7 @@ async fn the_node_serves_prometheus_metrics() {
     let run = async {
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            http_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..NodeConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir.path().join("n1"))
         };
         let node = ClusterNode::start(config).await.unwrap();
@@ -268,7 +268,7 @@ async fn the_node_serves_prometheus_metrics() {
             .await
             .unwrap();
         client.create_topic("orders", 2).await.unwrap();
-        let metrics = node.metrics_address().expect("metrics served");
+        let metrics = node.http_address().expect("metrics served");
         let page = http_get(metrics, "/metrics").await;
         assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
         assert!(page.contains("sluice_raft_leader{node=\"1\"} 1"), "{page}");

@@ -51,7 +51,7 @@ fn large_frame() -> Bytes {
 async fn metric(metrics: &str, name: &str) -> u64 {
     let mut stream = TcpStream::connect(metrics).await.expect("metrics endpoint");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut response = String::new();

@@ -146,6 +146,14 @@ pub enum ClientRequest {
         /// [`FETCH_WAIT_MS_MAX`]).
         wait_ms: u32,
     },
+    /// The chain hash this node stores at log index `index`, if it has
+    /// applied that entry and still holds it: what nodes compare to find a
+    /// peer whose log was changed (`ChainCheck` in `sluice-server`).
+    /// Answered with [`ClientResponse::ChainHash`].
+    ChainHash {
+        /// The log index (a checkpoint's).
+        index: u64,
+    },
 }
 
 /// A node's answer.
@@ -192,6 +200,9 @@ pub enum ClientResponse {
         /// Whether a retry may succeed.
         retry: bool,
     },
+    /// The answer to [`ClientRequest::ChainHash`]: the hash, or `None`
+    /// when this node has not applied that index or no longer holds it.
+    ChainHash(Option<[u8; 32]>),
 }
 
 /// The cluster as one node sees it.

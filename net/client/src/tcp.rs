@@ -989,41 +989,6 @@ impl ServerStats {
     pub fn closed_slow_frame(&self) -> u64 {
         self.closed_slow_frame.load(Ordering::Relaxed)
     }
-
-    /// The counters in Prometheus' text format.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        metric(
-            "sluice_server_connections_open",
-            "gauge",
-            "Connections the node holds.",
-            self.connections_open(),
-        );
-        metric(
-            "sluice_server_connections_refused_total",
-            "counter",
-            "Connections closed at accept: the per-node or per-address bound was reached.",
-            self.connections_refused(),
-        );
-        metric(
-            "sluice_server_connections_idle_closed_total",
-            "counter",
-            "Connections closed after the idle timeout.",
-            self.closed_idle(),
-        );
-        metric(
-            "sluice_server_connections_slow_frame_closed_total",
-            "counter",
-            "Connections closed because a frame did not arrive whole within the frame-read timeout.",
-            self.closed_slow_frame(),
-        );
-        out
-    }
 }
 
 /// What every connection of one server shares: its bounds, counters, the

@@ -3,9 +3,13 @@
 //! Raft between the nodes on the same transport.
 //!
 //! - [`node`]: [`node::ClusterNode`], one member of a replicated cluster.
-//! - [`metrics_http`]: the node's optional `GET /metrics` endpoint.
+//! - `http`: the node's optional HTTP listener: `GET /metrics` and the
+//!   audit API.
+//! - [`chain_check`]: the periodic comparison of the node's chain hash at
+//!   a checkpoint with its peers'.
 //! - `tokens`: the check of the tokens clients present over TLS.
 
-pub mod metrics_http;
+pub mod chain_check;
+mod http;
 pub mod node;
 mod tokens;

@@ -27,7 +27,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use sluice_core::bus::{Bus, BusConfig, BusError};
+use sluice_audit::KeyPair;
+use sluice_core::bus::{Bus, BusConfig, BusError, CheckpointPolicy, Signer};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
 use sluice_model::security::Principal;
@@ -44,6 +45,12 @@ use sluice_client::protocol::{
 };
 use sluice_client::tcp::{ServerConfig, TcpConfig, TcpServer, TcpTransport};
 use sluice_client::tls::{self, Tls};
+
+use crate::chain_check::ChainCheckMetrics;
+
+/// How often a node compares its chain hash at the latest checkpoint with
+/// its peers', unless configured.
+pub const CHAIN_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -77,8 +84,14 @@ pub struct NodeConfig {
     /// The size at which the log starts a new segment; retention drops
     /// whole segments.
     pub segment_size: u64,
-    /// Where to serve `GET /metrics` (Prometheus text), if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve HTTP (`GET /metrics`, the audit API), if anywhere.
+    pub http_listen: Option<SocketAddr>,
+    /// The node's SM2 key: signs checkpoints (when it leads), export
+    /// summaries and erasures. Without one the node writes no checkpoints.
+    pub signing_key: Option<Arc<KeyPair>>,
+    /// How often the node compares its chain hash at the latest checkpoint
+    /// with its peers' (`chain_check`).
+    pub chain_check_interval: Duration,
     /// The leader's heartbeat interval (see `BusConfig::heartbeat_interval`):
     /// above the round trip between nodes by a third.
     pub heartbeat_interval: Duration,
@@ -101,7 +114,9 @@ impl NodeConfig {
                 .retention_interval
                 .unwrap_or(Duration::from_secs(60)),
             segment_size: BusConfig::default().segment_size,
-            metrics_listen: None,
+            http_listen: None,
+            signing_key: None,
+            chain_check_interval: CHAIN_CHECK_INTERVAL_DEFAULT,
             heartbeat_interval: BusConfig::default().heartbeat_interval,
         }
     }
@@ -137,8 +152,9 @@ pub struct ClusterNode {
     bus: Bus,
     server: TcpServer,
     addresses: JoinHandle<()>,
-    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
     tls_watch: Option<JoinHandle<()>>,
+    chain_check: (Arc<ChainCheckMetrics>, JoinHandle<()>),
 }
 
 impl fmt::Debug for ClusterNode {
@@ -167,22 +183,29 @@ fn open_data_dir(dir: &std::path::Path) -> Result<OsDisk, NodeError> {
     }
 }
 
-/// Serves `GET /metrics` on `address`; returns where it listens and its
-/// task.
-async fn serve_metrics(
+/// Serves HTTP on `address`; returns where it listens and its task.
+async fn serve_http(
     address: SocketAddr,
+    config: &NodeConfig,
     bus: &Bus<OsEnv>,
     server: &TcpServer,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
+    chain: Arc<ChainCheckMetrics>,
+) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
     let io = |what: String| move |source| NodeError::Io { what, source };
-    let listener = crate::metrics_http::bind(address)
+    let listener = crate::http::bind(address)
         .await
-        .map_err(io(format!("cannot serve metrics on {address}")))?;
+        .map_err(io(format!("cannot serve HTTP on {address}")))?;
     let bound = listener
         .local_addr()
-        .map_err(io("metrics address".to_owned()))?;
-    let task = crate::metrics_http::serve(listener, bus.clone(), server.stats());
-    Ok((bound, task))
+        .map_err(io("HTTP address".to_owned()))?;
+    let state = crate::http::HttpState {
+        bus: bus.clone(),
+        registry: crate::http::metrics::registry(bus, server.stats(), chain),
+        data_dir: config.data_dir.clone(),
+        signing_key: config.signing_key.clone(),
+        superusers: config.superusers.clone(),
+    };
+    Ok((bound, crate::http::serve(listener, Arc::new(state))))
 }
 
 impl ClusterNode {
@@ -214,6 +237,10 @@ impl ClusterNode {
             // A node verifies producer signatures and erasure requests
             // with SM2, as an embedded bus opened through `sluice` does.
             signatures: Arc::new(sluice_audit::Sm2Signatures),
+            checkpoints: config.signing_key.clone().map(|key| {
+                let signer: Arc<dyn Signer> = key;
+                (signer, CheckpointPolicy::default())
+            }),
             ..BusConfig::default()
         };
         let bus =
@@ -231,10 +258,19 @@ impl ClusterNode {
         };
         let server = TcpServer::serve_with(listener, config.id, service, server_config)
             .map_err(io("cannot serve".to_owned()))?;
-        let metrics = match config.metrics_listen {
-            Some(address) => Some(serve_metrics(address, &bus, &server).await?),
+        let chain = Arc::new(ChainCheckMetrics::default());
+        let http = match config.http_listen {
+            Some(address) => {
+                Some(serve_http(address, &config, &bus, &server, Arc::clone(&chain)).await?)
+            }
             None => None,
         };
+        let chain_task = crate::chain_check::start(
+            bus.clone(),
+            transport.clone(),
+            config.chain_check_interval,
+            Arc::clone(&chain),
+        );
         let addresses = tokio::spawn(follow_addresses(bus.clone(), transport));
         let tls_watch = config
             .tls
@@ -250,8 +286,9 @@ impl ClusterNode {
             bus,
             server,
             addresses,
-            metrics,
+            http,
             tls_watch,
+            chain_check: (chain, chain_task),
         })
     }
 
@@ -260,9 +297,14 @@ impl ClusterNode {
         self.server.local_address()
     }
 
-    /// Where the node serves `GET /metrics`, if it does.
-    pub fn metrics_address(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(address, _)| *address)
+    /// Where the node serves HTTP, if it does.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(address, _)| *address)
+    }
+
+    /// What the chain check found.
+    pub fn chain_check(&self) -> &ChainCheckMetrics {
+        &self.chain_check.0
     }
 
     /// The node's bus (its Raft handle, state and log).
@@ -294,9 +336,10 @@ impl ClusterNode {
         if let Some(task) = self.tls_watch {
             task.abort();
         }
-        if let Some((_, task)) = self.metrics {
+        if let Some((_, task)) = self.http {
             task.abort();
         }
+        self.chain_check.1.abort();
         self.bus.close().await
     }
 }
@@ -401,6 +444,7 @@ impl NodeService {
             } => Ok(ClientResponse::Committed(
                 self.bus.committed(&group, &topic, partition),
             )),
+            ClientRequest::ChainHash { index } => crate::chain_check::answer(&self.bus, index),
         };
         result.unwrap_or_else(|error| refusal(&self.bus, error))
     }

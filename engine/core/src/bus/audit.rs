@@ -13,7 +13,7 @@
 //! a leader change later removes).
 
 use crate::io::Env;
-use sluice_model::constants::CHECKPOINT_TICK_MAX;
+use sluice_model::constants::{CHECKPOINT_SCAN_ENTRIES_MAX, CHECKPOINT_TICK_MAX};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -170,6 +170,57 @@ impl<E: Env> Bus<E> {
             .await
             .map_err(BusError::raft)?;
         Ok((erasure, written.log_id.index))
+    }
+
+    /// The last applied index and the chain hash stored there: what this
+    /// node vouches for (applied entries are committed and stay).
+    pub fn applied_chain_head(&self) -> Result<(u64, Hash), BusError> {
+        let inner = self.inner();
+        let index = inner.view.applied().borrow_watched().index;
+        Ok((index, inner.reader.chain_hash_at(index)?))
+    }
+
+    /// The chain hash stored at `index`, if this node has applied that
+    /// entry and still holds it; `None` otherwise (not applied yet, or
+    /// dropped by retention). What peers compare (`ChainCheck` in
+    /// `sluice-server`).
+    pub fn applied_chain_hash(&self, index: u64) -> Result<Option<Hash>, BusError> {
+        let inner = self.inner();
+        let applied = inner.view.applied().borrow_watched().index;
+        let (first, next) = inner.reader.bounds();
+        if index > applied || index < first || index >= next {
+            return Ok(None);
+        }
+        Ok(Some(inner.reader.chain_hash_at(index)?))
+    }
+
+    /// The checkpoints among the applied entries `start..end` (at most
+    /// [`CHECKPOINT_SCAN_ENTRIES_MAX`] of them are read: the last ones),
+    /// with the index of the entry that holds each, in log order. Entries
+    /// retention dropped are skipped.
+    pub fn applied_checkpoints(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, Checkpoint)>, BusError> {
+        let inner = self.inner();
+        let applied = inner.view.applied().borrow_watched().index;
+        let end = end.min(applied + 1);
+        let start = start.max(end.saturating_sub(CHECKPOINT_SCAN_ENTRIES_MAX));
+        let mut records = Vec::new();
+        inner.reader.read_records(start, end, &mut records)?;
+        let mut checkpoints = Vec::new();
+        for record in &records {
+            let Ok(entry) = crate::raft::codec::decode(record) else {
+                continue;
+            };
+            if let openraft::EntryPayload::Normal(command) = entry.payload {
+                if let Op::Checkpoint(checkpoint) = command.op.applied() {
+                    checkpoints.push((record.index, checkpoint.clone()));
+                }
+            }
+        }
+        Ok(checkpoints)
     }
 
     /// Signs a checkpoint whenever `policy` says one is due, until every

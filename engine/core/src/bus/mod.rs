@@ -47,6 +47,7 @@ pub use audit::{
 };
 pub use consumer::{Consumer, Delivery, Transaction};
 pub use error::BusError;
+pub use metrics::{BusCollector, encode_gauge};
 pub use producer::{Message, PendingReceipt, Producer, Receipt};
 
 /// How a bus is opened.

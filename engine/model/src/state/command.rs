@@ -219,6 +219,22 @@ impl fmt::Display for Command {
     }
 }
 
+impl Op {
+    /// The operation this entry applies: the one an admin entry carries
+    /// (`Op::Admin { action: AdminAction::Apply(op), .. }`), else itself.
+    /// Readers of the log (the verifier, the export, the chain check) see
+    /// an erasure or a checkpoint through it wherever it was recorded.
+    pub fn applied(&self) -> &Op {
+        match self {
+            Op::Admin {
+                action: AdminAction::Apply(op),
+                ..
+            } => op,
+            op => op,
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -16,7 +16,7 @@ use sluice_core::log::{Corruption, Error as LogError, Log, Options, RecoveryMode
 use sluice_core::raft::Durability;
 use sluice_model::constants::SEGMENT_SIZE_DEFAULT;
 use sluice_model::security::Principal;
-use sluice_server::node::{ClusterNode, NodeConfig, NodeError};
+use sluice_server::node::{CHAIN_CHECK_INTERVAL_DEFAULT, ClusterNode, NodeConfig, NodeError};
 
 use super::{Outcome, load_secret, load_tls, runtime};
 
@@ -59,9 +59,23 @@ pub(crate) struct Args {
     /// the network can read the traffic).
     #[arg(long)]
     insecure: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<SocketAddr>,
+    /// Serve HTTP on ADDR: Prometheus metrics at /metrics and the audit
+    /// API at /api/ (net/OPERATIONS.md). `--metrics-listen` is an alias.
+    #[arg(long, value_name = "ADDR", alias = "metrics-listen")]
+    http_listen: Option<SocketAddr>,
+    /// The node's SM2 secret key (PKCS#8 PEM, made by `sluice keys gen`):
+    /// it signs checkpoints of the hash chain while it leads, export
+    /// summaries and erasures. Without it the node writes no checkpoints.
+    #[arg(long, value_name = "PEM", env = "SLUICE_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// The signing key's distinguishing id.
+    #[arg(long, default_value = sluice_audit::keys::DISTID_DEFAULT, value_name = "ID")]
+    signing_distid: String,
+    /// How often the node compares its chain hash at the latest signed
+    /// checkpoint with its peers' (a divergence raises
+    /// sluice_chain_divergent and logs an error).
+    #[arg(long, default_value_t = millis(CHAIN_CHECK_INTERVAL_DEFAULT), value_name = "MS")]
+    chain_check_interval_ms: u64,
     /// The leader's heartbeat interval in milliseconds; across data
     /// centres, above the round trip by a third (elections take 3 to 6
     /// intervals). Use the same value on every node.
@@ -161,7 +175,9 @@ pub(crate) fn run(args: Args) -> Outcome {
         } else {
             Durability::Sync
         },
-        metrics_listen: args.metrics_listen,
+        http_listen: args.http_listen,
+        signing_key: signing_key(args.signing_key.as_deref(), &args.signing_distid)?,
+        chain_check_interval: Duration::from_millis(args.chain_check_interval_ms.max(1)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(1)),
         server: ServerConfig {
             connections_max: args.bounds.connections_max,
@@ -217,6 +233,28 @@ pub(crate) fn run(args: Args) -> Outcome {
             }
         }
     })
+}
+
+/// The node's signing key, read from `path` if given.
+fn signing_key(
+    path: Option<&Path>,
+    distid: &str,
+) -> Result<Option<Arc<sluice_audit::KeyPair>>, Box<dyn std::error::Error>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).map_err(|error| {
+        format!(
+            "cannot read the signing key {}: {error}; make one with `sluice keys gen`",
+            path.display()
+        )
+    })?;
+    let key = sluice_audit::KeyPair::from_pem(&pem, distid, &path.display().to_string())?;
+    info!(
+        key = %sluice_audit::keys::fingerprint(&key.public_key()),
+        "signing checkpoints, export summaries and erasures"
+    );
+    Ok(Some(Arc::new(key)))
 }
 
 /// Opens the log in `data_dir` with [`RecoveryMode::Repair`], which cuts it

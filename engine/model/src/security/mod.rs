@@ -32,8 +32,6 @@ use serde::{Deserialize, Serialize};
 pub use acl::{Acls, NamePattern, ResourcePattern, Rule, RuleError};
 pub use token::{TOKEN_PREFIX, Token, TokenError, TokenRecord};
 
-use crate::transport::NodeId;
-
 /// An authenticated identity: a user or service (by its certificate's
 /// name or its token's owner) or a node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -41,9 +39,9 @@ pub enum Principal {
     /// A client: a certificate's common name, or the owner named when its
     /// token was created.
     User(Arc<str>),
-    /// A node, authenticated by its node certificate (or, without TLS, by
-    /// the cluster secret).
-    Node(NodeId),
+    /// A node (its `transport::NodeId`), authenticated by its node
+    /// certificate (or, without TLS, by the cluster secret).
+    Node(u64),
     /// Nobody: a connection to a node started with `--insecure` and no
     /// cluster secret. Only a node that names it a superuser lets it in.
     Anonymous,

@@ -1,5 +1,4 @@
 use super::*;
-use crate::state::{AdminAction, Command, Op, Response, State, StateError};
 
 fn rule(principal: &str, resource: &str, operation: &str, effect: &str) -> Rule {
     Rule::parse(principal, resource, operation, effect).unwrap()
@@ -304,66 +303,4 @@ fn the_index_agrees_with_a_scan_of_the_rules() {
             }
         }
     }
-}
-
-#[test]
-fn admin_entries_apply_their_action_and_refuse_other_operations() {
-    let mut state = State::new();
-    let admin = |action| Command {
-        timestamp_ms: 1,
-        op: Op::Admin {
-            principal: Principal::user("root"),
-            action,
-        },
-    };
-    let add = admin(AdminAction::Security(SecurityOp::AddRule(rule(
-        "alice", "cluster", "admin", "allow",
-    ))));
-    assert_eq!(state.apply(1, &add), Response::Ok);
-    assert_eq!(state.security().acls().len(), 1);
-    let create = admin(AdminAction::Apply(Box::new(Op::CreateTopic {
-        name: "orders".into(),
-        partitions: 2,
-        config: Default::default(),
-    })));
-    assert_eq!(state.apply(2, &create), Response::TopicCreated);
-    assert_eq!(state.topics().count(), 1);
-    let smuggled = admin(AdminAction::Apply(Box::new(Op::Noop)));
-    assert_eq!(
-        state.apply(3, &smuggled),
-        Response::Error(StateError::NotAdmin)
-    );
-    assert_eq!(
-        add.to_string(),
-        "User:root: add rule User:alice cluster admin allow"
-    );
-}
-
-#[test]
-fn security_survives_a_snapshot_and_a_version_2_snapshot_restores_without_it() {
-    let mut state = State::new();
-    let add = Command {
-        timestamp_ms: 1,
-        op: Op::Admin {
-            principal: Principal::user("root"),
-            action: AdminAction::Security(SecurityOp::AddRule(rule(
-                "*", "topic:*", "consume", "allow",
-            ))),
-        },
-    };
-    state.apply(1, &add);
-    let restored = State::restore(&state.snapshot()).unwrap();
-    assert_eq!(restored.security(), state.security());
-    assert_eq!(restored.security().acls().len(), 1);
-
-    // A version 2 snapshot: the state alone.
-    let mut old = vec![2, 0, 0, 0, 0];
-    old = postcard::to_extend(&State::new(), old).unwrap();
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&old[..1]);
-    hasher.update(&old[5..]);
-    let checksum = hasher.finalize();
-    old[1..5].copy_from_slice(&checksum.to_le_bytes());
-    let restored = State::restore(&old).unwrap();
-    assert!(restored.security().acls().is_empty());
 }

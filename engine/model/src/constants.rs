@@ -186,6 +186,10 @@ pub const WIRE_FRAME_SIZE_MAX: usize = 16 * 1024 * 1024;
 /// handshake and the token that may follow it.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a listener pauses after `accept` fails (out of file
+/// descriptors, say) before it tries again.
+pub const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// The largest body of a token frame (a client's token after the TLS
 /// handshake): a token is 94 bytes.
 pub const TOKEN_FRAME_BODY_MAX: usize = 128;

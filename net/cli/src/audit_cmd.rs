@@ -234,17 +234,24 @@ pub(crate) struct OnlineArgs {
     /// How long a request may take, in seconds.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     timeout: u64,
+    /// A directory made by `sluice certs`: HTTPS, trusting its `ca.pem`
+    /// and presenting its client certificate if it has one.
+    #[arg(long, env = "SLUICE_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 impl OnlineArgs {
-    fn api(&self) -> Option<crate::audit_http::Api> {
-        let cluster = self.cluster.as_deref()?;
+    fn api(&self) -> Result<Option<crate::audit_http::Api>, Box<dyn std::error::Error>> {
+        let Some(cluster) = self.cluster.as_deref() else {
+            return Ok(None);
+        };
         let timeout = std::time::Duration::from_secs(self.timeout.max(1));
-        Some(crate::audit_http::Api::new(
+        Ok(Some(crate::audit_http::Api::new(
             cluster,
             self.token.clone(),
             timeout,
-        ))
+            self.tls_dir.as_deref(),
+        )?))
     }
 }
 
@@ -273,7 +280,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            if let Some(api) = online.api() {
+            if let Some(api) = online.api()? {
                 let params = [
                     ("subject", query.subject.clone()),
                     ("from", query.from_ms.to_string()),
@@ -306,7 +313,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
             key,
             distid,
         } => {
-            if let Some(api) = online.api() {
+            if let Some(api) = online.api()? {
                 return api.erase(&subject, &reason);
             }
             let key = key.ok_or("an offline erasure needs --key PEM to sign with")?;

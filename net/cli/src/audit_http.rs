@@ -10,11 +10,16 @@
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use ureq::Agent;
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+
+use sluice_client::tls::{TlsFiles, provider};
 
 use sluice_audit::keys;
 use sluice_audit::summary::{self, CheckedSummary};
@@ -24,28 +29,43 @@ pub(crate) struct Api {
     addresses: Vec<String>,
     token: Option<String>,
     agent: Agent,
+    /// `https` with TLS material, else `http`.
+    scheme: &'static str,
 }
 
 impl Api {
     /// The nodes at `addresses` (HOST:PORT, comma-separated), with a
-    /// bearer token if given; each request may take `timeout`.
-    pub(crate) fn new(addresses: &str, token: Option<String>, timeout: Duration) -> Api {
+    /// bearer token if given; each request may take `timeout`. With a TLS
+    /// directory (`sluice certs`), over HTTPS: the nodes' certificates
+    /// must chain to its `ca.pem`, and its client certificate, if any, is
+    /// presented.
+    pub(crate) fn new(
+        addresses: &str,
+        token: Option<String>,
+        timeout: Duration,
+        tls_dir: Option<&Path>,
+    ) -> Result<Api, Box<dyn Error>> {
         let addresses = addresses
             .split(',')
             .map(str::trim)
             .filter(|address| !address.is_empty())
             .map(str::to_owned)
             .collect();
-        let config = Agent::config_builder()
+        let mut config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(timeout))
-            .build();
-        Api {
+            .timeout_global(Some(timeout));
+        let mut scheme = "http";
+        if let Some(dir) = tls_dir {
+            config = config.tls_config(tls_config(dir)?);
+            scheme = "https";
+        }
+        Ok(Api {
             addresses,
             token,
-            agent: config.into(),
-        }
+            agent: config.build().into(),
+            scheme,
+        })
     }
 
     fn authorization(&self) -> Option<String> {
@@ -63,7 +83,10 @@ impl Api {
     ) -> Result<ExitCode, Box<dyn Error>> {
         let mut failures = Vec::new();
         for address in &self.addresses {
-            let mut request = self.agent.get(format!("http://{address}/api/audit/export"));
+            let scheme = self.scheme;
+            let mut request = self
+                .agent
+                .get(format!("{scheme}://{address}/api/audit/export"));
             for (name, value) in &query {
                 request = request.query(name, value);
             }
@@ -98,7 +121,11 @@ impl Api {
     pub(crate) fn erase(&self, subject: &str, reason: &str) -> Result<ExitCode, Box<dyn Error>> {
         let mut failures = Vec::new();
         for address in &self.addresses {
-            let url = format!("http://{address}/api/subjects/{}", path_segment(subject));
+            let url = format!(
+                "{}://{address}/api/subjects/{}",
+                self.scheme,
+                path_segment(subject)
+            );
             let mut request = self.agent.delete(url).query("reason", reason);
             if let Some(value) = self.authorization() {
                 request = request.header("Authorization", value);
@@ -201,6 +228,43 @@ fn path_segment(text: &str) -> String {
         }
     }
     out
+}
+
+/// HTTPS with the material of a `sluice certs` directory: its CA as the
+/// only root, its client certificate (if any) presented, ring as the
+/// crypto provider (as on the client port).
+fn tls_config(dir: &Path) -> Result<TlsConfig, Box<dyn Error>> {
+    let files = TlsFiles::client(dir);
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+    };
+    let certificates = |path: &Path| -> Result<Vec<Certificate<'static>>, Box<dyn Error>> {
+        let pem = read(path)?;
+        let mut certificates = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let ureq::tls::PemItem::Certificate(certificate) =
+                item.map_err(|error| format!("{}: {error}", path.display()))?
+            {
+                certificates.push(certificate);
+            }
+        }
+        if certificates.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()).into());
+        }
+        Ok(certificates)
+    };
+    let roots = certificates(&files.ca)?;
+    let mut builder = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(provider())
+        .root_certs(RootCerts::Specific(Arc::new(roots)));
+    if let Some((cert, key)) = &files.identity {
+        let chain = certificates(cert)?;
+        let key = PrivateKey::from_pem(&read(key)?)
+            .map_err(|error| format!("{}: {error}", key.display()))?;
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(builder.build())
 }
 
 #[cfg(test)]

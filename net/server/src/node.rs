@@ -204,6 +204,7 @@ async fn serve_http(
         data_dir: config.data_dir.clone(),
         signing_key: config.signing_key.clone(),
         superusers: config.superusers.clone(),
+        tls: config.tls.clone(),
     };
     Ok((bound, crate::http::serve(listener, Arc::new(state))))
 }

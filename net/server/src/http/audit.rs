@@ -20,6 +20,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -41,7 +42,7 @@ use sluice_model::security::Operation;
 use sluice_model::state::{AdminAction, Op, Response as StateResponse};
 
 use super::HttpState;
-use super::auth::authorize;
+use super::auth::{CertificatePrincipal, authorize};
 
 /// The export's query string.
 #[derive(Debug, Deserialize)]
@@ -73,10 +74,12 @@ type Chunk = Result<Bytes, String>;
 
 pub(crate) async fn export(
     State(state): State<Arc<HttpState>>,
+    certificate: Option<Extension<CertificatePrincipal>>,
     headers: HeaderMap,
     Query(params): Query<ExportParams>,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers, Operation::AuditExport) {
+    let certificate = certificate.map(|Extension(principal)| principal);
+    if let Err(refusal) = authorize(&state, certificate, &headers, Operation::AuditExport) {
         return refusal.into_response();
     }
     let query = match params.query() {
@@ -218,11 +221,13 @@ pub(crate) struct EraseParams {
 
 pub(crate) async fn erase(
     State(state): State<Arc<HttpState>>,
+    certificate: Option<Extension<CertificatePrincipal>>,
     headers: HeaderMap,
     Path(subject): Path<String>,
     Query(params): Query<EraseParams>,
 ) -> Response {
-    let principal = match authorize(&state, &headers, Operation::Erase) {
+    let certificate = certificate.map(|Extension(principal)| principal);
+    let principal = match authorize(&state, certificate, &headers, Operation::Erase) {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };

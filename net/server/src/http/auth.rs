@@ -3,8 +3,9 @@
 //!
 //! A request with `Authorization: Bearer sluice-token.ID.SECRET` is the
 //! token's owner (`User:NAME`), if the token's record exists, is not
-//! revoked and verifies the secret; a request without credentials is
-//! `Anonymous`. Anything else is refused with 401. The principal then
+//! revoked and verifies the secret; else a request over HTTPS with a
+//! client certificate is the certificate's principal; a request without
+//! credentials is `Anonymous`. Anything else is refused with 401. The principal then
 //! passes if it is one of the node's superusers, or if the replicated
 //! rules allow the operation on the audit trail; otherwise 403.
 
@@ -16,6 +17,11 @@ use serde_json::json;
 use sluice_model::security::{Access, Denied, Operation, Principal, Resource, Token};
 
 use super::HttpState;
+
+/// The principal a connection's verified client certificate names (a
+/// request extension on HTTPS connections that presented one).
+#[derive(Debug, Clone)]
+pub(crate) struct CertificatePrincipal(pub(crate) Principal);
 
 /// A refused request: 401 or 403, with a JSON body.
 #[derive(Debug)]
@@ -65,10 +71,11 @@ impl IntoResponse for Refusal {
 /// trail.
 pub(crate) fn authorize(
     state: &HttpState,
+    certificate: Option<CertificatePrincipal>,
     headers: &HeaderMap,
     operation: Operation,
 ) -> Result<Principal, Refusal> {
-    let principal = principal(state, headers)
+    let principal = principal(state, certificate, headers)
         .map_err(|reason| Refusal::Unauthenticated { operation, reason })?;
     if state.superusers.contains(&principal) {
         return Ok(principal);
@@ -87,9 +94,13 @@ pub(crate) fn authorize(
 }
 
 /// Who the request's credentials name; why not, if they name nobody.
-fn principal(state: &HttpState, headers: &HeaderMap) -> Result<Principal, String> {
+fn principal(
+    state: &HttpState,
+    certificate: Option<CertificatePrincipal>,
+    headers: &HeaderMap,
+) -> Result<Principal, String> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(Principal::Anonymous);
+        return Ok(certificate.map_or(Principal::Anonymous, |CertificatePrincipal(p)| p));
     };
     let value = value
         .to_str()

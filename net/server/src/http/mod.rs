@@ -10,9 +10,13 @@
 //! - `DELETE /api/subjects/{id}?reason=…`: commits a signed erasure of
 //!   the subject and answers with its record ([`audit`]).
 //!
+//! A node with TLS material (`--tls-dir`) serves HTTPS only, with the
+//! same certificates and reloads as its client port; a client certificate
+//! is optional, and names the principal when no token does.
+//!
 //! The audit API is under the audit ACLs ([`auth`]): a bearer token
-//! (`Authorization: Bearer sluice-token.…`) names the principal, no
-//! credentials is `Anonymous`; superusers pass, anyone else needs a rule
+//! (`Authorization: Bearer sluice-token.…`) or else the client certificate
+//! names the principal, no credentials is `Anonymous`; superusers pass, anyone else needs a rule
 //! allowing `audit-export` or `erase` on `audit`. Refusals are 401 (who
 //! are you?) or 403 (not you), with a JSON body naming the principal, the
 //! operation and the resource.
@@ -26,16 +30,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::routing::{delete, get};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tracing::warn;
 
 use sluice_audit::KeyPair;
+use sluice_client::tls::{Tls, principal_of};
 use sluice_core::bus::Bus;
+use sluice_model::constants::{ACCEPT_RETRY_DELAY, AUTH_TIMEOUT};
 use sluice_model::security::Principal;
+
+use auth::CertificatePrincipal;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -49,6 +62,8 @@ pub(crate) struct HttpState {
     pub(crate) signing_key: Option<Arc<KeyPair>>,
     /// Principals that pass every check.
     pub(crate) superusers: Vec<Principal>,
+    /// The node's TLS material: HTTPS only, when it has some.
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 /// Binds `address` for [`serve`].
@@ -63,14 +78,77 @@ pub(crate) async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves the routes on `listener` until the task is aborted.
 pub(crate) fn serve(listener: TcpListener, state: Arc<HttpState>) -> JoinHandle<()> {
+    let tls = state.tls.clone();
     let router = Router::new()
         .route("/metrics", get(metrics::get))
         .route("/api/audit/export", get(audit::export))
         .route("/api/subjects/{id}", delete(audit::erase))
         .with_state(state);
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            warn!(%error, "the HTTP listener stopped");
+        match tls {
+            Some(tls) => serve_tls(listener, router, tls).await,
+            None => {
+                if let Err(error) = axum::serve(listener, router).await {
+                    warn!(%error, "the HTTP listener stopped");
+                }
+            }
         }
     })
+}
+
+/// HTTPS: each connection's handshake uses the material current when it
+/// is accepted (so a reload applies to the next connection), and a
+/// verified client certificate's principal rides on its requests.
+async fn serve_tls(listener: TcpListener, router: Router, tls: Arc<Tls>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: pause, go on.
+                warn!(%error, "the HTTPS listener could not accept a connection");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let Some(config) = tls.server_config() else {
+            warn!("the HTTPS listener has no certificate of its own; it stops");
+            return;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let handshake = TlsAcceptor::from(config).accept(stream);
+            let stream = match tokio::time::timeout(AUTH_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    warn!(%peer, %error, "an HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, "an HTTPS handshake did not finish in time");
+                    return;
+                }
+            };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(principal_of);
+            let router = match certificate {
+                None => router,
+                Some(Ok(principal)) => router.layer(Extension(CertificatePrincipal(principal))),
+                Some(Err(reason)) => {
+                    warn!(%peer, %reason, "an HTTPS client certificate names no principal");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(router);
+            let served = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "an HTTPS connection ended with an error");
+            }
+        });
+    }
 }

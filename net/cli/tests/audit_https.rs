@@ -116,3 +116,30 @@ fn the_http_listener_is_https_and_knows_callers_by_certificate() {
         "{refusal}"
     );
 }
+
+#[test]
+fn a_plaintext_http_listener_beyond_loopback_is_refused_without_insecure() {
+    let root = tempfile::tempdir().unwrap();
+    let listen = free_address();
+    let port = free_address().rsplit(':').next().unwrap().to_owned();
+    let http = format!("0.0.0.0:{port}");
+    let dir = root.path().join("node-1");
+    let args = [
+        "node",
+        "--id",
+        "1",
+        "--listen",
+        &listen,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--http-listen",
+        &http,
+    ];
+    let refused = sluice(&args, None);
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("refusing to listen on {http} without TLS")),
+        "{stderr}"
+    );
+}

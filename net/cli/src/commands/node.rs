@@ -143,15 +143,17 @@ const fn millis(duration: Duration) -> u64 {
 
 pub(crate) fn run(args: Args) -> Outcome {
     let secret = load_secret(args.secret_file.as_deref())?;
-    if args.tls_dir.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
-        return Err(format!(
-            "refusing to listen on {} without TLS: anyone on the network could read the \
-             traffic, and without a cluster secret read and write the cluster. Pass --tls-dir \
-             DIR (certificates from `sluice certs --dir DIR --nodes ...`), or --insecure if \
-             the network is private",
-            args.listen
-        )
-        .into());
+    let listens = std::iter::once(args.listen).chain(args.http_listen);
+    for address in listens {
+        if args.tls_dir.is_none() && !address.ip().is_loopback() && !args.insecure {
+            return Err(format!(
+                "refusing to listen on {address} without TLS: anyone on the network could read \
+                 the traffic (tokens included), and without a cluster secret read and write the \
+                 cluster. Pass --tls-dir DIR (certificates from `sluice certs --dir DIR --nodes \
+                 ...`), or --insecure if the network is private"
+            )
+            .into());
+        }
     }
     let tls = args
         .tls_dir

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use sluice_client::client::{Client, ClientConfig};
-use sluice_client::tls::{Tls, TlsFiles};
 use sluice_client::protocol::{ClientRequest, ClientResponse};
+use sluice_client::tls::{Tls, TlsFiles};
 use sluice_core::raft::Durability;
 use sluice_server::node::{ClusterNode, NodeConfig};
 

@@ -354,9 +354,7 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f
 /// For `--tls compare`: each row's TLS run against the plain run just
 /// before it, as ratios.
 fn print_comparison(rows: &[Row]) {
-    println!(
-        "\n| nodes | load | durability | round | TLS / plain events/s | TLS / plain p99 |"
-    );
+    println!("\n| nodes | load | durability | round | TLS / plain events/s | TLS / plain p99 |");
     println!("|---:|---|---|---:|---:|---:|");
     for pair in rows.windows(2) {
         let [plain, tls] = pair else { continue };

@@ -10,6 +10,11 @@
 //! `--only "1 node, 16 producers"` runs only the rows whose description
 //! (`{nodes} node(s), {load}, {durability}`) contains the text.
 //!
+//! `--tls on` secures every connection (clients and nodes) with TLS and
+//! certificates made for the run; `--tls compare` runs each row plain and
+//! with TLS, alternating, `--rounds` times (2 by default), and prints the
+//! ratios TLS / plain of each pair.
+//!
 //! Loads:
 //! - closed loop: 16 producers, each publishing one event per request and
 //!   awaiting it;
@@ -35,6 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use sluice_benches::cluster::Transport;
 use sluice_benches::{ReportArgs, RowFilter, bench_root, latency_histogram, probe};
 use sluice_client::client::RemoteProducer;
 use sluice_client::protocol::PublishOutcome;
@@ -52,6 +58,9 @@ enum Load {
 #[derive(Debug, serde::Serialize)]
 struct Row {
     nodes: u64,
+    transport: Transport,
+    /// Which alternation of `--tls compare` (0 otherwise).
+    round: u32,
     load: Load,
     durability: &'static str,
     events: u64,
@@ -77,13 +86,38 @@ struct Args {
     report: ReportArgs,
     #[command(flatten)]
     filter: RowFilter,
+    /// Plain TCP (off), TLS on every connection (on), or each row both
+    /// ways, alternating (compare).
+    #[arg(long, value_enum, default_value = "off")]
+    tls: TlsMode,
+    /// With `--tls compare`: how many plain/TLS pairs per row.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    Off,
+    On,
+    Compare,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
     let Args {
         report: args,
         filter,
+        tls,
+        rounds,
     } = Args::parse();
+    // Each configuration, in the order run: alternating when comparing, so
+    // that a change in the shared machine's load falls on both.
+    let variants: Vec<(Transport, u32)> = match tls {
+        TlsMode::Off => vec![(Transport::Plain, 0)],
+        TlsMode::On => vec![(Transport::Tls, 0)],
+        TlsMode::Compare => (0..rounds.max(1))
+            .flat_map(|round| [(Transport::Plain, round), (Transport::Tls, round)])
+            .collect(),
+    };
     let root = bench_root()?;
     let seconds = if args.quick { 1.0 } else { 4.0 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,8 +139,17 @@ fn main() -> Result<(), Box<dyn Error>> {
                 if !filter.wants(&describe(nodes, load, durability)) {
                     continue;
                 }
-                let row = runtime.block_on(run(&root, nodes, load, durability, seconds));
-                rows.push(row.map_err(|e| e.to_string())?);
+                for &(transport, round) in &variants {
+                    let config = Config {
+                        nodes,
+                        load,
+                        durability,
+                        transport,
+                        round,
+                    };
+                    let row = runtime.block_on(run(&root, config, seconds));
+                    rows.push(row.map_err(|e| e.to_string())?);
+                }
             }
         }
     }
@@ -128,18 +171,33 @@ fn main() -> Result<(), Box<dyn Error>> {
     } else {
         let overwrite = (overwrite_p50_us, overwrite_p99_us);
         print_table(&rows, fsync_p50_us, fsync_p99_us, overwrite);
+        if tls == TlsMode::Compare {
+            print_comparison(&rows);
+        }
     }
     Ok(())
 }
 
-async fn run(
-    root: &std::path::Path,
+/// One row's configuration.
+#[derive(Debug, Clone, Copy)]
+struct Config {
     nodes: u64,
     load: Load,
     durability: Durability,
-    seconds: f64,
-) -> Outcome<Row> {
-    let (_dir, members, client) = sluice_benches::cluster::start(root, nodes, durability).await?;
+    transport: Transport,
+    round: u32,
+}
+
+async fn run(root: &std::path::Path, config: Config, seconds: f64) -> Outcome<Row> {
+    let Config {
+        nodes,
+        load,
+        durability,
+        transport,
+        round,
+    } = config;
+    let (_dir, members, client) =
+        sluice_benches::cluster::start_with(root, nodes, durability, transport).await?;
     client.create_topic(TOPIC, PARTITIONS).await?;
     let warmup_s = sluice_benches::cluster::warm_up(&client, &members, TOPIC).await?;
     let histogram = Arc::new(Mutex::new(latency_histogram()));
@@ -176,6 +234,8 @@ async fn run(
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Row {
         nodes,
+        transport,
+        round,
         load,
         durability: match durability {
             Durability::Sync => "durable",
@@ -256,21 +316,27 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f
         "disk fdatasync after a 4 KiB overwrite in a written file: p50 {overwrite_p50_us:.0} µs, p99 {overwrite_p99_us:.0} µs\n"
     );
     println!(
-        "| nodes | load | durability | events/s | vs 1 node | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 | p99 / overwrite fsync p99 | warm-up s |"
+        "| nodes | load | durability | transport | events/s | vs 1 node | p50 µs | p99 µs | p99.9 µs | p99 / fsync p99 | p99 / overwrite fsync p99 | warm-up s |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let load = describe_load(row.load);
         let single = rows
             .iter()
             .find(|r| {
                 r.nodes == 1
+                    && r.transport == row.transport
+                    && r.round == row.round
                     && r.durability == row.durability
                     && std::mem::discriminant(&r.load) == std::mem::discriminant(&row.load)
             })
             .map_or(f64::NAN, |r| row.events_per_sec / r.events_per_sec);
+        let transport = match row.transport {
+            Transport::Plain => "plain",
+            Transport::Tls => "TLS",
+        };
         println!(
-            "| {} | {load} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {load} | {} | {transport} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
             row.nodes,
             row.durability,
             row.events_per_sec,
@@ -281,6 +347,34 @@ fn print_table(rows: &[Row], fsync_p50_us: f64, fsync_p99_us: f64, overwrite: (f
             row.p99_us / fsync_p99_us,
             row.p99_us / overwrite_p99_us,
             row.warmup_s
+        );
+    }
+}
+
+/// For `--tls compare`: each row's TLS run against the plain run just
+/// before it, as ratios.
+fn print_comparison(rows: &[Row]) {
+    println!("\n| nodes | load | durability | round | TLS / plain events/s | TLS / plain p99 |");
+    println!("|---:|---|---|---:|---:|---:|");
+    for pair in rows.windows(2) {
+        let [plain, tls] = pair else { continue };
+        let same = plain.transport == Transport::Plain
+            && tls.transport == Transport::Tls
+            && plain.round == tls.round
+            && plain.nodes == tls.nodes
+            && plain.durability == tls.durability
+            && std::mem::discriminant(&plain.load) == std::mem::discriminant(&tls.load);
+        if !same {
+            continue;
+        }
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} |",
+            tls.nodes,
+            describe_load(tls.load),
+            tls.durability,
+            tls.round + 1,
+            tls.events_per_sec / plain.events_per_sec,
+            tls.p99_us / plain.p99_us
         );
     }
 }

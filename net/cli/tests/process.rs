@@ -1,7 +1,8 @@
 //! A 3-node cluster of real `sluice node` processes on loopback, driven by
-//! the CLI exactly as an operator would: init, create a topic, publish,
-//! kill -9 the leader, publish again, tail everything back. Every
-//! acknowledged line must come back exactly once.
+//! the CLI exactly as an operator would, with TLS on (`sluice certs`, then
+//! `--tls-dir` everywhere): init, create a topic, publish, kill -9 the
+//! leader, publish again, tail everything back. Every acknowledged line
+//! must come back exactly once.
 
 mod common;
 
@@ -11,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SLUICE, sluice, text};
+use common::{SLUICE, sluice, sluice_ok, sluice_with_env, text};
 
 /// Kills every node it started when dropped, also on a failed assertion.
 struct Nodes {
     root: tempfile::TempDir,
+    /// The CA and certificates every node and command uses.
+    certs: PathBuf,
     children: HashMap<u64, Child>,
     addresses: HashMap<u64, String>,
 }
@@ -32,8 +35,13 @@ impl Drop for Nodes {
 impl Nodes {
     fn start(ids: &[u64]) -> Nodes {
         let root = tempfile::tempdir().expect("tempdir");
+        let certs = root.path().join("certs");
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let dir = certs.to_str().expect("UTF-8 path");
+        sluice_ok(&["certs", "--dir", dir, "--nodes", &list.join(",")], None);
         let mut nodes = Nodes {
             root,
+            certs,
             children: HashMap::new(),
             addresses: HashMap::new(),
         };
@@ -61,6 +69,8 @@ impl Nodes {
             .arg(&self.addresses[&id])
             .arg("--data-dir")
             .arg(self.dir(id))
+            .arg("--tls-dir")
+            .arg(&self.certs)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -82,6 +92,11 @@ impl Nodes {
         list.join(",")
     }
 
+    /// `sluice ARGS` as the client `admin` of this cluster.
+    fn sluice(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        sluice_with_env(args, stdin, &[("SLUICE_TLS_DIR", &self.certs)])
+    }
+
     fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.root.path().join(format!("node-{id}.log"))).unwrap_or_default()
     }
@@ -92,8 +107,8 @@ fn lines(from: usize, to: usize) -> String {
 }
 
 /// The leader's id, from `cluster status --json`.
-fn leader(cluster: &str) -> Option<u64> {
-    let output = sluice(&["cluster", "status", "--cluster", cluster, "--json"], None);
+fn leader(nodes: &Nodes, cluster: &str) -> Option<u64> {
+    let output = nodes.sluice(&["cluster", "status", "--cluster", cluster, "--json"], None);
     text(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -112,7 +127,7 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
     // The nodes need a moment to listen.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let init = sluice(&["cluster", "init", "--nodes", &members], None);
+        let init = nodes.sluice(&["cluster", "init", "--nodes", &members], None);
         if init.status.success() {
             break;
         }
@@ -124,7 +139,7 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let created = sluice(
+    let created = nodes.sluice(
         &[
             "topics",
             "create",
@@ -138,7 +153,7 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
     );
     assert!(created.status.success(), "{}", text(&created.stderr));
 
-    let published = sluice(
+    let published = nodes.sluice(
         &["publish", "orders", "--cluster", &cluster],
         Some(lines(0, 500).as_bytes()),
     );
@@ -148,10 +163,10 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
         "500 of 500 events acknowledged"
     );
 
-    let first = leader(&cluster).expect("a leader");
+    let first = leader(&nodes, &cluster).expect("a leader");
     nodes.kill(first);
 
-    let published = sluice(
+    let published = nodes.sluice(
         &["publish", "orders", "--cluster", &cluster, "--batch", "50"],
         Some(lines(500, 1000).as_bytes()),
     );
@@ -164,10 +179,10 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
         text(&published.stdout).trim(),
         "500 of 500 events acknowledged"
     );
-    let second = leader(&cluster).expect("a new leader");
+    let second = leader(&nodes, &cluster).expect("a new leader");
     assert_ne!(first, second);
 
-    let tailed = sluice(
+    let tailed = nodes.sluice(
         &[
             "tail",
             "orders",
@@ -195,6 +210,18 @@ fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
         assert_eq!(seen.get(&format!("v{i}")), Some(&1), "event v{i}");
     }
     assert_eq!(seen.len(), 1000);
+
+    // TLS was on: a client without the TLS directory is not served.
+    let plain = sluice(
+        &["topics", "list", "--cluster", &cluster, "--timeout", "2"],
+        None,
+    );
+    assert!(!plain.status.success());
+    assert!(
+        text(&plain.stderr).contains("the peer speaks TLS"),
+        "{}",
+        text(&plain.stderr)
+    );
 
     // The killed leader's directory is readable offline.
     let inspected = sluice(&["inspect", nodes.dir(first).to_str().unwrap()], None);
@@ -224,7 +251,9 @@ fn operator_mistakes_get_named_errors_and_failing_exit_codes() {
     );
     assert!(!open.status.success());
     assert!(
-        text(&open.stderr).contains("without a cluster secret"),
+        text(&open.stderr).contains("without TLS")
+            && text(&open.stderr).contains("--tls-dir")
+            && text(&open.stderr).contains("--insecure"),
         "{}",
         text(&open.stderr)
     );

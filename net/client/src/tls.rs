@@ -49,6 +49,8 @@ use tracing::{info, warn};
 use sluice_model::security::{Principal, valid_principal_name};
 use sluice_model::transport::NodeId;
 
+pub mod fuzzing;
+
 /// The subject alternative name URI that makes a certificate a node's:
 /// `sluice:node:<id>`.
 pub const NODE_URI_PREFIX: &str = "sluice:node:";

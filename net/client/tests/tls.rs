@@ -471,3 +471,42 @@ async fn a_revocation_list_is_picked_up_without_a_restart() {
     })
     .await;
 }
+
+/// Without TLS, the cluster secret still names nodes: a connection that
+/// proved it as node 1 is `Node:1`, a client's (source 0) is `Anonymous`,
+/// and Raft messages come only from the node that proved its id.
+#[tokio::test]
+async fn with_the_cluster_secret_nodes_are_named_and_clients_anonymous() {
+    bounded(async {
+        let secret = sluice_client::auth::Secret::new(*b"0123456789abcdef").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server =
+            TcpServer::serve_secured(listener, SERVER, WhoAmI, Some(secret.clone())).unwrap();
+        let secured = |source| {
+            let transport = TcpTransport::new(
+                source,
+                TcpConfig {
+                    secret: Some(secret.clone()),
+                    ..TcpConfig::default()
+                },
+            );
+            transport.set_address(SERVER, server.local_address());
+            transport
+        };
+        let node = secured(1);
+        assert_eq!(who(&node, MessageKind::Vote).await.unwrap(), "Node:1 1");
+        let client = secured(0);
+        assert_eq!(
+            who(&client, MessageKind::Client).await.unwrap(),
+            "Anonymous 0"
+        );
+        let refused = who(&client, MessageKind::AppendEntries).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("Anonymous may not send Raft messages as node 0"),
+            "{refused}"
+        );
+    })
+    .await;
+}

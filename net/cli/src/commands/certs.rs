@@ -89,7 +89,8 @@ struct CreateArgs {
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
     nodes: Vec<u64>,
     /// Comma-separated client names to issue client certificates for; the
-    /// first also becomes DIR/client.pem.
+    /// first also becomes DIR/client.pem. `--clients ''` issues none (to
+    /// renew node certificates alone).
     #[arg(
         long,
         value_delimiter = ',',
@@ -107,7 +108,8 @@ struct CreateArgs {
     days: i64,
 }
 
-pub(crate) fn run(args: Args) -> Outcome {
+pub(crate) fn run(mut args: Args) -> Outcome {
+    args.create.clients.retain(|name| !name.is_empty());
     match args.command {
         Some(Command::Revoke { dir, client, node }) => revoke(&dir, client.as_deref(), node),
         None => create(args.create),
@@ -204,9 +206,15 @@ fn ca(dir: &Path) -> Result<(Ca, bool), Box<dyn Error>> {
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    // A name of its own: certificates of two development CAs must not
+    // look like one issuer's (a peer then reports an unknown issuer, not
+    // a bad signature).
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|error| format!("no random bytes: {error}"))?;
+    let tag: String = tag.iter().map(|byte| format!("{byte:02x}")).collect();
     params
         .distinguished_name
-        .push(DnType::CommonName, "Sluice development CA");
+        .push(DnType::CommonName, format!("Sluice development CA {tag}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

@@ -173,7 +173,23 @@ impl Node {
 
 /// Runs `sluice ARGS`, feeding `stdin`, and waits for it.
 pub(crate) fn sluice(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(SLUICE)
+    sluice_with_env(args, stdin, &[])
+}
+
+/// [`sluice`] with environment variables set (`SLUICE_TLS_DIR`, say).
+pub(crate) fn sluice_with_env(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &Path)],
+) -> Output {
+    let mut command = Command::new(SLUICE);
+    command
+        .env_remove("SLUICE_TLS_DIR")
+        .env_remove("SLUICE_TOKEN");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
         .args(args)
         .env("SLUICE_LOG", "warn")
         .stdin(if stdin.is_some() {
@@ -268,6 +284,9 @@ pub(crate) struct Nodes {
     pub(crate) addresses: BTreeMap<u64, String>,
     /// Passed to every node and every command, if set.
     pub(crate) secret_file: Option<PathBuf>,
+    /// The TLS directory (`sluice certs`) every node and command uses, if
+    /// set.
+    pub(crate) tls_dir: Option<PathBuf>,
 }
 
 impl Drop for Nodes {
@@ -285,6 +304,26 @@ impl Nodes {
         Nodes::start_with_secret(ids, None)
     }
 
+    /// [`Nodes::start`] with TLS: `sluice certs` writes a CA, the nodes'
+    /// certificates and the client `admin`'s into `certs/` under the root,
+    /// which every node and command uses.
+    pub(crate) fn start_tls(ids: &[u64]) -> Nodes {
+        let root = tempfile::tempdir().expect("tempdir");
+        let certs = root.path().join("certs");
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        sluice_ok(
+            &[
+                "certs",
+                "--dir",
+                certs.to_str().expect("UTF-8 path"),
+                "--nodes",
+                &list.join(","),
+            ],
+            None,
+        );
+        Nodes::start_in(root, ids, None, Some(certs))
+    }
+
     /// [`Nodes::start`] with a cluster secret (written to a file).
     pub(crate) fn start_with_secret(ids: &[u64], secret: Option<&str>) -> Nodes {
         let root = tempfile::tempdir().expect("tempdir");
@@ -293,11 +332,21 @@ impl Nodes {
             std::fs::write(&path, secret).expect("secret file");
             path
         });
+        Nodes::start_in(root, ids, secret_file, None)
+    }
+
+    fn start_in(
+        root: tempfile::TempDir,
+        ids: &[u64],
+        secret_file: Option<PathBuf>,
+        tls_dir: Option<PathBuf>,
+    ) -> Nodes {
         let mut nodes = Nodes {
             root,
             children: BTreeMap::new(),
             addresses: BTreeMap::new(),
             secret_file,
+            tls_dir,
         };
         for &id in ids {
             nodes.addresses.insert(id, free_address());
@@ -335,10 +384,14 @@ impl Nodes {
             .arg(self.dir(id))
             .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_SECRET_FILE")
+            .env_remove("SLUICE_TLS_DIR")
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(secret) = secret_file {
             command.arg("--secret-file").arg(secret);
+        }
+        if let Some(dir) = &self.tls_dir {
+            command.arg("--tls-dir").arg(dir);
         }
         command
     }
@@ -393,7 +446,12 @@ impl Nodes {
             }
         }
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        sluice(&all, stdin.map(str::as_bytes))
+        let env: Vec<(&str, &Path)> = self
+            .tls_dir
+            .iter()
+            .map(|dir| ("SLUICE_TLS_DIR", dir.as_path()))
+            .collect();
+        sluice_with_env(&all, stdin.map(str::as_bytes), &env)
     }
 
     /// Initialises the cluster of every node started, retrying while the

@@ -73,7 +73,11 @@ pub struct NodeConfig {
     /// `sluice_client::tls`); reloaded when its files change.
     pub tls: Option<Arc<Tls>>,
     /// Principals allowed everything, whatever the access rules say
-    /// (`sluice node --superuser`).
+    /// (`sluice node --superuser`; never replicated: each node's
+    /// configuration names them). Empty (as [`NodeConfig::new`] leaves
+    /// it): the default, `User:admin` with TLS, `Anonymous` (every
+    /// connection without TLS) without, so a plaintext node serves
+    /// everyone as before.
     pub superusers: Vec<Principal>,
     /// When publishes are acknowledged: after fsync (default) or once in
     /// the page cache of a majority.
@@ -171,6 +175,16 @@ impl fmt::Debug for ClusterNode {
     }
 }
 
+/// The principals `config` makes superusers: those it names, else
+/// `User:admin` with TLS and `Anonymous` without (as `sluice node`).
+fn superusers(config: &NodeConfig) -> Vec<Principal> {
+    match (config.superusers.is_empty(), &config.tls) {
+        (false, _) => config.superusers.clone(),
+        (true, Some(_)) => vec![Principal::user("admin")],
+        (true, None) => vec![Principal::Anonymous],
+    }
+}
+
 /// Creates (if missing) and opens a node's data directory, which no other
 /// process may hold.
 fn open_data_dir(dir: &std::path::Path) -> Result<OsDisk, NodeError> {
@@ -254,7 +268,7 @@ impl ClusterNode {
             raft: RaftService::new(bus.raft().clone()),
             bus: bus.clone(),
             transport: transport.clone(),
-            superusers: config.superusers.clone(),
+            superusers: superusers(&config),
             quotas: Quotas::default(),
         }));
         let server_config = ServerConfig {

@@ -222,7 +222,7 @@ async fn serve_http(
         registry: crate::http::metrics::registry(bus, server.stats(), chain),
         data_dir: config.data_dir.clone(),
         signing_key: config.signing_key.clone(),
-        superusers: config.superusers.clone(),
+        superusers: superusers(config),
     };
     Ok((bound, crate::http::serve(listener, Arc::new(state))))
 }

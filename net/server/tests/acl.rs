@@ -301,6 +301,11 @@ fn requests(
         ),
         (write(Op::Noop), "admin", "the cluster"),
         (
+            ClientRequest::ChainHash { index: 1 },
+            "audit-export",
+            "the audit trail",
+        ),
+        (
             write(Op::JoinGroup {
                 group: REPLAY_GROUP.into(),
                 member: "r1".into(),
@@ -372,13 +377,17 @@ async fn every_request_without_its_rule_is_refused_by_name_and_changes_nothing()
         };
         assert_eq!(metadata.topics.len(), 2);
 
-        // A node is served metadata (the probe of `cluster add`), nothing
-        // else, whatever the rules.
+        // A node is served metadata (the probe of `cluster add`) and chain
+        // hashes (the chain check), nothing else, whatever the rules.
         security(&node, &root(), rule("*", "topic:*", "all", "allow")).await;
         let node2 = Principal::Node(2);
         assert!(matches!(
             ask(&node, &node2, &ClientRequest::Metadata).await,
             ClientResponse::Metadata(_)
+        ));
+        assert!(matches!(
+            ask(&node, &node2, &ClientRequest::ChainHash { index: 1 }).await,
+            ClientResponse::ChainHash(Some(_))
         ));
         let fetch = &cases[12].0;
         let ClientResponse::Denied(denied) = ask(&node, &node2, fetch).await else {
@@ -392,7 +401,7 @@ async fn every_request_without_its_rule_is_refused_by_name_and_changes_nothing()
         for op in [
             rule("alice", "group:*", "all", "allow"),
             rule("alice", "cluster", "admin", "allow"),
-            rule("alice", "audit", "erase", "allow"),
+            rule("alice", "audit", "all", "allow"),
         ] {
             security(&node, &root(), op).await;
         }

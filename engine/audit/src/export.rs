@@ -289,7 +289,7 @@ fn finish_line(
 }
 
 /// Bytes read from a segment at a time.
-const READ_WINDOW_BYTES: usize = 1 << 20;
+pub(crate) const READ_WINDOW_BYTES: usize = 1 << 20;
 
 /// Reads a file through one window of bytes at a time.
 struct Windows<'a, F: DiskFile> {
@@ -326,7 +326,7 @@ impl<F: DiskFile> Windows<'_, F> {
 /// frame that does not decode (the verifier reports that one). Reads
 /// through [`Windows`] of `window_bytes`, so memory does not grow with a
 /// segment's size.
-fn for_each_record<D: Disk>(
+pub(crate) fn for_each_record<D: Disk>(
     disk: &D,
     window_bytes: usize,
     mut f: impl FnMut(&Record),
@@ -415,43 +415,48 @@ struct Replay {
     letters: HashMap<(String, u32, u64), usize>,
 }
 
+/// The state to replay the log from: empty when the log starts at index
+/// 0, else `state.snapshot`'s, with the last index it covers.
+pub(crate) fn starting_state<D: Disk>(disk: &D) -> (State, Option<u64>) {
+    let purged = match disk.open(meta::NAME) {
+        Ok(file) => {
+            let mut bytes = vec![0; file.size().unwrap_or(0) as usize];
+            let read = file.read_at(0, &mut bytes);
+            read.ok()
+                .and_then(|()| meta::Meta::decode(&bytes).ok())
+                .is_some_and(|m| m.purged_next > 0)
+        }
+        Err(_) => false,
+    };
+    if !purged {
+        return (State::new(), None);
+    }
+    let name = sluice_core::raft::state_machine::SNAPSHOT_FILE_NAME;
+    if let Ok(file) = disk.open(name) {
+        let mut bytes = vec![0; file.size().unwrap_or(0) as usize];
+        if file.read_at(0, &mut bytes).is_ok() {
+            if let Ok((covered, state)) =
+                sluice_core::raft::state_machine::load_snapshot_state(&bytes)
+            {
+                return (state, covered.map(|(_, index)| index));
+            }
+        }
+    }
+    (State::new(), None)
+}
+
 impl Replay {
     fn start<D: Disk>(disk: &D) -> Result<Replay, ExportError> {
-        let purged = match disk.open(meta::NAME) {
-            Ok(file) => {
-                let mut bytes = vec![0; file.size().unwrap_or(0) as usize];
-                let read = file.read_at(0, &mut bytes);
-                read.ok()
-                    .and_then(|()| meta::Meta::decode(&bytes).ok())
-                    .is_some_and(|m| m.purged_next > 0)
-            }
-            Err(_) => false,
-        };
-        let mut replay = Replay {
-            state: State::new(),
-            covered: None,
+        let (state, covered) = starting_state(disk);
+        Ok(Replay {
+            state,
+            covered,
             lines: Vec::new(),
             checkpoints: Vec::new(),
             by_partition: BTreeMap::new(),
             by_offset: HashMap::new(),
             letters: HashMap::new(),
-        };
-        if !purged {
-            return Ok(replay);
-        }
-        let name = sluice_core::raft::state_machine::SNAPSHOT_FILE_NAME;
-        if let Ok(file) = disk.open(name) {
-            let mut bytes = vec![0; file.size().unwrap_or(0) as usize];
-            if file.read_at(0, &mut bytes).is_ok() {
-                if let Ok((covered, state)) =
-                    sluice_core::raft::state_machine::load_snapshot_state(&bytes)
-                {
-                    replay.state = state;
-                    replay.covered = covered.map(|(_, index)| index);
-                }
-            }
-        }
-        Ok(replay)
+        })
     }
 
     fn entry(&mut self, record: &Record, query: &ExportQuery) {

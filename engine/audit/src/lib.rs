@@ -13,6 +13,7 @@
 //! - [`erasure`]: signed erasure tombstones for a subject;
 //! - [`export`](mod@export): the audit export by subject and time range;
 //! - [`summary`]: the signed summary that ends a node's online export;
+//! - [`admin`]: the admin trail export (who changed what, and when);
 //! - [`masking`]: field-level masking of payloads at read time by the
 //!   reader's clearance.
 //!
@@ -20,6 +21,7 @@
 //! log. Masking works on a parsed copy of a payload, so a stored record
 //! keeps its bytes, its checksum and its place in the hash chain.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod erasure;
 pub mod export;
@@ -29,6 +31,7 @@ pub mod signing;
 pub mod summary;
 pub mod verify;
 
+pub use admin::{export_admin, export_admin_disk};
 pub use checkpoint::Checkpoint;
 pub use erasure::Erasure;
 pub use export::{ExportError, ExportQuery, ExportSummary, export, export_disk, export_disk_until};

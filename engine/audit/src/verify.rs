@@ -8,6 +8,8 @@
 //!   link against the purge anchor in `log.meta`, and every entry's payload
 //!   decoding as a Raft entry (event batches with their own checksums),
 //!   every producer signature on an event (`audit::signing`);
+//!   admin entries (the admin trail) counted, the erasures they carry
+//!   checked as any erasure;
 //!   every checkpoint entry's signature, its signer (against the trusted
 //!   keys), and its head against the chain hash recomputed at its index;
 //! - `log.meta`: checksum, version, bounds, the anchor;
@@ -87,8 +89,11 @@ pub struct Report {
     pub events: u64,
     /// Checkpoint entries.
     pub checkpoints: u64,
-    /// Erasure tombstones (their signatures count in `signatures`).
+    /// Erasure tombstones (their signatures count in `signatures`), also
+    /// those an admin entry carries.
     pub erasures: u64,
+    /// Admin entries: the admin trail (`sluice audit export --admin`).
+    pub admin_entries: u64,
     /// Signatures verified: checkpoints' and producers'.
     pub signatures: u64,
     /// Of those, producer signatures on events.
@@ -605,6 +610,9 @@ impl Walk {
         let openraft::EntryPayload::Normal(command) = entry.payload else {
             return Ok(());
         };
+        if let Op::Admin { .. } = command.op {
+            self.report.admin_entries += 1;
+        }
         match command.op.applied() {
             Op::Publish(batch) | Op::Transaction { events: batch, .. } => {
                 self.report.batches += 1;

@@ -275,6 +275,17 @@ pub const TOKENS_MAX: usize = 100_000;
 /// Tenants a cluster holds at most.
 pub const TENANTS_MAX: usize = 10_000;
 
+/// User principals a cluster places in tenants at most.
+pub const TENANT_MEMBERS_MAX: usize = 100_000;
+
+/// User principals with a quota at most.
+pub const QUOTAS_MAX: usize = 100_000;
+
+/// The longest wait a node asks an over-quota client for in one
+/// throttle answer; the client waits and asks again, so a slow quota
+/// stretches a request over several answers.
+pub const THROTTLE_WAIT_MS_MAX: u64 = 10_000;
+
 // --- The load tool (`sluice bench`) ---
 
 /// Producers (or consumers) one `sluice bench` run starts at most, each

@@ -82,9 +82,10 @@ fn print_summary(dir: &std::path::Path, report: &Report, elapsed: std::time::Dur
         report.records, report.first_index, report.next_index, report.batches, report.events
     );
     println!(
-        "  checkpoints {}, erasures {}, signatures checked {} ({} by producers), chain start {:?}",
+        "  checkpoints {}, erasures {}, admin entries {}, signatures checked {} ({} by producers), chain start {:?}",
         report.checkpoints,
         report.erasures,
+        report.admin_entries,
         report.signatures,
         report.producer_signatures,
         report.chain_start
@@ -173,12 +174,18 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         online: OnlineArgs,
         /// The subject: the `subject` header, else the event key.
-        #[arg(long)]
-        subject: String,
+        #[arg(long, required_unless_present = "admin")]
+        subject: Option<String>,
+        /// Instead of a subject's events, the admin trail: one JSON line
+        /// per admin change (security, topics, erasures, membership,
+        /// dead-letter replays) with its time, principal, action and
+        /// outcome, in log order. Offline only (`--dir`).
+        #[arg(long, conflicts_with_all = ["subject", "from", "to", "cluster"])]
+        admin: bool,
         /// Earliest publish time: ms since the epoch or
-        /// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
-        #[arg(long, default_value = "0")]
-        from: String,
+        /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (default: no limit).
+        #[arg(long)]
+        from: Option<String>,
         /// Latest publish time, same forms; default: no limit.
         #[arg(long)]
         to: Option<String>,
@@ -260,16 +267,27 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
     match command {
         AuditCommand::Export {
             dir,
+            admin: true,
+            trust,
+            out,
+            ..
+        } => export_admin(&dir, &trust, out.as_deref()),
+        AuditCommand::Export {
+            dir,
             online,
             subject,
             from,
             to,
             trust,
             out,
+            admin: false,
         } => {
             let query = ExportQuery {
-                subject,
-                from_ms: parse_time_ms(&from)?,
+                subject: subject.ok_or("name the subject to export (--subject), or --admin")?,
+                from_ms: match from {
+                    Some(from) => parse_time_ms(&from)?,
+                    None => 0,
+                },
                 to_ms: match to {
                     Some(to) => parse_time_ms(&to)?,
                     None => u64::MAX,
@@ -335,6 +353,34 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode, Box<dyn std::erro
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sluice audit export --admin`.
+fn export_admin(
+    dir: &std::path::Path,
+    trust: &[PathBuf],
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let options = trusted(trust)?;
+    let mut sink: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let summary = sluice_audit::export_admin(dir, &options, &mut sink)?;
+    sink.flush()?;
+    eprintln!(
+        "exported {} admin entries; directory {}",
+        summary.events,
+        match &summary.first_finding {
+            None => "verified intact".to_owned(),
+            Some(finding) => format!("NOT intact: {finding}"),
+        }
+    );
+    Ok(if summary.directory_verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn trusted(paths: &[PathBuf]) -> Result<VerifyOptions, Box<dyn std::error::Error>> {

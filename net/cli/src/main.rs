@@ -62,9 +62,23 @@ enum Command {
     /// SM2 keys for checkpoints and producer signatures.
     #[command(subcommand)]
     Keys(audit_cmd::KeysCommand),
-    /// Audit trail: export a subject's events, erase a subject.
+    /// Audit trail: export a subject's events or the admin trail, erase
+    /// a subject.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Access-control rules: who may do what on which topics, groups,
+    /// the cluster and the audit trail.
+    #[command(subcommand)]
+    Acl(commands::security::AclCommand),
+    /// Bearer tokens for clients without a certificate.
+    #[command(subcommand)]
+    Token(commands::security::TokenCommand),
+    /// Tenants: namespaces of topics and groups and their principals.
+    #[command(subcommand)]
+    Tenant(commands::security::TenantCommand),
+    /// Per-principal limits of bytes and requests per second.
+    #[command(subcommand)]
+    Quota(commands::security::QuotaCommand),
 }
 
 /// Makes a write to a closed pipe end the process quietly, as it does
@@ -112,6 +126,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => audit_cmd::verify(args),
         Command::Keys(command) => audit_cmd::keys(command),
         Command::Audit(command) => audit_cmd::audit(command),
+        Command::Acl(command) => commands::security::acl(command),
+        Command::Token(command) => commands::security::token(command),
+        Command::Tenant(command) => commands::security::tenant(command),
+        Command::Quota(command) => commands::security::quota(command),
     };
     match result {
         Ok(code) => code,

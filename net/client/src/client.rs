@@ -23,7 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use sluice_model::constants::THROTTLE_WAIT_MS_MAX;
 use sluice_model::event::{Event, EventError, Headers, ProducerStamp, partition_for};
+use sluice_model::security::{Denied, SecurityOp};
 use sluice_model::state::{Op, Response, TopicConfig};
 use sluice_model::transport::{MessageKind, NodeId, Request, Transport, TransportError};
 
@@ -32,7 +34,7 @@ use sluice_model::security::Token;
 use crate::auth::Secret;
 use crate::protocol::{
     CLIENT_GROUP, ClientRequest, ClientResponse, FetchedEvent, Metadata, PUBLISH_BYTES_MAX,
-    PublishOutcome, decode, encode, publish_size,
+    PublishOutcome, SecurityItems, SecuritySection, decode, encode, publish_size,
 };
 use crate::tcp::{TcpConfig, TcpTransport};
 use crate::tls::Tls;
@@ -93,6 +95,11 @@ pub enum ClientError {
     /// The cluster refused the request; sending it again will not help.
     #[error("refused: {0}")]
     Refused(String),
+    /// The connection's principal may not do this (no rule allows it, a
+    /// rule denies it, or the name lies outside its tenant); nothing was
+    /// done. Ask an administrator for a rule (`sluice acl add`).
+    #[error("access denied: {0}")]
+    Denied(Denied),
     /// A node answered something this client did not expect.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
@@ -194,7 +201,12 @@ impl Client {
     }
 
     /// Sends `request`, following the leader and failing over, until a
-    /// node answers it or the request timeout passes.
+    /// node answers it or the request timeout passes. A request the node
+    /// throttles (its principal over quota) is sent again after the wait
+    /// the node names, as often as it takes: the waits do not count
+    /// against the request timeout, so a quota slows a client down and
+    /// never fails or drops its request (a throttled request was not
+    /// carried out, so sending it again duplicates nothing).
     pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         let body = encode(request);
         // A frame this large would be refused by the transport on every
@@ -212,12 +224,17 @@ impl Client {
             _ => Duration::ZERO,
         };
         let timeout = self.inner.config.request_timeout;
-        let deadline = Instant::now() + timeout + wait;
+        let mut deadline = Instant::now() + timeout + wait;
         let mut attempt: u32 = 0;
         loop {
             let (last, pause) = match self.attempt(&body, wait).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry { last, pause } => (last, pause),
+                Attempt::Throttled { retry_after } => {
+                    tokio::time::sleep(retry_after).await;
+                    deadline += retry_after;
+                    continue;
+                }
             };
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable {
@@ -296,6 +313,12 @@ impl Client {
                 message,
                 retry: false,
             }) => Attempt::Done(Err(ClientError::Refused(message))),
+            Ok(ClientResponse::Denied(denied)) => Attempt::Done(Err(ClientError::Denied(denied))),
+            Ok(ClientResponse::Throttled { retry_after_ms }) => Attempt::Throttled {
+                // At least a millisecond, so a confused node cannot make
+                // the client spin; at most what a node ever asks for.
+                retry_after: Duration::from_millis(retry_after_ms.clamp(1, THROTTLE_WAIT_MS_MAX)),
+            },
             Ok(response) => Attempt::Done(Ok(response)),
             Err(message) => Attempt::Done(Err(ClientError::Unexpected(message))),
         }
@@ -347,6 +370,47 @@ impl Client {
             }
             ClientResponse::Written(response) => Ok(response),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Changes the security settings (needs `admin` on the cluster); a
+    /// refusal by the state machine (an unknown token, overlapping
+    /// tenants...) is an error.
+    pub async fn security(&self, op: SecurityOp) -> Result<(), ClientError> {
+        match self.request(&ClientRequest::Security(op)).await? {
+            ClientResponse::Written(Response::Error(error)) => {
+                Err(ClientError::Refused(error.to_string()))
+            }
+            ClientResponse::Written(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every item of one section of the security settings, page by page
+    /// (needs `admin` on the cluster).
+    pub async fn security_list(
+        &self,
+        section: SecuritySection,
+    ) -> Result<Vec<SecurityItems>, ClientError> {
+        let mut pages = Vec::new();
+        let mut from = 0;
+        loop {
+            let request = ClientRequest::SecurityList { section, from };
+            match self.request(&request).await? {
+                ClientResponse::SecurityPage { items, next } => {
+                    pages.push(items);
+                    match next {
+                        Some(next) if next > from => from = next,
+                        Some(next) => {
+                            return Err(ClientError::Unexpected(format!(
+                                "a security page from item {from} named {next} as the next"
+                            )));
+                        }
+                        None => return Ok(pages),
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
         }
     }
 
@@ -581,4 +645,6 @@ enum Attempt {
     /// Try again: `last` says why the attempt failed; without `pause`, at
     /// once (the answer named the leader).
     Retry { last: String, pause: bool },
+    /// Over quota: send it again, to the same node, after `retry_after`.
+    Throttled { retry_after: Duration },
 }

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use sluice_model::event::{EVENT_SIZE_MAX, Event, Headers, ProducerStamp};
+use sluice_model::security::{Denied, Quota, Rule, SecurityOp, Tenant};
 use sluice_model::state::{Op, Response};
 use sluice_model::transport::NodeId;
 
@@ -154,6 +155,91 @@ pub enum ClientRequest {
         /// The log index (a checkpoint's).
         index: u64,
     },
+    /// Change the security settings: a rule, a token, a tenant, a quota.
+    /// Needs `admin` on the cluster; the node writes the change as an
+    /// admin entry naming the caller's principal. Answered `Written`.
+    Security(SecurityOp),
+    /// One page of the security settings, from item `from` of `section`
+    /// ([`SECURITY_PAGE_ITEMS_MAX`] items at most). Needs `admin` on the
+    /// cluster. Token pages hold no salts or hashes.
+    SecurityList {
+        /// Which settings.
+        section: SecuritySection,
+        /// The first item wanted (0, then the answer's `next`).
+        from: u32,
+    },
+}
+
+/// Items of the security settings one [`ClientRequest::SecurityList`]
+/// answer carries at most: a page of rules (two names of at most 255
+/// bytes each) stays far below a frame.
+pub const SECURITY_PAGE_ITEMS_MAX: u32 = 1000;
+
+const _: () = assert!(
+    SECURITY_PAGE_ITEMS_MAX as usize * (4 * sluice_model::constants::PRINCIPAL_NAME_MAX + 64)
+        + MESSAGE_OVERHEAD_MAX
+        <= BODY_SIZE_MAX
+);
+
+/// A part of the security settings, for listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecuritySection {
+    /// The access-control rules.
+    Rules,
+    /// The tokens (id, owner, creation time, revoked), never their hashes.
+    Tokens,
+    /// The tenants.
+    Tenants,
+    /// Which user principal is in which tenant.
+    Members,
+    /// The quotas.
+    Quotas,
+}
+
+/// A token as an admin may list it: no salt, no hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: String,
+    /// The user principal it authenticates as.
+    pub principal: String,
+    /// When it was created, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// One page of a [`SecuritySection`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityItems {
+    /// Rules, in order.
+    Rules(Vec<Rule>),
+    /// Tokens, by id.
+    Tokens(Vec<TokenInfo>),
+    /// Tenants, by name.
+    Tenants(Vec<Tenant>),
+    /// (user principal's name, tenant's name), by principal.
+    Members(Vec<(String, String)>),
+    /// (user principal's name, its quota), by principal.
+    Quotas(Vec<(String, Quota)>),
+}
+
+impl SecurityItems {
+    /// How many items the page holds.
+    pub fn len(&self) -> usize {
+        match self {
+            SecurityItems::Rules(items) => items.len(),
+            SecurityItems::Tokens(items) => items.len(),
+            SecurityItems::Tenants(items) => items.len(),
+            SecurityItems::Members(items) => items.len(),
+            SecurityItems::Quotas(items) => items.len(),
+        }
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A node's answer.
@@ -203,6 +289,24 @@ pub enum ClientResponse {
     /// The answer to [`ClientRequest::ChainHash`]: the hash, or `None`
     /// when this node has not applied that index or no longer holds it.
     ChainHash(Option<[u8; 32]>),
+    /// The caller's principal may not do this; nothing was done. Names
+    /// the principal, the operation and the resource. A name outside the
+    /// caller's tenant is refused the same way whether it exists or not.
+    Denied(Denied),
+    /// The caller's principal is over its quota; nothing was done. Send
+    /// the same request again after `retry_after_ms` (at most
+    /// `THROTTLE_WAIT_MS_MAX`).
+    Throttled {
+        /// How long to wait before sending it again, in milliseconds.
+        retry_after_ms: u64,
+    },
+    /// A page of the security settings.
+    SecurityPage {
+        /// The items.
+        items: SecurityItems,
+        /// Where the next page starts; `None` after the last.
+        next: Option<u32>,
+    },
 }
 
 /// The cluster as one node sees it.
@@ -342,5 +446,43 @@ mod tests {
             partition: 0,
         };
         assert_eq!(encode(&committed)[0], 8);
+    }
+
+    /// The security requests and answers came after every older variant,
+    /// so those keep their encodings (`WIRE.md`).
+    #[test]
+    fn security_variants_come_last() {
+        let change = ClientRequest::Security(SecurityOp::RevokeToken { id: "x".into() });
+        assert_eq!(encode(&change)[0], 11);
+        let list = ClientRequest::SecurityList {
+            section: SecuritySection::Rules,
+            from: 0,
+        };
+        assert_eq!(&encode(&list)[..], &[12, 0, 0]);
+        let error = ClientResponse::Error {
+            message: String::new(),
+            retry: false,
+        };
+        assert_eq!(encode(&error)[0], 8);
+        assert_eq!(encode(&ClientResponse::ChainHash(None))[0], 9);
+        assert_eq!(encode(&ClientRequest::ChainHash { index: 0 })[0], 10);
+        let denied = ClientResponse::Denied(Denied {
+            principal: "User:a".into(),
+            operation: "publish".into(),
+            resource: "topic \"t\"".into(),
+            reason: "no rule allows it".into(),
+        });
+        assert_eq!(encode(&denied)[0], 10);
+        let decoded: ClientResponse = decode(&encode(&denied), "response").unwrap();
+        assert_eq!(decoded, denied);
+        let throttled = ClientResponse::Throttled {
+            retry_after_ms: 300,
+        };
+        assert_eq!(&encode(&throttled)[..], &[11, 0xac, 0x02]);
+        let page = ClientResponse::SecurityPage {
+            items: SecurityItems::Rules(Vec::new()),
+            next: None,
+        };
+        assert_eq!(&encode(&page)[..], &[12, 0, 0, 0]);
     }
 }

@@ -9,7 +9,9 @@
 //!   a checkpoint with its peers'.
 //! - `tokens`: the check of the tokens clients present over TLS.
 
+mod authorize;
 pub mod chain_check;
 mod http;
 pub mod node;
+mod quota;
 mod tokens;

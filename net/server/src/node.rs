@@ -31,8 +31,9 @@ use sluice_audit::KeyPair;
 use sluice_core::bus::{Bus, BusConfig, BusError, CheckpointPolicy, Signer};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
-use sluice_model::security::Principal;
-use sluice_model::state::Op;
+use sluice_model::names::REPLAY_GROUP;
+use sluice_model::security::{Denied, Principal};
+use sluice_model::state::{AdminAction, Op, Response};
 use sluice_model::transport::{
     Caller, Handler, HandlerError, MessageKind, NodeId, Request, Transport,
 };
@@ -41,8 +42,11 @@ use sluice_client::auth::Secret;
 use sluice_client::protocol::{
     CATCH_UP_WAIT_MS_MAX, CLIENT_GROUP, ClientRequest, ClientResponse, FETCH_BYTES_MAX,
     FETCH_EVENTS_MAX, FETCH_WAIT_MS_MAX, FetchedEvent, LEARNER_LAG_MAX, Metadata, PublishOutcome,
-    decode, encode,
+    SECURITY_PAGE_ITEMS_MAX, SecurityItems, SecuritySection, TokenInfo, decode, encode,
 };
+
+use crate::authorize::{self, Need};
+use crate::quota::Quotas;
 use sluice_client::tcp::{ServerConfig, TcpConfig, TcpServer, TcpTransport};
 use sluice_client::tls::{self, Tls};
 
@@ -69,7 +73,11 @@ pub struct NodeConfig {
     /// `sluice_client::tls`); reloaded when its files change.
     pub tls: Option<Arc<Tls>>,
     /// Principals allowed everything, whatever the access rules say
-    /// (`sluice node --superuser`).
+    /// (`sluice node --superuser`; never replicated: each node's
+    /// configuration names them). Empty (as [`NodeConfig::new`] leaves
+    /// it): the default, `User:admin` with TLS, `Anonymous` (every
+    /// connection without TLS) without, so a plaintext node serves
+    /// everyone as before.
     pub superusers: Vec<Principal>,
     /// When publishes are acknowledged: after fsync (default) or once in
     /// the page cache of a majority.
@@ -150,6 +158,7 @@ pub enum NodeError {
 /// serving but leaves Raft to stop with the runtime.
 pub struct ClusterNode {
     bus: Bus,
+    handler: NodeHandler,
     server: TcpServer,
     addresses: JoinHandle<()>,
     http: Option<(SocketAddr, JoinHandle<()>)>,
@@ -163,6 +172,16 @@ impl fmt::Debug for ClusterNode {
             .field("id", &self.bus.node_id())
             .field("address", &self.server.local_address())
             .finish_non_exhaustive()
+    }
+}
+
+/// The principals `config` makes superusers: those it names, else
+/// `User:admin` with TLS and `Anonymous` without (as `sluice node`).
+fn superusers(config: &NodeConfig) -> Vec<Principal> {
+    match (config.superusers.is_empty(), &config.tls) {
+        (false, _) => config.superusers.clone(),
+        (true, Some(_)) => vec![Principal::user("admin")],
+        (true, None) => vec![Principal::Anonymous],
     }
 }
 
@@ -203,7 +222,7 @@ async fn serve_http(
         registry: crate::http::metrics::registry(bus, server.stats(), chain),
         data_dir: config.data_dir.clone(),
         signing_key: config.signing_key.clone(),
-        superusers: config.superusers.clone(),
+        superusers: superusers(config),
         tls: config.tls.clone(),
     };
     Ok((bound, crate::http::serve(listener, Arc::new(state))))
@@ -246,18 +265,20 @@ impl ClusterNode {
         };
         let bus =
             Bus::<OsEnv>::open_member(disk, Arc::new(OsClock::new()), bus_config, network).await?;
-        let service = NodeService {
+        let handler = NodeHandler(Arc::new(NodeService {
             raft: RaftService::new(bus.raft().clone()),
             bus: bus.clone(),
             transport: transport.clone(),
-        };
+            superusers: superusers(&config),
+            quotas: Quotas::default(),
+        }));
         let server_config = ServerConfig {
             secret: config.secret.clone(),
             tls: config.tls.clone(),
             authenticator: Some(Arc::new(crate::tokens::Tokens { bus: bus.clone() })),
             ..config.server.clone()
         };
-        let server = TcpServer::serve_with(listener, config.id, service, server_config)
+        let server = TcpServer::serve_with(listener, config.id, handler.clone(), server_config)
             .map_err(io("cannot serve".to_owned()))?;
         let chain = Arc::new(ChainCheckMetrics::default());
         let http = match config.http_listen {
@@ -285,6 +306,7 @@ impl ClusterNode {
         );
         Ok(ClusterNode {
             bus,
+            handler,
             server,
             addresses,
             http,
@@ -311,6 +333,13 @@ impl ClusterNode {
     /// The node's bus (its Raft handle, state and log).
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// What answers the node's requests, for serving them on another
+    /// listener: every request is authorized against the principal its
+    /// [`Caller`] names, so whoever serves it must authenticate that.
+    pub fn handler(&self) -> NodeHandler {
+        self.handler.clone()
     }
 
     /// Resolves when this node's Raft core stops on its own, with why:
@@ -368,21 +397,37 @@ async fn follow_addresses(bus: Bus, transport: TcpTransport) {
     }
 }
 
-/// Answers Raft's messages and clients' requests.
-struct NodeService {
-    raft: RaftService<OsEnv>,
-    bus: Bus,
-    transport: TcpTransport,
+/// Answers Raft's messages and clients' requests (see
+/// [`ClusterNode::handler`]). Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandler(Arc<NodeService>);
+
+impl fmt::Debug for NodeHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeHandler")
+            .field("id", &self.0.bus.node_id())
+            .finish_non_exhaustive()
+    }
 }
 
-impl Handler for NodeService {
+impl Handler for NodeHandler {
     fn handle(
         &self,
         caller: Caller,
         request: Request,
     ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        self.serve(caller, request)
+        let service = Arc::clone(&self.0);
+        async move { service.serve(caller, request).await }
     }
+}
+
+/// Answers Raft's messages and clients' requests.
+struct NodeService {
+    raft: RaftService<OsEnv>,
+    bus: Bus,
+    transport: TcpTransport,
+    superusers: Vec<Principal>,
+    quotas: Quotas,
 }
 
 impl NodeService {
@@ -390,23 +435,31 @@ impl NodeService {
         if request.kind != MessageKind::Client as u8 {
             return self.raft.handle(caller, request).await;
         }
+        let size = request.body.len();
+        let principal = caller.principal;
         let response = match decode::<ClientRequest>(&request.body, "client request") {
-            Ok(request) => match FetchArgs::of(&request) {
-                Some(args) => {
-                    // Reading and encoding up to FETCH_BYTES_MAX of events
-                    // takes a while: on a task of its own, so that the
-                    // requests sharing this connection (served on its
-                    // task) go on.
-                    let bus = self.bus.clone();
-                    let fetched = tokio::spawn(async move {
-                        let fetched = fetch(&bus, args).await;
-                        encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
-                    });
-                    return fetched.await.map_err(|error| {
-                        HandlerError::new(format!("the fetch failed on this node: {error}"))
-                    });
-                }
-                None => self.client(request).await,
+            Ok(request) => match self.admit(&principal, &request, size) {
+                Err(Refusal::Denied(denied)) => ClientResponse::Denied(denied),
+                Err(Refusal::Throttled(wait)) => ClientResponse::Throttled {
+                    retry_after_ms: wait.as_millis().try_into().unwrap_or(u64::MAX),
+                },
+                Ok(()) => match FetchArgs::of(&request) {
+                    Some(args) => {
+                        // Reading and encoding up to FETCH_BYTES_MAX of events
+                        // takes a while: on a task of its own, so that the
+                        // requests sharing this connection (served on its
+                        // task) go on.
+                        let bus = self.bus.clone();
+                        let fetched = tokio::spawn(async move {
+                            let fetched = fetch(&bus, args).await;
+                            encode(&fetched.unwrap_or_else(|error| refusal(&bus, error)))
+                        });
+                        return fetched.await.map_err(|error| {
+                            HandlerError::new(format!("the fetch failed on this node: {error}"))
+                        });
+                    }
+                    None => self.client(principal, request).await,
+                },
             },
             Err(message) => ClientResponse::Error {
                 message,
@@ -416,22 +469,68 @@ impl NodeService {
         Ok(encode(&response))
     }
 
-    async fn client(&self, request: ClientRequest) -> ClientResponse {
+    /// Lets `request` of `size` bytes by `principal` through, or answers
+    /// it: throttled when over the principal's quota, denied when a node
+    /// asks anything but metadata or a chain hash, or the rules do not allow every access
+    /// it needs (see [`authorize`]). Superusers pass the rules, not their
+    /// quota. Runs before anything is read or appended.
+    fn admit(
+        &self,
+        principal: &Principal,
+        request: &ClientRequest,
+        size: usize,
+    ) -> Result<(), Refusal> {
+        if let Principal::Node(_) = principal {
+            return match request {
+                ClientRequest::Metadata | ClientRequest::ChainHash { .. } => Ok(()),
+                _ => Err(Refusal::Denied(authorize::node_refusal(principal, request))),
+            };
+        }
+        let superuser = self.superusers.contains(principal);
+        let state = self.bus.state();
+        let security = state.security();
+        if let Principal::User(name) = principal {
+            let quota = security.quota(principal);
+            if let Err(wait) = self
+                .quotas
+                .charge(name, quota, size, std::time::Instant::now())
+            {
+                return Err(Refusal::Throttled(wait));
+            }
+        }
+        if superuser {
+            return Ok(());
+        }
+        authorize::check_needs(request, &state, |need| match need {
+            Need::Access(access) => security.check(principal, access),
+            Need::ProducerName(name) => security
+                .confine(principal, name)
+                .map_err(|reason| authorize::producer_refusal(principal, name, reason)),
+        })
+        .map_err(Refusal::Denied)
+    }
+
+    async fn client(&self, principal: Principal, request: ClientRequest) -> ClientResponse {
         let result = match request {
-            ClientRequest::Metadata => Ok(ClientResponse::Metadata(self.metadata())),
-            ClientRequest::Initialize { members } => self.initialize(members).await,
+            ClientRequest::Metadata => Ok(ClientResponse::Metadata(self.metadata(&principal))),
+            ClientRequest::Initialize { members } => self.initialize(&principal, members).await,
             ClientRequest::AddNode {
                 id,
                 address,
                 catch_up_ms,
-            } => self.add_node(id, address, catch_up_ms).await,
-            ClientRequest::RemoveNode { id } => self.remove_node(id).await,
+            } => self.add_node(&principal, id, address, catch_up_ms).await,
+            ClientRequest::RemoveNode { id } => self.remove_node(&principal, id).await,
             // Only a node writes admin entries, naming the principal of the
             // connection that asked.
             ClientRequest::Write(Op::Admin { .. }) => {
                 refuse("admin entries are written by nodes, not sent by clients".to_owned())
             }
-            ClientRequest::Write(op) => self.bus.propose(op).await.map(ClientResponse::Written),
+            ClientRequest::Write(op) => self.write(principal, op).await,
+            ClientRequest::Security(op) => self
+                .admin(principal, AdminAction::Security(op))
+                .await
+                .map(ClientResponse::Written),
+            ClientRequest::SecurityList { section, from } => Ok(self.security_page(section, from)),
             ClientRequest::Publish(events) => self.publish(events).await,
             request @ (ClientRequest::Fetch { .. } | ClientRequest::FetchBounded { .. }) => {
                 let args = FetchArgs::of(&request).expect("a fetch request is a fetch");
@@ -448,6 +547,143 @@ impl NodeService {
             ClientRequest::ChainHash { index } => crate::chain_check::answer(&self.bus, index),
         };
         result.unwrap_or_else(|error| refusal(&self.bus, error))
+    }
+
+    /// Proposes a client's operation: topic and erasure changes as admin
+    /// entries naming `principal`; a dead-letter replay's transaction
+    /// after an admin record of it; everything else as it is.
+    async fn write(&self, principal: Principal, op: Op) -> Result<ClientResponse, BusError> {
+        let response = match op {
+            Op::CreateTopic { .. } | Op::AlterTopic { .. } | Op::Erase(_) => {
+                self.admin(principal, AdminAction::Apply(Box::new(op)))
+                    .await?
+            }
+            Op::Transaction {
+                ref events,
+                ref commit,
+            } if commit.group == REPLAY_GROUP => {
+                let what = self.replay_record(events, commit);
+                self.record(principal, what).await?;
+                self.bus.propose(op).await?
+            }
+            op => self.bus.propose(op).await?,
+        };
+        Ok(ClientResponse::Written(response))
+    }
+
+    /// Appends an admin entry: `action`, made by `principal`.
+    async fn admin(&self, principal: Principal, action: AdminAction) -> Result<Response, BusError> {
+        self.bus.propose(Op::Admin { principal, action }).await
+    }
+
+    /// Records in the admin trail a change made outside the state machine
+    /// (membership, a replay), before it is made: a change whose record
+    /// could not be appended is not made.
+    async fn record(&self, principal: Principal, what: String) -> Result<(), BusError> {
+        self.ensure_leader()?;
+        match self.admin(principal, AdminAction::Record(what)).await? {
+            Response::Ok => Ok(()),
+            other => Err(BusError::Invalid(format!(
+                "the admin trail refused a record: {other:?}"
+            ))),
+        }
+    }
+
+    /// What a replay transaction does, for the admin trail: the dead
+    /// letters it republishes (from the replay group's committed offset
+    /// to the one it commits) and where to.
+    fn replay_record(
+        &self,
+        events: &sluice_model::event::EventBatch,
+        commit: &sluice_model::state::OffsetCommit,
+    ) -> String {
+        let state = self.bus.state();
+        let letters: Vec<String> = commit
+            .offsets
+            .iter()
+            .map(|(topic, partition, next)| {
+                let from = state
+                    .committed(REPLAY_GROUP, topic, *partition)
+                    .unwrap_or(0);
+                format!("{topic}/{partition} offsets {from}..{next}")
+            })
+            .collect();
+        let mut targets: Vec<&str> = events.iter().map(|event| event.topic()).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        format!(
+            "replay {} dead letter(s) of {} into {}",
+            events.len(),
+            letters.join(", "),
+            targets.join(", ")
+        )
+    }
+
+    /// One page of the security settings, from item `from` of `section`.
+    fn security_page(&self, section: SecuritySection, from: u32) -> ClientResponse {
+        let state = self.bus.state();
+        let security = state.security();
+        let skip = from as usize;
+        let take = SECURITY_PAGE_ITEMS_MAX as usize;
+        let (items, total) = match section {
+            SecuritySection::Rules => (
+                SecurityItems::Rules(
+                    security
+                        .acls()
+                        .rules()
+                        .skip(skip)
+                        .take(take)
+                        .cloned()
+                        .collect(),
+                ),
+                security.acls().len(),
+            ),
+            SecuritySection::Tokens => (
+                SecurityItems::Tokens(
+                    security
+                        .tokens()
+                        .skip(skip)
+                        .take(take)
+                        .map(|record| TokenInfo {
+                            id: record.id.clone(),
+                            principal: record.principal.clone(),
+                            created_ms: record.created_ms,
+                            revoked: record.revoked,
+                        })
+                        .collect(),
+                ),
+                security.tokens().count(),
+            ),
+            SecuritySection::Tenants => (
+                SecurityItems::Tenants(security.tenants().skip(skip).take(take).cloned().collect()),
+                security.tenants().count(),
+            ),
+            SecuritySection::Members => (
+                SecurityItems::Members(
+                    security
+                        .members()
+                        .skip(skip)
+                        .take(take)
+                        .map(|(principal, tenant)| (principal.to_owned(), tenant.to_owned()))
+                        .collect(),
+                ),
+                security.members().count(),
+            ),
+            SecuritySection::Quotas => (
+                SecurityItems::Quotas(
+                    security
+                        .quotas()
+                        .skip(skip)
+                        .take(take)
+                        .map(|(principal, quota)| (principal.to_owned(), quota))
+                        .collect(),
+                ),
+                security.quotas().count(),
+            ),
+        };
+        let end = skip.saturating_add(items.len());
+        let next = (end < total).then(|| u32::try_from(end).expect("bounded by *_MAX"));
+        ClientResponse::SecurityPage { items, next }
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {
@@ -476,7 +712,9 @@ impl NodeService {
         })
     }
 
-    fn metadata(&self) -> Metadata {
+    /// The cluster as this node sees it, with the topics `principal` may
+    /// see (every topic for a superuser).
+    fn metadata(&self, principal: &Principal) -> Metadata {
         let metrics = self.bus.raft().metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -491,10 +729,18 @@ impl NodeService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let topics = self
-            .bus
-            .state()
+        let superuser = self.superusers.contains(principal);
+        let state = self.bus.state();
+        let security = state.security();
+        let topics = state
             .topics()
+            .filter(|topic| {
+                superuser
+                    || security.visible(
+                        principal,
+                        sluice_model::security::Resource::Topic(&topic.name),
+                    )
+            })
             .map(|topic| (topic.name.clone(), topic.partitions))
             .collect();
         Metadata {
@@ -512,7 +758,13 @@ impl NodeService {
         }
     }
 
-    async fn initialize(&self, members: Vec<(NodeId, String)>) -> Result<ClientResponse, BusError> {
+    /// Initialises the cluster, then records who did in the admin trail
+    /// (there is no log to record it in before), once this node leads.
+    async fn initialize(
+        &self,
+        principal: &Principal,
+        members: Vec<(NodeId, String)>,
+    ) -> Result<ClientResponse, BusError> {
         let mut nodes = BTreeMap::new();
         for (id, address) in members {
             let parsed = parse_address(id, &address)?;
@@ -525,8 +777,44 @@ impl NodeService {
                 self.bus.node_id()
             )));
         }
+        let what = format!(
+            "initialise the cluster with members {}",
+            nodes
+                .iter()
+                .map(|(id, node)| format!("{id} at {}", node.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         self.bus.initialize(nodes).await?;
+        self.record_initialize(principal, what).await;
         Ok(ClientResponse::Done)
+    }
+
+    /// Records an initialisation once this node leads. Another node may
+    /// win the first election (rarely: the initialising node campaigns at
+    /// once); then the record is not written, and the warning says so.
+    async fn record_initialize(&self, principal: &Principal, what: String) {
+        let led = self
+            .bus
+            .raft()
+            .wait(Some(INITIALIZE_RECORD_WAIT))
+            .metrics(
+                |m| m.current_leader.is_some(),
+                "a leader after initialisation",
+            )
+            .await;
+        let recorded = match led {
+            Ok(_) => self.record(principal.clone(), what.clone()).await,
+            Err(error) => Err(BusError::Invalid(error.to_string())),
+        };
+        if let Err(error) = recorded {
+            warn!(
+                %principal,
+                change = %what,
+                %error,
+                "the cluster was initialised, but the admin trail could not record it"
+            );
+        }
     }
 
     /// Adds node `id` at `address`: checks it at once (see
@@ -539,6 +827,7 @@ impl NodeService {
     /// time) resumes where it stopped.
     async fn add_node(
         &self,
+        principal: &Principal,
         id: NodeId,
         address: String,
         catch_up_ms: u32,
@@ -555,6 +844,8 @@ impl NodeService {
         if let Err(message) = self.probe(id, parsed).await {
             return refuse(message);
         }
+        self.record(principal.clone(), format!("add node {id} at {address}"))
+            .await?;
         let raft = self.bus.raft();
         if !learner {
             raft.add_learner(id, RaftNode::new(address.clone()), false)
@@ -702,8 +993,14 @@ impl NodeService {
         Ok(())
     }
 
-    async fn remove_node(&self, id: NodeId) -> Result<ClientResponse, BusError> {
+    async fn remove_node(
+        &self,
+        principal: &Principal,
+        id: NodeId,
+    ) -> Result<ClientResponse, BusError> {
         self.ensure_leader()?;
+        self.record(principal.clone(), format!("remove node {id}"))
+            .await?;
         let raft = self.bus.raft();
         raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
             .await
@@ -793,6 +1090,18 @@ impl NodeService {
         }
     }
 }
+
+/// Why a request is not served.
+enum Refusal {
+    /// The rules do not allow it.
+    Denied(Denied),
+    /// Its principal is over quota: send it again after this long.
+    Throttled(Duration),
+}
+
+/// How long an initialising node waits for a leader before it records
+/// the initialisation in the admin trail.
+const INITIALIZE_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 /// A definite refusal, its message as it is.
 fn refuse(message: String) -> Result<ClientResponse, BusError> {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use sluice_audit::{KeyPair, keys};
-use sluice_client::client::{Client, ClientConfig};
-use sluice_client::protocol::ClientRequest;
+use sluice_client::protocol::{CLIENT_GROUP, ClientRequest, ClientResponse, decode, encode};
 use sluice_core::bus::Message;
 use sluice_model::security::{Principal, Rule, SecurityOp, Token};
-use sluice_model::state::{AdminAction, Op, Response};
+use sluice_model::state::{AdminAction, Op, Response, TopicConfig};
+use sluice_model::transport::{Caller, Handler, MessageKind, Request};
 use sluice_server::node::{ClusterNode, NodeConfig};
 
 const TOPIC: &str = "accounts";
@@ -70,9 +70,11 @@ async fn call(
     .expect("the request ran")
 }
 
-/// A node alone, with a signing key and HTTP, initialised, with `TOPIC`
-/// created and events of subjects alice and bob published.
+/// A node alone, with a signing key and HTTP, initialised (by the first
+/// superuser), with `TOPIC` created and events of subjects alice and bob
+/// published.
 async fn node(dir: &std::path::Path, superusers: Vec<Principal>) -> (ClusterNode, Arc<KeyPair>) {
+    let admin = superusers[0].clone();
     let key = Arc::new(KeyPair::generate(keys::DISTID_DEFAULT).unwrap());
     let config = NodeConfig {
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -82,13 +84,16 @@ async fn node(dir: &std::path::Path, superusers: Vec<Principal>) -> (ClusterNode
     };
     let node = ClusterNode::start(config).await.unwrap();
     let address = node.local_address();
-    let client = Client::new(ClientConfig::new(vec![address])).unwrap();
     let members = vec![(1, address.to_string())];
-    client
-        .request_from(address, &ClientRequest::Initialize { members })
-        .await
-        .unwrap();
-    client.create_topic(TOPIC, 2).await.unwrap();
+    let done = ask(&node, &admin, &ClientRequest::Initialize { members }).await;
+    assert_eq!(done, ClientResponse::Done);
+    let create = ClientRequest::Write(Op::CreateTopic {
+        name: TOPIC.into(),
+        partitions: 2,
+        config: TopicConfig::default(),
+    });
+    let created = ask(&node, &admin, &create).await;
+    assert_eq!(created, ClientResponse::Written(Response::TopicCreated));
     let mut producer = node.bus().producer().await.unwrap();
     for (i, subject) in ["alice", "bob", "alice"].into_iter().enumerate() {
         let payload = format!("{{\"owner\":\"{subject}\",\"n\":{i}}}");
@@ -96,6 +101,21 @@ async fn node(dir: &std::path::Path, superusers: Vec<Principal>) -> (ClusterNode
         producer.publish(message).await.unwrap();
     }
     (node, key)
+}
+
+/// What `principal` gets for `request` from the node's handler.
+async fn ask(node: &ClusterNode, principal: &Principal, request: &ClientRequest) -> ClientResponse {
+    let caller = Caller {
+        source: 0,
+        principal: principal.clone(),
+    };
+    let request = Request {
+        kind: MessageKind::Client as u8,
+        group: CLIENT_GROUP,
+        body: encode(request),
+    };
+    let body = node.handler().handle(caller, request).await.unwrap();
+    decode(&body, "response").unwrap()
 }
 
 /// A token for `user`, created through the admin trail.
@@ -127,8 +147,8 @@ const EXPORT_ALICE: &str = "/api/audit/export?subject=alice";
 async fn the_audit_api_refuses_whom_the_acls_refuse() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        // No superusers: Anonymous passes nothing.
-        let (node, _) = node(dir.path(), Vec::new()).await;
+        // Anonymous is no superuser: it passes nothing.
+        let (node, _) = node(dir.path(), vec![Principal::user("root")]).await;
         let http = node.http_address().expect("HTTP served");
         let auditor = token(&node, "auditor", 1).await;
         let stranger = token(&node, "stranger", 2).await;

@@ -315,6 +315,13 @@ pub enum SecurityError {
         /// The tenant it overlaps.
         other: String,
     },
+    /// A quota of zero would refuse the principal everything for ever;
+    /// remove its rules instead.
+    #[error(
+        "a quota of 0 for User:{0} would never let a request through; give at least 1, or \
+         remove the principal's rules to shut it out"
+    )]
+    ZeroQuota(String),
     /// A bound of [`crate::constants`] would be passed.
     #[error("too many {what}: at most {max}")]
     TooMany {
@@ -323,6 +330,16 @@ pub enum SecurityError {
         /// The bound.
         max: usize,
     },
+}
+
+/// Where a principal stands with tenants.
+enum Membership<'a> {
+    /// In no tenant.
+    None,
+    /// In this tenant.
+    Tenant(&'a Tenant),
+    /// Placed in a tenant that was removed since.
+    Removed(&'a str),
 }
 
 /// The replicated security settings: rules, tokens, tenants, quotas.
@@ -346,11 +363,21 @@ impl Security {
             resource: access.resource.to_string(),
             reason,
         };
-        if let Some(tenant) = self.tenant_of(principal) {
-            if !tenant.contains(access.resource) {
+        match self.membership(principal) {
+            Membership::None => {}
+            Membership::Tenant(tenant) => {
+                if !tenant.contains(access.resource) {
+                    return Err(denied(format!(
+                        "outside tenant {:?} (names starting {:?})",
+                        tenant.name, tenant.prefix
+                    )));
+                }
+            }
+            // Leaving such a principal unconfined would widen its reach
+            // the moment its tenant went.
+            Membership::Removed(name) => {
                 return Err(denied(format!(
-                    "outside tenant {:?} (names starting {:?})",
-                    tenant.name, tenant.prefix
+                    "its tenant {name:?} was removed; assign it to a tenant again"
                 )));
             }
         }
@@ -380,6 +407,51 @@ impl Security {
         self.tenants.get(name)
     }
 
+    /// Whether a name that is no topic or group (a named producer's) lies
+    /// inside `principal`'s tenant, when it is in one; why not, if not.
+    /// Such names share the tenant's prefix, so that one tenant cannot
+    /// fence another's producer by taking its name.
+    pub fn confine(&self, principal: &Principal, name: &str) -> Result<(), String> {
+        match self.membership(principal) {
+            Membership::None => Ok(()),
+            Membership::Tenant(tenant) if name.starts_with(&tenant.prefix) => Ok(()),
+            Membership::Tenant(tenant) => Err(format!(
+                "outside tenant {:?} (names starting {:?})",
+                tenant.name, tenant.prefix
+            )),
+            Membership::Removed(name) => Err(format!(
+                "its tenant {name:?} was removed; assign it to a tenant again"
+            )),
+        }
+    }
+
+    fn membership(&self, principal: &Principal) -> Membership<'_> {
+        let Some(name) = principal
+            .user_name()
+            .and_then(|user| self.members.get(user))
+        else {
+            return Membership::None;
+        };
+        match self.tenants.get(name) {
+            Some(tenant) => Membership::Tenant(tenant),
+            None => Membership::Removed(name),
+        }
+    }
+
+    /// Every user principal placed in a tenant, with its tenant's name.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members
+            .iter()
+            .map(|(principal, tenant)| (principal.as_str(), tenant.as_str()))
+    }
+
+    /// Every user principal with a quota, with it.
+    pub fn quotas(&self) -> impl Iterator<Item = (&str, Quota)> {
+        self.quotas
+            .iter()
+            .map(|(principal, quota)| (principal.as_str(), *quota))
+    }
+
     /// The rules.
     pub fn acls(&self) -> &Acls {
         &self.acls
@@ -407,7 +479,7 @@ impl Security {
 
     /// Applies one change.
     pub fn apply(&mut self, op: &SecurityOp) -> Result<(), SecurityError> {
-        use crate::constants::{TENANTS_MAX, TOKENS_MAX};
+        use crate::constants::{QUOTAS_MAX, TENANT_MEMBERS_MAX, TENANTS_MAX, TOKENS_MAX};
         match op {
             SecurityOp::AddRule(rule) => self.acls.add(rule.clone())?,
             SecurityOp::RemoveRule(rule) => self.acls.remove(rule),
@@ -464,6 +536,14 @@ impl Security {
                         return Err(SecurityError::UnknownTenant(tenant.clone()));
                     }
                     Some(tenant) => {
+                        if !self.members.contains_key(principal)
+                            && self.members.len() >= TENANT_MEMBERS_MAX
+                        {
+                            return Err(SecurityError::TooMany {
+                                what: "tenant members".to_owned(),
+                                max: TENANT_MEMBERS_MAX,
+                            });
+                        }
                         self.members.insert(principal.clone(), tenant.clone());
                     }
                     None => {
@@ -476,9 +556,23 @@ impl Security {
                     return Err(RuleError::Principal(principal.clone()).into());
                 }
                 match quota {
-                    Some(quota) => self.quotas.insert(principal.clone(), *quota),
-                    None => self.quotas.remove(principal),
-                };
+                    Some(quota) => {
+                        if quota.bytes_per_second == Some(0) || quota.requests_per_second == Some(0)
+                        {
+                            return Err(SecurityError::ZeroQuota(principal.clone()));
+                        }
+                        if !self.quotas.contains_key(principal) && self.quotas.len() >= QUOTAS_MAX {
+                            return Err(SecurityError::TooMany {
+                                what: "quotas".to_owned(),
+                                max: QUOTAS_MAX,
+                            });
+                        }
+                        self.quotas.insert(principal.clone(), *quota);
+                    }
+                    None => {
+                        self.quotas.remove(principal);
+                    }
+                }
             }
         }
         Ok(())

@@ -158,6 +158,80 @@ fn a_tenant_principal_reaches_nothing_outside_its_prefix() {
     assert!(outside.reason.contains("outside tenant"), "{outside}");
     assert!(!security.visible(&alice, Resource::Topic("globex.orders")));
     assert!(security.visible(&Principal::user("bob"), Resource::Topic("globex.orders")));
+    // Names that are no topic or group (a named producer's) too.
+    assert!(security.confine(&alice, "acme.ingest").is_ok());
+    let reason = security.confine(&alice, "globex.ingest").unwrap_err();
+    assert!(reason.contains("outside tenant"), "{reason}");
+    assert!(
+        security
+            .confine(&Principal::user("bob"), "globex.ingest")
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_principal_whose_tenant_was_removed_reaches_nothing() {
+    let mut security = security(&[rule("*", "topic:*", "all", "allow")]);
+    let acme = Tenant {
+        name: "acme".into(),
+        prefix: "acme.".into(),
+    };
+    security
+        .apply(&SecurityOp::SetTenant(acme.clone()))
+        .unwrap();
+    security
+        .apply(&SecurityOp::AssignTenant {
+            principal: "alice".into(),
+            tenant: Some("acme".into()),
+        })
+        .unwrap();
+    security
+        .apply(&SecurityOp::RemoveTenant {
+            name: "acme".into(),
+        })
+        .unwrap();
+    let alice = Principal::user("alice");
+    for name in ["acme.orders", "globex.orders"] {
+        let refused = security
+            .check(&alice, access(Operation::Consume, Resource::Topic(name)))
+            .unwrap_err();
+        assert!(refused.reason.contains("was removed"), "{refused}");
+    }
+    assert_eq!(security.members().collect::<Vec<_>>(), [("alice", "acme")]);
+    security.apply(&SecurityOp::SetTenant(acme)).unwrap();
+    assert!(
+        security
+            .check(
+                &alice,
+                access(Operation::Consume, Resource::Topic("acme.orders"))
+            )
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_zero_quota_is_refused_and_quotas_are_listed() {
+    let mut security = Security::default();
+    let set = |bytes, requests| SecurityOp::SetQuota {
+        principal: "alice".into(),
+        quota: Some(Quota {
+            bytes_per_second: bytes,
+            requests_per_second: requests,
+        }),
+    };
+    assert_eq!(
+        security.apply(&set(Some(0), None)),
+        Err(SecurityError::ZeroQuota("alice".into()))
+    );
+    assert_eq!(
+        security.apply(&set(None, Some(0))),
+        Err(SecurityError::ZeroQuota("alice".into()))
+    );
+    security.apply(&set(Some(1000), None)).unwrap();
+    let listed: Vec<(&str, Quota)> = security.quotas().collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1.bytes_per_second, Some(1000));
+    assert_eq!(security.quota(&Principal::user("alice")), Some(listed[0].1));
 }
 
 #[test]

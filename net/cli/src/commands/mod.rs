@@ -9,6 +9,7 @@ pub(crate) mod dlq;
 pub(crate) mod inspect;
 pub(crate) mod node;
 pub(crate) mod publish;
+pub(crate) mod security;
 pub(crate) mod tail;
 pub(crate) mod topics;
 

@@ -72,8 +72,11 @@ fn only_a_node_that_answers_and_catches_up_becomes_a_voter() {
     let mut nodes = Nodes::start_with_secret(&[1, 2, 3], Some(SECRET));
     nodes.init();
     nodes.create_topic("t", 1);
-    // A log longer than a learner can catch up with in no time.
-    let lines: String = (0..300).map(|i| format!("k\tv{i}\n")).collect();
+    // A log longer than a learner can catch up with in no time: 300
+    // entries and 20 MB, so that replicating it takes far longer than
+    // committing the learner's membership entry, even on a loaded machine.
+    let payload = "x".repeat(64 * 1024);
+    let lines: String = (0..300).map(|i| format!("k\tv{i}{payload}\n")).collect();
     nodes.publish("t", &lines, 1);
     let voters = vec![(1, true), (2, true), (3, true)];
     assert_eq!(members(&nodes), voters);

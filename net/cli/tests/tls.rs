@@ -214,6 +214,9 @@ fn expired_client(certs: &Path, name: &str) -> PathBuf {
 #[test]
 fn refused_certificates_and_principals_are_logged() {
     let nodes = Nodes::start_tls(&[1]);
+    // As `admin` (the node's superuser): the next `certs` run makes
+    // `alice` the directory's default client.
+    nodes.init();
     let certs = nodes.tls_dir.clone().expect("TLS");
     let dir = certs.to_str().unwrap();
     sluice_ok(
@@ -228,7 +231,6 @@ fn refused_certificates_and_principals_are_logged() {
         ],
         None,
     );
-    nodes.init();
     for name in ["alice", "bob"] {
         let output = list_topics(&nodes, &certs.join(name));
         assert!(output.status.success(), "{}", text(&output.stderr));

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use sluice_core::bus::{Bus, BusConfig, BusError};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
+use sluice_core::io::wall_unix_ms;
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
 use sluice_model::security::Principal;
 use sluice_model::state::Op;
@@ -464,6 +465,7 @@ impl NodeService {
                 metrics.last_applied.map(|id| id.index),
             ),
             topics,
+            wall_clock_ms: wall_unix_ms(&**self.bus.clock()),
         }
     }
 

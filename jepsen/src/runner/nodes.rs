@@ -27,9 +27,6 @@ use super::netns;
 /// The environment variable that names a planted bug to the nodes.
 pub(crate) const PLANTED_BUG_ENV: &str = "SLUICE_PLANTED_BUG";
 
-/// Where Debian's `faketime` package puts the multi-threaded library.
-pub(crate) const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 /// The node processes.
 #[derive(Debug)]
 pub(crate) struct Nodes {
@@ -69,7 +66,7 @@ impl Nodes {
     /// Starts every node.
     pub(crate) fn start_all(&self) -> Result<(), String> {
         for id in self.ids() {
-            if self.config.skew {
+            if self.config.skew() {
                 self.set_skew(id, 0)?;
             }
             self.start(id)?;
@@ -120,9 +117,9 @@ impl Nodes {
             .arg("--secret-file")
             .arg(&self.config.secret_file)
             .env("SLUICE_LOG", "info");
-        if self.config.skew {
+        if let Some(library) = &self.config.libfaketime {
             command
-                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("LD_PRELOAD", library)
                 .env("FAKETIME_TIMESTAMP_FILE", self.faketime_file(id))
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_CACHE_DURATION", "1");
@@ -227,7 +224,7 @@ mod tests {
             sluice: PathBuf::from("/bin/sluice"),
             run_dir: PathBuf::from("/runs/r"),
             secret_file: PathBuf::from("/runs/r/secret"),
-            skew,
+            libfaketime: skew.then(|| PathBuf::from("/lib/libfaketimeMT.so.1")),
             tmpfs_data: false,
             planted_bug: planted_bug.map(str::to_owned),
             producers: 1,
@@ -269,7 +266,10 @@ mod tests {
             env(&command, PLANTED_BUG_ENV).as_deref(),
             Some("skip-producer-dedup")
         );
-        assert_eq!(env(&command, "LD_PRELOAD").as_deref(), Some(LIBFAKETIME));
+        assert_eq!(
+            env(&command, "LD_PRELOAD").as_deref(),
+            Some("/lib/libfaketimeMT.so.1")
+        );
         assert_eq!(
             env(&command, "FAKETIME_TIMESTAMP_FILE").as_deref(),
             Some("/runs/r/node-2.faketime")

@@ -279,8 +279,8 @@ async fn initialise(config: &WorkerConfig, admin: &Client) -> Result<(), String>
 
 fn spawn_workload(config: &WorkerConfig, context: &Context) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    for _ in 0..config.producers {
-        tasks.spawn(workload::producer(context.clone()));
+    for index in 0..config.producers {
+        tasks.spawn(workload::producer(context.clone(), index));
     }
     for index in 0..config.consumers {
         tasks.spawn(workload::consumer(context.clone(), index));

@@ -117,6 +117,13 @@ impl Nodes {
             .arg("--secret-file")
             .arg(&self.config.secret_file)
             .env("SLUICE_LOG", "info");
+        if self.config.mode == Mode::Netns {
+            // A node refuses a non-loopback address without TLS unless
+            // told the network is private, which the run's namespaces
+            // are (nothing in them reaches the host's network); the
+            // cluster secret still guards every connection.
+            command.arg("--insecure");
+        }
         if let Some(library) = &self.config.libfaketime {
             command
                 .env("LD_PRELOAD", library)
@@ -262,6 +269,7 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["--data-dir", "/runs/r/node-2/data"])
         );
+        assert!(args.iter().any(|a| a == "--insecure"));
         assert_eq!(
             env(&command, PLANTED_BUG_ENV).as_deref(),
             Some("skip-producer-dedup")
@@ -295,5 +303,6 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["--listen", "127.0.0.11:27000"])
         );
+        assert!(!args.iter().any(|a| a == "--insecure"));
     }
 }

@@ -63,6 +63,10 @@ struct RunFacts {
     /// Faults started successfully, per chosen kind (zero included).
     faults_injected: BTreeMap<String, u64>,
     node_exits_unexpected: Vec<(u64, String)>,
+    /// Each node's highest resident set size over its processes, KiB.
+    nodes_peak_rss_kib: BTreeMap<u64, u64>,
+    /// The bytes in each node's data directory at the end.
+    data_dir_bytes: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,10 +132,12 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
     nemesis.restart_exited();
     final_reads(&recorder, &seeds, &secret).await;
 
+    let footprint = (nodes.peak_rss_kib(), nodes.data_dir_bytes());
     let failed = judge(
         &config,
         &recorder,
         &nemesis,
+        footprint,
         workload_secs,
         converged,
         convergence,
@@ -196,6 +202,7 @@ fn judge(
     config: &WorkerConfig,
     recorder: &Recorder,
     nemesis: &Nemesis,
+    (nodes_peak_rss_kib, data_dir_bytes): (BTreeMap<u64, u64>, BTreeMap<u64, u64>),
     workload_secs: f64,
     converged: bool,
     convergence: String,
@@ -228,6 +235,8 @@ fn judge(
         nemesis_failures: nemesis.failures.clone(),
         faults_injected,
         node_exits_unexpected: nemesis.unexpected_exits.clone(),
+        nodes_peak_rss_kib,
+        data_dir_bytes,
     };
     let checks = checks(&report, &facts);
     print_summary(&report, &facts, &checks);
@@ -563,6 +572,18 @@ fn print_summary(report: &Report, facts: &RunFacts, checks: &Checks) {
         println!("{kind:<24} {count:>10}{verdict}");
     }
     println!("convergence: {}", facts.convergence);
+    let mib = |values: &BTreeMap<u64, u64>, unit: f64| {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|(id, value)| format!("{id}: {:.1}", *value as f64 / unit))
+            .collect();
+        shown.join(", ")
+    };
+    println!(
+        "nodes: peak RSS MiB [{}]; data directories MiB [{}]",
+        mib(&facts.nodes_peak_rss_kib, 1024.0),
+        mib(&facts.data_dir_bytes, 1024.0 * 1024.0)
+    );
     print!("{report}");
     for class in report.failures() {
         for example in report.examples(class).iter().take(3) {
@@ -605,6 +626,8 @@ mod tests {
                 .map(|(kind, count)| (kind.to_string(), *count))
                 .collect(),
             node_exits_unexpected: Vec::new(),
+            nodes_peak_rss_kib: BTreeMap::new(),
+            data_dir_bytes: BTreeMap::new(),
         }
     }
 

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The Jepsen-style run for CI (called from .ci/run, as root): installs what
-# the runner needs (iptables, nftables, faketime), removes leftovers of an
-# interrupted run, then runs 5 real nodes for 60 s under every nemesis
-# kind. Exits non-zero on any anomaly, on a cluster that does not converge,
-# or if the runner cannot set up or tear down.
+# the runner needs (it refuses to start without them: see "What a run
+# needs" in jepsen/README.md), removes leftovers of an interrupted run,
+# then runs 5 real nodes for 60 s under every nemesis kind. Exits non-zero
+# on any anomaly, on a cluster that does not converge, on a nemesis action
+# that failed or a kind that injected no fault, or if the runner cannot
+# set up or tear down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v iptables >/dev/null 2>&1 \
+multiarch="$(uname -m)-linux-gnu"
+if ! command -v ip >/dev/null 2>&1 \
+  || ! command -v iptables >/dev/null 2>&1 \
   || ! command -v nft >/dev/null 2>&1 \
-  || [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
+  || ! command -v mount >/dev/null 2>&1 \
+  || [ ! -e "/usr/lib/$multiarch/faketime/libfaketimeMT.so.1" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq iptables nftables faketime >/dev/null
+  apt-get install -y -qq iproute2 iptables nftables mount faketime >/dev/null
 fi
 
 cargo build --release -p sluice-cli --bin sluice -p sluice-jepsen

@@ -70,6 +70,10 @@ struct Cli {
     /// outcome is unknown (`info`) and the client takes a new identity.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     request_timeout: u64,
+    /// The libfaketime library for the skew nemesis (libfaketimeMT.so.1;
+    /// default: where Debian's `faketime` package puts it).
+    #[arg(long)]
+    libfaketime: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
                 consumers: cli.consumers,
                 transactors: cli.transactors,
                 request_timeout_secs: cli.request_timeout,
+                libfaketime: cli.libfaketime,
             }),
             Err(error) => Err(error),
         },

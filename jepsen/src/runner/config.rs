@@ -43,8 +43,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) run_dir: PathBuf,
     /// The cluster secret file.
     pub(crate) secret_file: PathBuf,
-    /// Whether nodes run under libfaketime.
-    pub(crate) skew: bool,
+    /// The libfaketime library nodes run under (skew nemesis), if any.
+    pub(crate) libfaketime: Option<PathBuf>,
     /// Whether each node's data directory is its own small tmpfs.
     pub(crate) tmpfs_data: bool,
     /// A planted bug passed to the nodes, if any.
@@ -60,6 +60,11 @@ pub(crate) struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Whether nodes run under libfaketime (the skew nemesis).
+    pub(crate) fn skew(&self) -> bool {
+        self.libfaketime.is_some()
+    }
+
     /// The enabled nemesis kinds.
     pub(crate) fn kinds(&self) -> Vec<Kind> {
         Kind::parse_list(&self.nemesis.join(",")).expect("validated by the supervisor")

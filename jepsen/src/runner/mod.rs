@@ -4,6 +4,8 @@
 //!
 //! - [`supervisor`]: leftovers, network and tmpfs set-up, the worker
 //!   process, teardown on every exit path;
+//! - [`preflight`]: what the chosen mode and nemeses need from the
+//!   machine, checked before the run starts;
 //! - [`netns`]: namespace names, addresses, set-up commands, leftovers;
 //! - [`worker`]: one run's phases, from the nodes' start to the verdict;
 //! - [`nodes`]: the node processes;
@@ -18,6 +20,7 @@ pub(crate) mod config;
 pub(crate) mod nemesis;
 pub(crate) mod netns;
 pub(crate) mod nodes;
+pub(crate) mod preflight;
 pub(crate) mod proxy;
 pub(crate) mod recorder;
 pub(crate) mod schedule;

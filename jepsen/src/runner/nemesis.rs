@@ -9,11 +9,22 @@
 //! filler and restarts the node, as an operator would after freeing space.
 //! After every heal, a node that exited on its own is recorded (a `note`)
 //! and restarted.
+//!
+//! No fault may pretend: an action whose command fails is recorded as
+//! failed (and fails the run); a skew counts only once the node's own
+//! wall clock (its metadata's `wall_clock_ms`) is seen off by the offset
+//! asked for; a fault aimed at the leader when none is known hits the
+//! schedule's fallback node instead of nobody. The faults injected are
+//! counted per kind ([`Nemesis::injected`]).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
+use sluice_client::client::Client;
+use sluice_client::protocol::{ClientRequest, ClientResponse};
 
 use super::config::Mode;
 use super::netns;
@@ -33,18 +44,39 @@ pub(crate) struct Nemesis {
     active: Vec<u64>,
     /// Nodes that exited on their own during the run.
     pub(crate) unexpected_exits: Vec<(u64, String)>,
+    /// Faults started successfully, per kind.
+    pub(crate) injected: BTreeMap<Kind, u64>,
+    /// Every action that failed, as recorded.
+    pub(crate) failures: Vec<String>,
+    /// Asks nodes for their wall clock.
+    prober: Client,
+    /// Nodes whose wall clock is moved now, and by how much (seconds).
+    skewed: BTreeMap<u64, i64>,
 }
 
 /// Where the filler of a full-disk fault goes.
 const FILLER: &str = "nemesis-filler";
 
+/// How long a moved wall clock may take to show in the node's answers
+/// (libfaketime re-reads its file every second).
+const SKEW_VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How far a node's wall clock may be from the offset asked for, beyond
+/// half the round trip of the question.
+const SKEW_TOLERANCE_MS: i64 = 1_000;
+
+/// The pause between two questions about a node's wall clock.
+const SKEW_VERIFY_PAUSE: Duration = Duration::from_millis(250);
+
 impl Nemesis {
-    /// A nemesis over `nodes`; `proxy` in loopback mode.
+    /// A nemesis over `nodes`; `proxy` in loopback mode; `prober` asks
+    /// the nodes for their wall clock.
     pub(crate) fn new(
         mode: Mode,
         nodes: Arc<Nodes>,
         proxy: Option<Proxy>,
         recorder: Arc<Recorder>,
+        prober: Client,
     ) -> Nemesis {
         Nemesis {
             mode,
@@ -53,11 +85,15 @@ impl Nemesis {
             recorder,
             active: Vec::new(),
             unexpected_exits: Vec::new(),
+            injected: BTreeMap::new(),
+            failures: Vec::new(),
+            prober,
+            skewed: BTreeMap::new(),
         }
     }
 
     /// Starts `fault`; `leader` is the node that leads now, if known.
-    pub(crate) fn start(&mut self, fault: &Fault, leader: Option<u64>) {
+    pub(crate) async fn start(&mut self, fault: &Fault, leader: Option<u64>) {
         let kind = fault.kind();
         let (action, result) = match fault {
             Fault::Partition { left, right, .. } => self.start_partition(left, right, leader),
@@ -91,10 +127,11 @@ impl Nemesis {
             }
             Fault::Skew { node, seconds } => {
                 self.active = vec![*node];
-                (
-                    format!("node {node}'s wall clock moves by {seconds:+} s"),
-                    self.nodes.set_skew(*node, *seconds),
-                )
+                let action = format!("node {node}'s wall clock moves by {seconds:+} s");
+                match self.skew(*node, *seconds).await {
+                    Ok(measured) => (format!("{action} ({measured})"), Ok(())),
+                    Err(error) => (action, Err(error)),
+                }
             }
             Fault::Disk(node) => {
                 self.active = vec![*node];
@@ -104,6 +141,9 @@ impl Nemesis {
                 )
             }
         };
+        if result.is_ok() {
+            *self.injected.entry(kind).or_insert(0) += 1;
+        }
         self.record("start", Some(kind), action, result);
     }
 
@@ -115,7 +155,7 @@ impl Nemesis {
         right: &[u64],
         leader: Option<u64>,
     ) -> (String, Result<(), String>) {
-        let isolates_leader = matches!(left, Target::Leader);
+        let isolates_leader = matches!(left, Target::Leader { .. });
         let left = resolve(left, leader);
         let right: Vec<u64> = if isolates_leader {
             self.nodes
@@ -132,7 +172,7 @@ impl Nemesis {
     }
 
     /// Heals `fault` (started by the last [`Nemesis::start`]).
-    pub(crate) fn heal(&mut self, fault: &Fault) {
+    pub(crate) async fn heal(&mut self, fault: &Fault) {
         let kind = fault.kind();
         let active = std::mem::take(&mut self.active);
         let (action, result) = match fault {
@@ -149,10 +189,13 @@ impl Nemesis {
                     .iter()
                     .try_for_each(|&id| self.nodes.signal(id, Signal::SIGCONT)),
             ),
-            Fault::Skew { node, .. } => (
-                format!("node {node}'s wall clock back to true time"),
-                self.nodes.set_skew(*node, 0),
-            ),
+            Fault::Skew { node, .. } => {
+                let action = format!("node {node}'s wall clock back to true time");
+                match self.skew(*node, 0).await {
+                    Ok(measured) => (format!("{action} ({measured})"), Ok(())),
+                    Err(error) => (action, Err(error)),
+                }
+            }
             Fault::Disk(node) => (
                 format!("free node {node}'s data directory and restart it"),
                 self.unfill(*node),
@@ -163,16 +206,24 @@ impl Nemesis {
     }
 
     /// Heals everything, whatever is in force (the end of a run).
-    pub(crate) fn heal_all(&mut self, skew: bool) {
+    pub(crate) async fn heal_all(&mut self, skew: bool) {
         let mut result = self.heal_network();
         for id in self.nodes.ids() {
             let _ = self.nodes.signal(id, Signal::SIGCONT);
-            if skew {
-                result = result.and(self.nodes.set_skew(id, 0));
-            }
             let filler = filler_path(&self.nodes, id);
             if filler.exists() {
                 result = result.and(self.unfill(id));
+            }
+        }
+        if skew {
+            for id in self.nodes.ids() {
+                result = result.and(self.nodes.set_skew(id, 0));
+            }
+            // A clock still moved is verified back; the others were never
+            // moved, or were verified back by their heal.
+            let moved: Vec<u64> = self.skewed.keys().copied().collect();
+            for id in moved {
+                result = result.and(self.skew(id, 0).await.map(drop));
             }
         }
         self.active.clear();
@@ -206,7 +257,7 @@ impl Nemesis {
     }
 
     fn record(
-        &self,
+        &mut self,
         phase: &'static str,
         kind: Option<Kind>,
         action: String,
@@ -217,12 +268,54 @@ impl Nemesis {
             Ok(()) => action,
             Err(error) => format!("{action} (failed: {error})"),
         };
-        eprintln!(
-            "nemesis: {phase} {}: {action}",
-            kind.map_or("-", Kind::name)
-        );
+        let line = format!("{phase} {}: {action}", kind.map_or("-", Kind::name));
+        eprintln!("nemesis: {line}");
+        if !ok {
+            self.failures.push(line);
+        }
         self.recorder
             .nemesis(phase, kind.map(Kind::name), action, ok);
+    }
+
+    /// Moves node `id`'s wall clock to `seconds` from true time and waits
+    /// until the node's own answers show it; returns what was measured.
+    async fn skew(&mut self, id: u64, seconds: i64) -> Result<String, String> {
+        self.nodes.set_skew(id, seconds)?;
+        if seconds == 0 {
+            self.skewed.remove(&id);
+        } else {
+            self.skewed.insert(id, seconds);
+        }
+        let address = self.nodes.listen_address(id);
+        let wanted_ms = seconds.saturating_mul(1_000);
+        let deadline = Instant::now() + SKEW_VERIFY_TIMEOUT;
+        loop {
+            let before = unix_ms(SystemTime::now());
+            let answer = self
+                .prober
+                .request_from(address, &ClientRequest::Metadata)
+                .await;
+            let after = unix_ms(SystemTime::now());
+            let last = match answer {
+                Ok(ClientResponse::Metadata(metadata)) => {
+                    let offset_ms = metadata.wall_clock_ms as i64 - (before + after) / 2;
+                    let slack_ms = SKEW_TOLERANCE_MS + (after - before) / 2;
+                    let measured = format!("measured {:+.1} s", offset_ms as f64 / 1_000.0);
+                    if (offset_ms - wanted_ms).abs() <= slack_ms {
+                        return Ok(measured);
+                    }
+                    measured
+                }
+                other => format!("{other:?}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {id}'s wall clock is not {seconds:+} s from true time after \
+                     {SKEW_VERIFY_TIMEOUT:?} ({last}): is libfaketime loaded into the node?"
+                ));
+            }
+            tokio::time::sleep(SKEW_VERIFY_PAUSE).await;
+        }
     }
 
     /// Stalls or drops traffic on each directed (from, to) link.
@@ -333,12 +426,52 @@ impl Nemesis {
     }
 }
 
-/// The nodes `target` names; the leader only if it is known.
+/// The nodes `target` names: the leader when it is known, else the
+/// schedule's fallback node (a fault never hits nobody).
 fn resolve(target: &Target, leader: Option<u64>) -> Vec<u64> {
     match target {
         Target::Nodes(ids) => ids.clone(),
-        Target::Leader => leader.into_iter().collect(),
+        Target::Leader { otherwise } => vec![leader.unwrap_or(*otherwise)],
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Checks, in node `id`'s namespace, that iptables can add the rules the
+/// `kinds` need (a plain `DROP`; the `statistic` match for loss), then
+/// flushes them: a kernel or an iptables build without them fails here,
+/// before the run, not at its first fault.
+pub(crate) fn probe_iptables(id: u64, kinds: &[Kind]) -> Result<(), String> {
+    // An address no node has: the probe rules match nothing.
+    let nobody = "10.77.0.254";
+    let mut result = iptables(id, &["-A", "INPUT", "-s", nobody, "-j", "DROP"]);
+    if result.is_ok() && kinds.contains(&Kind::Loss) {
+        result = iptables(
+            id,
+            &[
+                "-A",
+                "INPUT",
+                "-s",
+                nobody,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.10",
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+    let flushed = iptables(id, &["-F", "INPUT"]);
+    result
+        .and(flushed)
+        .map_err(|error| format!("iptables cannot inject the network faults asked for: {error}"))
 }
 
 /// Every directed link between a node of `left` and one of `right`, in

@@ -11,9 +11,12 @@
 //! refuse to start; [`leftovers`] finds them and [`cleanup_commands`] says
 //! how to remove them.
 
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::config::Mode;
 
 /// Every namespace this runner creates starts with this.
 pub(crate) const PREFIX: &str = "sluice-jepsen-";
@@ -116,17 +119,22 @@ pub(crate) fn cleanup_commands(leftovers: &Leftovers) -> Vec<String> {
     commands
 }
 
-/// Reads the system's leftovers (`ip netns list`, `/proc/mounts`).
-pub(crate) fn find_leftovers() -> Result<Leftovers, String> {
-    let list = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map_err(|error| format!("cannot run `ip netns list`: {error}; install iproute2"))?;
+/// Reads the system's leftovers (`ip netns list`, `/proc/mounts`). In
+/// loopback mode a machine without `ip` has no namespaces to leave.
+pub(crate) fn find_leftovers(mode: Mode) -> Result<Leftovers, String> {
+    let list = match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(list) => String::from_utf8_lossy(&list.stdout).into_owned(),
+        Err(error) if mode == Mode::Loopback && error.kind() == io::ErrorKind::NotFound => {
+            String::new()
+        }
+        Err(error) => {
+            return Err(format!(
+                "cannot run `ip netns list`: {error}; install iproute2"
+            ));
+        }
+    };
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    Ok(parse_leftovers(
-        &String::from_utf8_lossy(&list.stdout),
-        &mounts,
-    ))
+    Ok(parse_leftovers(&list, &mounts))
 }
 
 /// The commands (argument vectors) that build the network for nodes

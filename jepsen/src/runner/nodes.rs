@@ -27,14 +27,16 @@ use super::netns;
 /// The environment variable that names a planted bug to the nodes.
 pub(crate) const PLANTED_BUG_ENV: &str = "SLUICE_PLANTED_BUG";
 
-/// Where Debian's `faketime` package puts the multi-threaded library.
-pub(crate) const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 /// The node processes.
 #[derive(Debug)]
 pub(crate) struct Nodes {
     config: WorkerConfig,
     children: Mutex<BTreeMap<u64, Child>>,
+    /// The highest resident set size (`VmHWM`, KiB) seen per node, over
+    /// its processes so far: read before each kill and by
+    /// [`Nodes::peak_rss_kib`] (a process that exits on its own takes its
+    /// peak with it).
+    peaks: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Nodes {
@@ -43,7 +45,38 @@ impl Nodes {
         Nodes {
             config,
             children: Mutex::new(BTreeMap::new()),
+            peaks: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Keeps the peak RSS of node `id`'s process `child`.
+    fn note_peak(&self, id: u64, child: &Child) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        if let Some(kib) = status.ok().as_deref().and_then(vm_hwm_kib) {
+            let mut peaks = self.peaks.lock().expect("peaks lock");
+            let peak = peaks.entry(id).or_insert(0);
+            *peak = (*peak).max(kib);
+        }
+    }
+
+    /// The highest resident set size of each node's processes, in KiB,
+    /// the live ones read now.
+    pub(crate) fn peak_rss_kib(&self) -> BTreeMap<u64, u64> {
+        {
+            let children = self.children.lock().expect("children lock");
+            for (&id, child) in children.iter() {
+                self.note_peak(id, child);
+            }
+        }
+        self.peaks.lock().expect("peaks lock").clone()
+    }
+
+    /// The bytes of the files in each node's data directory, now.
+    pub(crate) fn data_dir_bytes(&self) -> BTreeMap<u64, u64> {
+        self.ids()
+            .into_iter()
+            .map(|id| (id, tree_bytes(&self.data_dir(id))))
+            .collect()
     }
 
     /// Node ids, 1..=N.
@@ -69,7 +102,7 @@ impl Nodes {
     /// Starts every node.
     pub(crate) fn start_all(&self) -> Result<(), String> {
         for id in self.ids() {
-            if self.config.skew {
+            if self.config.skew() {
                 self.set_skew(id, 0)?;
             }
             self.start(id)?;
@@ -94,6 +127,7 @@ impl Nodes {
             .map_err(|error| format!("cannot start node {id}: {error}"))?;
         let mut children = self.children.lock().expect("children lock");
         if let Some(mut old) = children.insert(id, child) {
+            self.note_peak(id, &old);
             let _ = old.kill();
             let _ = old.wait();
         }
@@ -120,9 +154,16 @@ impl Nodes {
             .arg("--secret-file")
             .arg(&self.config.secret_file)
             .env("SLUICE_LOG", "info");
-        if self.config.skew {
+        if self.config.mode == Mode::Netns {
+            // A node refuses a non-loopback address without TLS unless
+            // told the network is private, which the run's namespaces
+            // are (nothing in them reaches the host's network); the
+            // cluster secret still guards every connection.
+            command.arg("--insecure");
+        }
+        if let Some(library) = &self.config.libfaketime {
             command
-                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("LD_PRELOAD", library)
                 .env("FAKETIME_TIMESTAMP_FILE", self.faketime_file(id))
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_CACHE_DURATION", "1");
@@ -149,6 +190,7 @@ impl Nodes {
         let child = children
             .get_mut(&id)
             .ok_or_else(|| format!("node {id} was never started"))?;
+        self.note_peak(id, child);
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         child
             .wait()
@@ -196,13 +238,35 @@ impl Nodes {
     /// Kills every node (the end of a run).
     pub(crate) fn kill_all(&self) {
         let mut children = self.children.lock().expect("children lock");
-        for child in children.values_mut() {
+        for (&id, child) in children.iter_mut() {
+            self.note_peak(id, child);
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             let _ = child.kill();
             let _ = child.wait();
         }
         children.clear();
     }
+}
+
+/// `VmHWM` (the peak resident set size, KiB) from `/proc/PID/status`.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The total length of the files under `dir` (0 if it is gone).
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 impl Drop for Nodes {
@@ -227,7 +291,7 @@ mod tests {
             sluice: PathBuf::from("/bin/sluice"),
             run_dir: PathBuf::from("/runs/r"),
             secret_file: PathBuf::from("/runs/r/secret"),
-            skew,
+            libfaketime: skew.then(|| PathBuf::from("/lib/libfaketimeMT.so.1")),
             tmpfs_data: false,
             planted_bug: planted_bug.map(str::to_owned),
             producers: 1,
@@ -265,11 +329,15 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["--data-dir", "/runs/r/node-2/data"])
         );
+        assert!(args.iter().any(|a| a == "--insecure"));
         assert_eq!(
             env(&command, PLANTED_BUG_ENV).as_deref(),
             Some("skip-producer-dedup")
         );
-        assert_eq!(env(&command, "LD_PRELOAD").as_deref(), Some(LIBFAKETIME));
+        assert_eq!(
+            env(&command, "LD_PRELOAD").as_deref(),
+            Some("/lib/libfaketimeMT.so.1")
+        );
         assert_eq!(
             env(&command, "FAKETIME_TIMESTAMP_FILE").as_deref(),
             Some("/runs/r/node-2.faketime")
@@ -278,6 +346,21 @@ mod tests {
             env(&command, "FAKETIME_DONT_FAKE_MONOTONIC").as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn the_peak_rss_is_read_from_proc_status_and_data_dirs_are_summed() {
+        let status = "Name:\tsluice\nVmPeak:\t  900 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(51_234));
+        assert_eq!(vm_hwm_kib("Name:\tx\n"), None);
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(vm_hwm_kib(&own).unwrap() > 0);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("log")).unwrap();
+        std::fs::write(dir.path().join("log").join("a"), [0u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("b"), [0u8; 24]).unwrap();
+        assert_eq!(tree_bytes(dir.path()), 1024);
+        assert_eq!(tree_bytes(&dir.path().join("gone")), 0);
     }
 
     #[test]
@@ -295,5 +378,6 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["--listen", "127.0.0.11:27000"])
         );
+        assert!(!args.iter().any(|a| a == "--insecure"));
     }
 }

@@ -8,7 +8,9 @@
 //! kind appears twice (and every kind appears at all when the time limit
 //! leaves room for one round; [`Schedule::new`] sizes the periods so).
 //! Which node leads is only known at run time: [`Target::Leader`] is
-//! resolved then.
+//! resolved then, and carries a seeded node to hit when no leader is
+//! known at that moment (an election in progress), so that no fault hits
+//! nobody.
 
 use std::fmt;
 use std::time::Duration;
@@ -112,8 +114,12 @@ impl fmt::Display for Kind {
 pub(crate) enum Target {
     /// These node ids.
     Nodes(Vec<u64>),
-    /// Whoever leads when the fault starts.
-    Leader,
+    /// Whoever leads when the fault starts; `otherwise` if no node says
+    /// it leads then.
+    Leader {
+        /// The node hit when the leader is unknown.
+        otherwise: u64,
+    },
 }
 
 /// One fault with its seeded parameters.
@@ -239,6 +245,38 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The kinds of `kinds` that this schedule never starts: its time
+    /// limit left them no turn.
+    pub(crate) fn unscheduled(&self, kinds: &[Kind]) -> Vec<Kind> {
+        kinds
+            .iter()
+            .copied()
+            .filter(|kind| {
+                !self
+                    .steps
+                    .iter()
+                    .any(|(_, step)| matches!(step, Step::Start(f) if f.kind() == *kind))
+            })
+            .collect()
+    }
+}
+
+/// The longest time limit [`time_limit_min`] looks at.
+const TIME_LIMIT_SEARCH_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest time limit, in whole seconds, whose schedule starts each
+/// of `kinds` at least once (none if even a day is too short).
+pub(crate) fn time_limit_min(kinds: &[Kind], nodes: u64) -> Option<Duration> {
+    (0..=TIME_LIMIT_SEARCH_MAX.as_secs())
+        .map(Duration::from_secs)
+        .find(|&limit| {
+            Schedule::new(0, kinds, nodes, limit)
+                .unscheduled(kinds)
+                .is_empty()
+        })
+}
+
 /// A fault of `kind` with seeded parameters.
 fn fault(rng: &mut fastrand::Rng, kind: Kind, nodes: u64) -> Fault {
     let mut ids: Vec<u64> = (1..=nodes).collect();
@@ -249,7 +287,7 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, nodes: u64) -> Fault {
         Kind::PartitionHalves => partition(kind, &ids, (ids.len() / 2).max(1)),
         Kind::PartitionLeader => Fault::Partition {
             kind,
-            left: Target::Leader,
+            left: Target::Leader { otherwise: one },
             right: Vec::new(),
         },
         // ids[0] is the bridge; the rest split in two sides that only the
@@ -290,7 +328,7 @@ fn partition(kind: Kind, ids: &[u64], half: usize) -> Fault {
 /// The leader or node `one`, by a coin toss.
 fn leader_or(rng: &mut fastrand::Rng, one: u64) -> Target {
     if rng.bool() {
-        Target::Leader
+        Target::Leader { otherwise: one }
     } else {
         Target::Nodes(vec![one])
     }
@@ -354,6 +392,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shortest_time_limit_schedules_every_kind_and_one_second_less_does_not() {
+        let minimum = time_limit_min(&Kind::ALL, 5).unwrap();
+        for seed in 0..20 {
+            let fits = Schedule::new(seed, &Kind::ALL, 5, minimum);
+            assert!(fits.unscheduled(&Kind::ALL).is_empty(), "seed {seed}");
+            let short = Schedule::new(seed, &Kind::ALL, 5, minimum - Duration::from_secs(1));
+            assert!(!short.unscheduled(&Kind::ALL).is_empty(), "seed {seed}");
+        }
+        assert!(minimum <= MINUTE, "{minimum:?}");
+        assert_eq!(time_limit_min(&[], 5), Some(Duration::ZERO));
+    }
+
+    #[test]
     fn only_enabled_kinds_appear_and_none_gives_an_empty_schedule() {
         let kinds = Kind::parse_list("kill,partition").unwrap();
         assert_eq!(kinds.len(), 4);
@@ -376,10 +427,13 @@ mod tests {
                 match fault {
                     Fault::Partition { left, right, .. } => {
                         assert!(right.iter().all(valid));
-                        if let Target::Nodes(left) = left {
-                            assert!(left.iter().all(valid));
-                            assert!(left.iter().all(|id| !right.contains(id)));
-                            assert!(!left.is_empty() && !right.is_empty(), "{fault:?}");
+                        match left {
+                            Target::Nodes(left) => {
+                                assert!(left.iter().all(valid));
+                                assert!(left.iter().all(|id| !right.contains(id)));
+                                assert!(!left.is_empty() && !right.is_empty(), "{fault:?}");
+                            }
+                            Target::Leader { otherwise } => assert!(valid(otherwise)),
                         }
                     }
                     Fault::OneWay { from, to } => assert!(valid(from) && valid(to) && from != to),
@@ -387,11 +441,10 @@ mod tests {
                         assert!(!nodes.is_empty() && nodes.iter().all(valid));
                         assert!((10..=40).contains(percent));
                     }
-                    Fault::Kill(target) | Fault::Pause(target) => {
-                        if let Target::Nodes(ids) = target {
-                            assert!(ids.iter().all(valid));
-                        }
-                    }
+                    Fault::Kill(target) | Fault::Pause(target) => match target {
+                        Target::Nodes(ids) => assert!(!ids.is_empty() && ids.iter().all(valid)),
+                        Target::Leader { otherwise } => assert!(valid(otherwise)),
+                    },
                     Fault::Skew { node, seconds } => {
                         assert!(valid(node) && (30..=600).contains(&seconds.abs()));
                     }

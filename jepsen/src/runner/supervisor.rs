@@ -30,8 +30,10 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::config::{Mode, WorkerConfig};
+use super::nemesis;
 use super::netns::{self, Leftovers};
-use super::schedule::Kind;
+use super::preflight;
+use super::schedule::{self, Kind, Schedule};
 
 /// The command line of a run, checked.
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub(crate) struct RunArgs {
     pub(crate) consumers: u32,
     pub(crate) transactors: u32,
     pub(crate) request_timeout_secs: u64,
+    pub(crate) libfaketime: Option<PathBuf>,
 }
 
 /// Everything a run created that must go at its end.
@@ -87,7 +90,7 @@ impl Drop for Teardown {
 
 /// Removes an earlier run's leftovers (the `cleanup` subcommand).
 pub(crate) fn cleanup() -> Result<i32, String> {
-    let leftovers = netns::find_leftovers()?;
+    let leftovers = netns::find_leftovers(Mode::Netns)?;
     if leftovers.is_empty() {
         println!("nothing to clean up");
         return Ok(0);
@@ -98,7 +101,7 @@ pub(crate) fn cleanup() -> Result<i32, String> {
         worker_group: None,
     };
     teardown.run();
-    let left = netns::find_leftovers()?;
+    let left = netns::find_leftovers(Mode::Netns)?;
     for command in netns::cleanup_commands(&leftovers) {
         println!("done: {command}");
     }
@@ -130,14 +133,23 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     } else {
         Mode::Netns
     };
+    // Before anything is created: a run that cannot inject every fault it
+    // was asked for does not start.
+    let needs = preflight::needs(mode, &args.nemesis);
+    let path = std::env::var_os("PATH");
+    let found = preflight::check(&needs, path.as_deref(), args.libfaketime.as_deref())?;
+    check_schedule(&args)?;
     let tmpfs_data = args.nemesis.contains(&Kind::Disk);
     check_privileges(mode, tmpfs_data, root)?;
-    let leftovers = netns::find_leftovers()?;
+    let leftovers = netns::find_leftovers(mode)?;
     if !leftovers.is_empty() {
         eprint!("{}", refuse_leftovers(&leftovers));
         return Ok(2);
     }
     let sluice = locate_sluice(args.sluice.as_deref())?;
+    if let Some(library) = &found.libfaketime {
+        preflight::probe_libfaketime(&sluice, library)?;
+    }
     let run_dir = create_run_dir(&args)?;
     let mut teardown = Teardown::default();
     if mode == Mode::Netns {
@@ -145,8 +157,11 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
         for words in netns::setup_commands(args.nodes) {
             netns::run(&words)?;
         }
+        if needs.iter().any(|need| need.name == "iptables") {
+            nemesis::probe_iptables(1, &args.nemesis)?;
+        }
     }
-    let config = worker_config(&args, mode, sluice, run_dir.clone(), tmpfs_data);
+    let config = worker_config(&args, mode, sluice, run_dir.clone(), tmpfs_data, found);
     if tmpfs_data {
         mount_data_dirs(&config, args.disk_mib, &mut teardown)?;
     }
@@ -159,6 +174,29 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     let code = supervise(&mut teardown, mode, &config_path)?;
     teardown.run();
     Ok(code)
+}
+
+/// Refuses a time limit whose schedule leaves a chosen kind no turn: a
+/// run must inject every kind it was asked for.
+fn check_schedule(args: &RunArgs) -> Result<(), String> {
+    let limit = std::time::Duration::from_secs(args.time_limit_secs);
+    let schedule = Schedule::new(args.seed, &args.nemesis, args.nodes, limit);
+    let unscheduled = schedule.unscheduled(&args.nemesis);
+    if unscheduled.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = unscheduled.iter().map(|kind| kind.name()).collect();
+    let minimum = schedule::time_limit_min(&args.nemesis, args.nodes)
+        .map_or("more".to_owned(), |min| {
+            format!("at least {}", min.as_secs())
+        });
+    Err(format!(
+        "--time-limit {} leaves no turn for the {} nemesis (each kind needs a fault and a \
+         heal of at least {} s); use --time-limit {minimum}, or fewer kinds",
+        args.time_limit_secs,
+        names.join(", "),
+        schedule::PERIOD_MIN.as_secs()
+    ))
 }
 
 /// Refuses a run that needs root (namespaces, tmpfs mounts) without it.
@@ -197,6 +235,7 @@ fn worker_config(
     sluice: PathBuf,
     run_dir: PathBuf,
     tmpfs_data: bool,
+    found: preflight::Found,
 ) -> WorkerConfig {
     WorkerConfig {
         nodes: args.nodes,
@@ -207,7 +246,7 @@ fn worker_config(
         sluice,
         secret_file: run_dir.join("secret"),
         run_dir,
-        skew: args.nemesis.contains(&Kind::Skew),
+        libfaketime: found.libfaketime,
         tmpfs_data,
         planted_bug: args.planted_bug.clone(),
         producers: args.producers,

@@ -9,7 +9,12 @@
 //! same log; read every topic from every node (the final reads); check
 //! the history with the same checker the simulator uses; write
 //! `history.jsonl`, `nemesis.jsonl`, `results.json`.
+//!
+//! Besides the checker's classes a run fails when a nemesis action failed
+//! (`nemesis-actions`) or a chosen nemesis kind injected no fault
+//! (`faults-injected`): a run whose faults did not happen proves nothing.
 
+use std::collections::BTreeMap;
 use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,7 +58,15 @@ struct RunFacts {
     convergence: String,
     nemesis_actions: usize,
     nemesis_failed_actions: usize,
+    /// Every failed nemesis action, as recorded.
+    nemesis_failures: Vec<String>,
+    /// Faults started successfully, per chosen kind (zero included).
+    faults_injected: BTreeMap<String, u64>,
     node_exits_unexpected: Vec<(u64, String)>,
+    /// Each node's highest resident set size over its processes, KiB.
+    nodes_peak_rss_kib: BTreeMap<u64, u64>,
+    /// The bytes in each node's data directory at the end.
+    data_dir_bytes: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +123,7 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
         Arc::clone(&nodes),
         proxy.clone(),
         Arc::clone(&recorder),
+        client(&seeds, &secret, Duration::from_secs(2)),
     );
     let workload_secs = run_workload(&config, &context, &mut nemesis, &admin, &seeds).await;
 
@@ -118,10 +132,12 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
     nemesis.restart_exited();
     final_reads(&recorder, &seeds, &secret).await;
 
+    let footprint = (nodes.peak_rss_kib(), nodes.data_dir_bytes());
     let failed = judge(
         &config,
         &recorder,
         &nemesis,
+        footprint,
         workload_secs,
         converged,
         convergence,
@@ -174,7 +190,7 @@ async fn run_workload(
     follow_schedule(config, nemesis, admin, seeds, started).await;
     context.stop.store(true, Ordering::Relaxed);
     let workload_secs = started.elapsed().as_secs_f64();
-    nemesis.heal_all(config.skew);
+    nemesis.heal_all(config.skew()).await;
     drain(tasks).await;
     workload_secs
 }
@@ -186,6 +202,7 @@ fn judge(
     config: &WorkerConfig,
     recorder: &Recorder,
     nemesis: &Nemesis,
+    (nodes_peak_rss_kib, data_dir_bytes): (BTreeMap<u64, u64>, BTreeMap<u64, u64>),
     workload_secs: f64,
     converged: bool,
     convergence: String,
@@ -194,6 +211,14 @@ fn judge(
     let report = sluice_jepsen::check(&history);
     let nemesis_records = recorder.nemesis_records();
     write_outputs(&config.run_dir, &history, &nemesis_records)?;
+    let faults_injected = config
+        .kinds()
+        .into_iter()
+        .map(|kind| {
+            let count = nemesis.injected.get(&kind).copied().unwrap_or(0);
+            (kind.name().to_owned(), count)
+        })
+        .collect();
     let facts = RunFacts {
         nodes: config.nodes,
         seed: config.seed,
@@ -207,7 +232,11 @@ fn judge(
         convergence,
         nemesis_actions: nemesis_records.len(),
         nemesis_failed_actions: nemesis_records.iter().filter(|r| !r.ok).count(),
+        nemesis_failures: nemesis.failures.clone(),
+        faults_injected,
         node_exits_unexpected: nemesis.unexpected_exits.clone(),
+        nodes_peak_rss_kib,
+        data_dir_bytes,
     };
     let checks = checks(&report, &facts);
     print_summary(&report, &facts, &checks);
@@ -259,8 +288,8 @@ async fn initialise(config: &WorkerConfig, admin: &Client) -> Result<(), String>
 
 fn spawn_workload(config: &WorkerConfig, context: &Context) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    for _ in 0..config.producers {
-        tasks.spawn(workload::producer(context.clone()));
+    for index in 0..config.producers {
+        tasks.spawn(workload::producer(context.clone(), index));
     }
     for index in 0..config.consumers {
         tasks.spawn(workload::consumer(context.clone(), index));
@@ -290,27 +319,37 @@ async fn follow_schedule(
         match step {
             Step::Start(fault) => {
                 let leader = leader(admin, seeds).await;
-                nemesis.start(fault, leader);
+                nemesis.start(fault, leader).await;
             }
-            Step::Heal(fault) => nemesis.heal(fault),
+            Step::Heal(fault) => nemesis.heal(fault).await,
         }
     }
     tokio::time::sleep_until((started + config.time_limit()).into()).await;
 }
 
-/// The node that says it leads, asked one by one (at most a second each).
+/// The node that says it leads, asked one by one (at most a second each),
+/// in up to [`LEADER_ROUNDS`] rounds while an election runs.
 async fn leader(admin: &Client, seeds: &[SocketAddr]) -> Option<u64> {
-    for &address in seeds {
-        if let Ok(ClientResponse::Metadata(metadata)) =
-            admin.request_from(address, &ClientRequest::Metadata).await
-        {
-            if metadata.role == "leader" {
-                return Some(metadata.node_id);
+    for round in 0..LEADER_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for &address in seeds {
+            if let Ok(ClientResponse::Metadata(metadata)) =
+                admin.request_from(address, &ClientRequest::Metadata).await
+            {
+                if metadata.role == "leader" {
+                    return Some(metadata.node_id);
+                }
             }
         }
     }
     None
 }
+
+/// Rounds of asking every node whether it leads, before a fault aimed at
+/// the leader falls back to its seeded node.
+const LEADER_ROUNDS: u32 = 3;
 
 async fn drain(mut tasks: JoinSet<()>) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
@@ -466,7 +505,8 @@ fn write_outputs(
     std::fs::write(&path, lines).map_err(|error| format!("{}: {error}", path.display()))
 }
 
-/// One check per failure class of the checker, plus convergence.
+/// One check per failure class of the checker, plus convergence, plus the
+/// nemesis: no action failed, and every chosen kind injected a fault.
 fn checks(report: &Report, facts: &RunFacts) -> Checks {
     let mut passed = 0;
     let mut failed_names = Vec::new();
@@ -477,10 +517,20 @@ fn checks(report: &Report, facts: &RunFacts) -> Checks {
             failed_names.push(class.name().to_owned());
         }
     }
-    if facts.converged {
-        passed += 1;
-    } else {
-        failed_names.push("convergence".to_owned());
+    let nemesis = [
+        ("convergence", facts.converged),
+        ("nemesis-actions", facts.nemesis_failures.is_empty()),
+        (
+            "faults-injected",
+            facts.faults_injected.values().all(|&count| count > 0),
+        ),
+    ];
+    for (name, ok) in nemesis {
+        if ok {
+            passed += 1;
+        } else {
+            failed_names.push(name.to_owned());
+        }
     }
     Checks {
         passed,
@@ -509,12 +559,97 @@ fn print_summary(report: &Report, facts: &RunFacts, checks: &Checks) {
         facts.nemesis_failed_actions,
         facts.node_exits_unexpected.len()
     );
+    for failure in &facts.nemesis_failures {
+        println!("  failed: {failure}");
+    }
+    println!("{:<24} {:>10}", "nemesis kind", "injected");
+    for (kind, count) in &facts.faults_injected {
+        let verdict = if *count == 0 {
+            "  (none: fails the run)"
+        } else {
+            ""
+        };
+        println!("{kind:<24} {count:>10}{verdict}");
+    }
     println!("convergence: {}", facts.convergence);
+    let mib = |values: &BTreeMap<u64, u64>, unit: f64| {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|(id, value)| format!("{id}: {:.1}", *value as f64 / unit))
+            .collect();
+        shown.join(", ")
+    };
+    println!(
+        "nodes: peak RSS MiB [{}]; data directories MiB [{}]",
+        mib(&facts.nodes_peak_rss_kib, 1024.0),
+        mib(&facts.data_dir_bytes, 1024.0 * 1024.0)
+    );
     print!("{report}");
     for class in report.failures() {
         for example in report.examples(class).iter().take(3) {
             println!("  {class}: {}", example.message);
         }
     }
-    println!("{} passed, {} failed", checks.passed, checks.failed);
+    if checks.failed_names.is_empty() {
+        println!("{} passed, {} failed", checks.passed, checks.failed);
+    } else {
+        println!(
+            "{} passed, {} failed: {}",
+            checks.passed,
+            checks.failed,
+            checks.failed_names.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(failures: &[&str], injected: &[(&str, u64)], converged: bool) -> RunFacts {
+        RunFacts {
+            nodes: 3,
+            seed: 1,
+            time_limit_secs: 60,
+            mode: Mode::Loopback,
+            nemesis: injected.iter().map(|(kind, _)| kind.to_string()).collect(),
+            planted_bug: None,
+            request_timeout_secs: 10,
+            workload_secs: 60.0,
+            converged,
+            convergence: String::new(),
+            nemesis_actions: 10,
+            nemesis_failed_actions: failures.len(),
+            nemesis_failures: failures.iter().map(|f| f.to_string()).collect(),
+            faults_injected: injected
+                .iter()
+                .map(|(kind, count)| (kind.to_string(), *count))
+                .collect(),
+            node_exits_unexpected: Vec::new(),
+            nodes_peak_rss_kib: BTreeMap::new(),
+            data_dir_bytes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_failed_nemesis_action_or_a_chosen_kind_without_a_fault_fails_the_run() {
+        let report = sluice_jepsen::check(&sluice_jepsen::History::default());
+        assert!(report.valid);
+        let clean = checks(&report, &facts(&[], &[("kill", 2), ("skew", 1)], true));
+        assert_eq!((clean.failed, clean.failed_names.len()), (0, 0));
+        let failed_action = facts(
+            &["start one-way: drop packets from node 1 to node 2 (failed: no iptables)"],
+            &[("kill", 2), ("one-way", 1)],
+            true,
+        );
+        assert_eq!(
+            checks(&report, &failed_action).failed_names,
+            ["nemesis-actions"]
+        );
+        let no_skew = facts(&[], &[("kill", 2), ("skew", 0)], true);
+        assert_eq!(checks(&report, &no_skew).failed_names, ["faults-injected"]);
+        let unconverged = checks(&report, &facts(&[], &[], false));
+        assert_eq!(unconverged.failed_names, ["convergence"]);
+        assert_eq!(clean.passed, unconverged.passed + 1);
+    }
 }

@@ -8,9 +8,21 @@
 //! - a refusal by the state machine (a stale generation, a refused
 //!   transaction, a refused event) is `fail`: nothing was applied;
 //! - anything else (the client gave up after its request timeout, an
-//!   answer it did not expect) is `info`, and the process takes a new
-//!   identity: a new process id, a new producer, a new group member name,
-//!   as Jepsen's clients do. An indeterminate value is never sent again.
+//!   answer it did not expect) is `info`: the process is gone and the
+//!   client continues under a new process id, as Jepsen's clients do. A
+//!   producer first resends the same event once, unchanged (same
+//!   producer, epoch and sequence), as the new process, and drops the
+//!   answers of a few sends on purpose so that every run makes such
+//!   resends; if the resend's outcome is unknown too, it also takes a new
+//!   producer. Group members take a new member name; transactions and
+//!   commits are never resent.
+//!
+//! Each transactional member also plays a zombie once per life: it reads
+//! inputs, then stalls while a new incarnation takes over its member name
+//! (a new generation, the same partitions) and processes them; then the
+//! stalled one commits its inputs with the generation it knew, for the
+//! partitions that did not move. Only the generation check can refuse that
+//! commit; accepted, it processes the inputs twice.
 //! - polls and fetches change nothing, so a failed one is `fail`.
 
 use std::collections::BTreeMap;
@@ -108,10 +120,43 @@ async fn new_producer(context: &Context, client: &Client) -> Option<RemoteProduc
     None
 }
 
-/// One producer slot: sends unique values one at a time; after an
-/// indeterminate send it becomes a new process with a new producer.
-pub(crate) async fn producer(context: Context) {
+/// The share of sends, in percent, whose answer a producer drops as if it
+/// were lost on its way back, so that every run resends applied events.
+const LOST_ANSWER_PERCENT: u32 = 5;
+
+/// What a publish of one event came to.
+enum Sent {
+    /// Appended (or found appended before) at this partition and offset.
+    Acked(u32, u64),
+    /// Refused by the state machine: nothing was appended.
+    Refused(String),
+    /// No answer the producer can use: it may or may not be appended.
+    Unknown,
+}
+
+async fn publish_one(producer: &mut RemoteProducer, event: sluice_model::event::Event) -> Sent {
+    match producer.publish(vec![event]).await {
+        Ok(outcomes) => match &outcomes[0] {
+            PublishOutcome::Appended {
+                partition, offset, ..
+            } => Sent::Acked(*partition, *offset),
+            PublishOutcome::Refused { message } => Sent::Refused(message.clone()),
+        },
+        Err(_) => Sent::Unknown,
+    }
+}
+
+/// One producer slot: sends unique values one at a time, each with the
+/// producer's next sequence. After an unknown outcome (no answer within
+/// the request timeout, or, for [`LOST_ANSWER_PERCENT`] of the sends, an
+/// answer dropped on purpose) the send is `info` and the slot resends the
+/// same event once, same producer, epoch and sequence, as a new process:
+/// deduplication must answer an applied event with its original offset.
+/// If the resend's outcome is unknown too, the slot becomes a new process
+/// with a new producer.
+pub(crate) async fn producer(context: Context, index: u32) {
     let recorder = &context.recorder;
+    let mut rng = context.rng(0, index);
     let mut process = recorder.new_process();
     let mut client = context.client();
     let mut producer = None;
@@ -140,19 +185,25 @@ pub(crate) async fn producer(context: Context) {
             ..SendOp::new(INPUT, value).producer(id, u64::from(epoch), event.producer.sequence)
         };
         recorder.invoke(process, send.clone());
-        match current.publish(vec![event]).await {
-            Ok(outcomes) => match &outcomes[0] {
-                PublishOutcome::Appended {
-                    partition, offset, ..
-                } => recorder.ok(process, send.acked(*partition, *offset)),
-                PublishOutcome::Refused { message } => {
-                    eprintln!("send of {} refused: {message}", send.value);
-                    recorder.fail(process, send);
-                    // The refused sequence leaves a gap: start over.
-                    producer = None;
-                }
-            },
-            Err(_) => {
+        let mut sent = publish_one(current, event.clone()).await;
+        if matches!(sent, Sent::Acked(..)) && rng.u32(0..100) < LOST_ANSWER_PERCENT {
+            sent = Sent::Unknown;
+        }
+        if let Sent::Unknown = sent {
+            recorder.info(process, send.clone());
+            process = recorder.new_process();
+            recorder.invoke(process, send.clone());
+            sent = publish_one(current, event).await;
+        }
+        match sent {
+            Sent::Acked(partition, offset) => recorder.ok(process, send.acked(partition, offset)),
+            Sent::Refused(message) => {
+                eprintln!("send of {} refused: {message}", send.value);
+                recorder.fail(process, send);
+                // The refused sequence leaves a gap: start over.
+                producer = None;
+            }
+            Sent::Unknown => {
                 recorder.info(process, send);
                 process = recorder.new_process();
                 client = context.client();
@@ -412,14 +463,21 @@ async fn commit(context: &Context, process: u64, member: &mut Member) -> bool {
 
 /// A transactional member: each poll's inputs become outputs in
 /// [`OUTPUT`], published with the input offsets' commit as one
-/// `Op::Transaction`.
+/// `Op::Transaction`. Once per life, at a seeded round, it plays the
+/// zombie ([`zombie_step`]) and continues as the new incarnation.
 pub(crate) async fn transactor(context: Context, index: u32) {
     let mut rng = context.rng(2, index);
-    while let Some((process, mut member)) = join(&context, TXN_GROUP, "t").await {
-        let Some(mut producer) = new_producer(&context, &member.client).await else {
+    while let Some((process, member)) = join(&context, TXN_GROUP, "t").await {
+        let Some(producer) = new_producer(&context, &member.client).await else {
             return;
         };
+        let mut current = Incarnation {
+            process,
+            member,
+            producer,
+        };
         let rounds = rng.u32(20..200);
+        let zombie_round = rng.u32(ZOMBIE_ROUNDS);
         let leave = rng.u32(0..3) != 0;
         let mut crashed = false;
         let mut count = 0u64;
@@ -427,37 +485,34 @@ pub(crate) async fn transactor(context: Context, index: u32) {
             if context.stopped() {
                 break;
             }
-            if round % 10 == 9 && member.refresh().await.is_err() {
+            if round % 10 == 9 && current.member.refresh().await.is_err() {
                 crashed = true;
                 break;
             }
-            let Ok((inputs, positions)) = member.fetch().await else {
+            let Ok((inputs, positions)) = current.member.fetch().await else {
                 continue;
             };
             if inputs.is_empty() {
                 tokio::time::sleep(IDLE_PAUSE).await;
                 continue;
             }
-            match transaction(
-                &context,
-                process,
-                &mut member,
-                &mut producer,
-                inputs,
-                positions,
-                &mut count,
-            )
-            .await
-            {
+            if (zombie_round..zombie_round + ZOMBIE_TRIES).contains(&round) {
+                if zombie_step(&context, &mut current, inputs, positions, &mut count).await {
+                    continue;
+                }
+                crashed = true;
+                break;
+            }
+            match transaction(&context, &mut current, inputs, positions, &mut count).await {
                 Outcome::Ok => {}
                 Outcome::Refused => {
                     // Sequences were taken for nothing; rewind to the
                     // commits and start a new producer.
-                    let Some(fresh) = new_producer(&context, &member.client).await else {
+                    let Some(fresh) = new_producer(&context, &current.member.client).await else {
                         return;
                     };
-                    producer = fresh;
-                    if member.refresh().await.is_err() {
+                    current.producer = fresh;
+                    if current.member.refresh().await.is_err() {
                         crashed = true;
                         break;
                     }
@@ -469,9 +524,95 @@ pub(crate) async fn transactor(context: Context, index: u32) {
             }
         }
         if leave && !crashed {
-            member.leave().await;
+            current.member.leave().await;
         }
     }
+}
+
+/// The round of a transactional member's life at which it plays the
+/// zombie (the first with inputs from there, within [`ZOMBIE_TRIES`]).
+const ZOMBIE_ROUNDS: std::ops::Range<u32> = 2..12;
+
+/// Rounds after the zombie's round that may still play it when that one
+/// had no inputs.
+const ZOMBIE_TRIES: u32 = 10;
+
+/// One incarnation of a transactional member: its process, its group
+/// membership (name, generation, positions) and its output producer.
+struct Incarnation {
+    process: u64,
+    member: Member,
+    producer: RemoteProducer,
+}
+
+/// The zombie step. `current` has read `inputs` (its positions would
+/// move to `positions`) and stalls; a new incarnation joins under the
+/// same member name, which makes a new generation with the same
+/// partitions (unless another member joined or left meanwhile), and
+/// processes from the group's commits, the stalled one's inputs among
+/// them. Then the stalled one wakes and commits its inputs, with the
+/// generation it knew, for the partitions its name still owns: a stale
+/// commit the cluster must refuse (`fail`), which would otherwise
+/// process those inputs twice. `current` becomes the new incarnation;
+/// false if it could not join or its transaction's outcome is unknown.
+async fn zombie_step(
+    context: &Context,
+    current: &mut Incarnation,
+    inputs: Vec<Event>,
+    positions: BTreeMap<u32, u64>,
+    count: &mut u64,
+) -> bool {
+    let name = current.member.name.clone();
+    let Ok(member) = Member::join(context.client(), TXN_GROUP, name).await else {
+        return false;
+    };
+    let Some(producer) = new_producer(context, &member.client).await else {
+        return false;
+    };
+    let successor = Incarnation {
+        process: context.recorder.new_process(),
+        member,
+        producer,
+    };
+    let mut zombie = std::mem::replace(current, successor);
+    if let Ok((fresh, next)) = current.member.fetch().await {
+        if !fresh.is_empty() {
+            match transaction(context, current, fresh, next, count).await {
+                Outcome::Ok => {}
+                Outcome::Refused => {
+                    let Some(fresh) = new_producer(context, &current.member.client).await else {
+                        return false;
+                    };
+                    current.producer = fresh;
+                    if current.member.refresh().await.is_err() {
+                        return false;
+                    }
+                }
+                Outcome::Unknown => return false,
+            }
+        }
+    }
+    // The partitions that did not move: still the name's in the new
+    // generation.
+    let owned = &current.member.positions;
+    let inputs: Vec<Event> = inputs
+        .into_iter()
+        .filter(|input| owned.contains_key(&input.partition))
+        .collect();
+    let positions: BTreeMap<u32, u64> = positions
+        .into_iter()
+        .filter(|(partition, _)| owned.contains_key(partition))
+        .collect();
+    if !inputs.is_empty() {
+        let generation = zombie.member.generation;
+        if let Outcome::Ok = transaction(context, &mut zombie, inputs, positions, count).await {
+            eprintln!(
+                "zombie process {} committed with its stale generation {generation}",
+                zombie.process
+            );
+        }
+    }
+    true
 }
 
 enum Outcome {
@@ -482,13 +623,17 @@ enum Outcome {
 
 async fn transaction(
     context: &Context,
-    process: u64,
-    member: &mut Member,
-    producer: &mut RemoteProducer,
+    incarnation: &mut Incarnation,
     inputs: Vec<Event>,
     positions: BTreeMap<u32, u64>,
     count: &mut u64,
 ) -> Outcome {
+    let Incarnation {
+        process,
+        member,
+        producer,
+    } = incarnation;
+    let process = *process;
     let Some((outputs, events)) = stamp_outputs(process, producer, &inputs, count).await else {
         // Stamping failed before anything was sent; the stamps taken so
         // far would leave a gap.

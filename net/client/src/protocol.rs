@@ -326,6 +326,9 @@ pub struct Metadata {
     pub log: (Option<u64>, Option<u64>, Option<u64>),
     /// Topics and their partition counts.
     pub topics: Vec<(String, u32)>,
+    /// This node's wall clock when it answered, in milliseconds since the
+    /// Unix epoch: how far it is from another clock shows a skew.
+    pub wall_clock_ms: u64,
 }
 
 /// What became of one published event.

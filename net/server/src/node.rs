@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use sluice_audit::KeyPair;
 use sluice_core::bus::{Bus, BusConfig, BusError, CheckpointPolicy, Signer};
 use sluice_core::io::os::{DirectoryInUse, OsClock, OsDisk, OsEnv};
+use sluice_core::io::wall_unix_ms;
 use sluice_core::raft::{Durability, Node as RaftNode, RaftService, TransportNetwork};
 use sluice_model::names::REPLAY_GROUP;
 use sluice_model::security::{Denied, Principal};
@@ -755,6 +756,7 @@ impl NodeService {
                 metrics.last_applied.map(|id| id.index),
             ),
             topics,
+            wall_clock_ms: wall_unix_ms(&**self.bus.clock()),
         }
     }
 

@@ -41,8 +41,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) sluice: PathBuf,
     /// Where everything of this run goes.
     pub(crate) run_dir: PathBuf,
-    /// The cluster secret file.
-    pub(crate) secret_file: PathBuf,
+    /// The run's TLS directory (`sluice certs`): node certificates, the
+    /// `admin` client (the nodes' superuser) as its default client, and
+    /// the `jepsen` client the workload runs as, under access rules.
+    pub(crate) tls_dir: PathBuf,
     /// The libfaketime library nodes run under (skew nemesis), if any.
     pub(crate) libfaketime: Option<PathBuf>,
     /// Whether each node's data directory is its own small tmpfs.

@@ -151,16 +151,9 @@ impl Nodes {
             .arg(self.listen_address(id).to_string())
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .arg("--secret-file")
-            .arg(&self.config.secret_file)
+            .arg("--tls-dir")
+            .arg(&self.config.tls_dir)
             .env("SLUICE_LOG", "info");
-        if self.config.mode == Mode::Netns {
-            // A node refuses a non-loopback address without TLS unless
-            // told the network is private, which the run's namespaces
-            // are (nothing in them reaches the host's network); the
-            // cluster secret still guards every connection.
-            command.arg("--insecure");
-        }
         if let Some(library) = &self.config.libfaketime {
             command
                 .env("LD_PRELOAD", library)
@@ -290,7 +283,7 @@ mod tests {
             mode,
             sluice: PathBuf::from("/bin/sluice"),
             run_dir: PathBuf::from("/runs/r"),
-            secret_file: PathBuf::from("/runs/r/secret"),
+            tls_dir: PathBuf::from("/runs/r/tls"),
             libfaketime: skew.then(|| PathBuf::from("/lib/libfaketimeMT.so.1")),
             tmpfs_data: false,
             planted_bug: planted_bug.map(str::to_owned),

@@ -165,8 +165,7 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     if tmpfs_data {
         mount_data_dirs(&config, args.disk_mib, &mut teardown)?;
     }
-    let secret: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
-    write(&config.secret_file, &secret)?;
+    make_certificates(&config)?;
     let config_path = run_dir.join("config.json");
     let json = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;
     write(&config_path, &json)?;
@@ -174,6 +173,35 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     let code = supervise(&mut teardown, mode, &config_path)?;
     teardown.run();
     Ok(code)
+}
+
+/// `sluice certs` for the run: a CA, every node's certificate (valid for
+/// its namespace address too), the `admin` client (the nodes' default
+/// superuser) and the workload's `jepsen` client.
+fn make_certificates(config: &WorkerConfig) -> Result<(), String> {
+    let ids: Vec<String> = (1..=config.nodes).map(|id| id.to_string()).collect();
+    let mut command = std::process::Command::new(&config.sluice);
+    command
+        .arg("certs")
+        .arg("--dir")
+        .arg(&config.tls_dir)
+        .args(["--nodes", &ids.join(",")])
+        .args(["--clients", "admin,jepsen"]);
+    if config.mode == Mode::Netns {
+        for id in 1..=config.nodes {
+            command.args(["--host", &netns::node_ip(id).to_string()]);
+        }
+    }
+    let output = command
+        .output()
+        .map_err(|error| format!("cannot run {} certs: {error}", config.sluice.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "sluice certs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a time limit whose schedule leaves a chosen kind no turn: a
@@ -244,7 +272,7 @@ fn worker_config(
         nemesis: args.nemesis.iter().map(|k| k.name().to_owned()).collect(),
         mode,
         sluice,
-        secret_file: run_dir.join("secret"),
+        tls_dir: run_dir.join("tls"),
         run_dir,
         libfaketime: found.libfaketime,
         tmpfs_data,

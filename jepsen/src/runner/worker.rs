@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_client::auth::Secret;
+use sluice_client::tls::{Tls, TlsFiles};
+use sluice_model::security::{Rule, SecurityOp};
 use sluice_client::client::{Client, ClientConfig};
 use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
 use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
@@ -97,13 +98,14 @@ pub(crate) fn run(config_path: &Path) -> Result<i32, String> {
 }
 
 async fn run_async(config: WorkerConfig) -> Result<i32, String> {
-    let secret = Secret::from_file(&config.secret_file).map_err(|error| error.to_string())?;
+    let admin_tls = load_tls(TlsFiles::client(&config.tls_dir))?;
+    let workload_tls = load_tls(TlsFiles::client(&config.tls_dir.join(WORKLOAD_PRINCIPAL)))?;
     let recorder = Arc::new(Recorder::new());
     let nodes = Arc::new(Nodes::new(config.clone()));
     let proxy = start_proxy(&config, &nodes).await?;
     nodes.start_all()?;
     let seeds = seeds(&config, &nodes);
-    let admin = client(&seeds, &secret, Duration::from_secs(30));
+    let admin = client(&seeds, &admin_tls, Duration::from_secs(30));
     initialise(&config, &admin).await?;
     eprintln!(
         "cluster of {} nodes initialised; topics created",
@@ -113,7 +115,7 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
     let context = Context {
         recorder: Arc::clone(&recorder),
         seeds: seeds.clone(),
-        secret: secret.clone(),
+        tls: Arc::clone(&workload_tls),
         stop: Arc::new(AtomicBool::new(false)),
         seed: config.seed,
         request_timeout: Duration::from_secs(config.request_timeout_secs),
@@ -123,14 +125,14 @@ async fn run_async(config: WorkerConfig) -> Result<i32, String> {
         Arc::clone(&nodes),
         proxy.clone(),
         Arc::clone(&recorder),
-        client(&seeds, &secret, Duration::from_secs(2)),
+        client(&seeds, &admin_tls, Duration::from_secs(2)),
     );
     let workload_secs = run_workload(&config, &context, &mut nemesis, &admin, &seeds).await;
 
     let (converged, convergence) = converge(&admin, &seeds).await;
     eprintln!("convergence: {convergence}");
     nemesis.restart_exited();
-    final_reads(&recorder, &seeds, &secret).await;
+    final_reads(&recorder, &seeds, &admin_tls).await;
 
     let footprint = (nodes.peak_rss_kib(), nodes.data_dir_bytes());
     let failed = judge(
@@ -251,9 +253,9 @@ fn judge(
     Ok(results.checks.failed)
 }
 
-fn client(seeds: &[SocketAddr], secret: &Secret, timeout: Duration) -> Client {
+fn client(seeds: &[SocketAddr], tls: &Arc<Tls>, timeout: Duration) -> Client {
     let mut config = ClientConfig::new(seeds.to_vec());
-    config.secret = Some(secret.clone());
+    config.tls = Some(Arc::clone(tls));
     config.request_timeout = timeout;
     config.attempt_timeout = Duration::from_secs(1);
     Client::new(config).expect("seeds are given")
@@ -283,7 +285,36 @@ async fn initialise(config: &WorkerConfig, admin: &Client) -> Result<(), String>
     }
     workload::create_topics(admin)
         .await
-        .map_err(|error| format!("creating the topics: {error}"))
+        .map_err(|error| format!("creating the topics: {error}"))?;
+    allow_workload(admin).await
+}
+
+/// The principal the workload runs as: not a superuser, so every request
+/// it makes passes the access rules.
+const WORKLOAD_PRINCIPAL: &str = "jepsen";
+
+/// The rules the workload needs, and no more: publish and consume on the
+/// topics, consume on the groups. Proposed by the admin, so each is an
+/// admin-trail entry.
+async fn allow_workload(admin: &Client) -> Result<(), String> {
+    let principal = format!("User:{WORKLOAD_PRINCIPAL}");
+    for (resource, operation) in [
+        ("topic:*", "publish"),
+        ("topic:*", "consume"),
+        ("group:*", "consume"),
+    ] {
+        let rule = Rule::parse(&principal, resource, operation, "allow")
+            .map_err(|error| format!("the workload's rule: {error}"))?;
+        admin
+            .security(SecurityOp::AddRule(rule))
+            .await
+            .map_err(|error| format!("allowing the workload {operation} on {resource}: {error}"))?;
+    }
+    Ok(())
+}
+
+fn load_tls(files: TlsFiles) -> Result<Arc<Tls>, String> {
+    Tls::load(files).map_err(|error| format!("the run's TLS material: {error}"))
 }
 
 fn spawn_workload(config: &WorkerConfig, context: &Context) -> JoinSet<()> {
@@ -426,8 +457,8 @@ async fn converge(admin: &Client, seeds: &[SocketAddr]) -> (bool, String) {
 
 /// Reads both topics from every node, each partition from its first
 /// retained offset to its end; one `final_read` op per (node, topic).
-async fn final_reads(recorder: &Recorder, seeds: &[SocketAddr], secret: &Secret) {
-    let reader = client(seeds, secret, Duration::from_secs(10));
+async fn final_reads(recorder: &Recorder, seeds: &[SocketAddr], tls: &Arc<Tls>) {
+    let reader = client(seeds, tls, Duration::from_secs(10));
     for &address in seeds {
         for topic in [INPUT, OUTPUT] {
             let process = recorder.new_process();

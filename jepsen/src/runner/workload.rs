@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_client::auth::Secret;
+use sluice_client::tls::Tls;
 use sluice_client::client::{Client, ClientConfig, ClientError, RemoteProducer};
 use sluice_client::protocol::{ClientRequest, ClientResponse, PublishOutcome};
 use sluice_jepsen::{CommitOp, Event, PollOp, SendOp, TxnOp, TxnOutput};
@@ -71,8 +71,8 @@ pub(crate) struct Context {
     pub(crate) recorder: Arc<Recorder>,
     /// The nodes' addresses.
     pub(crate) seeds: Vec<SocketAddr>,
-    /// The cluster secret.
-    pub(crate) secret: Secret,
+    /// The TLS material the workload's clients present (`User:jepsen`).
+    pub(crate) tls: Arc<Tls>,
     /// Set when the time limit is reached.
     pub(crate) stop: Arc<AtomicBool>,
     /// The run's seed.
@@ -86,7 +86,7 @@ impl Context {
     /// A new client (its own connections and preferred node).
     pub(crate) fn client(&self) -> Client {
         let mut config = ClientConfig::new(self.seeds.clone());
-        config.secret = Some(self.secret.clone());
+        config.tls = Some(Arc::clone(&self.tls));
         config.request_timeout = self.request_timeout;
         config.attempt_timeout = ATTEMPT_TIMEOUT;
         Client::new(config).expect("seeds are given")

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use sluice_model::security::{Access, Operation, Principal, Resource};
-use sluice_model::state::{Op, RETENTION_MS_DEFAULT, Response, TopicConfig};
+use prost::Message;
+use sluice_client::protocol::ClientRequest;
+use sluice_model::security::{Principal, Resource};
+use sluice_model::state::{AdminAction, Op, RETENTION_MS_DEFAULT, Response, TopicConfig};
 use tonic::{Request, Status};
 
 use crate::proto::{
@@ -14,31 +16,13 @@ use crate::proto::{
     DescribeTopicRequest, ListTopicsRequest, ListTopicsResponse, Member, PartitionRange,
     TopicDescription, TopicSummary, admin_server::Admin,
 };
-use crate::{GrpcConfig, auth, status};
+use crate::{GrpcConfig, status};
 
 pub(crate) struct AdminService {
     pub(crate) config: Arc<GrpcConfig>,
 }
 
 impl AdminService {
-    /// The caller's principal, authorized for `accesses`.
-    fn authorize<T>(
-        &self,
-        request: &Request<T>,
-        accesses: &[Access<'_>],
-    ) -> Result<Principal, Status> {
-        let state = self.config.bus.state();
-        let security = state.security();
-        let principal = auth::principal(security, request.metadata())?;
-        auth::authorize(
-            security,
-            &self.config.superusers,
-            &principal,
-            accesses.iter().copied(),
-        )?;
-        Ok(principal)
-    }
-
     fn visible(&self, principal: &Principal, topic: &str) -> bool {
         self.config.superusers.contains(principal)
             || self
@@ -56,29 +40,31 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<tonic::Response<CreateTopicResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        self.authorize(
-            &request,
-            &[Access {
-                operation: Operation::Create,
-                resource: Resource::Topic(&name),
-            }],
-        )?;
-        let bus = &self.config.bus;
-        status::ensure_leader(bus)?;
-        let asked = request.into_inner();
+        let asked = request.get_ref();
         let retention_ms = if asked.retain_forever {
             None
         } else {
             Some(asked.retention_ms.unwrap_or(RETENTION_MS_DEFAULT))
         };
-        let op = Op::CreateTopic {
-            name,
+        let native = ClientRequest::Write(Op::CreateTopic {
+            name: asked.name.clone(),
             partitions: asked.partitions,
             config: TopicConfig {
                 retention_ms,
                 retention_bytes: asked.retention_bytes,
             },
+        });
+        let principal = self.config.admit(&request, &native, asked.encoded_len())?;
+        let bus = &self.config.bus;
+        status::ensure_leader(bus)?;
+        let ClientRequest::Write(op) = native else {
+            unreachable!("built as a write above");
+        };
+        // As natively: the change goes into the admin trail, naming who
+        // made it.
+        let op = Op::Admin {
+            principal,
+            action: AdminAction::Apply(Box::new(op)),
         };
         match bus.propose(op).await {
             Ok(Response::TopicCreated) => Ok(tonic::Response::new(CreateTopicResponse {})),
@@ -94,7 +80,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListTopicsRequest>,
     ) -> Result<tonic::Response<ListTopicsResponse>, Status> {
-        let principal = self.authorize(&request, &[])?;
+        let principal = self.config.admit(&request, &ClientRequest::Metadata, 0)?;
         let topics: Vec<(String, u32)> = self
             .config
             .bus
@@ -114,7 +100,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<tonic::Response<TopicDescription>, Status> {
-        let principal = self.authorize(&request, &[])?;
+        let principal = self.config.admit(&request, &ClientRequest::Metadata, 0)?;
         let name = request.into_inner().name;
         let not_found = || Status::not_found(format!("topic {name:?} does not exist"));
         // A topic the caller may not see is answered as one that does
@@ -150,7 +136,7 @@ impl Admin for AdminService {
     ) -> Result<tonic::Response<ClusterStatusResponse>, Status> {
         // The native protocol's metadata is open to every principal; so
         // is this.
-        self.authorize(&request, &[])?;
+        self.config.admit(&request, &ClientRequest::Metadata, 0)?;
         let bus = &self.config.bus;
         let metrics = bus.raft().metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();

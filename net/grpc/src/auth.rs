@@ -6,10 +6,18 @@
 //! revoked and verifies the secret; a call without it is `Anonymous`.
 //! Anything else is refused with UNAUTHENTICATED. The principal passes
 //! if it is one of the node's superusers, or if the replicated rules
-//! allow every access the call needs; otherwise PERMISSION_DENIED.
+//! allow every access the call needs; otherwise PERMISSION_DENIED. A
+//! call is admitted as the native request it amounts to, through the
+//! native protocol's map (`sluice_server::authorize`) and quotas.
 
-use sluice_model::security::{Access, Principal, Security, Token};
-use tonic::metadata::MetadataMap;
+use std::time::Instant;
+
+use sluice_client::protocol::ClientRequest;
+use sluice_model::security::{Principal, Security, Token};
+use sluice_model::state::State;
+use sluice_server::authorize::{self, Need};
+use sluice_server::quota::Quotas;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 /// The metadata key that carries the bearer token.
@@ -50,39 +58,59 @@ pub(crate) fn principal(security: &Security, metadata: &MetadataMap) -> Result<P
     Ok(Principal::user(&record.principal))
 }
 
-/// Lets `principal` through if it is a superuser or the rules allow every
-/// one of `accesses`; PERMISSION_DENIED naming the first refused one
-/// otherwise.
-pub(crate) fn authorize<'a>(
-    security: &Security,
+/// Trailing metadata of a RESOURCE_EXHAUSTED answer: how long to wait,
+/// in milliseconds, before sending the call again.
+pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Lets `request` (the native request the call amounts to) of `size`
+/// bytes by `principal` through, as the native protocol admits it:
+/// RESOURCE_EXHAUSTED with a retry delay past the principal's quota,
+/// then PERMISSION_DENIED unless it is a superuser or the rules allow
+/// everything the request needs (`sluice_server::authorize`).
+pub(crate) fn admit(
+    state: &State,
     superusers: &[Principal],
+    quotas: &Quotas,
     principal: &Principal,
-    accesses: impl IntoIterator<Item = Access<'a>>,
+    request: &ClientRequest,
+    size: usize,
 ) -> Result<(), Status> {
+    let security = state.security();
+    if let Principal::User(name) = principal {
+        let quota = security.quota(principal);
+        if let Err(wait) = quotas.charge(name, quota, size, Instant::now()) {
+            let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let mut metadata = MetadataMap::new();
+            metadata.insert(RETRY_AFTER_MS, MetadataValue::from(millis));
+            return Err(Status::with_metadata(
+                Code::ResourceExhausted,
+                format!(
+                    "{principal} is over its quota; send this call again in {millis} ms \
+                     (trailing metadata {RETRY_AFTER_MS})"
+                ),
+                metadata,
+            ));
+        }
+    }
     if superusers.contains(principal) {
         return Ok(());
     }
-    for access in accesses {
-        security
-            .check(principal, access)
-            .map_err(|denied| Status::new(Code::PermissionDenied, denied.to_string()))?;
-    }
-    Ok(())
+    authorize::check_needs(request, state, |need| match need {
+        Need::Access(access) => security.check(principal, access),
+        Need::ProducerName(name) => security
+            .confine(principal, name)
+            .map_err(|reason| authorize::producer_refusal(principal, name, reason)),
+    })
+    .map_err(|denied| Status::new(Code::PermissionDenied, denied.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use sluice_model::security::{Operation, Resource, SecurityOp};
+    use sluice_model::event::Event;
+    use sluice_model::security::SecurityOp;
     use tonic::metadata::MetadataValue;
 
     use super::*;
-
-    fn publish(topic: &str) -> Access<'_> {
-        Access {
-            operation: Operation::Publish,
-            resource: Resource::Topic(topic),
-        }
-    }
 
     #[test]
     fn without_credentials_a_call_is_anonymous() {
@@ -140,28 +168,49 @@ mod tests {
             .map(|status| status.code())
     }
 
+    fn publish(topic: &str) -> ClientRequest {
+        ClientRequest::Publish(vec![Event {
+            topic: topic.to_owned(),
+            ..Event::default()
+        }])
+    }
+
     #[test]
     fn no_rule_denies_and_a_superuser_passes() {
-        let security = Security::default();
+        let state = State::new();
+        let quotas = Quotas::default();
         let alice = Principal::user("alice");
-        let status = authorize(&security, &[], &alice, [publish("orders")])
+        let status = admit(&state, &[], &quotas, &alice, &publish("orders"), 10)
             .expect_err("no rule allows alice");
         assert_eq!(status.code(), Code::PermissionDenied);
         assert!(status.message().contains("User:alice"), "{status:?}");
-        authorize(
-            &security,
+        admit(
+            &state,
             std::slice::from_ref(&alice),
+            &quotas,
             &alice,
-            [publish("orders")],
+            &publish("orders"),
+            10,
         )
         .expect("a superuser passes");
-        let status = authorize(
-            &security,
+        let status = admit(
+            &state,
             &[alice],
+            &quotas,
             &Principal::Anonymous,
-            [publish("orders")],
+            &publish("orders"),
+            10,
         )
         .expect_err("Anonymous is no superuser here");
         assert_eq!(status.code(), Code::PermissionDenied);
+        admit(
+            &state,
+            &[],
+            &quotas,
+            &Principal::Anonymous,
+            &ClientRequest::Metadata,
+            0,
+        )
+        .expect("metadata needs nothing");
     }
 }

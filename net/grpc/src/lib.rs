@@ -7,8 +7,8 @@
 //!
 //! Every call is authorized like a native request: the caller's
 //! principal (a bearer token in the `authorization` metadata, or
-//! `Anonymous`) passes if it is a superuser or if the replicated rules
-//! allow the access (`auth`).
+//! `Anonymous`) is admitted as the native request the call amounts to:
+//! the same quotas, superusers and access map (`auth`).
 //!
 //! - `auth`: the principal of a call and the access check.
 //! - `convert`: events between the wire messages and the model.
@@ -16,6 +16,10 @@
 //! - `publisher`, `admin`: the services.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_client::protocol::ClientRequest;
+use sluice_server::quota::Quotas;
 
 use sluice_core::bus::Bus;
 use sluice_model::constants::FRAME_SIZE_MAX;
@@ -57,6 +61,41 @@ pub struct GrpcConfig {
     pub bus: Bus,
     /// Principals allowed everything (`NodeConfig::superusers`).
     pub superusers: Vec<Principal>,
+    /// The principals' quota buckets for calls on this listener.
+    pub quotas: Arc<Quotas>,
+}
+
+impl GrpcConfig {
+    /// The services of `bus`, with `superusers`, and quota buckets of
+    /// their own.
+    pub fn new(bus: Bus, superusers: Vec<Principal>) -> GrpcConfig {
+        GrpcConfig {
+            bus,
+            superusers,
+            quotas: Arc::new(Quotas::default()),
+        }
+    }
+
+    /// The caller's principal, admitted for `request` (what the call
+    /// amounts to natively) of `size` bytes.
+    pub(crate) fn admit<T>(
+        &self,
+        call: &tonic::Request<T>,
+        request: &ClientRequest,
+        size: usize,
+    ) -> Result<Principal, tonic::Status> {
+        let state = self.bus.state();
+        let principal = auth::principal(state.security(), call.metadata())?;
+        auth::admit(
+            &state,
+            &self.superusers,
+            &self.quotas,
+            &principal,
+            request,
+            size,
+        )?;
+        Ok(principal)
+    }
 }
 
 impl std::fmt::Debug for GrpcConfig {
@@ -130,7 +169,7 @@ pub async fn serve(address: SocketAddr, config: GrpcConfig) -> Result<GrpcServer
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let shared = std::sync::Arc::new(config);
+    let shared = Arc::new(config);
     let publisher = proto::publisher_server::PublisherServer::new(publisher::PublisherService {
         config: shared.clone(),
     })

@@ -2,12 +2,12 @@
 //! native protocol's publishes take (`Bus::send_stamped`), so a resent
 //! batch is deduplicated by its stamps exactly as a native one is.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use prost::Message;
+use sluice_client::protocol::ClientRequest;
 use sluice_core::bus::BusError;
 use sluice_model::constants::EVENTS_PER_BATCH_MAX;
-use sluice_model::security::{Access, Operation, Resource};
 use sluice_model::state::{Op, Response};
 use tonic::{Request, Status};
 
@@ -16,7 +16,7 @@ use crate::proto::{
     Appended, InitProducerRequest, InitProducerResponse, PublishRequest, PublishResponse,
     PublishResult, Refused, publisher_server::Publisher,
 };
-use crate::{GrpcConfig, auth, convert, status};
+use crate::{GrpcConfig, convert, status};
 
 pub(crate) struct PublisherService {
     pub(crate) config: Arc<GrpcConfig>,
@@ -29,18 +29,15 @@ impl Publisher for PublisherService {
         request: Request<InitProducerRequest>,
     ) -> Result<tonic::Response<InitProducerResponse>, Status> {
         let bus = &self.config.bus;
-        {
-            let state = bus.state();
-            let security = state.security();
-            let principal = auth::principal(security, request.metadata())?;
-            // Opening a session appends nothing by itself: any principal
-            // may (as natively); its events are checked when published.
-            auth::authorize(security, &self.config.superusers, &principal, [])?;
-        }
-        status::ensure_leader(bus)?;
-        let name = request.into_inner().name;
-        let op = Op::InitProducer {
+        let name = request.get_ref().name.clone();
+        let native = ClientRequest::Write(Op::InitProducer {
             name: (!name.is_empty()).then_some(name),
+        });
+        let size = request.get_ref().encoded_len();
+        self.config.admit(&request, &native, size)?;
+        status::ensure_leader(bus)?;
+        let ClientRequest::Write(op) = native else {
+            unreachable!("built as a write above");
         };
         match bus.propose(op).await {
             Ok(Response::ProducerInit { id, epoch }) => {
@@ -59,11 +56,11 @@ impl Publisher for PublisherService {
 
     async fn publish(
         &self,
-        request: Request<PublishRequest>,
+        mut request: Request<PublishRequest>,
     ) -> Result<tonic::Response<PublishResponse>, Status> {
         let bus = &self.config.bus;
-        let principal = auth::principal(bus.state().security(), request.metadata())?;
-        let events = request.into_inner().events;
+        let size = request.get_ref().encoded_len();
+        let events = std::mem::take(&mut request.get_mut().events);
         if events.len() > EVENTS_PER_BATCH_MAX as usize {
             return Err(Status::invalid_argument(format!(
                 "{} events in one request, more than {EVENTS_PER_BATCH_MAX}: split the batch",
@@ -75,20 +72,12 @@ impl Publisher for PublisherService {
             .enumerate()
             .map(|(index, event)| convert::event(index, event))
             .collect::<Result<Vec<_>, Status>>()?;
-        {
-            let topics: BTreeSet<&str> = events.iter().map(|event| event.topic.as_str()).collect();
-            let state = bus.state();
-            auth::authorize(
-                state.security(),
-                &self.config.superusers,
-                &principal,
-                topics.into_iter().map(|topic| Access {
-                    operation: Operation::Publish,
-                    resource: Resource::Topic(topic),
-                }),
-            )?;
-        }
+        let native = ClientRequest::Publish(events);
+        self.config.admit(&request, &native, size)?;
         status::ensure_leader(bus)?;
+        let ClientRequest::Publish(events) = native else {
+            unreachable!("built as a publish above");
+        };
         // Queue every event before waiting for any: the batcher gathers
         // them into as few Raft entries as it can.
         let mut pending = Vec::with_capacity(events.len());

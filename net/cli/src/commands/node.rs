@@ -228,10 +228,7 @@ pub(crate) fn run(args: Args) -> Outcome {
         };
         let _grpc = match grpc_listen {
             Some(address) => {
-                let config = sluice_grpc::GrpcConfig {
-                    bus: node.bus().clone(),
-                    superusers: superusers.clone(),
-                };
+                let config = sluice_grpc::GrpcConfig::new(node.bus().clone(), superusers.clone());
                 Some(sluice_grpc::serve(address, config).await?)
             }
             None => None,

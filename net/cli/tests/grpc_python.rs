@@ -4,7 +4,9 @@
 //! publishes through the Publisher, resends a batch, and checks the
 //! error codes; this test then reads the topic back with the native
 //! `sluice tail` and checks every acknowledged event is there exactly
-//! once, at the place it was acknowledged.
+//! once, at the place it was acknowledged. A second principal, bob, calls
+//! with a bearer token made by `sluice token create`, held to an access
+//! rule and a quota set with `sluice acl` and `sluice quota`.
 //!
 //! Python and the packages go into a venv under the target directory,
 //! made on first use. If that cannot be done the test fails when `CI`
@@ -85,6 +87,40 @@ fn a_python_grpc_producer_publishes_once_and_resends_deduplicated() {
     };
     let grpc = free_address();
     let node = Node::start_single(&["--grpc-listen", &grpc]);
+    // bob: a token, one rule (publish on py-orders), one request a second.
+    let cluster = ["--cluster", node.address.as_str()];
+    let created = sluice_ok(
+        &[&["token", "create", "--principal", "bob"][..], &cluster[..]].concat(),
+        None,
+    );
+    let token = created
+        .split_whitespace()
+        .find(|word| word.starts_with("sluice-token."))
+        .unwrap_or_else(|| panic!("no token in {created:?}"))
+        .to_owned();
+    sluice_ok(
+        &[
+            &[
+                "acl",
+                "add",
+                "User:bob",
+                "topic:py-orders",
+                "publish",
+                "allow",
+            ][..],
+            &cluster[..],
+        ]
+        .concat(),
+        None,
+    );
+    sluice_ok(
+        &[
+            &["quota", "set", "User:bob", "--requests-per-second", "1"][..],
+            &cluster[..],
+        ]
+        .concat(),
+        None,
+    );
     let other_grpc = free_address();
     let _other = Node::spawned(&["--grpc-listen", &other_grpc, "--superuser", "User:admin"]);
 
@@ -100,6 +136,7 @@ fn a_python_grpc_producer_publishes_once_and_resends_deduplicated() {
         .arg(&other_grpc)
         .arg(EVENTS.to_string())
         .arg(&acked_path)
+        .arg(&token)
         .output()
         .expect("python runs");
     assert!(
@@ -114,7 +151,8 @@ fn a_python_grpc_producer_publishes_once_and_resends_deduplicated() {
     let acked: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&acked_path).expect("the acknowledgements"))
             .expect("JSON");
-    assert_eq!(acked.len(), EVENTS);
+    // The producer's events and the one bob published with his token.
+    assert_eq!(acked.len(), EVENTS + 1);
     let acked: BTreeMap<String, (u64, u64)> = acked
         .iter()
         .map(|ack| {
@@ -129,7 +167,7 @@ fn a_python_grpc_producer_publishes_once_and_resends_deduplicated() {
         .collect();
     assert_eq!(
         acked.len(),
-        EVENTS,
+        EVENTS + 1,
         "every acknowledged payload is distinct"
     );
 

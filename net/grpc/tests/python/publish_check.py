@@ -3,17 +3,20 @@ grpcio-tools generates from net/grpc/proto at run time) drives a node's
 gRPC listener: health and reflection, Admin, an idempotent producer
 session, N events in batches, one batch resent, and the error codes.
 
-Usage: publish_check.py PROTO_DIR WORK_DIR LEADER_GRPC OTHER_GRPC N OUT_JSON
+Usage: publish_check.py PROTO_DIR WORK_DIR LEADER_GRPC OTHER_GRPC N OUT_JSON TOKEN
 
 LEADER_GRPC is an initialised node's gRPC address (Anonymous is a
 superuser there); OTHER_GRPC an uninitialised node's started with
-`--superuser User:admin`. Writes the acknowledged events to OUT_JSON as
+`--superuser User:admin`. TOKEN authenticates as User:bob on the
+first node, whose rules let bob publish to py-orders only and whose
+quota lets bob make one request a second. Writes the acknowledged events to OUT_JSON as
 [{"payload", "partition", "offset"}] for the caller to read back.
 Any failed check raises (exit status 1)."""
 
 import json
 import os
 import sys
+import time
 
 from grpc_tools import protoc
 
@@ -67,7 +70,7 @@ def reflected_services(channel):
 
 
 def main():
-    proto_dir, work_dir, leader, other, count, out_json = sys.argv[1:7]
+    proto_dir, work_dir, leader, other, count, out_json, token = sys.argv[1:8]
     count = int(count)
     generate(proto_dir, os.path.join(work_dir, "gen"))
     import grpc
@@ -184,6 +187,49 @@ def main():
         grpc.StatusCode.NOT_FOUND,
         "describing a topic that does not exist",
     )
+
+    # bob, by his bearer token: one request a second, publish on
+    # py-orders only.
+    bob = [("authorization", f"Bearer {token}")]
+    admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), metadata=bob, timeout=10)
+    throttled = expect_code(
+        lambda: admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), metadata=bob, timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "bob's second call within a second",
+    )
+    trailing = dict(throttled.trailing_metadata())
+    wait_ms = int(trailing["retry-after-ms"])
+    assert 0 < wait_ms <= 1000, trailing
+
+    def as_bob(call):
+        """Sits out bob's quota, a bounded number of times."""
+        for _ in range(10):
+            try:
+                return call()
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                time.sleep(int(dict(error.trailing_metadata())["retry-after-ms"]) / 1000)
+        raise AssertionError("bob stayed throttled for 10 waits")
+
+    forbidden = event_pb2.Event(topic="elsewhere", payload=b"x", producer=stamp_of(0))
+    denied = expect_code(
+        lambda: as_bob(
+            lambda: publisher.Publish(publisher_pb2.PublishRequest(events=[forbidden]), metadata=bob, timeout=10)
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "bob publishing where no rule allows him",
+    )
+    assert "User:bob" in denied.details(), denied.details()
+    mine = event_pb2.Event(
+        topic=topic, partition=0, payload=b"from-bob", producer=stamp_of(next_sequence[0])
+    )
+    answer = as_bob(
+        lambda: publisher.Publish(publisher_pb2.PublishRequest(events=[mine]), metadata=bob, timeout=30)
+    )
+    result = answer.results[0]
+    assert result.WhichOneof("outcome") == "appended" and not result.appended.duplicate, result
+    acked.append({"payload": "from-bob", "partition": 0, "offset": result.appended.offset})
 
     # The other node: uninitialised (no leader), Anonymous no superuser.
     other_channel = grpc.insecure_channel(other)

@@ -41,7 +41,7 @@ use sluice_client::protocol::ClientRequest;
 
 /// One thing a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need<'a> {
+pub enum Need<'a> {
     /// An access the rules must allow.
     Access(Access<'a>),
     /// A producer name that must lie inside the caller's tenant.
@@ -58,7 +58,7 @@ fn access(operation: Operation, resource: Resource<'_>) -> Need<'_> {
 /// Calls `check` on everything `request` needs, stopping at the first
 /// refusal. `state` supplies a member's subscription (heartbeats and
 /// group reads name no topics).
-pub(crate) fn check_needs<'a>(
+pub fn check_needs<'a>(
     request: &'a ClientRequest,
     state: &'a State,
     mut check: impl FnMut(Need<'a>) -> Result<(), Denied>,
@@ -187,7 +187,7 @@ fn member_needs<'a>(
 }
 
 /// What a request is called in a refusal to a node principal.
-pub(crate) fn request_name(request: &ClientRequest) -> &'static str {
+pub fn request_name(request: &ClientRequest) -> &'static str {
     match request {
         ClientRequest::Metadata => "metadata",
         ClientRequest::Initialize { .. } => "initialize",
@@ -207,7 +207,7 @@ pub(crate) fn request_name(request: &ClientRequest) -> &'static str {
 /// The refusal of any client request but `Metadata` and `ChainHash` to a
 /// node: nodes speak Raft; the client protocol serves them only the probe
 /// `sluice cluster add` makes and the chain check's question.
-pub(crate) fn node_refusal(principal: &Principal, request: &ClientRequest) -> Denied {
+pub fn node_refusal(principal: &Principal, request: &ClientRequest) -> Denied {
     Denied {
         principal: principal.to_string(),
         operation: request_name(request).to_owned(),
@@ -219,7 +219,7 @@ pub(crate) fn node_refusal(principal: &Principal, request: &ClientRequest) -> De
 }
 
 /// The refusal of a named producer outside the caller's tenant.
-pub(crate) fn producer_refusal(principal: &Principal, name: &str, reason: String) -> Denied {
+pub fn producer_refusal(principal: &Principal, name: &str, reason: String) -> Denied {
     Denied {
         principal: principal.to_string(),
         operation: Operation::Publish.to_string(),

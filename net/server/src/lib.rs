@@ -7,11 +7,14 @@
 //!   audit API.
 //! - [`chain_check`]: the periodic comparison of the node's chain hash at
 //!   a checkpoint with its peers'.
+//! - [`authorize`], [`quota`]: what each client request needs, and the
+//!   principals' quotas; the gRPC listener (`sluice-grpc`) admits its
+//!   calls through them too.
 //! - `tokens`: the check of the tokens clients present over TLS.
 
-mod authorize;
+pub mod authorize;
 pub mod chain_check;
 mod http;
 pub mod node;
-mod quota;
+pub mod quota;
 mod tokens;

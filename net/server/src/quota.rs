@@ -80,7 +80,7 @@ impl Buckets {
 
 /// Every principal's buckets on this node.
 #[derive(Debug, Default)]
-pub(crate) struct Quotas {
+pub struct Quotas {
     buckets: Mutex<HashMap<Arc<str>, Buckets>>,
 }
 
@@ -89,7 +89,7 @@ impl Quotas {
     /// `quota` (its quota in the replicated state, if any): `Ok` if it may
     /// be served now, else how long to wait before sending it again
     /// (at least 1 ms, at most [`THROTTLE_WAIT_MS_MAX`]).
-    pub(crate) fn charge(
+    pub fn charge(
         &self,
         principal: &Arc<str>,
         quota: Option<Quota>,

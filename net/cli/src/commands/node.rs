@@ -63,6 +63,11 @@ pub(crate) struct Args {
     /// API at /api/ (net/OPERATIONS.md). `--metrics-listen` is an alias.
     #[arg(long, value_name = "ADDR", alias = "metrics-listen")]
     http_listen: Option<SocketAddr>,
+    /// Serve gRPC on ADDR: the sluice.v1 Publisher and Admin services,
+    /// grpc.health.v1.Health and server reflection (net/grpc/PROTOCOL.md).
+    /// Plaintext: a non-loopback address needs --insecure.
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
     /// The node's SM2 secret key (PKCS#8 PEM, made by `sluice keys gen`):
     /// it signs checkpoints of the hash chain while it leads, export
     /// summaries and erasures. Without it the node writes no checkpoints.
@@ -155,6 +160,17 @@ pub(crate) fn run(args: Args) -> Outcome {
             .into());
         }
     }
+    let exposed = args
+        .grpc_listen
+        .filter(|address| !address.ip().is_loopback());
+    if let (Some(address), false) = (exposed, args.insecure) {
+        return Err(format!(
+            "refusing to serve gRPC on {address} without TLS (the gRPC listener has no TLS \
+             yet): anyone on the network could read the traffic and its bearer tokens. Use a \
+             loopback address, or pass --insecure if the network is private"
+        )
+        .into());
+    }
     let tls = args
         .tls_dir
         .as_deref()
@@ -171,7 +187,7 @@ pub(crate) fn run(args: Args) -> Outcome {
     let config = NodeConfig {
         secret,
         tls: tls.clone(),
-        superusers,
+        superusers: superusers.clone(),
         durability: if args.buffered {
             Durability::Buffer
         } else {
@@ -196,7 +212,7 @@ pub(crate) fn run(args: Args) -> Outcome {
     if args.repair {
         repair(&args.data_dir)?;
     }
-    let (id, data_dir) = (args.id, args.data_dir.clone());
+    let (id, data_dir, grpc_listen) = (args.id, args.data_dir.clone(), args.grpc_listen);
     runtime()?.block_on(async move {
         let node = match ClusterNode::start(config).await {
             Ok(node) => node,
@@ -209,6 +225,13 @@ pub(crate) fn run(args: Args) -> Outcome {
                 .into());
             }
             Err(error) => return Err(error.into()),
+        };
+        let _grpc = match grpc_listen {
+            Some(address) => {
+                let config = sluice_grpc::GrpcConfig::new(node.bus().clone(), superusers.clone());
+                Some(sluice_grpc::serve(address, config).await?)
+            }
+            None => None,
         };
         info!(
             address = %node.local_address(),

@@ -930,6 +930,15 @@ impl ServerConfig {
     /// Checks that every bound admits something.
     fn check(&self) -> io::Result<()> {
         let invalid = |message: String| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        // TLS material without a certificate of this side's cannot serve:
+        // refuse it rather than serve in clear.
+        if let Some(tls) = self.tls.as_ref().filter(|tls| !tls.has_identity()) {
+            return invalid(format!(
+                "the TLS material {:?} has no certificate and key of this node's; a node serves \
+                 TLS with its own certificate (node-ID.pem, node-ID-key.pem)",
+                tls.files()
+            ));
+        }
         if self.connections_max == 0 || self.connections_per_address_max == 0 {
             return invalid(format!(
                 "connections_max ({}) and connections_per_address_max ({}) must be at least 1",

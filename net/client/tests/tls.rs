@@ -510,3 +510,18 @@ async fn with_the_cluster_secret_nodes_are_named_and_clients_anonymous() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_server_refuses_tls_material_without_its_own_certificate() {
+    let (_dir, ca) = setup();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = ServerConfig {
+        tls: Some(Tls::load(ca.files("node-2").without_identity()).unwrap()),
+        ..ServerConfig::default()
+    };
+    let refused = TcpServer::serve_with(listener, SERVER, WhoAmI, config).unwrap_err();
+    assert!(
+        refused.to_string().contains("has no certificate"),
+        "{refused}"
+    );
+}

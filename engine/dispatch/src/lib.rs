@@ -49,6 +49,7 @@ pub mod error;
 pub mod options;
 mod queue;
 pub mod retry;
+pub mod saga;
 mod shared;
 pub mod sla;
 pub mod topic;

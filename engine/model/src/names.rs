@@ -22,6 +22,18 @@ pub const LIFECYCLE_TOPIC: &str = "__sluice.lifecycle";
 /// events of that business id before it in the log, never to later ones.
 pub const CANCEL_TOPIC: &str = "__sluice.cancel";
 
+/// The undo log of sagas (4 partitions, by saga id): one JSON record per
+/// state change of a saga, each committed in the transaction that carries
+/// the step's effect. Every record has the `saga` id, the saga `name`, the
+/// coordinator's `owner` and a `state`: `pre_commit` (step `step`, named
+/// `step_name`, is done; `undo` is what its compensation needs; the first
+/// one also carries the saga's `input`), `commit` (every step done; the
+/// saga is confirmed), `failed` (step `step` was not confirmed, with its
+/// `cause`; compensation starts), `compensate` (step `step`'s compensation
+/// ran) and `compensated` (every step done before the failure is undone).
+/// `commit` and `compensated` end a saga.
+pub const SAGA_TOPIC: &str = "__sluice.saga";
+
 /// The group that replays dead letters; its offsets on a dead-letter topic
 /// mark what was replayed.
 pub const REPLAY_GROUP: &str = "__sluice.replay";

@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::bus::Bus as CoreBus;
 use sluice_core::io::os::OsEnv;
-use sluice_dispatch::{DurableBus, DurableConfig, Encoding, Handler, TypedEvent};
+use sluice_dispatch::{DurableBus, DurableConfig, Encoding, EventOptions, Handler, TypedEvent};
 
 pub use sluice_core::bus::{
     CheckpointPolicy, Delivery, Message, Receipt, TopicDescription, Unconsumed,
@@ -298,9 +298,26 @@ impl Bus {
         self.inner.publish_typed(producer, value, encoding).await
     }
 
-    /// Cancels every durable delivery of `business_id`.
-    pub async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), Error> {
-        self.inner.cancel(business_id).await
+    /// Publishes a typed event with a deadline or an SLA class for every
+    /// delivery, carried in its headers (`sluice-deadline-ms`,
+    /// `sluice-sla-class`).
+    pub async fn publish_typed_with<T: TypedEvent>(
+        &self,
+        producer: &mut Producer,
+        value: &T,
+        encoding: Encoding,
+        options: EventOptions,
+    ) -> Result<Receipt, Error> {
+        self.inner
+            .publish_typed_with(producer, value, encoding, options)
+            .await
+    }
+
+    /// Cancels, on every node, the durable deliveries of the events of
+    /// `business_id` published before this call (never later ones), with a
+    /// reason their lifecycle records carry.
+    pub async fn cancel(&self, business_id: impl Into<Bytes>, reason: &str) -> Result<(), Error> {
+        self.inner.cancel(business_id, reason).await
     }
 
     /// The dead letters of `group` on `topic` not yet replayed, oldest

@@ -8,9 +8,10 @@
 //! 1. decodes each event as a `T` (its type and schema version must be
 //!    `T`'s, and its content type a known [`Encoding`]; otherwise the
 //!    event is a dead letter with that cause, never silently dropped);
-//! 2. runs the handler under the delivery's deadline and its business id's
-//!    cancellation, retrying with backoff per the [`RetryPolicy`]; a panic
-//!    is a failed attempt;
+//! 2. runs the handler under the delivery's deadline (the subscription's,
+//!    or the event's own `sluice-deadline-ms` header if that comes first)
+//!    and its business id's cancellation, retrying with backoff per the
+//!    [`RetryPolicy`]; a panic is a failed attempt;
 //! 3. commits, in **one** transaction (one Raft entry, all or nothing):
 //!    the group's offsets past the batch, a lifecycle record per delivery
 //!    on [`LIFECYCLE_TOPIC`] (its final state and cause, each attempt's
@@ -21,14 +22,20 @@
 //! So every delivery, retry and dead letter is in the log, exactly once
 //! per committed batch; a crash before the commit delivers the batch again
 //! (at-least-once handling, exactly-once records). Cancellation crosses the
-//! cluster through the log: [`Bus::cancel`] appends the business id to
-//! [`CANCEL_TOPIC`], which every subscription reads. Dead letters are
+//! cluster through the log: [`DurableBus::cancel`] appends the business id
+//! and a reason to [`CANCEL_TOPIC`], which every subscription reads, before
+//! each attempt and while one runs. A cancellation applies to the events
+//! of its business id in *earlier* log entries only, whichever node or
+//! producer wrote them: the log's order is the one order every node
+//! agrees on, and an event published after the cancellation returned is
+//! always in a later entry. Dead letters are
 //! listed with [`Bus::dead_letters`] and replayed into the source topic
 //! with [`Bus::replay_dead_letters`], itself one transaction per batch
 //! (republish + commit of the replay group's offsets), so a replay that
 //! crashes midway never replays a letter twice.
 
 use sluice_core::io::Env;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -37,11 +44,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::future::{Either, select};
 use openraft::alias::JoinHandleOf;
 use openraft::type_config::TypeConfigExt;
 
 use super::class::SlaClass;
 use super::context::{CancelRegistry, Context, State, SubscriptionShared};
+use super::options::{EventOptions, delivery_headers};
 use super::retry::RetryPolicy;
 use super::typed::{Encoding, TypedEvent, to_event};
 use super::worker::Handler;
@@ -60,9 +69,11 @@ pub use sluice_model::names::{
 pub struct DurableConfig {
     /// Retries and backoff.
     pub retry: RetryPolicy,
-    /// Time from a delivery's first attempt until it times out.
+    /// Time from a delivery's first attempt until it times out; an event
+    /// whose `sluice-deadline-ms` header comes sooner times out then.
     pub deadline: Duration,
-    /// The class the handler's context reports.
+    /// The class of a delivery whose event names none in its
+    /// `sluice-sla-class` header.
     pub class: SlaClass,
     /// Events handled per poll (and per transaction) at most.
     pub batch_max: usize,
@@ -125,12 +136,15 @@ impl<E: Env> DurableSubscription<E> {
 }
 
 /// What one delivery did: how it ended, when each attempt started and
-/// each failed attempt's error (`errors[i]` is attempt `i + 1`'s).
+/// each failed attempt's error (`errors[i]` is attempt `i + 1`'s), and
+/// what its event asked for.
 #[derive(Debug)]
 struct Attempts {
     outcome: Outcome,
     started_ms: Vec<u64>,
     errors: Vec<String>,
+    class: SlaClass,
+    deadline_ms: Option<u64>,
 }
 
 impl Attempts {
@@ -144,10 +158,21 @@ impl Attempts {
 enum Outcome {
     Processed,
     Failed(String),
-    TimedOut,
-    Cancelled,
-    /// Not a `T` this subscription can decode.
+    TimedOut(Expiry),
+    /// With the cancellation's reason.
+    Cancelled(String),
+    /// Not a `T` this subscription can decode, or its delivery headers do
+    /// not parse.
     Undecodable(String),
+}
+
+/// Whose deadline a timed-out delivery missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// [`DurableConfig::deadline`] after the first attempt.
+    Subscription,
+    /// The event's `sluice-deadline-ms`.
+    Event(u64),
 }
 
 impl Outcome {
@@ -155,17 +180,29 @@ impl Outcome {
         match self {
             Outcome::Processed => "processed",
             Outcome::Failed(_) => "failed",
-            Outcome::TimedOut => "timed_out",
-            Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut(_) => "timed_out",
+            Outcome::Cancelled(_) => "cancelled",
             Outcome::Undecodable(_) => "undecodable",
         }
     }
 
+    /// Why the delivery was given up; `Some` makes it a dead letter.
     fn cause(&self) -> Option<String> {
         match self {
-            Outcome::Processed | Outcome::Cancelled => None,
+            Outcome::Processed | Outcome::Cancelled(_) => None,
             Outcome::Failed(error) | Outcome::Undecodable(error) => Some(error.clone()),
-            Outcome::TimedOut => Some("timed out".to_owned()),
+            Outcome::TimedOut(Expiry::Subscription) => Some("timed out".to_owned()),
+            Outcome::TimedOut(Expiry::Event(deadline_ms)) => Some(format!(
+                "timed out: the event's deadline passed ({} {deadline_ms})",
+                delivery_headers::DEADLINE_MS
+            )),
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Cancelled(reason) => Some(reason),
+            _ => None,
         }
     }
 }
@@ -201,10 +238,23 @@ pub trait DurableBus<E: Env> {
         encoding: Encoding,
     ) -> Result<Receipt, BusError>;
 
-    /// Cancels every delivery of `business_id` on every node: appends it to
-    /// [`CANCEL_TOPIC`], which every durable subscription reads before each
-    /// attempt.
-    async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), BusError>;
+    /// [`DurableBus::publish_typed`] with a deadline or an SLA class for
+    /// every delivery, carried in the event's headers.
+    async fn publish_typed_with<T: TypedEvent>(
+        &self,
+        producer: &mut Producer<E>,
+        value: &T,
+        encoding: Encoding,
+        options: EventOptions,
+    ) -> Result<Receipt, BusError>;
+
+    /// Cancels, on every node, every delivery of the events of
+    /// `business_id` published before this call (never one published
+    /// after it returns): appends the id and `reason` to [`CANCEL_TOPIC`],
+    /// which every durable subscription reads before each attempt and
+    /// while one runs. The lifecycle record of a cancelled delivery
+    /// carries the reason.
+    async fn cancel(&self, business_id: impl Into<Bytes>, reason: &str) -> Result<(), BusError>;
 
     /// The dead letters of `group` on `topic` not yet replayed, oldest
     /// first (at most `max`).
@@ -284,7 +334,7 @@ impl<E: Env> DurableBus<E> for Bus<E> {
                 cancel,
                 clock: Arc::clone(self.clock()),
             }),
-            cancel_position: 0,
+            cancellations: Cancellations::new(self.state().last_applied_index().unwrap_or(0)),
             stop: Arc::clone(&stop),
             _event: std::marker::PhantomData,
         };
@@ -303,18 +353,31 @@ impl<E: Env> DurableBus<E> for Bus<E> {
         value: &T,
         encoding: Encoding,
     ) -> Result<Receipt, BusError> {
-        let event = to_event(value, T::TYPE_NAME, encoding)
+        self.publish_typed_with(producer, value, encoding, EventOptions::default())
+            .await
+    }
+
+    async fn publish_typed_with<T: TypedEvent>(
+        &self,
+        producer: &mut Producer<E>,
+        value: &T,
+        encoding: Encoding,
+        options: EventOptions,
+    ) -> Result<Receipt, BusError> {
+        let mut event = to_event(value, T::TYPE_NAME, encoding)
             .map_err(|error| BusError::Invalid(error.to_string()))?;
+        options.write(&mut event.headers);
         let message = Message::new(event.topic, event.payload)
             .key(event.key)
             .headers(event.headers);
         producer.publish(message).await
     }
 
-    async fn cancel(&self, business_id: impl Into<Bytes>) -> Result<(), BusError> {
+    async fn cancel(&self, business_id: impl Into<Bytes>, reason: &str) -> Result<(), BusError> {
         ensure_topic(self, CANCEL_TOPIC, 1).await?;
         let mut producer = self.producer().await?;
-        let message = Message::new(CANCEL_TOPIC, Bytes::new()).key(business_id.into());
+        let message = Message::new(CANCEL_TOPIC, Bytes::copy_from_slice(reason.as_bytes()))
+            .key(business_id.into());
         producer.publish(message).await.map(drop)
     }
 
@@ -366,13 +429,16 @@ struct Runner<T, H, E: Env> {
     config: DurableConfig,
     dead: String,
     shared: Arc<SubscriptionShared>,
-    cancel_position: u64,
+    cancellations: Cancellations,
     stop: Arc<AtomicBool>,
     _event: std::marker::PhantomData<fn() -> T>,
 }
 
 /// How long one poll waits for events, so that a stop is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How often a running attempt looks for a cancellation of its delivery.
+const CANCEL_WAIT: Duration = Duration::from_millis(50);
 
 impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
     async fn run(
@@ -387,9 +453,8 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
             }
             let mut records = Vec::with_capacity(deliveries.len());
             for delivery in &deliveries {
-                self.read_cancellations()?;
                 let taken_ms = wall_unix_ms(&*self.shared.clock);
-                let attempts = self.deliver(delivery).await;
+                let attempts = self.deliver(delivery).await?;
                 let last_ms = wall_unix_ms(&*self.shared.clock);
                 // When the first attempt started (read once: a clock read
                 // before it can fall in the millisecond before), or when the
@@ -406,30 +471,42 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
                     .key(delivery.key.clone());
                 transaction.publish(lifecycle)?;
                 if let Some(cause) = attempts.outcome.cause() {
-                    let mut headers: Headers = delivery.headers.clone();
-                    let source = format!(
-                        "{}/{}/{}",
-                        delivery.topic, delivery.partition, delivery.offset
-                    );
-                    use dead_letter_headers as h;
-                    for (name, value) in [
-                        (h::CAUSE, cause),
-                        (h::ATTEMPTS, attempts.count().to_string()),
-                        (h::SOURCE, source),
-                        (h::FIRST_MS, first_ms.to_string()),
-                        (h::LAST_MS, last_ms.to_string()),
-                    ] {
-                        headers.user.push((name.to_owned(), Bytes::from(value)));
-                    }
-                    let letter = Message::new(self.dead.clone(), delivery.payload.clone())
-                        .key(delivery.key.clone())
-                        .headers(headers);
-                    transaction.publish(letter)?;
+                    transaction
+                        .publish(self.dead_letter(delivery, &attempts, cause, first_ms, last_ms))?;
                 }
             }
             transaction.commit().await?;
         }
         consumer.leave().await
+    }
+
+    /// The dead letter of a delivery given up for `cause`.
+    fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        attempts: &Attempts,
+        cause: String,
+        first_ms: u64,
+        last_ms: u64,
+    ) -> Message {
+        let mut headers: Headers = delivery.headers.clone();
+        let source = format!(
+            "{}/{}/{}",
+            delivery.topic, delivery.partition, delivery.offset
+        );
+        use dead_letter_headers as h;
+        for (name, value) in [
+            (h::CAUSE, cause),
+            (h::ATTEMPTS, attempts.count().to_string()),
+            (h::SOURCE, source),
+            (h::FIRST_MS, first_ms.to_string()),
+            (h::LAST_MS, last_ms.to_string()),
+        ] {
+            headers.user.push((name.to_owned(), Bytes::from(value)));
+        }
+        Message::new(self.dead.clone(), delivery.payload.clone())
+            .key(delivery.key.clone())
+            .headers(headers)
     }
 
     /// Counts a finished delivery in the dispatcher's SLA classes, if any.
@@ -439,61 +516,68 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
         };
         let sla = &handle.0.sla;
         for _ in 1..attempts.count() {
-            sla.record_retry(self.config.class);
+            sla.record_retry(attempts.class);
         }
         let latency = last_ms.saturating_sub(delivery.timestamp_ms);
         let state = match attempts.outcome {
             Outcome::Processed => State::Processed,
-            Outcome::TimedOut => State::TimedOut,
-            Outcome::Cancelled => State::Cancelled,
+            Outcome::TimedOut(_) => State::TimedOut,
+            Outcome::Cancelled(_) => State::Cancelled,
             Outcome::Failed(_) | Outcome::Undecodable(_) => State::Failed,
         };
-        sla.record(self.config.class, state, Duration::from_millis(latency));
-    }
-
-    /// Takes the business ids cancelled since the last look.
-    fn read_cancellations(&mut self) -> Result<(), BusError> {
-        loop {
-            let (cancelled, next) = self.bus.read(CANCEL_TOPIC, 0, self.cancel_position, 1024)?;
-            self.cancel_position = next;
-            if cancelled.is_empty() {
-                return Ok(());
-            }
-            for delivery in cancelled {
-                self.shared.cancel.cancel(delivery.key);
-            }
-        }
+        sla.record(attempts.class, state, Duration::from_millis(latency));
     }
 
     /// Decodes and handles one delivery; returns its outcome, when each
-    /// attempt started and each failed attempt's error.
-    async fn deliver(&self, delivery: &Delivery) -> Attempts {
+    /// attempt started and each failed attempt's error. Fails only if the
+    /// cancellations cannot be read (the bus is closing).
+    async fn deliver(&mut self, delivery: &Delivery) -> Result<Attempts, BusError> {
         let mut attempts = Attempts {
             outcome: Outcome::Processed,
             started_ms: Vec::new(),
             errors: Vec::new(),
+            class: self.config.class,
+            deadline_ms: None,
         };
+        let options = match EventOptions::from_headers(&delivery.headers) {
+            Ok(options) => options,
+            Err(error) => {
+                attempts.outcome = Outcome::Undecodable(error.to_string());
+                return Ok(attempts);
+            }
+        };
+        attempts.class = options.class.unwrap_or(self.config.class);
+        attempts.deadline_ms = options.deadline_ms;
         let value = match decode::<T>(delivery) {
             Ok(value) => Arc::new(value),
             Err(cause) => {
                 attempts.outcome = Outcome::Undecodable(cause);
-                return attempts;
+                return Ok(attempts);
             }
         };
-        let clock = &self.shared.clock;
+        let event_index = self.log_index(delivery);
+        let clock = Arc::clone(&self.shared.clock);
         let created_at = clock.monotonic();
-        let deadline = created_at + self.config.deadline;
-        let cancel_epoch = 0;
+        let (deadline, expiry) = deadline(
+            created_at,
+            self.config.deadline,
+            options.deadline_ms,
+            wall_unix_ms(&*clock),
+        );
+        // Cancellations in this process count from now on; those through
+        // the log count by their place in it.
+        let cancel_epoch = self.shared.cancel.epoch();
         let attempts_max = self.config.retry.attempts_max();
         for attempt in 1..=attempts_max {
-            if self.shared.cancel.is_cancelled(&delivery.key, cancel_epoch) {
-                attempts.outcome = Outcome::Cancelled;
-                return attempts;
+            self.cancellations.read(&self.bus, &self.shared.cancel)?;
+            if let Some(reason) = self.cancelled(&delivery.key, event_index, cancel_epoch) {
+                attempts.outcome = Outcome::Cancelled(reason);
+                return Ok(attempts);
             }
             let remaining = deadline.saturating_sub(clock.monotonic());
             if remaining.is_zero() {
-                attempts.outcome = Outcome::TimedOut;
-                return attempts;
+                attempts.outcome = Outcome::TimedOut(expiry);
+                return Ok(attempts);
             }
             let context = Context {
                 subscription: Arc::clone(&self.shared),
@@ -501,7 +585,7 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
                 attempt,
                 created_at,
                 deadline,
-                class: self.config.class,
+                class: attempts.class,
                 traceparent: delivery.headers.traceparent.as_deref().map(Arc::from),
                 cancel_epoch,
             };
@@ -517,14 +601,29 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
                 traceparent = delivery.headers.traceparent.as_deref(),
             );
             let attempt_future = tracing::Instrument::instrument(attempt_future, span);
-            attempts.started_ms.push(wall_unix_ms(&**clock));
-            match TypeConfig::<E>::timeout(remaining, attempt_future).await {
-                Ok(Ok(Ok(()))) => return attempts,
-                Ok(Ok(Err(error))) => attempts.errors.push(error.to_string()),
-                Ok(Err(_panic)) => attempts.errors.push("the handler panicked".to_owned()),
+            let watch = self.cancellations.watch(
+                &self.bus,
+                &self.shared.cancel,
+                &delivery.key,
+                event_index,
+                cancel_epoch,
+            );
+            attempts.started_ms.push(wall_unix_ms(&*clock));
+            let (attempt_future, watch) = (std::pin::pin!(attempt_future), std::pin::pin!(watch));
+            let raced = select(attempt_future, watch);
+            match TypeConfig::<E>::timeout(remaining, raced).await {
+                Ok(Either::Left((Ok(Ok(())), _))) => return Ok(attempts),
+                Ok(Either::Left((Ok(Err(error)), _))) => attempts.errors.push(error.to_string()),
+                Ok(Either::Left((Err(_panic), _))) => {
+                    attempts.errors.push("the handler panicked".to_owned());
+                }
+                Ok(Either::Right((watched, _))) => {
+                    attempts.outcome = Outcome::Cancelled(watched?);
+                    return Ok(attempts);
+                }
                 Err(_elapsed) => {
-                    attempts.outcome = Outcome::TimedOut;
-                    return attempts;
+                    attempts.outcome = Outcome::TimedOut(expiry);
+                    return Ok(attempts);
                 }
             }
             if attempt < attempts_max {
@@ -535,7 +634,168 @@ impl<T: TypedEvent, H: Handler<T>, E: Env> Runner<T, H, E> {
         }
         let last = attempts.errors.last().cloned().unwrap_or_default();
         attempts.outcome = Outcome::Failed(last);
-        attempts
+        Ok(attempts)
+    }
+
+    /// The log entry holding the delivered event. An event retention has
+    /// already dropped from the index counts as older than every
+    /// cancellation.
+    fn log_index(&self, delivery: &Delivery) -> u64 {
+        let state = self.bus.state();
+        let location = state.locate(&delivery.topic, delivery.partition, delivery.offset);
+        location.map_or(0, |location| location.log_index)
+    }
+
+    /// The reason `business_id`'s delivery is cancelled, if it is: by a
+    /// cancellation later in the log than the event, or by one made in
+    /// this process since the delivery started.
+    fn cancelled(&self, business_id: &Bytes, event_index: u64, epoch: u64) -> Option<String> {
+        cancelled(
+            &self.cancellations,
+            &self.shared.cancel,
+            business_id,
+            event_index,
+            epoch,
+        )
+    }
+}
+
+fn cancelled(
+    cancellations: &Cancellations,
+    local: &CancelRegistry,
+    business_id: &Bytes,
+    event_index: u64,
+    epoch: u64,
+) -> Option<String> {
+    if let Some(reason) = cancellations.applies(business_id, event_index) {
+        return Some(reason.to_owned());
+    }
+    local
+        .is_cancelled(business_id, epoch)
+        .then(|| "cancelled in this process (Dispatcher::cancel)".to_owned())
+}
+
+/// A delivery's deadline on the monotonic clock, and whose it is: the
+/// subscription's `timeout` from `now`, or the event's `deadline_ms` (wall
+/// clock, read as `wall_ms` at `now`) if that comes first.
+fn deadline(
+    now: Duration,
+    timeout: Duration,
+    deadline_ms: Option<u64>,
+    wall_ms: u64,
+) -> (Duration, Expiry) {
+    let subscription = now.saturating_add(timeout);
+    match deadline_ms {
+        Some(at_ms) => {
+            let event = now.saturating_add(Duration::from_millis(at_ms.saturating_sub(wall_ms)));
+            if event < subscription {
+                (event, Expiry::Event(at_ms))
+            } else {
+                (subscription, Expiry::Subscription)
+            }
+        }
+        None => (subscription, Expiry::Subscription),
+    }
+}
+
+/// The cancellations a subscription has read from [`CANCEL_TOPIC`]: the
+/// latest per business id, with the log index of its entry and its
+/// reason. Bounded: past [`super::CANCELLED_IDS_MAX_DEFAULT`] ids the
+/// oldest is forgotten (its events, long handled, are not looked up again).
+struct Cancellations {
+    /// Next offset of [`CANCEL_TOPIC`] to read.
+    position: u64,
+    by_id: HashMap<Bytes, Cancellation>,
+    /// Ids in the order read, with the log index they were read with.
+    order: VecDeque<(Bytes, u64)>,
+    /// Cancellations in later entries are also handed to the local cancel
+    /// registry, so that a dispatcher's local topics see them; earlier ones
+    /// (read at start) are history for them.
+    forward_after: u64,
+}
+
+struct Cancellation {
+    log_index: u64,
+    reason: String,
+}
+
+impl Cancellations {
+    fn new(forward_after: u64) -> Cancellations {
+        Cancellations {
+            position: 0,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            forward_after,
+        }
+    }
+
+    /// Takes the cancellations appended since the last look.
+    fn read<E: Env>(&mut self, bus: &Bus<E>, local: &CancelRegistry) -> Result<(), BusError> {
+        loop {
+            let (records, next) = bus.read(CANCEL_TOPIC, 0, self.position, 1024)?;
+            if records.is_empty() {
+                self.position = next;
+                return Ok(());
+            }
+            let state = bus.state();
+            for record in records {
+                let Some(location) = state.locate(CANCEL_TOPIC, 0, record.offset) else {
+                    // Dropped by retention since the read: older than any
+                    // event still delivered.
+                    continue;
+                };
+                let reason = String::from_utf8_lossy(&record.payload).into_owned();
+                if location.log_index > self.forward_after {
+                    local.cancel(record.key.clone());
+                }
+                self.insert(record.key, location.log_index, reason);
+            }
+            drop(state);
+            self.position = next;
+        }
+    }
+
+    fn insert(&mut self, business_id: Bytes, log_index: u64, reason: String) {
+        self.order.push_back((business_id.clone(), log_index));
+        self.by_id
+            .insert(business_id, Cancellation { log_index, reason });
+        while self.order.len() > super::CANCELLED_IDS_MAX_DEFAULT {
+            let (id, log_index) = self.order.pop_front().expect("not empty");
+            if self
+                .by_id
+                .get(&id)
+                .is_some_and(|c| c.log_index == log_index)
+            {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// The reason of a cancellation of `business_id` in a later entry than
+    /// `event_index`, if any. A cancellation in the same entry (a
+    /// concurrent publish and cancel, batched together) does not apply.
+    fn applies(&self, business_id: &Bytes, event_index: u64) -> Option<&str> {
+        let cancellation = self.by_id.get(business_id)?;
+        (cancellation.log_index > event_index).then_some(cancellation.reason.as_str())
+    }
+
+    /// Resolves, with the reason, once the delivery is cancelled, through
+    /// the log or in this process; looks every [`CANCEL_WAIT`].
+    async fn watch<E: Env>(
+        &mut self,
+        bus: &Bus<E>,
+        local: &CancelRegistry,
+        business_id: &Bytes,
+        event_index: u64,
+        epoch: u64,
+    ) -> Result<String, BusError> {
+        loop {
+            TypeConfig::<E>::sleep(CANCEL_WAIT).await;
+            self.read(bus, local)?;
+            if let Some(reason) = cancelled(self, local, business_id, event_index, epoch) {
+                return Ok(reason);
+            }
+        }
     }
 }
 
@@ -559,10 +819,13 @@ fn lifecycle_record(
         "first_attempt_ms": first_ms,
         "attempts_ms": attempts.started_ms,
         "reported_ms": last_ms,
+        "class": attempts.class.as_str(),
+        "deadline_ms": attempts.deadline_ms,
         "state": attempts.outcome.state(),
         "attempts": attempts.count(),
         "errors": attempts.errors,
         "cause": attempts.outcome.cause(),
+        "reason": attempts.outcome.reason(),
     })
 }
 

@@ -62,6 +62,9 @@ pub enum DispatchError {
     /// The payload could not be decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A delivery header (deadline, SLA class) does not parse.
+    #[error(transparent)]
+    Header(#[from] super::options::HeaderError),
     /// The `traceparent` given to a publish is not W3C trace context.
     #[error(transparent)]
     Traceparent(#[from] EventError),

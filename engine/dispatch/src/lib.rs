@@ -46,8 +46,10 @@ mod class;
 mod context;
 pub mod durable;
 pub mod error;
+pub mod options;
 mod queue;
 pub mod retry;
+pub mod saga;
 mod shared;
 pub mod sla;
 pub mod topic;
@@ -75,6 +77,7 @@ pub use durable::{
     dead_letter_topic,
 };
 pub use error::{DispatchError, RegistryError};
+pub use options::{EventOptions, HeaderError};
 pub use retry::{AttemptError, Cause, DeadLetter, RETRIES_MAX, RetryPolicy};
 pub use sla::{AlertFn, SlaAlert, SlaConfig};
 pub use topic::{LocalTopic, Publish, ReplayReport, SubscriptionHandle, TopicConfig};
@@ -157,8 +160,12 @@ impl<T: TypedEvent, E: Env> ErasedTopic for LocalTopic<T, E> {
         })?;
         let event = Arc::new(encoding.decode::<T>(encoded.payload)?);
         let options = Publish {
+            class: encoded.options.class,
+            deadline: encoded
+                .options
+                .deadline_ms
+                .map(|deadline_ms| self.until_wall(deadline_ms)),
             traceparent: encoded.traceparent.map(Arc::from),
-            ..Publish::default()
         };
         Ok(Box::pin(self.publish_with(event, options)))
     }
@@ -185,18 +192,22 @@ pub struct Encoded<'a> {
     pub payload: &'a [u8],
     /// `Headers::traceparent`.
     pub traceparent: Option<&'a str>,
+    /// The delivery headers: the event's deadline and SLA class.
+    pub options: EventOptions,
 }
 
 impl<'a> Encoded<'a> {
-    /// The fields of an event read from the bus.
-    pub fn from_view(view: &EventView<'a>) -> Encoded<'a> {
-        Encoded {
+    /// The fields of an event read from the bus; fails if a delivery
+    /// header does not parse.
+    pub fn from_view(view: &EventView<'a>) -> Result<Encoded<'a>, HeaderError> {
+        Ok(Encoded {
             type_name: view.event_type(),
             schema_version: view.schema_version(),
             content_type: view.content_type(),
             payload: view.payload_slice(),
             traceparent: view.traceparent(),
-        }
+            options: EventOptions::from_user_headers(view.user_headers())?,
+        })
     }
 }
 
@@ -239,7 +250,9 @@ impl<E> fmt::Debug for Dispatcher<E> {
 /// A dispatcher's SLA monitor and cancel registry, handed to durable
 /// subscriptions ([`DurableConfig::dispatcher`]) so that their deliveries
 /// count in the same per-class histograms, alerts and metrics, and
-/// [`Dispatcher::cancel`] reaches them too.
+/// [`Dispatcher::cancel`] reaches them too (the durable deliveries under
+/// way when it is called; only [`DurableBus::cancel`] goes through the log
+/// and reaches every node).
 #[derive(Clone)]
 pub struct DispatcherHandle(pub(crate) Arc<Core>);
 
@@ -383,7 +396,10 @@ impl<E: Env> Dispatcher<E> {
     }
 
     /// Cancels every delivery of `business_id` created before this call, in
-    /// every topic; see [`CancelRegistry::cancel`].
+    /// every topic of this process, and the durable deliveries of the
+    /// subscriptions sharing this dispatcher that are under way; see
+    /// [`CancelRegistry::cancel`]. [`DurableBus::cancel`] is the cluster-wide,
+    /// log-ordered one.
     pub fn cancel(&self, business_id: impl Into<bytes::Bytes>) {
         self.core.cancel.cancel(business_id);
     }

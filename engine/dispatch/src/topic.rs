@@ -53,6 +53,7 @@ use super::shared::{Envelope, Meta, TopicShared};
 use super::typed::TypedEvent;
 use super::worker::{self, Handler};
 use sluice_core::io::os::OsEnv;
+use sluice_core::io::wall_unix_ms;
 use sluice_model::event::{check_topic_name, check_traceparent, key_hash};
 
 /// Per-publish settings; `None` takes the topic's default.
@@ -329,6 +330,15 @@ impl<T: TypedEvent, E: Env> LocalTopic<T, E> {
             send(group.pick(&business_id), envelope, &group.name).await?;
         }
         Ok(snapshot.groups.len())
+    }
+
+    /// Time from now until the wall-clock time `deadline_ms` (zero if it
+    /// has passed), at most the topic's deadline: the deadline of an event
+    /// whose producer set one.
+    pub(super) fn until_wall(&self, deadline_ms: u64) -> Duration {
+        let shared = &self.inner.shared;
+        let now_ms = wall_unix_ms(&*shared.core.clock);
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms)).min(shared.config.deadline)
     }
 
     fn meta(&self, options: Publish) -> Result<Meta, DispatchError> {

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_core::io::ManualClock;
 use sluice_dispatch::{
-    Cause, Context, DispatchError, Dispatcher, DispatcherConfig, Encoded, Encoding, Publish,
-    RegistryError, RetryPolicy, SlaAlert, SlaClass, SlaConfig, State, TopicConfig, TypedEvent,
+    Cause, Context, DispatchError, Dispatcher, DispatcherConfig, Encoded, Encoding, EventOptions,
+    Publish, RegistryError, RetryPolicy, SlaAlert, SlaClass, SlaConfig, State, TopicConfig,
+    TypedEvent,
 };
 use tokio::sync::Semaphore;
 
@@ -657,6 +658,7 @@ async fn registry_decodes_by_version_and_names_an_unknown_one() {
         content_type,
         payload,
         traceparent: None,
+        options: Default::default(),
     };
     dispatcher
         .publish_encoded(&encoded(1, "application/json", &json))
@@ -708,4 +710,58 @@ async fn registry_decodes_by_version_and_names_an_unknown_one() {
     let event = sluice_dispatch::to_event(&v2_event, "orders", Encoding::Postcard).unwrap();
     assert_eq!((event.headers.schema_version, &*event.key), (2, &b"b"[..]));
     assert_eq!(event.headers.content_type, "application/x-postcard");
+}
+
+/// An event read from the bus brings its producer's deadline and SLA
+/// class (headers) to the local listeners it is bridged to.
+#[tokio::test]
+async fn a_bus_event_brings_its_deadline_and_class_to_local_listeners() {
+    let clock = manual_clock();
+    let now_ms = 1_700_000_000_000;
+    let (config, log) = observed(DispatcherConfig {
+        clock: clock.clone(),
+        ..DispatcherConfig::default()
+    });
+    let dispatcher: Dispatcher = Dispatcher::new(config);
+    let classes: Arc<Mutex<Vec<(String, SlaClass)>>> = Arc::default();
+    let sink = Arc::clone(&classes);
+    let _handle = dispatcher
+        .subscribe::<Order, _>("g", move |order: Arc<Order>, context: Context| {
+            sink.lock()
+                .unwrap()
+                .push((order.id.clone(), context.class()));
+            async { Ok(()) }
+        })
+        .unwrap();
+    for (id, deadline_ms) in [("expired", now_ms - 1), ("in-time", now_ms + 60_000)] {
+        let payload = Encoding::Json.encode(&*order(id, 0)).unwrap();
+        let encoded = Encoded {
+            type_name: "order.placed",
+            schema_version: 1,
+            content_type: "application/json",
+            payload: &payload,
+            traceparent: None,
+            options: EventOptions {
+                deadline_ms: Some(deadline_ms),
+                class: Some(SlaClass::P0),
+            },
+        };
+        dispatcher.publish_encoded(&encoded).await.unwrap();
+    }
+    until("both deliveries to be reported", || {
+        reported(&log, "expired") == 1 && reported(&log, "in-time") == 1
+    })
+    .await;
+    assert_eq!(
+        states_of(&log, "expired"),
+        [State::Created, State::TimedOut, State::Reported]
+    );
+    assert_eq!(
+        *classes.lock().unwrap(),
+        [("in-time".to_owned(), SlaClass::P0)]
+    );
+    let letters = dispatcher.topic::<Order>().dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].cause, Cause::TimedOut);
+    assert_eq!(letters[0].class, SlaClass::P0);
 }

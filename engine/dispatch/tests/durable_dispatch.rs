@@ -1,7 +1,8 @@
 //! Durable typed subscriptions on the embedded bus: every delivery's
 //! outcome recorded in the log, retries then a dead letter with its cause,
-//! deadlines, cancellation through the log, unknown schema versions, and
-//! replay of dead letters exactly once.
+//! deadlines (the subscription's and the producer's), cancellation through
+//! the log (with a reason, of earlier events only), unknown schema
+//! versions, and replay of dead letters exactly once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,8 +16,8 @@ use sluice_core::bus::{Bus, Delivery, Message};
 use sluice_dispatch::DurableBus as _;
 use sluice_dispatch::durable::dead_letter_headers;
 use sluice_dispatch::{
-    Context, Dispatcher, DispatcherConfig, DurableConfig, Encoding, LIFECYCLE_TOPIC, RetryPolicy,
-    SlaAlert, SlaClass, SlaConfig, TypedEvent, dead_letter_topic,
+    Context, Dispatcher, DispatcherConfig, DurableConfig, Encoding, EventOptions, LIFECYCLE_TOPIC,
+    RetryPolicy, SlaAlert, SlaClass, SlaConfig, TypedEvent, dead_letter_topic,
 };
 use sluice_model::event::Headers;
 
@@ -216,7 +217,7 @@ async fn outcomes_are_recorded_and_failures_become_dead_letters_that_replay_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_cancellations_and_unknown_versions_end_deliveries() {
+async fn deadlines_and_unknown_versions_end_deliveries() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let bus = Bus::open(dir.path()).await.unwrap();
@@ -242,9 +243,8 @@ async fn deadlines_cancellations_and_unknown_versions_end_deliveries() {
             .subscribe_with::<Payment, _>(GROUP, handler, config)
             .await
             .unwrap();
-        bus.cancel(Bytes::from("cancelled")).await.unwrap();
         let mut producer = bus.producer().await.unwrap();
-        for id in ["slow", "cancelled", "fine"] {
+        for id in ["slow", "fine"] {
             let payment = Payment {
                 id: id.into(),
                 cents: 1,
@@ -265,29 +265,12 @@ async fn deadlines_cancellations_and_unknown_versions_end_deliveries() {
             .headers(headers);
         producer.publish(newer).await.unwrap();
 
-        let records = recorded(&bus, 4).await;
-        let state_of = |key: &str| {
-            records
-                .values()
-                .find(|r| {
-                    let (partition, offset) = (
-                        r["partition"].as_u64().unwrap(),
-                        r["offset"].as_u64().unwrap(),
-                    );
-                    let (events, _) = bus
-                        .read(Payment::TYPE_NAME, partition as u32, offset, 1)
-                        .unwrap();
-                    events[0].key.as_ref() == key.as_bytes()
-                })
-                .map(|r| r["state"].as_str().unwrap().to_owned())
-                .unwrap()
-        };
-        assert_eq!(state_of("slow"), "timed_out");
-        assert_eq!(state_of("cancelled"), "cancelled");
-        assert_eq!(state_of("fine"), "processed");
-        assert_eq!(state_of("v2"), "undecodable");
+        let records = recorded(&bus, 3).await;
+        let by_key = records_by_key(&bus, &records);
+        assert_eq!(by_key["slow"][0]["state"], "timed_out");
+        assert_eq!(by_key["fine"][0]["state"], "processed");
+        assert_eq!(by_key["v2"][0]["state"], "undecodable");
         let called = called.lock().unwrap().clone();
-        assert!(!called.contains(&"cancelled".to_owned()), "{called:?}");
         assert!(!called.contains(&"v2".to_owned()));
 
         let letters = bus.dead_letters(Payment::TYPE_NAME, GROUP, 100).unwrap();
@@ -306,6 +289,239 @@ async fn deadlines_cancellations_and_unknown_versions_end_deliveries() {
         assert_eq!(
             dead_letter_topic(Payment::TYPE_NAME, GROUP),
             "payment.settled.dlq.ledger"
+        );
+        subscription.unsubscribe().await.unwrap();
+    })
+    .await;
+}
+
+/// The lifecycle records of `records` by the business id of their event,
+/// each list in offset order.
+fn records_by_key(
+    bus: &Bus,
+    records: &HashMap<(u64, u64), serde_json::Value>,
+) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut sorted: Vec<_> = records.iter().collect();
+    sorted.sort_by_key(|(at, _)| **at);
+    let mut out: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for ((partition, offset), record) in sorted {
+        let (events, _) = bus
+            .read(Payment::TYPE_NAME, *partition as u32, *offset, 1)
+            .unwrap();
+        let key = String::from_utf8(events[0].key.to_vec()).unwrap();
+        out.entry(key).or_default().push(record.clone());
+    }
+    out
+}
+
+/// A handler that records each payment's cents and, for id `gate`, waits
+/// until `gate` has a permit; for id `long`, says it started and runs
+/// until cut off.
+fn gated_handler(
+    called: Arc<Mutex<Vec<(String, u64)>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    started: Arc<tokio::sync::Notify>,
+) -> impl sluice_dispatch::Handler<Payment> {
+    move |payment: Arc<Payment>, _context: Context| {
+        let (called, gate, started) = (called.clone(), gate.clone(), started.clone());
+        async move {
+            called
+                .lock()
+                .unwrap()
+                .push((payment.id.clone(), payment.cents));
+            match payment.id.as_str() {
+                "gate" => drop(gate.acquire().await.unwrap()),
+                "long" => {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A cancellation reaches the events of its business id published before
+/// it, queued or running, and never one published after it (it used to:
+/// durable deliveries compared against cancel epoch 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_applies_to_earlier_events_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::open(dir.path()).await.unwrap();
+        let called: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let handler = gated_handler(called.clone(), gate.clone(), started.clone());
+        // One partition: the gate holds back everything after it.
+        let config = DurableConfig {
+            partitions: 1,
+            deadline: Duration::from_secs(20),
+            ..fast_retries()
+        };
+        let subscription = bus
+            .subscribe_with::<Payment, _>(GROUP, handler, config)
+            .await
+            .unwrap();
+        let mut producer = bus.producer().await.unwrap();
+        let mut publish = async |id: &str, cents| {
+            let payment = Payment {
+                id: id.into(),
+                cents,
+            };
+            bus.publish_typed(&mut producer, &payment, Encoding::Json)
+                .await
+                .unwrap();
+        };
+        publish("gate", 0).await;
+        publish("order-7", 1).await;
+        bus.cancel(Bytes::from("order-7"), "customer withdrew")
+            .await
+            .unwrap();
+        publish("order-7", 2).await;
+        publish("long", 3).await;
+        gate.add_permits(1);
+        // A cancellation of a running attempt cuts it off.
+        started.notified().await;
+        bus.cancel(Bytes::from("long"), "operator stop")
+            .await
+            .unwrap();
+
+        let records = recorded(&bus, 4).await;
+        let by_key = records_by_key(&bus, &records);
+        let order = &by_key["order-7"];
+        assert_eq!(order.len(), 2, "{order:?}");
+        assert_eq!(order[0]["state"], "cancelled", "{order:?}");
+        assert_eq!(order[0]["reason"], "customer withdrew");
+        assert_eq!(order[1]["state"], "processed", "{order:?}");
+        assert_eq!(order[1]["reason"], serde_json::Value::Null);
+        assert_eq!(by_key["long"][0]["state"], "cancelled");
+        assert_eq!(by_key["long"][0]["reason"], "operator stop");
+        let called = called.lock().unwrap().clone();
+        assert!(called.contains(&("order-7".to_owned(), 2)), "{called:?}");
+        assert!(!called.contains(&("order-7".to_owned(), 1)), "{called:?}");
+        assert!(
+            bus.dead_letters(Payment::TYPE_NAME, GROUP, 10)
+                .unwrap()
+                .is_empty()
+        );
+        subscription.unsubscribe().await.unwrap();
+    })
+    .await;
+}
+
+/// A producer's deadline header ends a delivery as timed out, before or
+/// during its handler, whatever the subscription's own deadline; the
+/// lifecycle record says whose deadline passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_deadline_times_deliveries_out() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::open(dir.path()).await.unwrap();
+        let called: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let handler = gated_handler(called.clone(), gate.clone(), started.clone());
+        let config = DurableConfig {
+            partitions: 1,
+            deadline: Duration::from_secs(30),
+            ..fast_retries()
+        };
+        let subscription = bus
+            .subscribe_with::<Payment, _>(GROUP, handler, config)
+            .await
+            .unwrap();
+        let mut producer = bus.producer().await.unwrap();
+        let now_ms = sluice_core::io::wall_unix_ms(&**bus.clock());
+        let cases = [
+            ("expired", Some(now_ms - 1)),
+            ("long", Some(now_ms + 300)),
+            ("later", Some(now_ms + 60_000)),
+            ("none", None),
+        ];
+        for (cents, (id, deadline_ms)) in (0..).zip(cases) {
+            let payment = Payment {
+                id: id.into(),
+                cents,
+            };
+            let options = EventOptions {
+                deadline_ms,
+                class: Some(SlaClass::P0),
+            };
+            bus.publish_typed_with(&mut producer, &payment, Encoding::Json, options)
+                .await
+                .unwrap();
+        }
+        let mut headers = Headers {
+            event_type: Payment::TYPE_NAME.into(),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            ..Headers::default()
+        };
+        headers
+            .user
+            .push(("sluice-deadline-ms".into(), Bytes::from("soon")));
+        let garbled = Message::new(
+            Payment::TYPE_NAME,
+            Bytes::from(r#"{"id":"garbled","cents":9}"#),
+        )
+        .key(Bytes::from("garbled"))
+        .headers(headers);
+        producer.publish(garbled).await.unwrap();
+
+        let records = recorded(&bus, 5).await;
+        let by_key = records_by_key(&bus, &records);
+        let expired = &by_key["expired"][0];
+        assert_eq!(expired["state"], "timed_out");
+        assert_eq!(expired["attempts"], 0, "the handler never ran: {expired}");
+        assert!(
+            expired["cause"]
+                .as_str()
+                .unwrap()
+                .contains("the event's deadline passed")
+        );
+        assert_eq!(expired["deadline_ms"], now_ms - 1);
+        let long = &by_key["long"][0];
+        assert_eq!(long["state"], "timed_out");
+        assert_eq!(long["attempts"], 1);
+        let took =
+            long["reported_ms"].as_u64().unwrap() - long["first_attempt_ms"].as_u64().unwrap();
+        assert!(
+            took < 5_000,
+            "cut off at the event's deadline, took {took} ms"
+        );
+        assert!(
+            long["cause"]
+                .as_str()
+                .unwrap()
+                .contains("the event's deadline passed")
+        );
+        for id in ["later", "none"] {
+            assert_eq!(by_key[id][0]["state"], "processed", "{id}");
+            assert_eq!(by_key[id][0]["class"], "P0", "{id}");
+        }
+        assert_eq!(by_key["none"][0]["deadline_ms"], serde_json::Value::Null);
+        let garbled = &by_key["garbled"][0];
+        assert_eq!(garbled["state"], "undecodable");
+        assert!(
+            garbled["cause"]
+                .as_str()
+                .unwrap()
+                .contains("sluice-deadline-ms")
+        );
+        let called: Vec<String> = called
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(called, ["long", "later", "none"]);
+        let letters = bus.dead_letters(Payment::TYPE_NAME, GROUP, 10).unwrap();
+        assert_eq!(
+            letters.len(),
+            3,
+            "expired, long and garbled are dead letters"
         );
         subscription.unsubscribe().await.unwrap();
     })

@@ -94,6 +94,26 @@ pub const EXPORT_CHUNK_SIZE: usize = 64 * 1024;
 /// export waits rather than hold more (about 1 MiB).
 pub const EXPORT_CHUNKS_IN_FLIGHT_MAX: usize = 16;
 
+// Sagas (durable dispatch's compensating transactions).
+
+/// Most steps in one saga.
+pub const SAGA_STEPS_MAX: usize = 64;
+
+/// Most retries of a saga step's action or compensation after its first
+/// attempt (the white paper's "idempotent retries, at most 3").
+pub const SAGA_RETRIES_MAX: u32 = 3;
+
+/// Longest saga id, in bytes.
+pub const SAGA_ID_SIZE_MAX: usize = 255;
+
+/// Most sagas one coordinator keeps pending (begun, not yet committed or
+/// compensated) in memory; past it, new sagas are refused.
+pub const SAGAS_PENDING_MAX: usize = 65_536;
+
+/// How long a saga step has, all its attempts together, to be confirmed
+/// before the saga compensates (the white paper's 3 s).
+pub const SAGA_STEP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+
 // Replication between nodes.
 
 /// Requests a stream keeps in flight to one follower.

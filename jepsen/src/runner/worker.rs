@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_client::tls::{Tls, TlsFiles};
-use sluice_model::security::{Rule, SecurityOp};
 use sluice_client::client::{Client, ClientConfig};
 use sluice_client::protocol::{ClientRequest, ClientResponse, Metadata};
+use sluice_client::tls::{Tls, TlsFiles};
 use sluice_jepsen::{AnomalyClass, FinalReadOp, Report};
+use sluice_model::security::{Rule, SecurityOp};
 use tokio::task::JoinSet;
 
 use super::config::{Mode, WorkerConfig};

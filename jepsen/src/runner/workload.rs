@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_client::tls::Tls;
 use sluice_client::client::{Client, ClientConfig, ClientError, RemoteProducer};
 use sluice_client::protocol::{ClientRequest, ClientResponse, PublishOutcome};
+use sluice_client::tls::Tls;
 use sluice_jepsen::{CommitOp, Event, PollOp, SendOp, TxnOp, TxnOutput};
 use sluice_model::event::{EventBatch, Headers};
 use sluice_model::state::{OffsetCommit, Op, Response};

@@ -16,8 +16,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::config::Mode;
-
 /// Every namespace this runner creates starts with this.
 pub(crate) const PREFIX: &str = "sluice-jepsen-";
 
@@ -119,12 +117,22 @@ pub(crate) fn cleanup_commands(leftovers: &Leftovers) -> Vec<String> {
     commands
 }
 
-/// Reads the system's leftovers (`ip netns list`, `/proc/mounts`). In
-/// loopback mode a machine without `ip` has no namespaces to leave.
-pub(crate) fn find_leftovers(mode: Mode) -> Result<Leftovers, String> {
+/// What [`find_leftovers`] makes of a machine without `ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WithoutIp {
+    /// An error: namespaces cannot be listed (namespace mode, cleanup).
+    Refuse,
+    /// No namespaces to leave: a run in loopback mode creates none.
+    NoNamespaces,
+}
+
+/// Reads the system's leftovers (`ip netns list`, `/proc/mounts`).
+pub(crate) fn find_leftovers(without_ip: WithoutIp) -> Result<Leftovers, String> {
     let list = match Command::new("ip").args(["netns", "list"]).output() {
         Ok(list) => String::from_utf8_lossy(&list.stdout).into_owned(),
-        Err(error) if mode == Mode::Loopback && error.kind() == io::ErrorKind::NotFound => {
+        Err(error)
+            if without_ip == WithoutIp::NoNamespaces && error.kind() == io::ErrorKind::NotFound =>
+        {
             String::new()
         }
         Err(error) => {

@@ -322,7 +322,8 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["--data-dir", "/runs/r/node-2/data"])
         );
-        assert!(args.iter().any(|a| a == "--insecure"));
+        assert!(args.windows(2).any(|w| w == ["--tls-dir", "/runs/r/tls"]));
+        assert!(!args.iter().any(|a| a == "--insecure"));
         assert_eq!(
             env(&command, PLANTED_BUG_ENV).as_deref(),
             Some("skip-producer-dedup")

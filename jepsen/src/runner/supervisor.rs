@@ -31,7 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::config::{Mode, WorkerConfig};
 use super::nemesis;
-use super::netns::{self, Leftovers};
+use super::netns::{self, Leftovers, WithoutIp};
 use super::preflight;
 use super::schedule::{self, Kind, Schedule};
 
@@ -90,7 +90,7 @@ impl Drop for Teardown {
 
 /// Removes an earlier run's leftovers (the `cleanup` subcommand).
 pub(crate) fn cleanup() -> Result<i32, String> {
-    let leftovers = netns::find_leftovers(Mode::Netns)?;
+    let leftovers = netns::find_leftovers(WithoutIp::Refuse)?;
     if leftovers.is_empty() {
         println!("nothing to clean up");
         return Ok(0);
@@ -101,7 +101,7 @@ pub(crate) fn cleanup() -> Result<i32, String> {
         worker_group: None,
     };
     teardown.run();
-    let left = netns::find_leftovers(Mode::Netns)?;
+    let left = netns::find_leftovers(WithoutIp::Refuse)?;
     for command in netns::cleanup_commands(&leftovers) {
         println!("done: {command}");
     }
@@ -141,7 +141,11 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     check_schedule(&args)?;
     let tmpfs_data = args.nemesis.contains(&Kind::Disk);
     check_privileges(mode, tmpfs_data, root)?;
-    let leftovers = netns::find_leftovers(mode)?;
+    let without_ip = match mode {
+        Mode::Netns => WithoutIp::Refuse,
+        Mode::Loopback => WithoutIp::NoNamespaces,
+    };
+    let leftovers = netns::find_leftovers(without_ip)?;
     if !leftovers.is_empty() {
         eprint!("{}", refuse_leftovers(&leftovers));
         return Ok(2);

@@ -110,3 +110,26 @@ fn a_time_limit_too_short_for_every_kind_refuses_to_start() {
     assert!(stderr.contains("use --time-limit at least"), "{stderr}");
     assert!(!run_dir.exists());
 }
+
+#[test]
+fn loopback_mode_refuses_network_faults_it_could_not_aim() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-jepsen"))
+        .args(["--nodes", "3", "--time-limit", "600", "--no-netns"])
+        .args(["--nemesis", "kill,partition-halves"])
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(["--sluice", "/nonexistent/sluice"])
+        .env("PATH", path)
+        .output()
+        .expect("the runner starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--no-netns cannot inject partition-halves"),
+        "{stderr}"
+    );
+    assert!(!run_dir.exists());
+}

@@ -40,8 +40,9 @@ pub(crate) enum NeedKind {
     Libfaketime,
 }
 
-/// The network kinds that namespace mode injects with iptables.
-const IPTABLES_KINDS: [Kind; 5] = [
+/// The network kinds: namespace mode injects them with iptables, loopback
+/// mode through its proxy.
+pub(crate) const IPTABLES_KINDS: [Kind; 5] = [
     Kind::PartitionHalves,
     Kind::PartitionLeader,
     Kind::PartitionBridge,

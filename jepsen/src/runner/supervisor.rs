@@ -141,6 +141,7 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, String> {
     check_schedule(&args)?;
     let tmpfs_data = args.nemesis.contains(&Kind::Disk);
     check_privileges(mode, tmpfs_data, root)?;
+    check_proxy_faults(mode, &args.nemesis)?;
     let without_ip = match mode {
         Mode::Netns => WithoutIp::Refuse,
         Mode::Loopback => WithoutIp::NoNamespaces,
@@ -229,6 +230,27 @@ fn check_schedule(args: &RunArgs) -> Result<(), String> {
         names.join(", "),
         schedule::PERIOD_MIN.as_secs()
     ))
+}
+
+/// Refuses network faults in loopback mode: its proxy tells a connection's
+/// source node by reading the first frame, which TLS now encrypts, so it
+/// could not aim a partition, and the run would count faults that never
+/// took effect.
+fn check_proxy_faults(mode: Mode, kinds: &[Kind]) -> Result<(), String> {
+    let network: Vec<&str> = kinds
+        .iter()
+        .filter(|kind| preflight::IPTABLES_KINDS.contains(kind))
+        .map(|kind| kind.name())
+        .collect();
+    if mode == Mode::Loopback && !network.is_empty() {
+        return Err(format!(
+            "--no-netns cannot inject {}: the loopback proxy learns a connection's source \
+             node from its first frame, which TLS encrypts; run in network namespaces (as \
+             root, without --no-netns), or choose kill, pause, skew",
+            network.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a run that needs root (namespaces, tmpfs mounts) without it.

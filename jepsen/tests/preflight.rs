@@ -116,15 +116,11 @@ fn loopback_mode_refuses_network_faults_it_could_not_aim() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-jepsen"))
-        .args(["--nodes", "3", "--time-limit", "600", "--no-netns"])
-        .args(["--nemesis", "kill,partition-halves"])
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .args(["--sluice", "/nonexistent/sluice"])
-        .env("PATH", path)
-        .output()
-        .expect("the runner starts");
+    let output = runner(
+        Path::new(&path),
+        &run_dir,
+        &["--no-netns", "--nemesis", "kill,partition-halves"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
